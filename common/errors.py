@@ -1,0 +1,29 @@
+"""Error hierarchy: every message says what is wrong and how to fix it."""
+
+
+class MammoflError(Exception):
+    """Base of every error mammofl raises on purpose."""
+
+
+class ConfigError(MammoflError, ValueError):
+    """A configuration value is invalid; the message names the key and a valid choice."""
+
+
+class DataError(MammoflError, ValueError):
+    """Input data is unusable; the message names the file or field."""
+
+
+class SplitLeakageError(DataError):
+    """A patient appears in more than one split."""
+
+
+class WeightsError(MammoflError, RuntimeError):
+    """Model weights cannot be obtained or do not fit the model."""
+
+
+class PrivacyError(MammoflError, RuntimeError):
+    """A training run would break the privacy contract (budget, per-image gradients)."""
+
+
+class UnsupportedDPModelError(PrivacyError):
+    """The chosen trainable parameters cannot get exact per-image gradients."""

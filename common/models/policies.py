@@ -1,0 +1,64 @@
+"""Named trainable-parameter policies, resolved to an explicit, logged list of parameter names."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from common.errors import ConfigError
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def trainable_parameter_names(model: nn.Module, policy: str) -> list[str]:
+    """`head`: the whole head; `head_last`: its final Linear; `norm_head`: norm layers + head;
+    `all`: every parameter."""
+    names = [name for name, _ in model.named_parameters()]
+    head = [n for n in names if n.startswith("head.")]
+    if policy == "all":
+        return names
+    if policy == "head":
+        return head
+    if policy == "head_last":
+        linears = [m for m, mod in model.named_modules() if m.startswith("head") and isinstance(mod, nn.Linear)]
+        last = linears[-1]
+        return [n for n in names if n.rsplit(".", 1)[0] == last]
+    if policy == "norm_head":
+        norms = {m for m, mod in model.named_modules() if isinstance(mod, NORM_TYPES)}
+        return [n for n in names if n.rsplit(".", 1)[0] in norms or n in head]
+    raise ConfigError(f"model.trainable={policy!r}: choose head, head_last, norm_head or all")
+
+
+def apply_trainable_policy(model: nn.Module, policy: str) -> list[str]:
+    """Set requires_grad from the policy; return the trainable names (in model order)."""
+    chosen = set(trainable_parameter_names(model, policy))
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in chosen)
+    return [n for n, _ in model.named_parameters() if n in chosen]
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def frozen_checksum(model: nn.Module) -> str:
+    """SHA-256 over every frozen parameter and buffer: proves training left them unchanged."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    for name, buffer in model.named_buffers():
+        digest.update(name.encode())
+        digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def backbone_has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def state_on_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

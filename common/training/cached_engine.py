@@ -1,0 +1,129 @@
+"""`cached` engine: frozen backbone features once (4 flip variants), then head-only steps.
+
+Each step draws a Poisson sample (rate q) and one flip variant per record, as the naive engine
+does with images; per-sample clipping is exact (see head_gradients) and needs no per-sample
+gradient tensors, so 300 epochs take seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.data.images import LoadedPatches
+from common.errors import ConfigError
+from common.models.classifier import Classifier
+from common.training.dp_math import add_noise, clip_factors, expected_batch_size
+from common.training.features import cached_features
+from common.training.head_gradients import clipped_gradient_sum
+from common.training.settings import EngineSettings
+
+
+class CachedEngine:
+    def __init__(
+        self,
+        model: Classifier,
+        train: LoadedPatches,
+        eval_sets: dict[str, LoadedPatches],
+        settings: EngineSettings,
+    ) -> None:
+        backbone_trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+        if backbone_trainable:
+            raise ConfigError(
+                "train.engine=cached needs a frozen backbone (model.trainable=head or head_last); "
+                f"{len(backbone_trainable)} backbone parameters train. Use train.engine=naive"
+            )
+        self.model = model
+        self.settings = settings
+        self.head = model.head.to(settings.device)
+        variants = (0, 1, 2, 3) if settings.flips else (0,)
+        extract = model.backbone.to(settings.device)
+
+        def features(loaded: LoadedPatches, chosen: tuple[int, ...]) -> torch.Tensor:
+            return cached_features(
+                extract, loaded, chosen, settings.feature_batch_size, settings.device,
+                settings.feature_cache_dir, settings.progress,
+            ).to(settings.device)
+
+        self.train_features = features(train, variants)
+        self.train_labels = train.labels.to(settings.device)
+        self.eval_features = {name: features(s, (0,))[0] for name, s in eval_sets.items()}
+        self.eval_labels = {name: s.labels.to(settings.device) for name, s in eval_sets.items()}
+        self.parameters = [p for p in self.head.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.noise_generator = torch.Generator(settings.device).manual_seed(settings.seed + 1)
+        self.steps_done = 0
+
+    @property
+    def dataset_size(self) -> int:
+        return int(self.train_labels.shape[0])
+
+    def _draw_flips(self, count: int) -> torch.Tensor:
+        variants = self.train_features.shape[0]
+        return torch.randint(0, variants, (count,), generator=self.generator)
+
+    def batch(self, indices: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.settings.device
+        idx, fl = indices.to(device), flips.to(device)
+        return self.train_features[fl, idx], self.train_labels[idx]
+
+    def dp_clipped_sum(self, features: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
+        dp = self.settings.dp
+        assert dp is not None
+        return clipped_gradient_sum(
+            self.head,
+            features,
+            lambda logits: self.settings.per_sample_loss(logits, labels),
+            lambda norms: clip_factors(norms, dp.max_grad_norm),
+        )
+
+    def _dp_step(self, indices: torch.Tensor, flips: torch.Tensor) -> float:
+        dp = self.settings.dp
+        assert dp is not None
+        features, labels = self.batch(indices, flips)
+        sums, _, losses = self.dp_clipped_sum(features, labels)
+        divisor = expected_batch_size(self.dataset_size, dp.sample_rate)
+        for parameter in self.parameters:
+            summed = sums.get(parameter, torch.zeros_like(parameter))
+            noisy = add_noise(summed, dp.noise_multiplier, dp.max_grad_norm, self.noise_generator)
+            parameter.grad = noisy / divisor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(losses.mean()) if losses.numel() else float("nan")
+
+    def _plain_step(self, indices: torch.Tensor, flips: torch.Tensor) -> float:
+        features, labels = self.batch(indices, flips)
+        loss = self.settings.per_sample_loss(self.head(features), labels).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def train_epoch(self) -> float:
+        self.head.train()
+        n, dp, losses = self.dataset_size, self.settings.dp, []
+        if dp is not None:
+            for _ in range(dp.steps_per_epoch):
+                mask = torch.rand(n, generator=self.generator) < dp.sample_rate
+                indices = torch.nonzero(mask).flatten()
+                losses.append(self._dp_step(indices, self._draw_flips(len(indices))))
+                self.steps_done += 1
+        else:
+            order = torch.randperm(n, generator=self.generator)
+            for chunk in order.split(self.settings.batch_size):
+                losses.append(self._plain_step(chunk, self._draw_flips(len(chunk))))
+                self.steps_done += 1
+        return float(np.nanmean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def predict(self, name: str) -> tuple[np.ndarray, float]:
+        self.head.eval()
+        logits = self.head(self.eval_features[name])
+        loss = self.settings.per_sample_loss(logits, self.eval_labels[name]).mean()
+        return torch.softmax(logits, 1)[:, 1].cpu().numpy(), float(loss)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}

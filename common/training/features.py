@@ -1,0 +1,95 @@
+"""Frozen-backbone features, computed once per image and flip variant, in eval mode, cached.
+
+The cache key covers everything that changes the numbers: backbone weights (checksum), image
+size, the patch set's manifest hash and the variants, so a stale cache cannot be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.data.images import LoadedPatches, apply_flips, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+def backbone_checksum(backbone: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    loaded: LoadedPatches,
+    variants: tuple[int, ...],
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Features [len(variants), N, F] (float32) with the backbone in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    chunks: list[list[torch.Tensor]] = [[] for _ in variants]
+    total = len(loaded.pixels)
+    bar = tqdm(total=total * len(variants), disable=not progress, desc="features", unit="img")
+    try:
+        for start in range(0, total, batch_size):
+            images = to_model_input(loaded.pixels[start : start + batch_size]).to(device)
+            for slot, variant in enumerate(variants):
+                flips = torch.full((images.shape[0],), variant, device=device)
+                chunks[slot].append(backbone(apply_flips(images, flips)).float().cpu())
+                bar.update(images.shape[0])
+    finally:
+        bar.close()
+        backbone.train(was_training)
+    return torch.stack([torch.cat(c) for c in chunks])
+
+
+def cached_features(
+    backbone: nn.Module,
+    loaded: LoadedPatches,
+    variants: tuple[int, ...],
+    batch_size: int,
+    device: torch.device,
+    cache_dir: str | None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """`extract_features`, read from / written to `cache_dir` when given (atomic writes)."""
+    if not cache_dir:
+        return extract_features(backbone, loaded, variants, batch_size, device, progress)
+    key = hashlib.sha256(
+        "|".join(
+            [
+                backbone_checksum(backbone),
+                str(loaded.pixels.shape),
+                loaded.patch_set.manifest_hash(),
+                ",".join(map(str, variants)),
+            ]
+        ).encode()
+    ).hexdigest()[:24]
+    path = Path(cache_dir) / f"features-{key}.pt"
+    if path.is_file():
+        log.info("features from cache %s", path)
+        return torch.load(path, weights_only=True)
+    features = extract_features(backbone, loaded, variants, batch_size, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(features, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return features

@@ -1,0 +1,50 @@
+"""Epoch selection: best validation AUPRC (configured positive class), ties to lower loss.
+
+Under DP only epochs whose spent epsilon lies in (low, high] x target are eligible, so a model
+is never picked from an epoch that spent far less (or more) than the reported budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auprc: float
+    epsilon: float | None
+    eligible: bool
+
+
+@dataclass
+class EpochSelector:
+    target_epsilon: float | None = None
+    low: float = 0.75
+    high: float = 1.05
+    best: EpochRecord | None = None
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def eligible(self, epsilon: float | None) -> bool:
+        if self.target_epsilon is None or epsilon is None:
+            return True
+        return self.low * self.target_epsilon < epsilon <= self.high * self.target_epsilon
+
+    def offer(self, record: EpochRecord, state: Callable[[], dict[str, torch.Tensor]]) -> bool:
+        """Keep `state()` if this epoch is eligible and better; return whether it was kept."""
+        if not record.eligible:
+            return False
+        best = self.best
+        better = (
+            best is None
+            or record.val_auprc > best.val_auprc
+            or (record.val_auprc == best.val_auprc and record.val_loss < best.val_loss)
+        )
+        if better:
+            self.best, self.best_state = record, state()
+        return better

@@ -1,0 +1,47 @@
+"""What an engine needs to know, derived once from the config and the privacy plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    flips: bool
+    seed: int
+    device: torch.device
+    backbone_train_mode: bool
+    feature_batch_size: int = 64
+    feature_cache_dir: str | None = None
+    dp: DPSettings | None = None
+    progress: bool = False
+
+    def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits, labels, label_smoothing=self.label_smoothing, reduction="none"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: no CUDA device here; use train.device=cpu")
+    return torch.device(name)

@@ -1,0 +1,1 @@
+"""Flower ServerApp, strategy, ledger persistence (federated issue; not built yet)."""

@@ -1,0 +1,1 @@
+"""Entry points: the `mammofl` CLI, single-node paper runs, the Table 1 grid, benchmarks."""

@@ -1,0 +1,145 @@
+"""`mammofl <command> key=value ...`: plan, train, evaluate, table1, phantom-patches, demo.
+
+Everything after the command is a hydra override, except the few command options named in
+each command's help (e.g. `rows=`, `seeds=` for table1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from common.errors import ConfigError, MammoflError
+
+USAGE = """usage: mammofl <command> [key=value ...]
+
+commands:
+  plan      print the privacy plan (N, q, steps, sigma) of a config as JSON, without training
+  train     train one cell: out_dir=DIR writes result.json, model.pt, predictions_*.csv
+  evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
+  table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
+  phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
+  demo      generate phantom patches and train the tiny preset (the README's main job)
+
+overrides are hydra's: experiment=table1/real_eps6 model=efficientnet_lite0 train.epochs=2 ...
+"""
+
+
+def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Take `name=value` command options out of the hydra overrides."""
+    options, rest = {}, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in names:
+            options[key] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def parse_list(value: str) -> list[str]:
+    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+
+
+def cmd_plan(args: Sequence[str]) -> int:
+    from common.config.compose import compose_config
+    from common.runs.planning import plan_report
+
+    print(json.dumps(plan_report(compose_config(args)), indent=2))
+    return 0
+
+
+def cmd_train(args: Sequence[str]) -> int:
+    from common.config.compose import compose_config
+    from common.runs.single_node import run_cell
+
+    config = compose_config(args)
+    if not config.out_dir:
+        raise ConfigError("mammofl train needs out_dir=DIR")
+    record = run_cell(config, Path(config.out_dir))
+    summary = {name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
+               for name, t in record["tests"].items()}
+    print(json.dumps({"out_dir": config.out_dir, "best_epoch": record["best_epoch"],
+                      "epsilon_spent": record["privacy"]["epsilon_spent"], "tests": summary},
+                     indent=2))
+    return 0
+
+
+def cmd_evaluate(args: Sequence[str]) -> int:
+    from simulations.evaluate import evaluate_run
+
+    options, rest = split_options(args, ("run_dir", "patches", "format", "split", "name", "out"))
+    if rest or "run_dir" not in options or "patches" not in options:
+        raise ConfigError("usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name=]")
+    print(json.dumps(evaluate_run(**options), indent=2))
+    return 0
+
+
+def cmd_table1(args: Sequence[str]) -> int:
+    from simulations.table1 import DEFAULT_ROWS, DEFAULT_SEEDS, run_table1
+
+    options, rest = split_options(args, ("rows", "seeds", "out_dir"))
+    if "out_dir" not in options:
+        raise ConfigError("mammofl table1 needs out_dir=DIR")
+    rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
+    seeds = [int(s) for s in parse_list(options["seeds"])] if "seeds" in options else list(DEFAULT_SEEDS)
+    paths = run_table1(Path(options["out_dir"]), rows, seeds, rest)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def cmd_phantom_patches(args: Sequence[str]) -> int:
+    from common.data.phantom_patches import write_phantom_patches
+
+    names = ("out_dir", "patients", "test_patients", "size", "seed")
+    options, rest = split_options(args, names)
+    if rest or "out_dir" not in options:
+        raise ConfigError(f"usage: mammofl phantom-patches out_dir=DIR [{' '.join(names[1:])}=]")
+    numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
+    sets = write_phantom_patches(Path(options["out_dir"]), **numbers)
+    print(json.dumps({k: s.counts() for k, s in sets.items()}, indent=2))
+    return 0
+
+
+def cmd_demo(args: Sequence[str]) -> int:
+    from common.data.phantom_patches import write_phantom_patches
+
+    phantom = Path(os.environ.get("MAMMOFL_PHANTOM", "runs/phantom-patches"))
+    if not (phantom / "test" / "manifest.csv").is_file():
+        write_phantom_patches(phantom)
+    os.environ["MAMMOFL_PHANTOM"] = str(phantom)
+    return cmd_train(["experiment=tiny", "out_dir=runs/demo", *args])
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plan": cmd_plan,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "table1": cmd_table1,
+    "phantom-patches": cmd_phantom_patches,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help", "help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except MammoflError as error:
+        print(f"mammofl {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mammofl {argv[0]}: interrupted; no partial result was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
