@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,11 +62,21 @@ def cmd_train(args: Sequence[str]) -> int:
     if not config.out_dir:
         raise ConfigError("mammofl train needs out_dir=DIR")
     record = run_cell(config, Path(config.out_dir))
-    summary = {name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
-               for name, t in record["tests"].items()}
-    print(json.dumps({"out_dir": config.out_dir, "best_epoch": record["best_epoch"],
-                      "epsilon_spent": record["privacy"]["epsilon_spent"], "tests": summary},
-                     indent=2))
+    summary = {
+        name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
+        for name, t in record["tests"].items()
+    }
+    print(
+        json.dumps(
+            {
+                "out_dir": config.out_dir,
+                "best_epoch": record["best_epoch"],
+                "epsilon_spent": record["privacy"]["epsilon_spent"],
+                "tests": summary,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -86,7 +97,11 @@ def cmd_table1(args: Sequence[str]) -> int:
     if "out_dir" not in options:
         raise ConfigError("mammofl table1 needs out_dir=DIR")
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
-    seeds = [int(s) for s in parse_list(options["seeds"])] if "seeds" in options else list(DEFAULT_SEEDS)
+    seeds = (
+        [int(s) for s in parse_list(options["seeds"])]
+        if "seeds" in options
+        else list(DEFAULT_SEEDS)
+    )
     paths = run_table1(Path(options["out_dir"]), rows, seeds, rest)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
@@ -128,8 +143,14 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # expected with a frozen backbone (inputs of the head need no gradient) and without secure RNG
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    warnings.filterwarnings("ignore", message="Secure RNG turned off")
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
+        print(
+            USAGE,
+            file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout,
+        )
         return 0 if not argv or argv[0] in ("-h", "--help", "help") else 2
     try:
         return COMMANDS[argv[0]](argv[1:])

@@ -51,10 +51,19 @@ def evaluate_run(
     target = Path(out) if out else folder / f"evaluation_{name}"
     write_predictions(target / f"predictions_{name}.csv", loaded, scores)
     metrics = evaluate_scores(
-        loaded.patch_set.labels, scores, loaded.patch_set.patients,
-        bootstrap=config.eval.bootstrap, confidence=config.eval.confidence, seed=config.seed,
+        loaded.patch_set.labels,
+        scores,
+        loaded.patch_set.patients,
+        bootstrap=config.eval.bootstrap,
+        confidence=config.eval.confidence,
+        seed=config.seed,
     )
-    record = {"run_dir": str(folder), "patches": patches, "name": name, "metrics": metrics,
-              "skipped": loaded.patch_set.skipped}
+    record = {
+        "run_dir": str(folder),
+        "patches": patches,
+        "name": name,
+        "metrics": metrics,
+        "skipped": loaded.patch_set.skipped,
+    }
     write_json(target / f"evaluation_{name}.json", record)
     return record

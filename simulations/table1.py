@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SEEDS = (42, 43, 44)
 DEFAULT_ROWS = tuple(
     ["real", "syn", "synpre"]
-    + [f"{kind}_eps{e}" for e in (1, 6, 12, 20, 60) for kind in ("real", "real_syn", "synpre_realft")]
+    + [
+        f"{kind}_eps{e}"
+        for e in (1, 6, 12, 20, 60)
+        for kind in ("real", "real_syn", "synpre_realft")
+    ]
 )
 
 

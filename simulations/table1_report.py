@@ -38,11 +38,18 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
         model = first["config"]["model"]
         weights = "imagenet" if model["weights"] == "imagenet" else Path(model["weights"]).name
         backbone = (model["library"], model["name"], model["weights"])
-        spent = [r["privacy"]["epsilon_spent"] for r in results if r["privacy"]["epsilon_spent"] is not None]
+        spent = [
+            r["privacy"]["epsilon_spent"]
+            for r in results
+            if r["privacy"]["epsilon_spent"] is not None
+        ]
         for test_set in first["tests"]:
             line: dict[str, Any] = {
-                "row": row, "setting": setting, "epsilon": epsilon if epsilon is not None else math.inf,
-                "test_set": test_set, "seeds": len(results),
+                "row": row,
+                "setting": setting,
+                "epsilon": epsilon if epsilon is not None else math.inf,
+                "test_set": test_set,
+                "seeds": len(results),
                 "backbone": f"{model['library']}:{model['name']} ({weights})",
                 "epsilon_spent": float(np.mean(spent)) if spent else None,
             }
@@ -52,9 +59,12 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
                 line[f"{metric}_std"] = float(np.std(values))  # population std, as the paper
             paper, why = paper_values(setting, epsilon, test_set, backbone)
             if paper is not None:
-                line.update(paper_auroc=paper[0], paper_auprc_benign=paper[2],
-                            diff_auroc=line["auroc_mean"] - paper[0],
-                            diff_auprc_benign=line["auprc_benign_mean"] - paper[2])
+                line.update(
+                    paper_auroc=paper[0],
+                    paper_auprc_benign=paper[2],
+                    diff_auroc=line["auroc_mean"] - paper[0],
+                    diff_auprc_benign=line["auprc_benign_mean"] - paper[2],
+                )
             line["paper_note"] = why
             lines.append(line)
     return pd.DataFrame(lines)
@@ -65,12 +75,16 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]) -> str:
-    out = ["# Table 1 (mammofl)", "",
-           f"Seeds: {', '.join(map(str, seeds))}. Mean ± population std over seeds.",
-           f"Overrides: {' '.join(overrides) if overrides else '(none)'}", "",
-           "| row | eps | test set | AUROC | AUPRC (malignant +) | AUPRC (benign +, paper's) "
-           "| eps spent | paper AUROC (diff) | paper AUPRC (diff) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "# Table 1 (mammofl)",
+        "",
+        f"Seeds: {', '.join(map(str, seeds))}. Mean ± population std over seeds.",
+        f"Overrides: {' '.join(overrides) if overrides else '(none)'}",
+        "",
+        "| row | eps | test set | AUROC | AUPRC (malignant +) | AUPRC (benign +, paper's) "
+        "| eps spent | paper AUROC (diff) | paper AUPRC (diff) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     notes = set()
     for _, r in frame.iterrows():
         paper_a = paper_p = "—"
@@ -79,14 +93,19 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
             paper_p = f"{r['paper_auprc_benign']:.3f} ({r['diff_auprc_benign']:+.3f})"
         elif r["paper_note"]:
             notes.add(r["paper_note"])
-        spent = "—" if r["epsilon_spent"] is None or pd.isna(r["epsilon_spent"]) else f"{r['epsilon_spent']:.3f}"
-        out.append(
-            f"| {r['row']} | {r['epsilon']:g} | {r['test_set']} | {_fmt(r['auroc_mean'], r['auroc_std'])} "
-            f"| {_fmt(r['auprc_malignant_mean'], r['auprc_malignant_std'])} "
-            f"| {_fmt(r['auprc_benign_mean'], r['auprc_benign_std'])} | {spent} | {paper_a} | {paper_p} |"
+        spent = (
+            "—"
+            if r["epsilon_spent"] is None or pd.isna(r["epsilon_spent"])
+            else f"{r['epsilon_spent']:.3f}"
         )
+        metrics = " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
+        cells = [r["row"], f"{r['epsilon']:g}", r["test_set"], metrics, spent, paper_a, paper_p]
+        out.append(f"| {' | '.join(cells)} |")
     if notes:
-        out += ["", "Paper values are shown only where backbone and test set are the paper's. Here:"]
+        out += [
+            "",
+            "Paper values are shown only where backbone and test set are the paper's. Here:",
+        ]
         out += [f"- {n}" for n in sorted(notes)]
     return "\n".join(out) + "\n"
 
@@ -103,8 +122,14 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     for (setting, test_set), part in frame.groupby(["setting", "test_set"]):
         part = part.sort_values("epsilon")
         x = part["epsilon"].replace(math.inf, inf_x)
-        ax.errorbar(x, part["auroc_mean"], yerr=part["auroc_std"], marker="o", capsize=3,
-                    label=f"{setting} · {test_set}")
+        ax.errorbar(
+            x,
+            part["auroc_mean"],
+            yerr=part["auroc_std"],
+            marker="o",
+            capsize=3,
+            label=f"{setting} · {test_set}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("epsilon (rightmost point: no DP)")
     ax.set_ylabel("AUROC")
@@ -122,8 +147,11 @@ def write_reports(
     out_dir: Path, rows: Sequence[str], seeds: Sequence[int], overrides: Sequence[str]
 ) -> dict[str, Path]:
     frame = summarise(out_dir, rows, seeds)
-    paths = {"csv": out_dir / "table1.csv", "md": out_dir / "table1.md",
-             "plot": out_dir / "privacy_utility.png"}
+    paths = {
+        "csv": out_dir / "table1.csv",
+        "md": out_dir / "table1.md",
+        "plot": out_dir / "privacy_utility.png",
+    }
     atomic_write_text(paths["csv"], frame.to_csv(index=False))
     atomic_write_text(paths["md"], markdown(frame, seeds, overrides))
     plot(frame, paths["plot"])

@@ -23,7 +23,9 @@ def config_dir() -> Path:
     override = os.environ.get("MAMMOFL_CONFIG_DIR")
     folder = Path(override) if override else Path(__file__).resolve().parents[2] / "configs"
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"no config.yaml in {folder}; set MAMMOFL_CONFIG_DIR to mammofl's configs/")
+        raise ConfigError(
+            f"no config.yaml in {folder}; set MAMMOFL_CONFIG_DIR to mammofl's configs/"
+        )
     return folder
 
 

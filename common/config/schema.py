@@ -59,7 +59,9 @@ class ValidationConfig:
                 "(a per-patient hold-out of the real training set)"
             )
         if self.holdout_fraction is not None and not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError(f"data.validation.holdout_fraction={self.holdout_fraction}: use (0,1)")
+            raise ConfigError(
+                f"data.validation.holdout_fraction={self.holdout_fraction}: use (0,1)"
+            )
 
 
 @dataclass
@@ -127,7 +129,7 @@ class TrainConfig:
     flips: bool = True
     backbone_mode: str = "auto"
     device: str = "auto"
-    feature_batch_size: int = 64
+    feature_batch_size: int = 16
     feature_cache_dir: str | None = None
     num_workers: int = 0
 

@@ -27,7 +27,9 @@ def _mass_mask(rng: np.random.Generator, size: int, malignant: bool) -> np.ndarr
     radius = rng.uniform(0.12, 0.22) * size
     angles = np.linspace(0, 2 * np.pi, 180, endpoint=False)
     if malignant:
-        wobble = sum(rng.uniform(0.05, 0.18) * np.cos(k * angles + rng.uniform(0, 6.3)) for k in range(3, 9))
+        wobble = sum(
+            rng.uniform(0.05, 0.18) * np.cos(k * angles + rng.uniform(0, 6.3)) for k in range(3, 9)
+        )
     else:
         aspect = rng.uniform(0.0, 0.25)
         wobble = aspect * np.cos(2 * angles + rng.uniform(0, 6.3))
@@ -65,14 +67,20 @@ def write_phantom_patches(
         (folder / "images").mkdir(parents=True, exist_ok=True)
         records = []
         for p in range(count):
-            patient = f"PH{split[0].upper()}{p:04d}"
+            patient = f"PH-{split}-{p:04d}"
             malignant = p % 2 == 1
             for view in ("CC", "MLO"):
                 path = folder / "images" / f"{patient}_{view}.png"
                 cv2.imwrite(str(path), make_patch(rng, size, malignant))
                 records.append(
-                    PatchRecord(str(path.resolve()), int(malignant), patient, "phantom", "real",
-                                f"phantom:{patient}:{view}")
+                    PatchRecord(
+                        str(path.resolve()),
+                        int(malignant),
+                        patient,
+                        "phantom",
+                        "real",
+                        f"phantom:{patient}:{view}",
+                    )
                 )
         sets[split] = PatchSet(records, name=f"phantom:{split}")
         write_manifest(sets[split], folder)

@@ -16,7 +16,9 @@ from common.config.schema import PatchSourceConfig
 from common.data.patch_set import MANIFEST_COLUMNS, PatchRecord, PatchSet
 from common.errors import DataError
 
-_RELEASED_NAME = re.compile(r"^patient(?P<dataset>.+?)__(?P<patient>.+?)_image.*_is_benign_(?P<b>[01])$")
+_RELEASED_NAME = re.compile(
+    r"^patient(?P<dataset>.+?)__(?P<patient>.+?)_image.*_is_benign_(?P<b>[01])$"
+)
 _SYNTHETIC_NAME = re.compile(r"^batch_.*_(?P<cls>malignant|benign)$")
 _FOLDER_LABEL = {"is_benign_false": 1, "is_benign_true": 0}
 

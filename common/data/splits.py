@@ -18,9 +18,7 @@ def patient_labels(patch_set: PatchSet) -> dict[str, int]:
     return {p: int(c[1] >= c[0]) for p, c in votes.items()}
 
 
-def split_by_patient(
-    patch_set: PatchSet, fraction: float, seed: int
-) -> tuple[PatchSet, PatchSet]:
+def split_by_patient(patch_set: PatchSet, fraction: float, seed: int) -> tuple[PatchSet, PatchSet]:
     """Split off about `fraction` of the patients of each class; returns (rest, held_out)."""
     labels = patient_labels(patch_set)
     rng = np.random.default_rng(seed)

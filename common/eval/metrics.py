@@ -45,7 +45,7 @@ def evaluate_scores(
     y = np.asarray(labels, dtype=int)
     s = np.asarray(scores, dtype=float)
     result: dict[str, Any] = {m: {"value": v} for m, v in point_metrics(y, s).items()}
-    result["n"] = int(len(y))
+    result["n"] = len(y)
     result["n_patients"] = len(set(patients))
     if bootstrap == 0:
         return result

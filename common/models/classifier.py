@@ -55,10 +55,9 @@ def _torchvision_backbone(config: ModelConfig) -> tuple[nn.Module, int]:
         factory = torchvision.models.get_model_builder(config.name)
     except ValueError as error:
         raise ConfigError(f"model.name={config.name!r}: unknown torchvision model") from error
-    kwargs = dict(config.kwargs)
+    backbone = factory(weights=None, **dict(config.kwargs))
     if config.drop_path_rate is not None:
-        kwargs["stochastic_depth_prob"] = config.drop_path_rate
-    backbone = factory(weights=None, **kwargs)
+        _rescale_stochastic_depth(backbone, config.drop_path_rate)
     head_name = _torchvision_head_attribute(backbone)
     head = getattr(backbone, head_name)
     last = head[-1] if isinstance(head, nn.Sequential) else head
@@ -66,6 +65,16 @@ def _torchvision_backbone(config: ModelConfig) -> tuple[nn.Module, int]:
         raise ConfigError(f"torchvision {config.name}: cannot find its final Linear layer")
     setattr(backbone, head_name, nn.Identity())
     return backbone, int(last.in_features)
+
+
+def _rescale_stochastic_depth(model: nn.Module, rate: float) -> None:
+    """Scale torchvision's linear stochastic-depth schedule so its deepest block has `rate`."""
+    from torchvision.ops import StochasticDepth
+
+    layers = [m for m in model.modules() if isinstance(m, StochasticDepth)]
+    deepest = max((m.p for m in layers), default=0.0)
+    for layer in layers:
+        layer.p = layer.p * rate / deepest if deepest > 0 else rate
 
 
 def _torchvision_head_attribute(model: nn.Module) -> str:

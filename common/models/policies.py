@@ -22,7 +22,11 @@ def trainable_parameter_names(model: nn.Module, policy: str) -> list[str]:
     if policy == "head":
         return head
     if policy == "head_last":
-        linears = [m for m, mod in model.named_modules() if m.startswith("head") and isinstance(mod, nn.Linear)]
+        linears = [
+            m
+            for m, mod in model.named_modules()
+            if m.startswith("head") and isinstance(mod, nn.Linear)
+        ]
         last = linears[-1]
         return [n for n in names if n.rsplit(".", 1)[0] == last]
     if policy == "norm_head":

@@ -38,7 +38,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a state dict")
-    return {k.replace("_module.", "", 1) if k.startswith("_module.") else k: v for k, v in state.items()}
+    return {
+        k.replace("_module.", "", 1) if k.startswith("_module.") else k: v for k, v in state.items()
+    }
 
 
 def _offline() -> bool:
@@ -79,12 +81,18 @@ def load_backbone_weights(backbone: nn.Module, config: ModelConfig) -> None:
         state = read_state_dict(config.weights)
         source = config.weights
         if any(k.startswith("backbone.") for k in state):
-            state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+            state = {
+                k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")
+            }
     expected = set(backbone.state_dict())
     dropped = sorted(k for k in state if k not in expected and k.startswith(CLASSIFIER_PREFIXES))
     if dropped:
-        log.info("weights %s: dropped %d classifier keys (head replaced): %s", source,
-                 len(dropped), ", ".join(dropped[:4]))
+        log.info(
+            "weights %s: dropped %d classifier keys (head replaced): %s",
+            source,
+            len(dropped),
+            ", ".join(dropped[:4]),
+        )
         state = {k: v for k, v in state.items() if k not in dropped}
     try:
         backbone.load_state_dict(state, strict=True)

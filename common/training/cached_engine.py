@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from common.data.images import LoadedPatches
 from common.errors import ConfigError
@@ -41,8 +42,13 @@ class CachedEngine:
 
         def features(loaded: LoadedPatches, chosen: tuple[int, ...]) -> torch.Tensor:
             return cached_features(
-                extract, loaded, chosen, settings.feature_batch_size, settings.device,
-                settings.feature_cache_dir, settings.progress,
+                extract,
+                loaded,
+                chosen,
+                settings.feature_batch_size,
+                settings.device,
+                settings.feature_cache_dir,
+                settings.progress,
             ).to(settings.device)
 
         self.train_features = features(train, variants)
@@ -65,12 +71,17 @@ class CachedEngine:
         variants = self.train_features.shape[0]
         return torch.randint(0, variants, (count,), generator=self.generator)
 
-    def batch(self, indices: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, indices: torch.Tensor, flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.settings.device
         idx, fl = indices.to(device), flips.to(device)
         return self.train_features[fl, idx], self.train_labels[idx]
 
-    def dp_clipped_sum(self, features: torch.Tensor, labels: torch.Tensor):  # type: ignore[no-untyped-def]
+    def dp_clipped_sum(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Clipped per-sample gradient sums of the trainable head parameters (no noise)."""
         dp = self.settings.dp
         assert dp is not None
         return clipped_gradient_sum(

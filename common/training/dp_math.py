@@ -17,7 +17,10 @@ def expected_batch_size(dataset_size: int, sample_rate: float) -> int:
 
 
 def add_noise(
-    summed: torch.Tensor, noise_multiplier: float, max_grad_norm: float, generator: torch.Generator | None
+    summed: torch.Tensor,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     noise = torch.normal(
         0.0,

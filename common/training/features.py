@@ -40,20 +40,22 @@ def extract_features(
 ) -> torch.Tensor:
     """Features [len(variants), N, F] (float32) with the backbone in eval mode."""
     was_training = backbone.training
-    backbone.eval()
+    backbone.eval().to(memory_format=torch.channels_last)  # 1.5-2x faster convs on CPU
     chunks: list[list[torch.Tensor]] = [[] for _ in variants]
     total = len(loaded.pixels)
     bar = tqdm(total=total * len(variants), disable=not progress, desc="features", unit="img")
     try:
         for start in range(0, total, batch_size):
-            images = to_model_input(loaded.pixels[start : start + batch_size]).to(device)
+            dtype = next(backbone.parameters()).dtype
+            images = to_model_input(loaded.pixels[start : start + batch_size]).to(device, dtype)
+            images = images.contiguous(memory_format=torch.channels_last)
             for slot, variant in enumerate(variants):
                 flips = torch.full((images.shape[0],), variant, device=device)
-                chunks[slot].append(backbone(apply_flips(images, flips)).float().cpu())
+                chunks[slot].append(backbone(apply_flips(images, flips)).cpu())
                 bar.update(images.shape[0])
     finally:
         bar.close()
-        backbone.train(was_training)
+        backbone.train(was_training).to(memory_format=torch.contiguous_format)
     return torch.stack([torch.cat(c) for c in chunks])
 
 

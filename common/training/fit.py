@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
@@ -89,12 +88,18 @@ def fit(
     for epoch in bar:
         train_loss = engine.train_epoch()
         scores, val_loss = engine.predict("validation")
-        score = auprc(val_labels, scores, selection_positive) if len(np.unique(val_labels)) > 1 else float("nan")
+        score = (
+            auprc(val_labels, scores, selection_positive)
+            if len(np.unique(val_labels)) > 1
+            else float("nan")
+        )
         epsilon = None
         if dp is not None:
             spent = LedgerEvent(dp.noise_multiplier, dp.sample_rate, engine.steps_done)
             epsilon = ledger.epsilon(extra=spent)
-        record = EpochRecord(epoch, train_loss, val_loss, score, epsilon, selector.eligible(epsilon))
+        record = EpochRecord(
+            epoch, train_loss, val_loss, score, epsilon, selector.eligible(epsilon)
+        )
         history.append(record)
         selector.offer(record, engine.model_state)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_auprc=f"{score:.3f}", eps=epsilon)

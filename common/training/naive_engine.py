@@ -9,6 +9,7 @@ step, as the mechanism requires.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class NaiveEngine:
             parameters, lr=settings.lr, weight_decay=settings.weight_decay
         )
         self.module: nn.Module = self.model
-        self.privacy_engine = None
+        self.privacy_engine: Any = None
         if settings.dp is not None:
             self._make_private()
         self.steps_done = 0
@@ -88,10 +89,13 @@ class NaiveEngine:
             generator=self.generator,
             steps=dp.steps_per_epoch,
         )
-        index_loader = DataLoader(TensorDataset(torch.arange(len(self.labels))), batch_sampler=self.sampler)
+        index_loader = DataLoader(
+            TensorDataset(torch.arange(len(self.labels))), batch_sampler=self.sampler
+        )
         self.model.train()
-        self.privacy_engine = PrivacyEngine(accountant="rdp")
-        self.module, self.optimizer, _ = self.privacy_engine.make_private(
+        privacy_engine = PrivacyEngine(accountant="rdp")
+        self.privacy_engine = privacy_engine
+        self.module, self.optimizer, _ = privacy_engine.make_private(
             module=self.model,
             optimizer=self.optimizer,
             data_loader=index_loader,
@@ -108,9 +112,39 @@ class NaiveEngine:
         self.module.train()
         self.model.backbone.train(self.settings.backbone_train_mode)
 
-    def batch(self, indices: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def batch(
+        self, indices: torch.Tensor, flips: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         images = apply_flips(to_model_input(self.pixels[indices]), flips)
-        return images.to(self.settings.device), self.labels[indices].to(self.settings.device)
+        device = self.settings.device
+        return images.to(device, self.dtype), self.labels[indices].to(device)
+
+    def dp_clipped_sum(self, indices: torch.Tensor, flips: torch.Tensor) -> dict[str, torch.Tensor]:
+        """opacus' clipped per-sample gradient sum for one batch (no noise, no update)."""
+        self._set_train_mode()
+        images, labels = self.batch(indices, flips)
+        self.settings.per_sample_loss(self.module(images), labels).mean().backward()
+        self.optimizer.clip_and_accumulate()
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        sums = {names[id(p)]: p.summed_grad.detach().clone() for p in self.optimizer.params}
+        self.optimizer.zero_grad(set_to_none=True)
+        return sums
+
+    def per_sample_gradients(
+        self, indices: torch.Tensor, flips: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """opacus' per-sample gradients (GradSampleModule hooks) for one batch."""
+        self._set_train_mode()
+        images, labels = self.batch(indices, flips)
+        self.settings.per_sample_loss(self.module(images), labels).mean().backward()
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        grads = {names[id(p)]: p.grad_sample.detach().clone() for p in self.optimizer.params}
+        self.optimizer.zero_grad(set_to_none=True)
+        return grads
 
     def _batches(self) -> Iterator[torch.Tensor]:
         if self.settings.dp is not None:
@@ -154,7 +188,9 @@ class NaiveEngine:
         probabilities, losses = [], []
         size = self.settings.feature_batch_size
         for start in range(0, len(loaded.pixels), size):
-            images = to_model_input(loaded.pixels[start : start + size]).to(self.settings.device)
+            images = to_model_input(loaded.pixels[start : start + size]).to(
+                self.settings.device, self.dtype
+            )
             labels = loaded.labels[start : start + size].to(self.settings.device)
             logits = self.module(images)
             probabilities.append(torch.softmax(logits, 1)[:, 1].cpu())

@@ -1,0 +1,57 @@
+"""Shared test fixtures. Tests never touch the network (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["MAMMOFL_OFFLINE"] = "1"
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MAMMOFL_SHARED", PROJECT.parent / "shared")).resolve()
+RELEASE = SHARED / "data" / "mammo_dp_release"
+WEIGHTS = SHARED / "weights" / "efficientnet_lite0_in1k_timm.safetensors"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected no test must not pass (pytest's exit code 5)."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def require_shared(path: Path) -> Path:
+    """Fail under CI=true when ../shared data is missing; elsewhere skip."""
+    if not path.exists():
+        message = f"needs {path} (../shared beside the project)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def release_dir() -> Path:
+    return require_shared(RELEASE)
+
+
+@pytest.fixture(scope="session")
+def effnet_weights() -> Path:
+    return require_shared(WEIGHTS)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from common.data.phantom_patches import write_phantom_patches
+
+    folder = tmp_path_factory.mktemp("phantom")
+    write_phantom_patches(folder, patients=16, test_patients=8, size=32, seed=0)
+    return folder
+
+
+@pytest.fixture
+def phantom_env(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MAMMOFL_PHANTOM", str(phantom_dir))
+    return phantom_dir

@@ -1,0 +1,109 @@
+"""The single-node mode end to end on the tiny preset and built-in phantom patches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from common.config.compose import compose_config
+from common.runs.planning import plan_report
+from common.runs.single_node import run_cell
+from simulations.evaluate import evaluate_run
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> dict:
+    config = compose_config(["experiment=tiny", f"out_dir={tmp_path / name}", *overrides])
+    return run_cell(config, tmp_path / name, progress=False)
+
+
+def test_tiny_dp_run_writes_a_complete_record(phantom_env: Path, tmp_path: Path) -> None:
+    record = _run(tmp_path, "a")
+    plan = plan_report(compose_config(["experiment=tiny"]))
+    privacy = record["privacy"]
+    assert privacy["noise_multiplier"] == plan["noise_multiplier"]  # exactly as planned
+    assert privacy["sample_rate"] == plan["sample_rate"]
+    assert privacy["steps"] == plan["steps"] == privacy["planned_steps"]
+    assert 0.75 * 6 < privacy["epsilon_spent"] <= 6.0
+    assert privacy["ledger"]["events"][0]["steps"] == plan["steps"]
+    assert record["trainable_count"] == sum(
+        t.numel()
+        for k, t in torch.load(tmp_path / "a" / "model.pt").items()
+        if k.startswith("head.")
+    )
+    test = record["tests"]["phantom_test"]
+    for metric in ("auroc", "auprc_malignant", "auprc_benign"):
+        assert test[metric]["ci_low"] <= test[metric]["value"] <= test[metric]["ci_high"]
+    predictions = pd.read_csv(tmp_path / "a" / "predictions_phantom_test.csv")
+    assert list(predictions.columns) == ["patch", "patient_id", "label", "score_malignant"]
+    assert len(predictions) == test["n"] == 16
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["git_commit"]
+
+
+def test_same_seed_same_result(phantom_env: Path, tmp_path: Path) -> None:
+    first, second = _run(tmp_path, "a"), _run(tmp_path, "b")
+    assert first["tests"] == second["tests"] and first["history"] == second["history"]
+    a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    third = _run(tmp_path, "c", "seed=7")
+    assert third["history"] != first["history"]
+
+
+def test_cached_engine_run_and_evaluate(phantom_env: Path, tmp_path: Path) -> None:
+    record = _run(tmp_path, "c", "train.engine=cached", "train.epochs=4")
+    assert record["best_epoch"] in range(1, 5)
+    evaluated = evaluate_run(str(tmp_path / "c"), str(phantom_env / "test"), name="again")
+    # the saved model reproduces the run's own test scores
+    assert evaluated["metrics"]["auroc"]["value"] == pytest.approx(
+        record["tests"]["phantom_test"]["auroc"]["value"], abs=1e-9
+    )
+
+
+def test_interrupt_leaves_no_result(
+    phantom_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.training import naive_engine
+
+    def interrupted(self: object) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(naive_engine.NaiveEngine, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "x")
+    assert not (tmp_path / "x" / "result.json").exists()
+
+
+def test_cli_plan_and_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "plan", "experiment=table1/real_eps1"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert set(report) >= {
+        "dataset_size",
+        "batch_size",
+        "sample_rate",
+        "epochs",
+        "steps",
+        "noise_multiplier",
+        "target_epsilon",
+        "delta",
+        "accountant",
+    }
+    bad = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "train", "train.engine=fast", "out_dir=/tmp/x"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
+    assert bad.returncode == 2 and "train.engine" in bad.stderr

@@ -1,0 +1,75 @@
+"""The documented real-data Table 1 command on a small subset (CI keeps the path alive).
+
+Needs ../shared/data and ../shared/weights: fails under CI=true when they are missing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from simulations.table1 import run_table1
+
+SUBSET = [
+    "model=efficientnet_lite0",
+    "train.engine=cached",
+    "data=release_dev",
+    "data.real.limit=48",
+    "data.synthetic.limit=24",
+    "data.tests.cbis_ddsm_val.limit=24",
+    "train.epochs=2",
+    "eval.bootstrap=50",
+]
+
+
+@pytest.mark.slow
+def test_table1_subset_on_released_patches(
+    release_dir: Path, effnet_weights: Path, tmp_path: Path
+) -> None:
+    rows = ["real", "real_eps1", "real_eps6", "real_syn_eps6"]
+    paths = run_table1(tmp_path, rows, [42], SUBSET)
+    table = pd.read_csv(paths["csv"])
+    assert list(table["row"]) == rows and set(table["test_set"]) == {"cbis_ddsm_val"}
+    spent = dict(zip(table["row"], table["epsilon_spent"], strict=True))
+    assert (
+        math.isnan(spent["real"])
+        and 0.75 < spent["real_eps1"] <= 1.0
+        and 4.5 < spent["real_eps6"] <= 6.0
+    )
+    markdown = paths["md"].read_text()
+    assert "efficientnet_lite0" in markdown and "not the paper's" in markdown
+    assert "data.real.limit=48" in markdown
+    assert paths["plot"].stat().st_size > 1000
+    # resume: a second call trains nothing and rewrites the same table
+    before = {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/*/result.json")}
+    run_table1(tmp_path, rows, [42], SUBSET)
+    assert before == {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/*/result.json")}
+
+
+@pytest.mark.slow
+def test_synpre_then_realft_chain(release_dir: Path, tmp_path: Path) -> None:
+    """SynPre (all parameters, synthetic only) feeds SynPre+RealFT (head only, DP)."""
+    overrides = [
+        "model=tiny_swin",
+        "data=release_dev",
+        "data.image_size=32",
+        "train.epochs=1",
+        "data.real.limit=32",
+        "data.synthetic.limit=16",
+        "data.tests.cbis_ddsm_val.limit=16",
+        "train.batch_size=16",
+        "eval.bootstrap=20",
+    ]
+    paths = run_table1(tmp_path, ["synpre_realft_eps6"], [42], overrides)
+    assert (tmp_path / "cells" / "synpre" / "seed42" / "result.json").is_file()
+    import json
+
+    ft = json.loads(
+        (tmp_path / "cells" / "synpre_realft_eps6" / "seed42" / "result.json").read_text()
+    )
+    assert ft["config"]["model"]["init_from"].endswith("synpre/seed42/model.pt")
+    assert ft["trainable_count"] == 32 * 2 + 2  # Linear(32 features, 2) of the tiny Swin
+    assert pd.read_csv(paths["csv"])["row"].tolist() == ["synpre_realft_eps6"]

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from common.config.compose import compose_config, config_dir, experiment_names
+from common.config.schema import MammoflConfig
+from common.errors import ConfigError
+
+TABLE1 = [f"table1/{n}" for n in ["real", "syn", "synpre"]] + [
+    f"table1/{k}_eps{e}" for e in (1, 6, 12, 20, 60) for k in ("real", "real_syn", "synpre_realft")
+]
+
+
+def test_all_18_table1_presets_exist() -> None:
+    assert sorted(n for n in experiment_names() if n.startswith("table1/")) == sorted(TABLE1)
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_preset_composes_and_overrides_base(name: str) -> None:
+    base = compose_config([])
+    config = compose_config([f"experiment={name}"])
+    assert isinstance(config, MammoflConfig)
+    assert config.name != base.name == "run"  # the preset really overrides the base
+    header = (config_dir() / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert header[1].startswith("#")
+
+
+@pytest.mark.parametrize("name", [n for n in TABLE1 if "eps" in n])
+def test_dp_presets_enable_privacy(name: str) -> None:
+    config = compose_config([f"experiment={name}"])
+    assert config.privacy.enabled and config.privacy.target_epsilon == float(
+        name.rsplit("eps", 1)[1]
+    )
+    assert config.model.library == "torchvision" and config.model.name == "swin_t"
+    assert config.train.epochs == 300 and config.train.batch_size == 128
+
+
+def test_rows_train_the_paper_parameters() -> None:
+    real = compose_config(["experiment=table1/real"])
+    assert (real.model.head, real.model.trainable, real.data.train_on) == ("mlp2", "head", ["real"])
+    synpre = compose_config(["experiment=table1/synpre"])
+    assert (synpre.model.head, synpre.model.trainable, synpre.data.train_on) == (
+        "linear",
+        "all",
+        ["synthetic"],
+    )
+    ft = compose_config(["experiment=table1/synpre_realft_eps6"])
+    assert (ft.model.head, ft.model.trainable) == ("linear", "head")
+    mixed = compose_config(["experiment=table1/real_syn_eps1"])
+    assert mixed.data.train_on == ["real", "synthetic"]
+
+
+def test_command_line_overrides_the_preset() -> None:
+    config = compose_config(
+        ["experiment=table1/real_eps6", "privacy.target_epsilon=3", "model=efficientnet_lite0"]
+    )
+    assert config.privacy.target_epsilon == 3 and config.model.name == "efficientnet_lite0"
+
+
+def test_no_preset_writes_a_noise_multiplier() -> None:
+    for path in (config_dir()).rglob("*.yaml"):
+        assert "noise_multiplier" not in path.read_text(), path
+
+
+def test_bad_values_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"train\.engine"):
+        compose_config(["train.engine=fast"])
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        compose_config(["privacy=dp"])
+    with pytest.raises(ConfigError):
+        compose_config(["model.nonexistent=1"])
+
+
+def test_config_dir_is_the_projects() -> None:
+    assert config_dir() == Path(__file__).resolve().parents[3] / "configs"
