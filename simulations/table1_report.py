@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.data.patch_set import atomic_write_text
+from common.atomic_io import atomic_write_text
 from simulations.paper_table1 import paper_values
 
 METRICS = ("auroc", "auprc_malignant", "auprc_benign")

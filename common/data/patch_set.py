@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
+from common.atomic_io import atomic_write_text
 from common.errors import DataError
 
 MANIFEST_COLUMNS = ("path", "label", "patient_id", "site", "source", "provenance_file", "box")
@@ -97,19 +97,6 @@ def write_manifest(patch_set: PatchSet, folder: Path) -> Path:
     target = folder / "manifest.csv"
     atomic_write_text(target, frame.to_csv(index=False))
     return target
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: no half-written files."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def with_site(records: Sequence[PatchRecord], site: str) -> list[PatchRecord]:

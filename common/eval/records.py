@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.atomic_io import atomic_torch_save, atomic_write_text
 from common.data.images import LoadedPatches
-from common.data.patch_set import atomic_write_text
 
 
 def _clean(value: Any) -> Any:
@@ -46,11 +44,4 @@ def write_predictions(path: Path, loaded: LoadedPatches, scores: np.ndarray) -> 
 
 
 def save_model(path: Path, state: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_torch_save(path, state)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.atomic_io import atomic_torch_save
 from common.data.images import LoadedPatches, apply_flips, to_model_input
 
 log = logging.getLogger(__name__)
@@ -86,12 +85,5 @@ def cached_features(
         log.info("features from cache %s", path)
         return torch.load(path, weights_only=True)
     features = extract_features(backbone, loaded, variants, batch_size, device, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(features, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_torch_save(path, features)
     return features

@@ -1,0 +1,31 @@
+"""Atomic writes: a temporary file in the target folder, then a rename; never half-written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    """Call `write(tmp_path)`, then move the temporary file onto `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write(target, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_torch_save(target: Path, obj: Any) -> None:
+    import torch
+
+    atomic_write(target, lambda tmp: torch.save(obj, tmp))
