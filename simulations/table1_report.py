@@ -99,7 +99,8 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
             else f"{r['epsilon_spent']:.3f}"
         )
         metrics = " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
-        cells = [r["row"], f"{r['epsilon']:g}", r["test_set"], metrics, spent, paper_a, paper_p]
+        cells = [r["row"], f"{r['epsilon']:g}", r["test_set"], str(r["seeds"]), metrics]
+        cells += [spent, paper_a, paper_p]
         out.append(f"| {' | '.join(cells)} |")
     if notes:
         out += [

@@ -1,0 +1,152 @@
+"""One Table 1 cell in one process: data, model, privacy plan, fit, evaluate, result record."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config.schema import MammoflConfig
+from common.errors import ConfigError, PrivacyError
+from common.eval.metrics import evaluate_scores
+from common.eval.predict import predict_probabilities
+from common.eval.records import save_model, write_json, write_predictions
+from common.models.classifier import build_classifier
+from common.models.policies import apply_trainable_policy, backbone_has_batchnorm, count_trainable
+from common.privacy.ledger import PrivacyLedger
+from common.runs.planning import plan_for
+from common.runs.provenance import git_commit, package_versions
+from common.runs.run_data import load_run_data
+from common.training.fit import fit
+from common.training.settings import DPSettings, EngineSettings, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def backbone_train_mode(config: MammoflConfig, has_batchnorm: bool) -> bool:
+    """Naive engine: train mode (stochastic depth, as the reference) unless BatchNorm is there."""
+    mode = config.train.backbone_mode
+    if config.train.engine == "cached":
+        return False
+    if mode == "auto":
+        return not has_batchnorm
+    return mode == "train"
+
+
+def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train one cell and write result.json, model.pt and predictions_<test>.csv to out_dir."""
+    started = time.time()
+    if config.paper_row.setting == "SynPre+RealFT" and not config.model.init_from:
+        raise ConfigError(
+            "SynPre+RealFT fine-tunes the SynPre model: pass model.init_from=<SynPre model.pt> "
+            "(mammofl table1 does this for you)"
+        )
+    seed_everything(config.seed)
+    data = load_run_data(config.data, progress)
+    plan = plan_for(config, len(data.train.patch_set))
+    model = build_classifier(config.model)
+    trainable = apply_trainable_policy(model, config.model.trainable)
+    device = resolve_device(config.train.device)
+    dp = None
+    if plan.noise_multiplier is not None:
+        dp = DPSettings(plan.noise_multiplier, plan.sample_rate, plan.max_grad_norm, plan.steps_per_epoch)
+    settings = EngineSettings(
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        label_smoothing=config.train.label_smoothing,
+        flips=config.train.flips,
+        seed=config.seed,
+        device=device,
+        backbone_train_mode=backbone_train_mode(config, backbone_has_batchnorm(model.backbone)),
+        feature_batch_size=config.train.feature_batch_size,
+        feature_cache_dir=config.train.feature_cache_dir,
+        dp=dp,
+        progress=progress,
+    )
+    ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
+    result = fit(
+        model,
+        config.train.engine,
+        data.train,
+        data.validation,
+        settings,
+        epochs=config.train.epochs,
+        ledger=ledger,
+        selection_positive=config.train.selection_positive,
+        target_epsilon=plan.target_epsilon,
+        eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
+    )
+    if result.frozen_checksum_before != result.frozen_checksum_after:
+        raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
+    if result.accountant_steps is not None and result.accountant_steps != result.steps:
+        raise PrivacyError(
+            f"opacus counted {result.accountant_steps} steps, the ledger {result.steps}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tests: dict[str, Any] = {}
+    for name, loaded in data.tests.items():
+        scores = predict_probabilities(
+            model, loaded, device, config.train.feature_batch_size, config.train.feature_cache_dir
+        )
+        write_predictions(out_dir / f"predictions_{name}.csv", loaded, scores)
+        tests[name] = evaluate_scores(
+            loaded.patch_set.labels, scores, loaded.patch_set.patients,
+            bootstrap=config.eval.bootstrap, confidence=config.eval.confidence, seed=config.seed,
+        )
+    save_model(out_dir / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
+    selected = next((h for h in result.history if h.epoch == result.best_epoch), None)
+    record = {
+        "name": config.name,
+        "seed": config.seed,
+        "engine": config.train.engine,
+        "config": dataclasses.asdict(config),
+        "trainable_policy": config.model.trainable,
+        "trainable_count": count_trainable(model),
+        "trainable_parameters": trainable,
+        "frozen_checksum": result.frozen_checksum_after,
+        "best_epoch": result.best_epoch,
+        "selection": result.selection_note,
+        "privacy": {
+            "enabled": dp is not None,
+            "formal_guarantee": dp is not None and "synthetic" not in config.data.train_on,
+            "note": (
+                "synthetic patches come from a GAN trained on real data without DP: "
+                "no formal guarantee covers them"
+                if "synthetic" in config.data.train_on
+                else ""
+            ),
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": result.steps,
+            "planned_steps": plan.steps,
+            "epsilon_spent": result.epsilon_spent,
+            "epsilon_at_selected_epoch": selected.epsilon if selected else None,
+            "target_epsilon": plan.target_epsilon,
+            "delta": plan.delta,
+            "max_grad_norm": plan.max_grad_norm,
+            "accountant": plan.accountant,
+            "unit": "image",
+            "ledger": result.ledger.state_dict(),
+        },
+        "tests": tests,
+        "data": data.report(),
+        "history": [dataclasses.asdict(h) for h in result.history],
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(out_dir / "result.json", record)
+    return record
