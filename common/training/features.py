@@ -10,6 +10,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -58,6 +59,23 @@ def extract_features(
     return torch.stack([torch.cat(c) for c in chunks])
 
 
+def source_segments(loaded: LoadedPatches) -> list[tuple[int, int]]:
+    """Contiguous runs of records from the same source (real, synthetic): cached separately, so
+    the real part of a Real+Syn set reuses the Real row's features."""
+    sources = [r.source for r in loaded.patch_set.records]
+    bounds = [0] + [i for i in range(1, len(sources)) if sources[i] != sources[i - 1]]
+    return list(zip(bounds, [*bounds[1:], len(sources)], strict=True))
+
+
+def _cache_key(checksum: str, loaded: LoadedPatches, variants: tuple[int, ...]) -> str:
+    digest = hashlib.sha256()
+    for part in (checksum, loaded.patch_set.manifest_hash(), ",".join(map(str, variants))):
+        digest.update(part.encode())
+    digest.update(str(loaded.pixels.shape).encode())
+    digest.update(np.ascontiguousarray(loaded.pixels).tobytes())  # content, not just names
+    return digest.hexdigest()[:24]
+
+
 def cached_features(
     backbone: nn.Module,
     loaded: LoadedPatches,
@@ -67,23 +85,24 @@ def cached_features(
     cache_dir: str | None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """`extract_features`, read from / written to `cache_dir` when given (atomic writes)."""
+    """`extract_features`, read from / written to `cache_dir` when given (atomic writes).
+
+    The key covers the backbone's weights, the records and their pixels, and the variants.
+    """
     if not cache_dir:
         return extract_features(backbone, loaded, variants, batch_size, device, progress)
-    key = hashlib.sha256(
-        "|".join(
-            [
-                backbone_checksum(backbone),
-                str(loaded.pixels.shape),
-                loaded.patch_set.manifest_hash(),
-                ",".join(map(str, variants)),
-            ]
-        ).encode()
-    ).hexdigest()[:24]
-    path = Path(cache_dir) / f"features-{key}.pt"
-    if path.is_file():
-        log.info("features from cache %s", path)
-        return torch.load(path, weights_only=True)
-    features = extract_features(backbone, loaded, variants, batch_size, device, progress)
-    atomic_torch_save(path, features)
-    return features
+    checksum = backbone_checksum(backbone)
+    parts = []
+    for start, stop in source_segments(loaded):
+        segment = LoadedPatches(
+            loaded.patch_set.subset(range(start, stop)), loaded.pixels[start:stop]
+        )
+        path = Path(cache_dir) / f"features-{_cache_key(checksum, segment, variants)}.pt"
+        if path.is_file():
+            log.info("features from cache %s", path)
+            parts.append(torch.load(path, weights_only=True))
+            continue
+        features = extract_features(backbone, segment, variants, batch_size, device, progress)
+        atomic_torch_save(path, features)
+        parts.append(features)
+    return torch.cat(parts, dim=1)
