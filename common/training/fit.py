@@ -7,6 +7,7 @@ serves a single-node run and one federated round.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,7 +87,9 @@ def fit(
     history: list[EpochRecord] = []
     bar = tqdm(range(1, epochs + 1), disable=not settings.progress, desc="epochs")
     for epoch in bar:
+        started = time.perf_counter()
         train_loss = engine.train_epoch()
+        seconds = time.perf_counter() - started
         scores, val_loss = engine.predict("validation")
         score = (
             auprc(val_labels, scores, selection_positive)
@@ -98,7 +101,7 @@ def fit(
             spent = LedgerEvent(dp.noise_multiplier, dp.sample_rate, engine.steps_done)
             epsilon = ledger.epsilon(extra=spent)
         record = EpochRecord(
-            epoch, train_loss, val_loss, score, epsilon, selector.eligible(epsilon)
+            epoch, train_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
         )
         history.append(record)
         selector.offer(record, engine.model_state)

@@ -20,6 +20,7 @@ class EpochRecord:
     val_auprc: float
     epsilon: float | None
     eligible: bool
+    seconds: float = 0.0
 
 
 @dataclass
