@@ -29,3 +29,17 @@ def atomic_torch_save(target: Path, obj: Any) -> None:
     import torch
 
     atomic_write(target, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_png(target: Path, image: Any) -> None:
+    """Encode an 8-bit image as PNG in memory, then write it atomically."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode {target} as PNG")
+    atomic_write_bytes(target, encoded.tobytes())
