@@ -25,6 +25,7 @@ commands:
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   demo      generate phantom patches and train the tiny preset (the README's main job)
+  gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
 
 overrides are hydra's: experiment=table1/real_eps6 model=efficientnet_lite0 train.epochs=2 ...
 """
@@ -130,6 +131,12 @@ def cmd_demo(args: Sequence[str]) -> int:
     return cmd_train(["experiment=tiny", "out_dir=runs/demo", *args])
 
 
+def cmd_gan(args: Sequence[str]) -> int:
+    from simulations.gan_cli import cmd_gan as run_gan
+
+    return run_gan(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plan": cmd_plan,
     "train": cmd_train,
@@ -137,6 +144,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "table1": cmd_table1,
     "phantom-patches": cmd_phantom_patches,
     "demo": cmd_demo,
+    "gan": cmd_gan,
 }
 
 

@@ -81,9 +81,9 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
         f"Seeds: {', '.join(map(str, seeds))}. Mean ± population std over seeds.",
         f"Overrides: {' '.join(overrides) if overrides else '(none)'}",
         "",
-        "| row | eps | test set | AUROC | AUPRC (malignant +) | AUPRC (benign +, paper's) "
+        "| row | eps | test set | seeds | AUROC | AUPRC (malignant +) | AUPRC (benign +, paper's) "
         "| eps spent | paper AUROC (diff) | paper AUPRC (diff) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = set()
     for _, r in frame.iterrows():
@@ -132,7 +132,10 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
             label=f"{setting} · {test_set}",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("epsilon (rightmost point: no DP)")
+    ticks = sorted(set(finite.tolist())) + ([inf_x] if (frame["epsilon"] == math.inf).any() else [])
+    ax.set_xticks(ticks, [f"{t:g}" if t != inf_x else "no DP" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("epsilon")
     ax.set_ylabel("AUROC")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)

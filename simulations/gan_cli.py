@@ -1,0 +1,270 @@
+"""`mammofl gan train|generate|score|memorisation`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.atomic_io import atomic_write_png, atomic_write_text
+from common.config.schema import PatchSourceConfig
+from common.data.images import LoadedPatches, load_patches
+from common.data.readers import read_patch_source
+from common.errors import ConfigError
+
+GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value ...]
+  train         <hydra overrides: gan_preset=tiny|reduced|dp, train.epochs=, data.path=> out_dir=DIR
+                (resumes from DIR/checkpoints when present)
+  generate      checkpoint=PATH out_dir=DIR [n=3000 | malignant=N benign=M] [seed=0]
+  score         real=PATH synthetic=PATH [real_format=released real_split=train
+                synthetic_format=patchset|released_synthetic backbone=efficientnet_lite0
+                inception_weights=FILE seed=0 out=FILE.json]
+  memorisation  real=PATH synthetic=PATH out_dir=DIR [same format options, backbone=]
+"""
+
+
+def _options(
+    args: Sequence[str], allowed: Sequence[str], required: Sequence[str]
+) -> dict[str, str]:
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"unknown option {arg!r}\n{GAN_USAGE}")
+        options[key] = value
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}=\n{GAN_USAGE}")
+    return options
+
+
+def _source(options: dict[str, str], role: str, default_format: str) -> PatchSourceConfig:
+    fmt = options.get(f"{role}_format", default_format)
+    split = options.get(f"{role}_split", "train" if fmt == "released" else None)
+    return PatchSourceConfig(format=fmt, path=options[role], split=split)
+
+
+def backbone_features(
+    loaded_by_size: dict[str, LoadedPatches], backbone: str
+) -> dict[str, np.ndarray]:
+    """Backbone features (eval mode, no flips) of each set, from a `configs/model` group."""
+    from common.config.compose import compose_config
+    from common.models.classifier import build_classifier
+    from common.training.features import extract_features
+    from common.training.settings import resolve_device
+
+    config = compose_config([f"model={backbone}"])
+    model = build_classifier(config.model)
+    device = resolve_device("auto")
+    model.backbone.to(device)
+    return {
+        name: extract_features(model.backbone, loaded, (0,), 16, device, progress=True)[0].numpy()
+        for name, loaded in loaded_by_size.items()
+    }
+
+
+def cmd_train(args: Sequence[str]) -> int:
+    from common.config.compose_gan import compose_gan_config
+    from common.training.gan_trainer import GanTrainer
+    from common.training.settings import resolve_device
+
+    config = compose_gan_config(args)
+    if not config.out_dir:
+        raise ConfigError("mammofl gan train needs out_dir=DIR")
+    loaded = load_patches(read_patch_source(config.data), config.model.image_size)
+    trainer = GanTrainer(
+        config,
+        loaded.pixels,
+        np.asarray(loaded.patch_set.labels),
+        Path(config.out_dir),
+        resolve_device(config.train.device),
+    )
+    trainer.resume_latest()
+    last = trainer.fit()
+    print(
+        json.dumps(
+            {
+                "epoch": trainer.epoch,
+                "checkpoint": str(last),
+                "epsilon": trainer.epsilon(),
+                "skipped": loaded.patch_set.skipped[:20],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_generate(args: Sequence[str]) -> int:
+    from common.training.gan_generate import generate_patch_set
+
+    options = _options(
+        args,
+        ("checkpoint", "out_dir", "n", "malignant", "benign", "seed"),
+        ("checkpoint", "out_dir"),
+    )
+    if "malignant" in options or "benign" in options:
+        counts = {1: int(options.get("malignant", 0)), 0: int(options.get("benign", 0))}
+    else:
+        n = int(options.get("n", 3000))
+        counts = {1: n - n // 2, 0: n // 2}
+    patch_set = generate_patch_set(
+        Path(options["checkpoint"]),
+        Path(options["out_dir"]),
+        counts,
+        seed=int(options.get("seed", 0)),
+    )
+    print(json.dumps({"out_dir": options["out_dir"], **patch_set.counts()}, indent=2))
+    return 0
+
+
+def _load_pair(options: dict[str, str]) -> tuple[dict[str, LoadedPatches], dict[str, np.ndarray]]:
+    sets = {
+        "real": read_patch_source(_source(options, "real", "released")),
+        "synthetic": read_patch_source(_source(options, "synthetic", "patchset")),
+    }
+    native = {k: load_patches(v, 128) for k, v in sets.items()}
+    wide = {k: load_patches(v, 224) for k, v in sets.items()}
+    return native, backbone_features(wide, options.get("backbone", "efficientnet_lite0"))
+
+
+def cmd_score(args: Sequence[str]) -> int:
+    from common.eval.synthetic_score import score_sets
+
+    allowed = (
+        "real",
+        "synthetic",
+        "real_format",
+        "real_split",
+        "synthetic_format",
+        "synthetic_split",
+        "backbone",
+        "inception_weights",
+        "seed",
+        "out",
+    )
+    options = _options(args, allowed, ("real", "synthetic"))
+    native, features = _load_pair(options)
+    report = score_sets(
+        native["real"],
+        native["synthetic"],
+        features["real"],
+        features["synthetic"],
+        seed=int(options.get("seed", 0)),
+        inception_weights=options.get("inception_weights"),
+    )
+    report["backbone"] = options.get("backbone", "efficientnet_lite0")
+    text = json.dumps(report, indent=2)
+    if "out" in options:
+        atomic_write_text(Path(options["out"]), text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_memorisation(args: Sequence[str]) -> int:
+    from common.eval.memorisation import memorisation_check
+
+    allowed = (
+        "real",
+        "synthetic",
+        "real_format",
+        "real_split",
+        "synthetic_format",
+        "synthetic_split",
+        "backbone",
+        "out_dir",
+    )
+    options = _options(args, allowed, ("real", "synthetic", "out_dir"))
+    native, features = _load_pair(options)
+    real, syn = native["real"], native["synthetic"]
+    report = memorisation_check(
+        syn.pixels,
+        real.pixels,
+        real.patch_set.patients,
+        synthetic_features=features["synthetic"],
+        real_features=features["real"],
+    )
+    out = Path(options["out_dir"])
+    write_memorisation_outputs(out, report, real, syn)
+    print(json.dumps(report.summary(), indent=2))
+    return 0
+
+
+def write_memorisation_outputs(
+    out: Path, report: Any, real: LoadedPatches, syn: LoadedPatches
+) -> None:
+    rows = [
+        {
+            "synthetic": syn.patch_set.records[i].path,
+            "nearest_real": real.patch_set.records[m.real_index].path,
+            "ncc": m.ncc,
+            "flip": m.flip,
+            "shift_x": m.shift[0],
+            "shift_y": m.shift[1],
+            "flagged": i in set(report.flagged),
+        }
+        for i, m in enumerate(report.synthetic)
+    ]
+    atomic_write_text(out / "nearest_real.csv", pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(out / "summary.json", json.dumps(report.summary(), indent=2) + "\n")
+    order = np.argsort([-m.ncc for m in report.synthetic])[:12]
+    pairs = [
+        np.concatenate([syn.pixels[i], real.pixels[report.synthetic[i].real_index]], 1)
+        for i in order
+    ]
+    atomic_write_png(out / "closest_pairs.png", np.concatenate(pairs, 0))
+    plot_ncc_histogram(out / "ncc_histogram.png", report)
+
+
+def plot_ncc_histogram(path: Path, report: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, 1, 81)
+    ax.hist(
+        [m.ncc for m in report.reference],
+        bins,
+        alpha=0.6,
+        density=True,
+        label="real vs nearest other-patient real",
+    )
+    ax.hist(
+        [m.ncc for m in report.synthetic],
+        bins,
+        alpha=0.6,
+        density=True,
+        label="synthetic vs nearest real",
+    )
+    ax.axvline(
+        report.threshold, color="red", ls="--", label=f"flag threshold {report.threshold:.3f}"
+    )
+    ax.set_xlabel("best normalised cross-correlation (flips, shifts <= 4 px)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+GAN_COMMANDS = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "score": cmd_score,
+    "memorisation": cmd_memorisation,
+}
+
+
+def cmd_gan(args: Sequence[str]) -> int:
+    if not args or args[0] not in GAN_COMMANDS:
+        raise ConfigError(GAN_USAGE)
+    torch.set_grad_enabled(True)
+    return GAN_COMMANDS[args[0]](args[1:])
