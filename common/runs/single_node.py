@@ -45,6 +45,22 @@ def backbone_train_mode(config: MammoflConfig, has_batchnorm: bool) -> bool:
     return mode == "train"
 
 
+def guarantee_caveats(config: MammoflConfig) -> list[str]:
+    """Why a DP run's epsilon is not the whole story (empty when it is)."""
+    caveats = []
+    if "synthetic" in config.data.train_on:
+        caveats.append(
+            "synthetic patches come from a GAN trained on real data without DP: "
+            "no formal guarantee covers them"
+        )
+    if config.model.init_from:
+        caveats.append(
+            f"starts from {config.model.init_from}, trained without a formal guarantee "
+            "(e.g. on non-DP synthetic data)"
+        )
+    return caveats
+
+
 def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train one cell and write result.json, model.pt and predictions_<test>.csv to out_dir."""
     started = time.time()
@@ -108,6 +124,7 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         )
     save_model(out_dir / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
     selected = next((h for h in result.history if h.epoch == result.best_epoch), None)
+    caveats = guarantee_caveats(config)
     record = {
         "name": config.name,
         "seed": config.seed,
@@ -121,13 +138,10 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         "selection": result.selection_note,
         "privacy": {
             "enabled": dp is not None,
-            "formal_guarantee": dp is not None and "synthetic" not in config.data.train_on,
-            "note": (
-                "synthetic patches come from a GAN trained on real data without DP: "
-                "no formal guarantee covers them"
-                if "synthetic" in config.data.train_on
-                else ""
-            ),
+            "formal_guarantee": dp is not None and not caveats,
+            "note": "; ".join(caveats),
+            "selection_data_note": "validation patients used to select the epoch are not "
+            "covered by DP (as in the paper)",
             "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate,
             "steps": result.steps,

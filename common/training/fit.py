@@ -100,8 +100,10 @@ def fit(
         if dp is not None:
             spent = LedgerEvent(dp.noise_multiplier, dp.sample_rate, engine.steps_done)
             epsilon = ledger.epsilon(extra=spent)
+        # under DP the training loss is an un-noised statistic of private images: not recorded
+        logged_loss = train_loss if dp is None else None
         record = EpochRecord(
-            epoch, train_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
+            epoch, logged_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
         )
         history.append(record)
         selector.offer(record, engine.model_state)

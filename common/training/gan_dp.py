@@ -35,7 +35,6 @@ class PrivateDiscriminatorStep:
         self.expected_batch_size = expected_batch_size
         self.generator = generator
         self.parameters = [p for p in discriminator.parameters() if p.requires_grad]
-        self.last_real_loss = self.last_fake_loss = 0.0
 
     def _clear(self) -> None:
         for p in self.parameters:
@@ -48,7 +47,6 @@ class PrivateDiscriminatorStep:
         """Sum over the real batch of per-sample clipped gradients (one tensor per parameter)."""
         self._clear()
         losses = real_loss(self.module)
-        self.last_real_loss = float(losses.detach().mean()) if losses.numel() else 0.0
         if losses.numel() == 0:
             return [torch.zeros_like(p) for p in self.parameters]
         losses.sum().backward()
@@ -64,9 +62,7 @@ class PrivateDiscriminatorStep:
         self._clear()
         self.module.disable_hooks()
         try:
-            loss = fake_loss(self.module).mean()
-            loss.backward()
-            self.last_fake_loss = float(loss.detach())
+            fake_loss(self.module).mean().backward()
         finally:
             self.module.enable_hooks()
         grads = [

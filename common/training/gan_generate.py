@@ -48,15 +48,23 @@ def provenance_of(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
     from common.privacy.ledger import PrivacyLedger
 
     ledger = state.get("ledger")
-    epsilon = PrivacyLedger.from_state_dict(ledger).epsilon() if ledger else None
+    at_checkpoint = PrivacyLedger.from_state_dict(ledger).epsilon() if ledger else None
+    epsilon, run_ledger = at_checkpoint, ledger
+    if ledger:
+        # every checkpoint and sample grid of the run may have been looked at (the epoch is
+        # picked by eye): the run's spend is that of its latest checkpoint, not the chosen one
+        latest = sorted(checkpoint.parent.glob("epoch_*.pt"))[-1]
+        run_ledger = torch.load(latest, map_location="cpu", weights_only=False)["ledger"]
+        epsilon = max(at_checkpoint or 0.0, PrivacyLedger.from_state_dict(run_ledger).epsilon())
     return {
         "generator": "mcgan",
         "checkpoint_sha256": file_sha256(checkpoint),
         "epoch": int(state["epoch"]),
         "dp": ledger is not None,
         "epsilon": epsilon,
+        "epsilon_at_checkpoint": at_checkpoint,
         "delta": ledger["delta"] if ledger else None,
-        "ledger": ledger,
+        "ledger": run_ledger,
         "site": state["config"].get("site", ""),
         "formal_guarantee": ledger is not None,
         "note": "" if ledger else "GAN trained without DP: no formal privacy guarantee",

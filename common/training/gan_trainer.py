@@ -156,7 +156,7 @@ class GanTrainer:
             )
             for p, g in zip(self.private.parameters, grads, strict=True):
                 p.grad = g
-            loss = self.private.last_real_loss + self.private.last_fake_loss
+            loss = float("nan")  # not logged: see train_epoch
         else:
             real_loss = bce(self.discriminator(real, real_y), targets).mean() if len(idx) else 0.0
             fake_loss = bce(self.discriminator(fake.detach(), fake_y), 0.0).mean()
@@ -189,11 +189,10 @@ class GanTrainer:
             if step % self.config.train.discriminator_steps == 0:
                 g_losses.append(self._generator_step(fake, fake_y))
         self.epoch += 1
-        record = {
-            "epoch": self.epoch,
-            "d_loss": float(np.mean(d_losses)) if d_losses else np.nan,
-            "g_loss": float(np.mean(g_losses)) if g_losses else np.nan,
-        }
+        record: dict[str, float] = {"epoch": self.epoch}
+        if self.private is None:  # under DP the real-batch loss is a private statistic
+            record["d_loss"] = float(np.mean(d_losses)) if d_losses else np.nan
+        record["g_loss"] = float(np.mean(g_losses)) if g_losses else np.nan
         if self.plan is not None and self.ledger is not None:
             assert self.plan.noise_multiplier is not None
             steps = self.plan.steps_per_epoch * self.epoch

@@ -6,6 +6,7 @@ is never picked from an epoch that spent far less (or more) than the reported bu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import torch
 @dataclass
 class EpochRecord:
     epoch: int
-    train_loss: float
+    train_loss: float | None
     val_loss: float
     val_auprc: float
     epsilon: float | None
@@ -38,7 +39,7 @@ class EpochSelector:
 
     def offer(self, record: EpochRecord, state: Callable[[], dict[str, torch.Tensor]]) -> bool:
         """Keep `state()` if this epoch is eligible and better; return whether it was kept."""
-        if not record.eligible:
+        if not record.eligible or math.isnan(record.val_auprc):
             return False
         best = self.best
         better = (

@@ -37,6 +37,9 @@ def test_tiny_dp_run_writes_a_complete_record(phantom_env: Path, tmp_path: Path)
     assert privacy["steps"] == plan["steps"] == privacy["planned_steps"]
     assert 0.75 * 6 < privacy["epsilon_spent"] <= 6.0
     assert privacy["ledger"]["events"][0]["steps"] == plan["steps"]
+    assert privacy["formal_guarantee"] and privacy["note"] == ""
+    # the un-noised training loss of private images is not recorded under DP
+    assert all(h["train_loss"] is None for h in record["history"])
     assert record["trainable_count"] == sum(
         t.numel()
         for k, t in torch.load(tmp_path / "a" / "model.pt").items()

@@ -72,4 +72,6 @@ def test_synpre_then_realft_chain(release_dir: Path, tmp_path: Path) -> None:
     )
     assert ft["config"]["model"]["init_from"].endswith("synpre/seed42/model.pt")
     assert ft["trainable_count"] == 32 * 2 + 2  # Linear(32 features, 2) of the tiny Swin
+    # its start point saw non-DP synthetic data: the record must not claim a formal guarantee
+    assert not ft["privacy"]["formal_guarantee"] and "starts from" in ft["privacy"]["note"]
     assert pd.read_csv(paths["csv"])["row"].tolist() == ["synpre_realft_eps6"]

@@ -20,6 +20,17 @@ from common.training.gan_generate import generate_patch_set
 from tests.unit.gan.helpers import trainer
 
 
+def test_dp_provenance_charges_the_whole_run(tmp_path: Path) -> None:
+    """Picking an early checkpoint after seeing later grids does not lower the reported spend."""
+    t = trainer(tmp_path / "run", dp=True, epochs=2)
+    t.fit(progress=False)
+    early = tmp_path / "run" / "checkpoints" / "epoch_00001.pt"
+    generate_patch_set(early, tmp_path / "gen", {1: 1, 0: 1})
+    provenance = json.loads((tmp_path / "gen" / "provenance.json").read_text())
+    assert provenance["epoch"] == 1
+    assert provenance["epsilon_at_checkpoint"] < provenance["epsilon"] == pytest.approx(t.epsilon())
+
+
 @pytest.mark.parametrize("dp", [False, True])
 def test_generate_writes_a_synthetic_patch_set(tmp_path: Path, dp: bool) -> None:
     t = trainer(tmp_path / "run", dp=dp, epochs=1)
