@@ -70,10 +70,14 @@ def inception_features(pixels: np.ndarray, weights: str, device: torch.device) -
     """pytorch-fid's TF-ported Inception (the paper's FID network) from a local weights file."""
     if not Path(weights).is_file():
         raise ConfigError(f"inception weights {weights} not found (pt_inception-2015-12-05-*.pth)")
+    from unittest import mock
+
     from pytorch_fid import inception
 
-    inception.load_state_dict_from_url = lambda *a, **k: torch.load(weights, map_location="cpu")
-    model = inception.InceptionV3([3], resize_input=True, normalize_input=True).to(device).eval()
+    local = torch.load(weights, map_location="cpu", weights_only=True)
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: local):
+        model = inception.InceptionV3([3], resize_input=True, normalize_input=True)
+    model = model.to(device).eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(pixels), 32):
@@ -115,9 +119,8 @@ def score_sets(
     real_sets = patient_subsets(real.patch_set.patients, subsets, seed)
     size = min(len(s) for s in real_sets)
     syn_sets = random_subsets(len(syn.patch_set), subsets, size, seed)
-    real_tex, syn_tex = standardise_pair(
-        texture_features(real.pixels), texture_features(syn.pixels), texture_features(real.pixels)
-    )
+    real_texture = texture_features(real.pixels)
+    real_tex, syn_tex = standardise_pair(real_texture, texture_features(syn.pixels), real_texture)
     report: dict[str, Any] = {
         "subsets": {"real": [len(s) for s in real_sets], "synthetic": [len(s) for s in syn_sets]},
         "fd_backbone": fig2_rows(
