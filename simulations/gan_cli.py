@@ -69,7 +69,7 @@ def backbone_features(
 
 
 def cmd_train(args: Sequence[str]) -> int:
-    from common.config.compose_gan import compose_gan_config
+    from common.config.compose import compose_gan_config
     from common.training.gan_trainer import GanTrainer
     from common.training.settings import resolve_device
 
@@ -123,6 +123,17 @@ def cmd_generate(args: Sequence[str]) -> int:
     return 0
 
 
+PAIR_OPTIONS = (
+    "real",
+    "synthetic",
+    "real_format",
+    "real_split",
+    "synthetic_format",
+    "synthetic_split",
+    "backbone",
+)
+
+
 def _load_pair(options: dict[str, str]) -> tuple[dict[str, LoadedPatches], dict[str, np.ndarray]]:
     sets = {
         "real": read_patch_source(_source(options, "real", "released")),
@@ -136,18 +147,7 @@ def _load_pair(options: dict[str, str]) -> tuple[dict[str, LoadedPatches], dict[
 def cmd_score(args: Sequence[str]) -> int:
     from common.eval.synthetic_score import score_sets
 
-    allowed = (
-        "real",
-        "synthetic",
-        "real_format",
-        "real_split",
-        "synthetic_format",
-        "synthetic_split",
-        "backbone",
-        "inception_weights",
-        "seed",
-        "out",
-    )
+    allowed = (*PAIR_OPTIONS, "inception_weights", "seed", "out")
     options = _options(args, allowed, ("real", "synthetic"))
     native, features = _load_pair(options)
     report = score_sets(
@@ -169,17 +169,7 @@ def cmd_score(args: Sequence[str]) -> int:
 def cmd_memorisation(args: Sequence[str]) -> int:
     from common.eval.memorisation import memorisation_check
 
-    allowed = (
-        "real",
-        "synthetic",
-        "real_format",
-        "real_split",
-        "synthetic_format",
-        "synthetic_split",
-        "backbone",
-        "out_dir",
-    )
-    options = _options(args, allowed, ("real", "synthetic", "out_dir"))
+    options = _options(args, (*PAIR_OPTIONS, "out_dir"), ("real", "synthetic", "out_dir"))
     native, features = _load_pair(options)
     real, syn = native["real"], native["synthetic"]
     report = memorisation_check(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -12,10 +13,12 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.config.gan_schema import GanConfig
 from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 
-SCHEMA_NAME = "mammofl_schema"
+T = TypeVar("T")
+SCHEMA_NAMES: dict[type, str] = {MammoflConfig: "mammofl_schema", GanConfig: "mammofl_gan_schema"}
 
 
 def config_dir() -> Path:
@@ -29,21 +32,28 @@ def config_dir() -> Path:
     return folder
 
 
-def register_schema() -> None:
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=MammoflConfig)
-
-
-def compose_config(overrides: Sequence[str] = ()) -> MammoflConfig:
-    """Compose `configs/config.yaml` with hydra overrides; convert once to typed dataclasses."""
-    register_schema()
+def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -> T:
+    """Compose `configs/<config_name>.yaml` (whose defaults start with the schema registered
+    here) with hydra overrides, and convert it once to the typed dataclass."""
+    ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            composed = compose(config_name="config", overrides=list(overrides))
+            composed = compose(config_name=config_name, overrides=list(overrides))
         obj = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"configuration error: {error}") from error
-    assert isinstance(obj, MammoflConfig)
+    assert isinstance(obj, schema)
     return obj
+
+
+def compose_config(overrides: Sequence[str] = ()) -> MammoflConfig:
+    """The run config: `configs/config.yaml` + overrides."""
+    return compose_typed("config", MammoflConfig, overrides)
+
+
+def compose_gan_config(overrides: Sequence[str] = ()) -> GanConfig:
+    """The GAN config: `configs/gan.yaml` + overrides (`gan_preset=...`)."""
+    return compose_typed("gan", GanConfig, overrides)
 
 
 def experiment_names() -> list[str]:

@@ -41,16 +41,9 @@ def bce(logits: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
 
 
 def shape_of(config: GanConfig) -> MCGANShape:
-    m = config.model
-    return MCGANShape(
-        image_size=m.image_size,
-        latent_dim=m.latent_dim,
-        embedding_dim=m.embedding_dim,
-        label_channels=m.label_channels,
-        generator_width=m.generator_width,
-        discriminator_width=m.discriminator_width,
-        discriminator_norm="group" if config.dp.enabled else "batch",
-    )
+    """The networks' shape; DP needs GroupNorm in the discriminator (no per-sample BatchNorm)."""
+    norm = "group" if config.dp.enabled else "batch"
+    return MCGANShape(**dataclasses.asdict(config.model), discriminator_norm=norm)
 
 
 class GanTrainer:
