@@ -10,6 +10,7 @@ grayscale without min-max scaling. Bad rows are reported with their CSV line, ne
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,7 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
     return lesions, skipped
 
 
-def _lesion(row: dict[str, str], folder: Path, subset: str) -> Lesion:
+def _lesion(row: dict[Any, str], folder: Path, subset: str) -> Lesion:
     label_text = row["classification"].strip().lower()
     if label_text not in LABELS:
         raise DataError(f"unknown classification {row['classification']!r} (Benign or Malign)")
