@@ -59,7 +59,7 @@ def _points(text: object) -> np.ndarray:
 def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
     lesions: list[Lesion] = []
     skipped: list[tuple[str, str]] = []
-    for subset, csv in find_outline_csvs(root):
+    for _subset, csv in find_outline_csvs(root):
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
         frame.columns = [c.strip() for c in frame.columns]
         missing = [c for c in REQUIRED if c not in frame.columns]
@@ -70,13 +70,13 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
             if row["mammography_nodule"].strip() != "1":
                 continue  # not a mass (calcification, distortion, ...): not for this task
             try:
-                lesions.append(_lesion(row, csv.parent, subset))
+                lesions.append(_lesion(row, csv.parent))
             except (DataError, ValueError) as error:
                 skipped.append((where, str(error)))
     return lesions, skipped
 
 
-def _lesion(row: dict[Any, str], folder: Path, subset: str) -> Lesion:
+def _lesion(row: dict[Any, str], folder: Path) -> Lesion:
     label_text = row["classification"].strip().lower()
     if label_text not in LABELS:
         raise DataError(f"unknown classification {row['classification']!r} (Benign or Malign)")
