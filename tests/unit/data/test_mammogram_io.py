@@ -1,0 +1,99 @@
+"""Real DICOM files written by pydicom: MONOCHROME1, rescale, RLE Lossless, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from common.data.mammogram_io import minmax_uint8, read_mammogram
+from common.errors import DataError
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    rle: bool = False,
+    with_pixels: bool = True,
+) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID = "P_00001"
+    ds.Modality = "MG"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+        if rle:
+            ds.compress(RLELossless)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _ramp() -> np.ndarray:
+    return (np.arange(64 * 48).reshape(64, 48) % 4096).astype(np.uint16)
+
+
+def test_monochrome2_minmax(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", _ramp())
+    image = read_mammogram(tmp_path / "a.dcm")
+    assert image.dtype == np.uint8 and image.shape == (64, 48)
+    assert np.array_equal(image, minmax_uint8(_ramp()))
+
+
+def test_monochrome1_is_inverted_and_rescale_applied(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "m1.dcm", _ramp(), photometric="MONOCHROME1", slope=2.0, intercept=-100)
+    image = read_mammogram(tmp_path / "m1.dcm")
+    assert np.array_equal(image, minmax_uint8(-(2.0 * _ramp() - 100)))
+
+
+def test_rle_lossless_decodes(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "rle.dcm", _ramp(), rle=True)
+    assert np.array_equal(read_mammogram(tmp_path / "rle.dcm"), minmax_uint8(_ramp()))
+
+
+def test_bad_dicoms_are_clear_errors(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "ok.dcm", _ramp())
+    data = (tmp_path / "ok.dcm").read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"truncated\.dcm"):
+        read_mammogram(tmp_path / "truncated.dcm")
+    (tmp_path / "garbage.dcm").write_bytes(b"not a dicom at all")
+    with pytest.raises(DataError, match=r"garbage\.dcm"):
+        read_mammogram(tmp_path / "garbage.dcm")
+    write_dicom(tmp_path / "nopix.dcm", _ramp(), with_pixels=False)
+    with pytest.raises(DataError, match="without pixel data"):
+        read_mammogram(tmp_path / "nopix.dcm")
+    with pytest.raises(DataError, match="not found"):
+        read_mammogram(tmp_path / "missing.dcm")
+
+
+def test_raster_formats(tmp_path: Path) -> None:
+    eight = (np.arange(100).reshape(10, 10) * 2).astype(np.uint8)
+    for suffix in (".png", ".tif", ".pgm"):
+        cv2.imwrite(str(tmp_path / f"a{suffix}"), eight)
+        assert np.array_equal(read_mammogram(tmp_path / f"a{suffix}"), eight)  # no min-max step
+    sixteen = (np.arange(100).reshape(10, 10) * 300).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "b.png"), sixteen)
+    assert np.array_equal(read_mammogram(tmp_path / "b.png"), minmax_uint8(sixteen))
+    (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(DataError, match="unreadable"):
+        read_mammogram(tmp_path / "c.png")
