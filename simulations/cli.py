@@ -23,6 +23,7 @@ commands:
   train     train one cell: out_dir=DIR writes result.json, model.pt, predictions_*.csv
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
+  prepare   source=bcdr|manifest|released root=PATH out_dir=DIR: site data -> patches + split
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   demo      generate phantom patches and train the tiny preset (the README's main job)
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
@@ -121,6 +122,42 @@ def cmd_phantom_patches(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_prepare(args: Sequence[str]) -> int:
+    from common.data.prepare import PrepareOptions, prepare
+
+    names = (
+        "source",
+        "root",
+        "out_dir",
+        "test_fraction",
+        "seed",
+        "mode",
+        "out_size",
+        "border",
+        "y_origin",
+        "site",
+    )
+    options, rest = split_options(args, names)
+    if rest or not {"source", "root", "out_dir"} <= set(options):
+        raise ConfigError(
+            f"usage: mammofl prepare source=bcdr|manifest|released root=PATH "
+            f"out_dir=DIR [{'= '.join(names[3:])}=]"
+        )
+    typed: dict[str, object] = dict(options)
+    typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
+    for key, kind in (("test_fraction", float), ("seed", int), ("out_size", int)):
+        if key in options:
+            typed[key] = kind(options[key])
+    report = prepare(PrepareOptions(**typed))  # type: ignore[arg-type]
+    print(
+        json.dumps(
+            {k: report[k] for k in ("counts", "patients")} | {"skipped": len(report["skipped"])},
+            indent=2,
+        )
+    )
+    return 0
+
+
 def cmd_demo(args: Sequence[str]) -> int:
     from common.data.phantom_patches import write_phantom_patches
 
@@ -144,6 +181,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "table1": cmd_table1,
     "phantom-patches": cmd_phantom_patches,
     "demo": cmd_demo,
+    "prepare": cmd_prepare,
     "gan": cmd_gan,
 }
 
