@@ -23,7 +23,7 @@ commands:
   train     train one cell: out_dir=DIR writes result.json, model.pt, predictions_*.csv
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
-  prepare   source=bcdr|manifest|released root=PATH out_dir=DIR: site data -> patches + split
+  prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   demo      generate phantom patches and train the tiny preset (the README's main job)
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
@@ -140,7 +140,7 @@ def cmd_prepare(args: Sequence[str]) -> int:
     options, rest = split_options(args, names)
     if rest or not {"source", "root", "out_dir"} <= set(options):
         raise ConfigError(
-            f"usage: mammofl prepare source=bcdr|manifest|released root=PATH "
+            f"usage: mammofl prepare source=cbis-ddsm|bcdr|manifest|released root=PATH "
             f"out_dir=DIR [{'= '.join(names[3:])}=]"
         )
     typed: dict[str, object] = dict(options)

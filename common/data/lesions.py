@@ -29,6 +29,7 @@ class Lesion:
     lesion_id: str = ""
     view: str = ""
     laterality: str = ""
+    pixel_spacing: str = ""  # "row,column" mm, when the source records it
 
     @property
     def key(self) -> tuple[str, int, int, int, int]:
@@ -86,6 +87,9 @@ def write_lesion_patches(
                 source="real",
                 provenance_file=lesion.image_path,
                 box=f"{box.x},{box.y},{box.w},{box.h}",
+                laterality=lesion.laterality,
+                view=lesion.view,
+                pixel_spacing=lesion.pixel_spacing,
             )
         )
     patch_set = PatchSet(records, skipped, name=str(out_dir))

@@ -16,7 +16,18 @@ import pandas as pd
 from common.atomic_io import atomic_write_text
 from common.errors import DataError
 
-MANIFEST_COLUMNS = ("path", "label", "patient_id", "site", "source", "provenance_file", "box")
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "patient_id",
+    "site",
+    "source",
+    "provenance_file",
+    "box",
+    "laterality",
+    "view",
+    "pixel_spacing",
+)
 SOURCES = ("real", "synthetic")
 
 
@@ -31,6 +42,9 @@ class PatchRecord:
     source: str = "real"
     provenance_file: str = ""
     box: str = ""
+    laterality: str = ""
+    view: str = ""
+    pixel_spacing: str = ""
 
     def __post_init__(self) -> None:
         if self.label not in (0, 1):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from common.atomic_io import atomic_write_text
 from common.data.bcdr import read_bcdr_lesions
+from common.data.cbis_ddsm import read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
 from common.data.lesions import write_lesion_patches
 from common.data.mammogram_io import read_mammogram
@@ -23,7 +24,7 @@ from common.data.readers import read_released
 from common.data.splits import split_by_patient
 from common.errors import ConfigError
 
-SOURCES = ("bcdr", "manifest", "released")
+SOURCES = ("cbis-ddsm", "bcdr", "manifest", "released")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class PrepareOptions:
     border: str = "inside"
     y_origin: str = "top"
     site: str = "site"
+    csv: str = (
+        ""  # cbis-ddsm: comma-separated description CSVs (default: *description*.csv in root)
+    )
 
 
 def patch_set_for(options: PrepareOptions) -> PatchSet:
@@ -45,7 +49,12 @@ def patch_set_for(options: PrepareOptions) -> PatchSet:
         patch_set = read_released(options.root, "train")
         write_manifest(patch_set, options.out_dir)  # released patches are used in place
         return patch_set
-    if options.source == "bcdr":
+    if options.source == "cbis-ddsm":
+        csvs = [Path(c) for c in options.csv.split(",") if c] or sorted(
+            options.root.rglob("*case_description*.csv")
+        )
+        lesions, skipped = read_cbis_ddsm(options.root, csvs)
+    elif options.source == "bcdr":
         lesions, skipped = read_bcdr_lesions(options.root)
     elif options.source == "manifest":
         lesions, skipped = read_lesion_manifest(

@@ -128,6 +128,9 @@ def read_manifest(folder: Path) -> PatchSet:
                     source=row.get("source", "") or "real",
                     provenance_file=row.get("provenance_file", ""),
                     box=row.get("box", ""),
+                    laterality=row.get("laterality", ""),
+                    view=row.get("view", ""),
+                    pixel_spacing=row.get("pixel_spacing", ""),
                 )
             )
         except (ValueError, DataError) as error:

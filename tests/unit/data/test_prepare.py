@@ -61,3 +61,29 @@ def test_prepare_manifest_with_a_bad_record(tmp_path: Path) -> None:
     assert report["counts"]["all"]["total"] == 8  # every good record written
     assert len(report["skipped"]) == 1 and "outside" in report["skipped"][0]["reason"]
     assert report["patients"] == {"train": 6, "test": 2}
+
+
+def test_prepare_cbis_ddsm(tmp_path: Path) -> None:
+    from tests.unit.data.test_cbis_ddsm import _download
+
+    _download(tmp_path / "dl")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "prepare",
+                "source=cbis-ddsm",
+                f"root={tmp_path / 'dl'}",
+                f"out_dir={out}",
+                "test_fraction=0.5",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["all"] == {"total": 3, "malignant": 2, "benign": 1}
+    assert len(report["skipped"]) == 2
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert set(manifest["laterality"]) == {"LEFT"} and set(manifest["pixel_spacing"]) == {
+        "0.05,0.05"
+    }
