@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import generate_uid
 
 from common.data.cbis_ddsm import full_image, index_dicoms, read_cbis_ddsm, read_description_csv
+from common.data.dicom_writer import write_dicom
 from common.data.mammogram_io import read_mammogram
 from common.data.patch_geometry import Box, extract_patch
 from common.errors import DataError
@@ -22,28 +22,8 @@ HEADER = (
 )
 
 
-def _dicom(path: Path, pixels: np.ndarray, study: str, series: str, rle: bool = True) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    bits = 16 if pixels.dtype == np.uint16 else 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    ds.PixelSpacing = [0.05, 0.05]
-    ds.PixelData = pixels.tobytes()
-    if rle:
-        ds.compress(RLELossless)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+def _dicom(path: Path, pixels: np.ndarray, study: str, series: str) -> None:
+    write_dicom(path, pixels, study_uid=study, series_uid=series, rle=True)
 
 
 def _download(root: Path) -> Path:

@@ -7,45 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from common.data.dicom_writer import write_dicom as library_write_dicom
 from common.data.mammogram_io import minmax_uint8, read_mammogram
 from common.errors import DataError
 
 
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    rle: bool = False,
-    with_pixels: bool = True,
-) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID = "P_00001"
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if with_pixels:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-        if rle:
-            ds.compress(RLELossless)
-    ds.save_as(path, enforce_file_format=True)
+def write_dicom(path: Path, pixels: np.ndarray, **options: object) -> None:
+    library_write_dicom(path, pixels.astype(np.uint16), bits_stored=12, **options)  # type: ignore[arg-type]
 
 
 def _ramp() -> np.ndarray:

@@ -1,0 +1,67 @@
+"""Write real DICOM files (a mammogram, an ROI mask, a crop): for synthetic sites and tests.
+
+Secondary-capture style datasets with the tags mammofl's readers use: Study/Series Instance
+UIDs, photometric interpretation, rescale slope/intercept, pixel spacing; optionally RLE
+Lossless compressed (pydicom's own encoder), as TCIA's CBIS-DDSM files are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
+
+from common.errors import DataError
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    patient_id: str = "anonymous",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    pixel_spacing: tuple[float, float] | None = (0.05, 0.05),
+    rle: bool = False,
+    with_pixels: bool = True,
+) -> Path:
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise DataError("write_dicom takes a 2-D uint8 or uint16 array")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientID, ds.Modality = patient_id, "MG"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    allocated = pixels.dtype.itemsize * 8
+    stored = bits_stored or allocated
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+        allocated,
+        stored,
+        stored - 1,
+        0,
+    )
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if pixel_spacing is not None:
+        ds.PixelSpacing = list(pixel_spacing)
+    if with_pixels:
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        if rle:
+            ds.compress(RLELossless)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
