@@ -159,6 +159,18 @@ class NaiveEngine:
             return torch.zeros(count, dtype=torch.long)
         return torch.randint(0, 4, (count,), generator=self.generator)
 
+    def check_grad_samples_per_image(self, batch: int) -> None:
+        """Every per-sample gradient must have one row per image: a backbone that folds windows
+        or patches into the batch dimension would otherwise be clipped per window, silently."""
+        for parameter in self.optimizer.params:
+            rows = parameter.grad_sample.shape[0]
+            if rows != batch:
+                raise UnsupportedDPModelError(
+                    f"per-sample gradients with {rows} rows for a batch of {batch} images: a "
+                    "trainable layer sees windows or tokens as samples; freeze it "
+                    "(model.trainable=head|head_last)"
+                )
+
     def _empty_dp_step(self) -> None:
         for parameter in self.optimizer.params:
             parameter.grad_sample = torch.zeros((0, *parameter.shape), device=parameter.device)
@@ -176,6 +188,8 @@ class NaiveEngine:
             images, labels = self.batch(indices, self._draw_flips(len(indices)))
             loss = self.settings.per_sample_loss(self.module(images), labels).mean()
             loss.backward()
+            if self.settings.dp is not None:
+                self.check_grad_samples_per_image(len(indices))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))

