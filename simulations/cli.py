@@ -24,6 +24,7 @@ commands:
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
+  phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0]: TCIA-like phantom sites
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   demo      generate phantom patches and train the tiny preset (the README's main job)
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
@@ -158,6 +159,19 @@ def cmd_prepare(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_phantom(args: Sequence[str]) -> int:
+    from common.data.phantom.sites import write_phantom_sites
+
+    names = ("out_dir", "sites", "patients", "long_side", "seed")
+    options, rest = split_options(args, names)
+    if rest or "out_dir" not in options:
+        raise ConfigError(f"usage: mammofl phantom out_dir=DIR [{'= '.join(names[1:])}=]")
+    numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
+    rows = write_phantom_sites(Path(options["out_dir"]), **numbers)
+    print(json.dumps({"out_dir": options["out_dir"], "lesion_views_per_site": rows}, indent=2))
+    return 0
+
+
 def cmd_demo(args: Sequence[str]) -> int:
     from common.data.phantom_patches import write_phantom_patches
 
@@ -182,6 +196,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "phantom-patches": cmd_phantom_patches,
     "demo": cmd_demo,
     "prepare": cmd_prepare,
+    "phantom": cmd_phantom,
     "gan": cmd_gan,
 }
 

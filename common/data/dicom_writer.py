@@ -24,6 +24,7 @@ def write_dicom(
     *,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    instance_uid: str | None = None,
     patient_id: str = "anonymous",
     photometric: str = "MONOCHROME2",
     bits_stored: int | None = None,
@@ -37,7 +38,7 @@ def write_dicom(
         raise DataError("write_dicom takes a 2-D uint8 or uint16 array")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid) if instance_uid else generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

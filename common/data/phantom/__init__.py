@@ -1,0 +1,1 @@
+"""Phantom sites: procedural full-field mammograms written as TCIA CBIS-DDSM downloads."""

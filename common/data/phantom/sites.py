@@ -1,0 +1,218 @@
+"""Phantom sites written exactly as a TCIA CBIS-DDSM download looks, so that ingestion runs on
+them with no phantom-specific branch: UID-named series in descriptively named folders, NBIA-style
+file names (1-1.dcm), an ROI series holding the cropped lesion and the full-size mask, and a
+`mass_case_description_train_set.csv` whose mask paths carry the embedded newline.
+
+Each site has its own acquisition style (film-like vs digital intensity curve, noise, blur,
+pixel spacing, bit depth, MONOCHROME1 or 2). Seeded and deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydicom.uid import generate_uid
+
+from common.atomic_io import atomic_write_text
+from common.data.dicom_writer import write_dicom
+from common.data.phantom.anatomy import breast_outline, make_mass, parenchyma
+from common.errors import ConfigError
+
+CSV_HEADER = (
+    "patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
+    "mass shape,mass margins,assessment,pathology,subtlety,image file path,"
+    "cropped image file path,ROI mask file path\n"
+)
+
+
+@dataclass(frozen=True)
+class SiteStyle:
+    name: str
+    film: bool  # film-like sigmoid curve vs digital linear-log response
+    noise: float  # relative noise standard deviation
+    blur: float  # px, system resolution
+    spacing: float  # mm per pixel
+    bits: int
+    monochrome1: bool
+
+
+STYLES = (
+    SiteStyle(
+        "site-a", film=False, noise=0.010, blur=0.6, spacing=0.07, bits=12, monochrome1=False
+    ),
+    SiteStyle("site-b", film=True, noise=0.025, blur=1.6, spacing=0.05, bits=14, monochrome1=False),
+    SiteStyle("site-c", film=False, noise=0.018, blur=1.0, spacing=0.10, bits=12, monochrome1=True),
+)
+
+
+def acquire(attenuation: np.ndarray, style: SiteStyle, rng: np.random.Generator) -> np.ndarray:
+    """Attenuation in [0, 1] -> stored integer pixel values of the site's detector."""
+    image = cv2.GaussianBlur(attenuation.astype(np.float32), (0, 0), style.blur)
+    image = image + rng.normal(0, style.noise, image.shape).astype(np.float32)
+    image = (
+        1 / (1 + np.exp(-(image - 0.45) * 6))
+        if style.film
+        else np.log1p(4 * np.clip(image, 0, None)) / np.log(5)
+    )
+    top = 2**style.bits - 1
+    stored = np.clip(image, 0, 1) * top
+    if style.monochrome1:
+        stored = top - stored
+    return np.round(stored).astype(np.uint16)
+
+
+def _short(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:5]
+
+
+def _uid(*parts: object) -> str:
+    """Deterministic UIDs: the same seed gives the same download."""
+    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
+
+
+def _mass_position(outline: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of the mass box: its centre and 4 points around it inside the breast."""
+    height, width = outline.shape
+    half = size // 2
+    reach = int(size * 0.3)
+    for _ in range(200):
+        cy, cx = int(rng.integers(half, height - half)), int(rng.integers(half, width - half))
+        probes = [(cy, cx), (cy - reach, cx), (cy + reach, cx), (cy, cx - reach), (cy, cx + reach)]
+        if all(0.99 < outline[y, x] <= 1.0 for y, x in probes):
+            return cy - half, cx - half
+    raise ConfigError("no room for the mass inside the breast: use a larger long_side")
+
+
+def _write_view(
+    root: Path,
+    folder: str,
+    kind: str,
+    pixels: np.ndarray,
+    style: SiteStyle,
+    patient: str,
+    file_name: str,
+    study: str,
+    series: str,
+) -> str:
+    # descriptive NBIA-style folder names that do not match the CSV's UID paths
+    study_folder = f"07-20-2016-DDSM-{_short(study)}"
+    series_folder = f"1.000000-{kind}-{_short(series)}"
+    path = root / "CBIS-DDSM" / folder / study_folder / series_folder / file_name
+    photometric = (
+        "MONOCHROME1" if style.monochrome1 and kind == "full mammogram images" else "MONOCHROME2"
+    )
+    write_dicom(
+        path,
+        pixels,
+        study_uid=study,
+        series_uid=series,
+        instance_uid=_uid(study, series, file_name),
+        patient_id=patient,
+        photometric=photometric,
+        bits_stored=style.bits if pixels.dtype == np.uint16 else 8,
+        pixel_spacing=(style.spacing, style.spacing),
+    )
+    return f"{folder}/{study}/{series}/000000.dcm"
+
+
+def write_site(root: Path, style: SiteStyle, *, patients: int, long_side: int, seed: int) -> int:
+    """One site's download; returns the number of CSV rows (lesion views)."""
+    rng = np.random.default_rng(seed)
+    height, width = long_side, int(long_side * 0.65)
+    rows = []
+    for p in range(patients):
+        patient = f"P_{p + 1:05d}"
+        malignant = p % 2 == 1
+        side = "LEFT" if rng.random() < 0.5 else "RIGHT"
+        radius = rng.uniform(0.025, 0.06) * long_side
+        contrast = rng.uniform(0.12, 0.3)
+        density = rng.uniform(0.3, 0.7)
+        for view in ("CC", "MLO"):
+            mass = make_mass(rng, malignant, radius, contrast)
+            tissue = parenchyma(height, width, rng, density)
+            outline = breast_outline(height, width, view, rng)
+            attenuation = np.where(outline > 1.5, 0.55, outline * (0.2 + 0.35 * tissue))
+            size = mass.body.shape[0]
+            y0, x0 = _mass_position(outline, size, rng)
+            attenuation[y0 : y0 + size, x0 : x0 + size] += mass.body
+            mask = np.zeros((height, width), np.uint8)
+            mask[y0 : y0 + size, x0 : x0 + size] = mass.mask * 255
+            pixels = acquire(np.clip(attenuation, 0, 1), style, rng)
+            if side == "LEFT":  # chest wall on the right for left breasts, as displayed
+                pixels, mask = pixels[:, ::-1].copy(), mask[:, ::-1].copy()
+            folder = f"Mass-Training_{patient}_{side}_{view}"
+            study, series = _uid(seed, patient, view, "study"), _uid(seed, patient, view, "series")
+            image_path = _write_view(
+                root,
+                folder,
+                "full mammogram images",
+                pixels,
+                style,
+                patient,
+                "1-1.dcm",
+                study,
+                series,
+            )
+            roi_study, roi_series = (
+                _uid(seed, patient, view, "roi-study"),
+                _uid(seed, patient, view, "roi"),
+            )
+            ys, xs = np.nonzero(mask)
+            crop = (
+                pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] >> (style.bits - 8)
+            ).astype(np.uint8)
+            crop_path = _write_view(
+                root,
+                folder + "_1",
+                "ROI mask images",
+                crop,
+                style,
+                patient,
+                "1-1.dcm",
+                roi_study,
+                roi_series,
+            )
+            _write_view(
+                root,
+                folder + "_1",
+                "ROI mask images",
+                mask,
+                style,
+                patient,
+                "1-2.dcm",
+                roi_study,
+                roi_series,
+            )
+            mask_path = crop_path.replace("000000.dcm", "000001.dcm")
+            rows.append(
+                f"{patient},{int(1 + density * 3)},{side},{view},1,mass,"
+                f"{'IRREGULAR' if malignant else 'OVAL'},"
+                f"{'SPICULATED' if malignant else 'CIRCUMSCRIBED'},"
+                f"{5 if malignant else 3},{'MALIGNANT' if malignant else 'BENIGN'},3,{image_path},"
+                f'{crop_path},"{mask_path}\n"\n'
+            )
+    atomic_write_text(root / "mass_case_description_train_set.csv", CSV_HEADER + "".join(rows))
+    return len(rows)
+
+
+def write_phantom_sites(
+    out_dir: Path, *, sites: int = 3, patients: int = 30, long_side: int = 2000, seed: int = 0
+) -> dict[str, int]:
+    if not 1 <= sites <= len(STYLES):
+        raise ConfigError(f"sites={sites}: 1 to {len(STYLES)} built-in acquisition styles")
+    if patients < 2 or long_side < 256:
+        raise ConfigError("phantom: patients >= 2 and long_side >= 256")
+    return {
+        style.name: write_site(
+            out_dir / style.name,
+            style,
+            patients=patients,
+            long_side=long_side,
+            seed=seed + 1000 * k,
+        )
+        for k, style in enumerate(STYLES[:sites])
+    }

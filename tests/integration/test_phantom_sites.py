@@ -1,0 +1,49 @@
+"""Phantom sites look like a TCIA CBIS-DDSM download and go through the same ingestion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+
+from common.data.phantom.sites import write_phantom_sites
+from simulations.cli import main
+
+
+def test_phantom_sites_ingest_like_cbis_ddsm(tmp_path: Path) -> None:
+    rows = write_phantom_sites(tmp_path / "ph", sites=3, patients=4, long_side=600, seed=1)
+    assert rows == {"site-a": 8, "site-b": 8, "site-c": 8}  # CC + MLO of each lesion breast
+    site = tmp_path / "ph" / "site-c"
+    csv_text = (site / "mass_case_description_train_set.csv").read_text()
+    assert '000001.dcm\n"' in csv_text  # the mass files' embedded newline in the mask path
+    files = sorted((site / "CBIS-DDSM").rglob("*.dcm"))
+    assert {f.name for f in files} == {"1-1.dcm", "1-2.dcm"} and len(files) == 8 * 3
+    full = pydicom.dcmread(next(f for f in files if "full mammogram" in str(f.parent)))
+    assert full.PhotometricInterpretation == "MONOCHROME1" and full.BitsStored == 12
+    for name in rows:
+        out = tmp_path / "patches" / name
+        assert (
+            main(
+                ["prepare", "source=cbis-ddsm", f"root={tmp_path / 'ph' / name}", f"out_dir={out}"]
+            )
+            == 0
+        )
+        report = json.loads((out / "report.json").read_text())
+        assert report["counts"]["all"] == {"total": 8, "malignant": 4, "benign": 4}
+        assert report["skipped"] == []
+
+
+def test_phantom_is_deterministic(tmp_path: Path) -> None:
+    write_phantom_sites(tmp_path / "a", sites=1, patients=2, long_side=400, seed=5)
+    write_phantom_sites(tmp_path / "b", sites=1, patients=2, long_side=400, seed=5)
+    files_a = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
+    files_b = sorted(
+        p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file()
+    )
+    assert files_a == files_b
+    assert all(
+        (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a
+    )
