@@ -70,6 +70,7 @@ def make_mass(rng: np.random.Generator, malignant: bool, radius: float, contrast
     size = int(radius * 5)
     centre = size / 2
     profile = _radial_profile(rng, malignant)
+    profile /= np.sqrt((profile**2).mean())  # same area (pi r^2) whatever the shape
     angles = np.linspace(0, 2 * np.pi, len(profile), endpoint=False)
     points = np.stack(
         [centre + radius * profile * np.cos(angles), centre + radius * profile * np.sin(angles)], 1
@@ -90,9 +91,12 @@ def make_mass(rng: np.random.Generator, malignant: bool, radius: float, contrast
                 rng,
                 depth=2,
             )
-        body = np.maximum(cv2.GaussianBlur(body, (0, 0), radius * 0.04), spicules * 0.7)
+        # ill-defined margin and spicules outside the outline
+        body = np.maximum(
+            cv2.GaussianBlur(body, (0, 0), radius * 0.06), spicules * 0.7 * (1 - mask)
+        )
     else:
-        body = cv2.GaussianBlur(body, (0, 0), radius * 0.08)
+        body = cv2.GaussianBlur(body, (0, 0), radius * 0.03)  # circumscribed: a sharp margin
     return Mass(body * contrast, mask)
 
 

@@ -32,7 +32,8 @@ CSV_HEADER = (
 @dataclass(frozen=True)
 class SiteStyle:
     name: str
-    film: bool  # film-like sigmoid curve vs digital linear-log response
+    film: bool  # film-like sigmoid curve vs digital log response
+    gamma: float  # applied after the response curve
     noise: float  # relative noise standard deviation
     blur: float  # px, system resolution
     spacing: float  # mm per pixel
@@ -42,10 +43,10 @@ class SiteStyle:
 
 STYLES = (
     SiteStyle(
-        "site-a", film=False, noise=0.010, blur=0.6, spacing=0.07, bits=12, monochrome1=False
+        "site-a", False, 1.0, noise=0.008, blur=0.5, spacing=0.07, bits=12, monochrome1=False
     ),
-    SiteStyle("site-b", film=True, noise=0.025, blur=1.6, spacing=0.05, bits=14, monochrome1=False),
-    SiteStyle("site-c", film=False, noise=0.018, blur=1.0, spacing=0.10, bits=12, monochrome1=True),
+    SiteStyle("site-b", True, 1.0, noise=0.02, blur=2.0, spacing=0.05, bits=14, monochrome1=False),
+    SiteStyle("site-c", False, 0.5, noise=0.045, blur=0.8, spacing=0.10, bits=12, monochrome1=True),
 )
 
 
@@ -59,7 +60,7 @@ def acquire(attenuation: np.ndarray, style: SiteStyle, rng: np.random.Generator)
         else np.log1p(4 * np.clip(image, 0, None)) / np.log(5)
     )
     top = 2**style.bits - 1
-    stored = np.clip(image, 0, 1) * top
+    stored = np.clip(image, 0, 1) ** style.gamma * top
     if style.monochrome1:
         stored = top - stored
     return np.round(stored).astype(np.uint16)
