@@ -137,6 +137,8 @@ def cmd_prepare(args: Sequence[str]) -> int:
         "border",
         "y_origin",
         "site",
+        "csv",
+        "workers",
     )
     options, rest = split_options(args, names)
     if rest or not {"source", "root", "out_dir"} <= set(options):
@@ -146,7 +148,7 @@ def cmd_prepare(args: Sequence[str]) -> int:
         )
     typed: dict[str, object] = dict(options)
     typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
-    for key, kind in (("test_fraction", float), ("seed", int), ("out_size", int)):
+    for key, kind in (("test_fraction", float), ("seed", int), ("out_size", int), ("workers", int)):
         if key in options:
             typed[key] = kind(options[key])
     report = prepare(PrepareOptions(**typed))  # type: ignore[arg-type]

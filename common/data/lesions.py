@@ -7,16 +7,21 @@ PNGs + manifest.csv atomically. A bad lesion is reported and skipped, never sile
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from common.atomic_io import atomic_write_png
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet, write_manifest
 from common.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,56 @@ def drop_duplicates(lesions: Sequence[Lesion]) -> tuple[list[Lesion], list[tuple
     return kept, skipped
 
 
+@dataclass(frozen=True)
+class PatchJob:
+    """All lesions of one image (read once), with their patch file names."""
+
+    image_path: str
+    lesions: tuple[tuple[str, Lesion], ...]
+    out_dir: Path
+    read_image: Callable[[str], np.ndarray]
+    mode: str
+    out_size: int
+    border: str
+
+
+def run_patch_job(job: PatchJob) -> tuple[list[PatchRecord], list[tuple[str, str]]]:
+    """Cut and write the job's patches; a patch already on disk is kept (resume)."""
+    records, skipped = [], []
+    image: np.ndarray | None = None
+    for name, lesion in job.lesions:
+        target = job.out_dir / "images" / name
+        try:
+            if not target.is_file():
+                if image is None:
+                    image = job.read_image(job.image_path)
+                patch = extract_patch(
+                    image, lesion.box, mode=job.mode, out_size=job.out_size, border=job.border
+                )
+                atomic_write_png(target, patch)
+        except (DataError, OSError, ValueError) as error:
+            skipped.append((f"{lesion.image_path} {lesion.box}", str(error)))
+            continue
+        records.append(_record(target, lesion))
+    return records, skipped
+
+
+def _record(target: Path, lesion: Lesion) -> PatchRecord:
+    box = lesion.box
+    return PatchRecord(
+        path=str(target.resolve()),
+        label=lesion.label,
+        patient_id=lesion.patient_id,
+        site=lesion.site,
+        source="real",
+        provenance_file=lesion.image_path,
+        box=f"{box.x},{box.y},{box.w},{box.h}",
+        laterality=lesion.laterality,
+        view=lesion.view,
+        pixel_spacing=lesion.pixel_spacing,
+    )
+
+
 def write_lesion_patches(
     lesions: Sequence[Lesion],
     read_image: Callable[[str], np.ndarray],
@@ -59,39 +114,40 @@ def write_lesion_patches(
     mode: str = "corrected",
     out_size: int = 128,
     border: str = "inside",
+    workers: int = 1,
+    progress: bool = False,
 ) -> PatchSet:
-    """Cut every lesion's patch, write `out_dir/images/*.png` and `out_dir/manifest.csv`."""
+    """Cut every lesion's patch, write `out_dir/images/*.png` and `out_dir/manifest.csv`.
+
+    One job per image, run by `workers` processes, in order; patch names depend only on the
+    lesion list, so a rerun after an interruption keeps what was written and does the rest.
+    """
     unique, skipped = drop_duplicates(lesions)
-    records: list[PatchRecord] = []
-    cache: dict[str, np.ndarray] = {}
+    by_image: dict[str, list[tuple[str, Lesion]]] = {}
     for index, lesion in enumerate(unique):
-        try:
-            if lesion.image_path not in cache:
-                cache.clear()  # lesions of one image are consecutive in every reader
-                cache[lesion.image_path] = read_image(lesion.image_path)
-            patch = extract_patch(
-                cache[lesion.image_path], lesion.box, mode=mode, out_size=out_size, border=border
-            )
-        except (DataError, OSError, ValueError) as error:
-            skipped.append((f"{lesion.image_path} {lesion.box}", str(error)))
-            continue
         name = f"{lesion.site}_{lesion.patient_id}_{index:06d}.png".replace("/", "_")
-        atomic_write_png(out_dir / "images" / name, patch)
-        box = lesion.box
-        records.append(
-            PatchRecord(
-                path=str((out_dir / "images" / name).resolve()),
-                label=lesion.label,
-                patient_id=lesion.patient_id,
-                site=lesion.site,
-                source="real",
-                provenance_file=lesion.image_path,
-                box=f"{box.x},{box.y},{box.w},{box.h}",
-                laterality=lesion.laterality,
-                view=lesion.view,
-                pixel_spacing=lesion.pixel_spacing,
-            )
-        )
+        by_image.setdefault(lesion.image_path, []).append((name, lesion))
+    jobs = [
+        PatchJob(path, tuple(items), out_dir, read_image, mode, out_size, border)
+        for path, items in by_image.items()
+    ]
+    records: list[PatchRecord] = []
+    bar = tqdm(total=len(jobs), disable=not progress, desc="images", unit="img")
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = list(_tracked(pool.imap(run_patch_job, jobs), bar))
+    else:
+        results = list(_tracked(map(run_patch_job, jobs), bar))
+    bar.close()
+    for job_records, job_skipped in results:
+        records += job_records
+        skipped += job_skipped
     patch_set = PatchSet(records, skipped, name=str(out_dir))
     write_manifest(patch_set, out_dir)
     return patch_set
+
+
+def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:
+    for result in results:
+        bar.update(1)
+        yield result

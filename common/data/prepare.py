@@ -39,9 +39,9 @@ class PrepareOptions:
     border: str = "inside"
     y_origin: str = "top"
     site: str = "site"
-    csv: str = (
-        ""  # cbis-ddsm: comma-separated description CSVs (default: *description*.csv in root)
-    )
+    workers: int = 1
+    # cbis-ddsm: comma-separated description CSVs (default: every *case_description*.csv)
+    csv: str = ""
 
 
 def patch_set_for(options: PrepareOptions) -> PatchSet:
@@ -69,6 +69,8 @@ def patch_set_for(options: PrepareOptions) -> PatchSet:
         mode=options.mode,
         out_size=options.out_size,
         border=options.border,
+        workers=options.workers,
+        progress=True,
     )
     patch_set.skipped = skipped + patch_set.skipped
     return patch_set

@@ -87,3 +87,20 @@ def test_prepare_cbis_ddsm(tmp_path: Path) -> None:
     assert set(manifest["laterality"]) == {"LEFT"} and set(manifest["pixel_spacing"]) == {
         "0.05,0.05"
     }
+
+
+def test_prepare_resumes_and_runs_in_parallel(tmp_path: Path) -> None:
+    from tests.unit.data.test_cbis_ddsm import _download
+
+    _download(tmp_path / "dl")
+    out = tmp_path / "out"
+    args = ["prepare", "source=cbis-ddsm", f"root={tmp_path / 'dl'}", f"out_dir={out}"]
+    assert main([*args, "workers=2"]) == 0
+    first = pd.read_csv(out / "manifest.csv")
+    images = sorted((out / "images").iterdir())
+    stamp = {p: p.stat().st_mtime_ns for p in images}
+    images[0].unlink()  # as if interrupted before this patch was written
+    assert main(args) == 0
+    assert pd.read_csv(out / "manifest.csv").equals(first)  # same records, same order
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in images[1:])  # kept, not rewritten
+    assert images[0].is_file()
