@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from common.errors import DataError
 
@@ -32,6 +38,7 @@ def write_dicom(
     intercept: float = 0.0,
     pixel_spacing: tuple[float, float] | None = (0.05, 0.05),
     rle: bool = False,
+    jpeg2000: bool = False,
     with_pixels: bool = True,
 ) -> Path:
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
@@ -63,6 +70,8 @@ def write_dicom(
         ds.PixelData = np.ascontiguousarray(pixels).tobytes()
         if rle:
             ds.compress(RLELossless)
+        elif jpeg2000:  # needs pylibjpeg-openjpeg, as decoding such files does
+            ds.compress(JPEG2000Lossless)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

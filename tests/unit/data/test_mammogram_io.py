@@ -66,3 +66,14 @@ def test_raster_formats(tmp_path: Path) -> None:
     (tmp_path / "c.png").write_bytes(b"\x89PNG\r\n")
     with pytest.raises(DataError, match="unreadable"):
         read_mammogram(tmp_path / "c.png")
+
+
+def test_jpeg2000_lossless_decodes(tmp_path: Path) -> None:
+    library_write_dicom(tmp_path / "j2k.dcm", _ramp(), bits_stored=12, jpeg2000=True)
+    import pydicom
+
+    assert (
+        pydicom.dcmread(tmp_path / "j2k.dcm").file_meta.TransferSyntaxUID.name
+        == "JPEG 2000 Image Compression (Lossless Only)"
+    )
+    assert np.array_equal(read_mammogram(tmp_path / "j2k.dcm"), minmax_uint8(_ramp()))
