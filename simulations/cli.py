@@ -45,6 +45,20 @@ def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, 
     return options, rest
 
 
+def out_dir_and_integers(
+    command: str, args: Sequence[str], names: Sequence[str]
+) -> tuple[Path, dict[str, int]]:
+    """`out_dir=DIR` (required) plus optional integer options, for the generator commands."""
+    options, rest = split_options(args, ("out_dir", *names))
+    if rest or "out_dir" not in options:
+        raise ConfigError(f"usage: mammofl {command} out_dir=DIR [{'= '.join(names)}=]")
+    try:
+        numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
+    except ValueError as error:
+        raise ConfigError(f"mammofl {command}: {error}; {', '.join(names)} are integers") from error
+    return Path(options["out_dir"]), numbers
+
+
 def parse_list(value: str) -> list[str]:
     return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
 
@@ -113,12 +127,10 @@ def cmd_table1(args: Sequence[str]) -> int:
 def cmd_phantom_patches(args: Sequence[str]) -> int:
     from common.data.phantom_patches import write_phantom_patches
 
-    names = ("out_dir", "patients", "test_patients", "size", "seed")
-    options, rest = split_options(args, names)
-    if rest or "out_dir" not in options:
-        raise ConfigError(f"usage: mammofl phantom-patches out_dir=DIR [{' '.join(names[1:])}=]")
-    numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
-    sets = write_phantom_patches(Path(options["out_dir"]), **numbers)
+    out_dir, numbers = out_dir_and_integers(
+        "phantom-patches", args, ("patients", "test_patients", "size", "seed")
+    )
+    sets = write_phantom_patches(out_dir, **numbers)
     print(json.dumps({k: s.counts() for k, s in sets.items()}, indent=2))
     return 0
 
@@ -164,13 +176,11 @@ def cmd_prepare(args: Sequence[str]) -> int:
 def cmd_phantom(args: Sequence[str]) -> int:
     from common.data.phantom.sites import write_phantom_sites
 
-    names = ("out_dir", "sites", "patients", "long_side", "seed")
-    options, rest = split_options(args, names)
-    if rest or "out_dir" not in options:
-        raise ConfigError(f"usage: mammofl phantom out_dir=DIR [{'= '.join(names[1:])}=]")
-    numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
-    rows = write_phantom_sites(Path(options["out_dir"]), **numbers)
-    print(json.dumps({"out_dir": options["out_dir"], "lesion_views_per_site": rows}, indent=2))
+    out_dir, numbers = out_dir_and_integers(
+        "phantom", args, ("sites", "patients", "long_side", "seed")
+    )
+    rows = write_phantom_sites(out_dir, **numbers)
+    print(json.dumps({"out_dir": str(out_dir), "lesion_views_per_site": rows}, indent=2))
     return 0
 
 

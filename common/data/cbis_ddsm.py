@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from common.data.lesions import Lesion
-from common.data.mammogram_io import read_dicom_pixels
+from common.data.mammogram_io import image_shape, read_dicom_pixels
 from common.data.masks import mask_boxes
 from common.errors import DataError
 
@@ -105,19 +105,15 @@ def row_lesions(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> list[Le
     if pathology not in PATHOLOGY:
         raise DataError(f"unknown pathology {row['pathology']!r}")
     image = full_image(row, index)
-    image_pixels = read_dicom_pixels(image)
-    candidates = {
-        p
-        for key in {series_key(row["mask_path"]), series_key(row["crop_path"])}
-        for p in index.get(key, [])
-    }
-    masks = [read_dicom_pixels(p) for p in sorted(candidates)]
-    masks = [m for m in masks if m.shape[0] > 0.5 * image_pixels.shape[0]]
+    shape = image_shape(image)  # headers only: the mammogram is decoded once, when cut
+    keys = {series_key(row["mask_path"]), series_key(row["crop_path"])}
+    candidates = sorted({p for key in keys for p in index.get(key, [])})
+    masks = [p for p in candidates if image_shape(p)[0] > 0.5 * shape[0]]
     if len(masks) != 1:
         raise DataError(
             f"ROI mask of {image.name}: {len(masks)} files taller than half the image, 1 expected"
         )
-    boxes = mask_boxes(masks[0], image_pixels.shape)
+    boxes = mask_boxes(read_dicom_pixels(masks[0]), shape)
     spacing = pixel_spacing(image)
     return [
         Lesion(

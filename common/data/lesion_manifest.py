@@ -16,6 +16,7 @@ import cv2
 import pandas as pd
 
 from common.data.lesions import Lesion
+from common.data.mammogram_io import image_shape
 from common.data.masks import mask_boxes
 from common.data.patch_geometry import Box
 from common.errors import DataError
@@ -29,22 +30,6 @@ def parse_label(value: str) -> int:
     if label is None:
         raise DataError(f"unknown label {value!r} (1/0, malignant/benign, BENIGN_WITHOUT_CALLBACK)")
     return label
-
-
-def image_shape(path: Path) -> tuple[int, int]:
-    """(height, width) without decoding DICOM pixel data."""
-    if path.suffix.lower() in (".png", ".tif", ".tiff", ".pgm", ".jpg", ".jpeg"):
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DataError(f"{path}: unreadable image")
-        return int(image.shape[0]), int(image.shape[1])
-    import pydicom
-
-    try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True)
-        return int(header.Rows), int(header.Columns)
-    except Exception as error:
-        raise DataError(f"{path}: not a readable DICOM header ({error})") from error
 
 
 def read_lesion_manifest(

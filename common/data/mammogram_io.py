@@ -53,6 +53,22 @@ def read_dicom_pixels(path: Path) -> np.ndarray:
     return values
 
 
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width), without decoding DICOM pixel data."""
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise DataError(f"{path}: unreadable image")
+        return int(image.shape[0]), int(image.shape[1])
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(header.Rows), int(header.Columns)
+    except Exception as error:
+        raise DataError(f"{path}: not a readable DICOM header ({error})") from error
+
+
 def read_mammogram(path: str | Path) -> np.ndarray:
     """8-bit grayscale image, whatever the file format."""
     path = Path(path)

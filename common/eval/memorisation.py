@@ -59,6 +59,11 @@ class Match:
     shift: tuple[int, int]
 
 
+def flip_vectors(real: np.ndarray) -> np.ndarray:
+    """[4, N, 32*32] normalised small vectors of every flip variant of the real patches."""
+    return np.stack([_small_vectors(np.stack([_flip(r, v) for r in real])) for v in range(4)])
+
+
 def nearest_real(
     queries: np.ndarray,
     real: np.ndarray,
@@ -68,11 +73,11 @@ def nearest_real(
     query_features: np.ndarray | None = None,
     real_features: np.ndarray | None = None,
     exclude: list[set[int]] | None = None,
+    real_vectors: np.ndarray | None = None,
 ) -> list[Match]:
     """Best pixel match in `real` for every query (indices in `exclude[i]` are not allowed)."""
-    real_vectors = np.stack(
-        [_small_vectors(np.stack([_flip(r, v) for r in real])) for v in range(4)]
-    )
+    if real_vectors is None:
+        real_vectors = flip_vectors(real)
     query_vectors = _small_vectors(queries)
     pixel_similarity = query_vectors @ real_vectors.reshape(-1, real_vectors.shape[-1]).T
     pixel_similarity = pixel_similarity.reshape(len(queries), 4, len(real)).max(1)
@@ -136,7 +141,11 @@ def memorisation_check(
     synthetic_features: np.ndarray | None = None,
     real_features: np.ndarray | None = None,
 ) -> MemorisationReport:
-    same_patient = [{j for j, q in enumerate(real_patients) if q == p} for p in real_patients]
+    by_patient: dict[str, set[int]] = {}
+    for index, patient in enumerate(real_patients):
+        by_patient.setdefault(patient, set()).add(index)
+    same_patient = [by_patient[p] for p in real_patients]
+    vectors = flip_vectors(real)  # shared by both searches
     reference = nearest_real(
         real,
         real,
@@ -144,6 +153,7 @@ def memorisation_check(
         query_features=real_features,
         real_features=real_features,
         exclude=same_patient,
+        real_vectors=vectors,
     )
     threshold = max(min_ncc, float(np.quantile([m.ncc for m in reference], reference_quantile)))
     matches = nearest_real(
@@ -152,6 +162,7 @@ def memorisation_check(
         max_shift=max_shift,
         query_features=synthetic_features,
         real_features=real_features,
+        real_vectors=vectors,
     )
     flagged = [i for i, m in enumerate(matches) if m.ncc >= threshold]
     return MemorisationReport(matches, reference, threshold, flagged)
