@@ -26,7 +26,9 @@ commands:
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
   phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0]: TCIA-like phantom sites
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
-  demo      generate phantom patches and train the tiny preset (the README's main job)
+  federate  [experiment=federated/phantom] [fresh=true] [verbose=true] <overrides>: the federated
+            simulation (phantom sites, MCGANs, SynPre, DP rounds) and its comparison arms
+  demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
 
 overrides are hydra's: experiment=table1/real_eps6 model=efficientnet_lite0 train.epochs=2 ...
@@ -194,6 +196,18 @@ def cmd_demo(args: Sequence[str]) -> int:
     return cmd_train(["experiment=tiny", "out_dir=runs/demo", *args])
 
 
+def cmd_federate(args: Sequence[str]) -> int:
+    from simulations.federate import run_federate
+
+    options, rest = split_options(args, ("fresh", "verbose"))
+    flags = {k: v.lower() in ("1", "true", "yes") for k, v in options.items()}
+    result = run_federate(
+        rest, fresh=flags.get("fresh", False), verbose=flags.get("verbose", False)
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_gan(args: Sequence[str]) -> int:
     from simulations.gan_cli import cmd_gan as run_gan
 
@@ -210,12 +224,14 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "prepare": cmd_prepare,
     "phantom": cmd_phantom,
     "gan": cmd_gan,
+    "federate": cmd_federate,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's SuperLink state store
     # expected with a frozen backbone (inputs of the head need no gradient) and without secure RNG
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")

@@ -13,12 +13,17 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.config.federated_schema import FederatedRunConfig
 from common.config.gan_schema import GanConfig
 from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 
 T = TypeVar("T")
-SCHEMA_NAMES: dict[type, str] = {MammoflConfig: "mammofl_schema", GanConfig: "mammofl_gan_schema"}
+SCHEMA_NAMES: dict[type, str] = {
+    MammoflConfig: "mammofl_schema",
+    GanConfig: "mammofl_gan_schema",
+    FederatedRunConfig: "mammofl_federated_schema",
+}
 
 
 def config_dir() -> Path:
@@ -54,6 +59,12 @@ def compose_config(overrides: Sequence[str] = ()) -> MammoflConfig:
 def compose_gan_config(overrides: Sequence[str] = ()) -> GanConfig:
     """The GAN config: `configs/gan.yaml` + overrides (`gan_preset=...`)."""
     return compose_typed("gan", GanConfig, overrides)
+
+
+def compose_federated_config(overrides: Sequence[str] = ()) -> FederatedRunConfig:
+    """The federated run config: `configs/federate.yaml` + overrides
+    (`experiment=federated/<preset>`, default federated/phantom)."""
+    return compose_typed("federate", FederatedRunConfig, overrides)
 
 
 def experiment_names() -> list[str]:

@@ -27,6 +27,8 @@ class GanDPConfig:
     delta: float = 1e-4
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
+    # Poisson batches and noise from the config seed: reproducible research only, marked
+    seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         _choice("gan.dp.accountant", self.accountant, ACCOUNTANTS)

@@ -150,6 +150,9 @@ class PrivacyConfig:
     accountant: str = "rdp"
     eligible_low: float = 0.75
     eligible_high: float = 1.05
+    # Poisson sampling and noise from the config seed: reproducible research only; every record
+    # then says "seeded noise: reproducible; no guarantee against anyone who knows the seed"
+    seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         _choice("privacy.accountant", self.accountant, ACCOUNTANTS)

@@ -44,7 +44,7 @@ class PrepareOptions:
     csv: str = ""
 
 
-def patch_set_for(options: PrepareOptions) -> PatchSet:
+def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
     if options.source == "released":
         patch_set = read_released(options.root, "train")
         write_manifest(patch_set, options.out_dir)  # released patches are used in place
@@ -70,14 +70,14 @@ def patch_set_for(options: PrepareOptions) -> PatchSet:
         out_size=options.out_size,
         border=options.border,
         workers=options.workers,
-        progress=True,
+        progress=progress,
     )
     patch_set.skipped = skipped + patch_set.skipped
     return patch_set
 
 
-def prepare(options: PrepareOptions) -> dict[str, Any]:
-    patch_set = patch_set_for(options)
+def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
+    patch_set = patch_set_for(options, progress)
     train, test = split_by_patient(patch_set, options.test_fraction, options.seed)
     split = pd.DataFrame(
         [{"patient_id": p, "split": "train"} for p in sorted(set(train.patients))]

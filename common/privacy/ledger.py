@@ -1,27 +1,45 @@
 """A site's privacy ledger: every (noise multiplier, sample rate, steps) it ever ran.
 
 Epsilon is always computed from the whole history with a fresh opacus accountant, never per
-round. The ledger round-trips through `state_dict` so it survives restarts.
+round. A round is *reserved* before its first step and *settled* after its last, so a crash
+mid-round stays charged. Uses of the private data that no accountant covers (an MCGAN trained
+without DP) are listed in `non_dp_uses`, so every use of real data is in the ledger. The ledger
+round-trips through `state_dict` (with a schema version) so it survives restarts.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from common.errors import ConfigError, PrivacyError
 
+SCHEMA_VERSION = 1
+EVENT_KINDS = ("dp-sgd", "dp-gan")
+STATUSES = ("reserved", "settled")
+UNITS = ("patch", "patient")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class LedgerEvent:
+    """One run of a subsampled Gaussian mechanism: `steps` steps at (sigma, q).
+
+    Keyword-only: noise multiplier and sample rate are both floats and easily swapped.
+    """
+
     noise_multiplier: float
     sample_rate: float
     steps: int
+    kind: str = "dp-sgd"
+    round: int | None = None
+    status: str = "settled"
     label: str = ""
 
     def __post_init__(self) -> None:
         if self.noise_multiplier <= 0 or not 0 < self.sample_rate <= 1 or self.steps < 0:
             raise PrivacyError(f"invalid ledger event {self}")
+        if self.kind not in EVENT_KINDS or self.status not in STATUSES:
+            raise PrivacyError(f"ledger event kind {self.kind!r} / status {self.status!r}")
 
 
 def make_accountant(name: str) -> Any:
@@ -48,27 +66,82 @@ def epsilon_of(events: list[LedgerEvent], delta: float, accountant: str = "rdp")
 class PrivacyLedger:
     delta: float = 1e-4
     accountant: str = "rdp"
+    unit: str = "patch"
     events: list[LedgerEvent] = field(default_factory=list)
+    non_dp_uses: list[dict[str, str]] = field(default_factory=list)
 
-    def epsilon(self, extra: LedgerEvent | None = None) -> float:
-        """Spent epsilon, optionally as if `extra` had also run (for checks before spending)."""
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ConfigError(f"privacy unit {self.unit!r}: choose one of {UNITS}")
+
+    def epsilon(self, extra: LedgerEvent | None = None, kind: str | None = None) -> float:
+        """Spent epsilon of all events (or of one `kind`), optionally as if `extra` had also
+        run: the check before spending."""
         events = self.events + ([extra] if extra is not None else [])
+        if kind is not None:
+            events = [e for e in events if e.kind == kind]
         return epsilon_of(events, self.delta, self.accountant)
+
+    def check_within(self, event: LedgerEvent, cap: float) -> float:
+        """Epsilon after `event`; raises PrivacyBudgetExceeded (nothing charged) above `cap`."""
+        projected = self.epsilon(extra=event)
+        if projected > cap * (1 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"{event.steps} more steps at sigma {event.noise_multiplier:.4g}, q "
+                f"{event.sample_rate:.4g} would bring epsilon from {self.epsilon():.4f} to "
+                f"{projected:.4f} > cap {cap}; refused, nothing charged"
+            )
+        return projected
 
     def append(self, event: LedgerEvent) -> None:
         self.events.append(event)
 
+    def reserve(self, event: LedgerEvent) -> int:
+        """Charge `event` as reserved before its first step; returns its index for `settle`."""
+        self.events.append(replace(event, status="reserved"))
+        return len(self.events) - 1
+
+    def settle(self, index: int, steps: int) -> None:
+        """Replace a reservation by the steps actually taken (never more than reserved)."""
+        reserved = self.events[index]
+        if reserved.status != "reserved" or steps > reserved.steps:
+            raise PrivacyError(
+                f"cannot settle event {index} ({reserved.status}, {reserved.steps} steps) "
+                f"with {steps} steps"
+            )
+        self.events[index] = replace(reserved, steps=steps, status="settled")
+
+    def record_non_dp_use(self, kind: str, note: str) -> None:
+        """A use of the private data with no formal guarantee (e.g. an MCGAN without DP)."""
+        entry = {"kind": kind, "note": note}
+        if entry not in self.non_dp_uses:
+            self.non_dp_uses.append(entry)
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "delta": self.delta,
             "accountant": self.accountant,
+            "unit": self.unit,
             "events": [asdict(e) for e in self.events],
+            "non_dp_uses": [dict(u) for u in self.non_dp_uses],
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> PrivacyLedger:
+        version = state.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise PrivacyError(
+                f"ledger schema version {version}; this mammofl reads version {SCHEMA_VERSION}"
+            )
         return cls(
             delta=float(state["delta"]),
             accountant=str(state["accountant"]),
+            unit=str(state.get("unit", "patch")),
             events=[LedgerEvent(**e) for e in state["events"]],
+            non_dp_uses=[dict(u) for u in state.get("non_dp_uses", [])],
         )
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """A DP run would take a ledger past its cap; nothing was charged."""

@@ -7,10 +7,12 @@ overshoot the target).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.errors import ConfigError
+from common.errors import ConfigError, PrivacyError
+from common.privacy.ledger import LedgerEvent, epsilon_of
 
 
 def sample_rate_for(dataset_size: int, batch_size: int) -> float:
@@ -47,23 +49,25 @@ def plan_privacy(
     delta: float,
     accountant: str = "rdp",
     max_grad_norm: float = 1.0,
+    prior_events: Sequence[LedgerEvent] = (),
 ) -> PrivacyPlan:
-    """Plan steps and, under DP (target_epsilon given), the noise multiplier for all of them."""
+    """Plan steps and, under DP (target_epsilon given), the noise multiplier for all of them.
+
+    `prior_events`: what the ledger already holds (e.g. a DP-MCGAN's run at a federated site);
+    sigma is then the smallest for which prior + all planned steps stay within the target.
+    """
     sample_rate = sample_rate_for(dataset_size, batch_size)
     steps_per_epoch = math.ceil(dataset_size / batch_size)
     steps = steps_per_epoch * epochs
     sigma = None
     if target_epsilon is not None:
-        from opacus.accountants.utils import get_noise_multiplier
-
-        sigma = float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-            )
+        sigma = noise_multiplier_for(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            prior_events=prior_events,
         )
     return PrivacyPlan(
         dataset_size=dataset_size,
@@ -78,3 +82,56 @@ def plan_privacy(
         accountant=accountant,
         max_grad_norm=max_grad_norm,
     )
+
+
+def noise_multiplier_for(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    prior_events: Sequence[LedgerEvent] = (),
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest sigma (within `tolerance` in epsilon) such that prior + (sigma, q, steps) spends
+    at most `target_epsilon`. Without prior events this is opacus' `get_noise_multiplier`."""
+    prior = [e for e in prior_events if e.steps > 0]
+    if not prior:
+        from opacus.accountants.utils import get_noise_multiplier
+
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=tolerance,
+            )
+        )
+    already = epsilon_of(list(prior), delta, accountant)
+    if already >= target_epsilon:
+        raise PrivacyError(
+            f"the ledger already spent epsilon {already:.4f} >= target {target_epsilon}; "
+            "no budget left to plan for"
+        )
+
+    def spent(sigma: float) -> float:
+        event = LedgerEvent(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        return epsilon_of([*prior, event], delta, accountant)
+
+    low, high = 0.0, 10.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise PrivacyError("no noise multiplier reaches the target (steps too many?)")
+    while spent(high) < target_epsilon - tolerance:  # bisection keeps spent(high) <= target
+        middle = (low + high) / 2
+        if spent(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-9:
+            break
+    return high

@@ -20,11 +20,17 @@ from common.eval.records import save_model, write_json, write_predictions
 from common.models.classifier import build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm, count_trainable
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.randomness import noise_mode
 from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
 from common.runs.run_data import load_run_data
 from common.training.fit import fit
-from common.training.settings import DPSettings, EngineSettings, resolve_device
+from common.training.settings import (
+    DPSettings,
+    EngineSettings,
+    resolve_backbone_train_mode,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +39,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def backbone_train_mode(config: MammoflConfig, has_batchnorm: bool) -> bool:
-    """Naive engine: train mode (stochastic depth, as the reference) unless BatchNorm is there."""
-    mode = config.train.backbone_mode
-    if config.train.engine == "cached":
-        return False
-    if mode == "auto":
-        return not has_batchnorm
-    return mode == "train"
 
 
 def guarantee_caveats(config: MammoflConfig) -> list[str]:
@@ -78,6 +74,7 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
     dp = None
     if plan.noise_multiplier is not None:
         dp = DPSettings(plan.noise_multiplier, plan.sample_rate, plan.max_grad_norm, plan.steps_per_epoch)
+    noise_seed = config.seed + 1 if config.privacy.seeded_noise else None
     settings = EngineSettings(
         batch_size=config.train.batch_size,
         lr=config.train.lr,
@@ -86,11 +83,16 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         flips=config.train.flips,
         seed=config.seed,
         device=device,
-        backbone_train_mode=backbone_train_mode(config, backbone_has_batchnorm(model.backbone)),
+        backbone_train_mode=resolve_backbone_train_mode(
+            config.train.engine,
+            config.train.backbone_mode,
+            backbone_has_batchnorm(model.backbone),
+        ),
         feature_batch_size=config.train.feature_batch_size,
         feature_cache_dir=config.train.feature_cache_dir,
         dp=dp,
         progress=progress,
+        noise_seed=noise_seed,
     )
     ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
     result = fit(
@@ -107,9 +109,10 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
     )
     if result.frozen_checksum_before != result.frozen_checksum_after:
         raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
-    if result.accountant_steps is not None and result.accountant_steps != result.steps:
+    if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
         raise PrivacyError(
-            f"opacus counted {result.accountant_steps} steps, the ledger {result.steps}"
+            f"the Gaussian mechanism ran {result.mechanism_steps} times, the ledger counts "
+            f"{result.steps} steps"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     tests: dict[str, Any] = {}
@@ -152,7 +155,8 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
             "delta": plan.delta,
             "max_grad_norm": plan.max_grad_norm,
             "accountant": plan.accountant,
-            "unit": "image",
+            "unit": ledger.unit,
+            "noise": noise_mode(noise_seed) if dp is not None else None,
             "ledger": result.ledger.state_dict(),
         },
         "tests": tests,

@@ -7,6 +7,8 @@ gradient tensors, so 300 epochs take seconds on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -14,7 +16,14 @@ from torch import nn
 from common.data.images import LoadedPatches
 from common.errors import ConfigError
 from common.models.classifier import Classifier
-from common.training.dp_math import add_noise, clip_factors, expected_batch_size
+from common.privacy.dp_sgd import (
+    GaussianMechanism,
+    clip_factors,
+    expected_batch_size,
+    poisson_indices,
+)
+from common.privacy.randomness import private_generator
+from common.training.engine import load_trainable, trainable_state
 from common.training.features import cached_features
 from common.training.head_gradients import clipped_gradient_sum
 from common.training.settings import EngineSettings
@@ -59,8 +68,17 @@ class CachedEngine:
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=settings.lr, weight_decay=settings.weight_decay
         )
-        self.generator = torch.Generator().manual_seed(settings.seed)
-        self.noise_generator = torch.Generator(settings.device).manual_seed(settings.seed + 1)
+        self.generator = torch.Generator().manual_seed(settings.seed)  # flips, shuffling
+        self.mechanism: GaussianMechanism | None = None
+        if settings.dp is not None:
+            seed = settings.noise_seed
+            self.sampling = private_generator("cpu", seed)
+            self.mechanism = GaussianMechanism(
+                noise_multiplier=settings.dp.noise_multiplier,
+                max_grad_norm=settings.dp.max_grad_norm,
+                expected_batch_size=expected_batch_size(self.dataset_size, settings.dp.sample_rate),
+                generator=private_generator(settings.device, None if seed is None else seed + 1),
+            )
         self.steps_done = 0
 
     @property
@@ -92,15 +110,15 @@ class CachedEngine:
         )
 
     def _dp_step(self, indices: torch.Tensor, flips: torch.Tensor) -> float:
-        dp = self.settings.dp
-        assert dp is not None
+        assert self.mechanism is not None
         features, labels = self.batch(indices, flips)
-        sums, _, losses = self.dp_clipped_sum(features, labels)
-        divisor = expected_batch_size(self.dataset_size, dp.sample_rate)
-        for parameter in self.parameters:
-            summed = sums.get(parameter, torch.zeros_like(parameter))
-            noisy = add_noise(summed, dp.noise_multiplier, dp.max_grad_norm, self.noise_generator)
-            parameter.grad = noisy / divisor
+        if len(indices):
+            sums, _, losses = self.dp_clipped_sum(features, labels)
+        else:  # an empty Poisson batch: a noise-only step
+            sums, losses = {}, torch.zeros(0)
+        summed = [sums.get(p, torch.zeros_like(p)) for p in self.parameters]
+        for parameter, noisy in zip(self.parameters, self.mechanism.privatize(summed), strict=True):
+            parameter.grad = noisy
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(losses.mean()) if losses.numel() else float("nan")
@@ -118,8 +136,7 @@ class CachedEngine:
         n, dp, losses = self.dataset_size, self.settings.dp, []
         if dp is not None:
             for _ in range(dp.steps_per_epoch):
-                mask = torch.rand(n, generator=self.generator) < dp.sample_rate
-                indices = torch.nonzero(mask).flatten()
+                indices = poisson_indices(n, dp.sample_rate, self.sampling)
                 losses.append(self._dp_step(indices, self._draw_flips(len(indices))))
                 self.steps_done += 1
         else:
@@ -138,3 +155,17 @@ class CachedEngine:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.model)
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_trainable(self.model, state)
+
+    def mechanism_steps(self) -> int | None:
+        return self.mechanism.invocations if self.mechanism is not None else None
+
+    def close(self) -> None:
+        """Free the cached features (the frozen backbone was never changed)."""
+        self.train_features = torch.zeros(0)
+        self.eval_features = {}

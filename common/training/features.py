@@ -99,7 +99,7 @@ def cached_features(
         )
         path = Path(cache_dir) / f"features-{_cache_key(checksum, segment, variants)}.pt"
         if path.is_file():
-            log.info("features from cache %s", path)
+            log.debug("features from cache %s", path)
             parts.append(torch.load(path, weights_only=True))
             continue
         features = extract_features(backbone, segment, variants, batch_size, device, progress)

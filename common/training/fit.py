@@ -1,16 +1,21 @@
-"""One training run: given weights and a privacy ledger, train local epochs, append the spend.
+"""One training run: given weights and a privacy ledger, train local epochs, charge the ledger.
 
 Epsilon always comes from the whole ledger plus the steps taken so far, so the same function
-serves a single-node run and one federated round.
+serves a single-node run and one federated round. Under DP the run is reserved in the ledger
+before its first step and settled after its last (`persist` saves the ledger at both points),
+so an interrupted run stays charged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
@@ -20,11 +25,13 @@ from common.models.classifier import Classifier
 from common.models.policies import frozen_checksum
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.training.cached_engine import CachedEngine
+from common.training.engine import TrainingEngine
 from common.training.naive_engine import NaiveEngine
-from common.training.selection import EpochRecord, EpochSelector
+from common.training.selection import EpochRecord, EpochSelector, LastIterate
 from common.training.settings import EngineSettings
 
 log = logging.getLogger(__name__)
+SELECTIONS = ("best", "last")
 
 
 @dataclass
@@ -36,8 +43,9 @@ class FitResult:
     selection_note: str
     frozen_checksum_before: str
     frozen_checksum_after: str
-    accountant_steps: int | None = None
+    mechanism_steps: int | None = None
     ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
+    event: LedgerEvent | None = None
 
 
 def make_engine(
@@ -46,77 +54,96 @@ def make_engine(
     train: LoadedPatches,
     eval_sets: dict[str, LoadedPatches],
     settings: EngineSettings,
-) -> CachedEngine | NaiveEngine:
+) -> TrainingEngine:
     engine_class = CachedEngine if name == "cached" else NaiveEngine
     return engine_class(model, train, eval_sets, settings)
+
+
+def planned_event(settings: EngineSettings, epochs: int, round_number: int | None) -> LedgerEvent:
+    dp = settings.dp
+    assert dp is not None
+    return LedgerEvent(
+        noise_multiplier=dp.noise_multiplier,
+        sample_rate=dp.sample_rate,
+        steps=dp.steps_per_epoch * epochs,
+        round=round_number,
+    )
 
 
 def fit(
     model: Classifier,
     engine_name: str,
     train: LoadedPatches,
-    validation: LoadedPatches,
+    validation: LoadedPatches | None,
     settings: EngineSettings,
     *,
     epochs: int,
     ledger: PrivacyLedger,
-    selection_positive: str,
+    selection_positive: str = "benign",
+    selection: str = "best",
     target_epsilon: float | None = None,
     epsilon_cap: float | None = None,
     eligible: tuple[float, float] = (0.75, 1.05),
+    round_number: int | None = None,
+    persist: Callable[[PrivacyLedger], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> FitResult:
-    """Train, select the best eligible epoch, load its weights into `model`, charge the ledger.
+    """Train, select an epoch (best eligible by validation AUPRC, or the last), load it into
+    `model`, charge the ledger. `proximal_mu` > 0 adds FedProx's mu (w - w_start) to every
+    gradient before the optimiser step (Li et al. 2020); it is data-independent, so under DP it
+    is post-processing of the noisy gradient and costs no privacy.
 
     Under DP the budget is checked before any step: the ledger plus all planned steps must stay
-    within `epsilon_cap` (default: the target).
+    within `epsilon_cap` (default: the target); a DP run with neither is refused. Raises
+    `PrivacyBudgetExceeded` (nothing charged, nothing trained) when the check fails.
     """
+    if selection not in SELECTIONS or (selection == "best" and validation is None):
+        raise ValueError(f"selection={selection!r} (best needs a validation set; or last)")
     dp = settings.dp
+    reservation = None
+    planned = None
     if dp is not None:
-        planned = LedgerEvent(dp.noise_multiplier, dp.sample_rate, dp.steps_per_epoch * epochs)
         cap = epsilon_cap if epsilon_cap is not None else target_epsilon
-        projected = ledger.epsilon(extra=planned)
-        if cap is not None and projected > cap * (1 + 1e-9):
-            raise PrivacyError(
-                f"this run would bring epsilon to {projected:.4f} > cap {cap}; refusing to start "
-                "(lower the epochs or raise the noise multiplier)"
-            )
+        if cap is None:
+            raise PrivacyError("a DP run needs a budget: set a target epsilon or a cap")
+        planned = planned_event(settings, epochs, round_number)
+        ledger.check_within(planned, cap)
     checksum_before = frozen_checksum(model)
-    engine = make_engine(engine_name, model, train, {"validation": validation}, settings)
-    selector = EpochSelector(target_epsilon if dp else None, *eligible)
-    val_labels = validation.labels.numpy()
-    history: list[EpochRecord] = []
-    bar = tqdm(range(1, epochs + 1), disable=not settings.progress, desc="epochs")
-    for epoch in bar:
-        started = time.perf_counter()
-        train_loss = engine.train_epoch()
-        seconds = time.perf_counter() - started
-        scores, val_loss = engine.predict("validation")
-        score = (
-            auprc(val_labels, scores, selection_positive)
-            if len(np.unique(val_labels)) > 1
-            else float("nan")
+    eval_sets = {"validation": validation} if validation is not None else {}
+    engine = make_engine(engine_name, model, train, eval_sets, settings)
+    proximal = _add_proximal_term(engine, model, proximal_mu) if proximal_mu > 0 else None
+    try:
+        if planned is not None:
+            reservation = ledger.reserve(planned)
+            if persist is not None:
+                persist(ledger)
+        history, selector = _train_epochs(
+            engine,
+            validation,
+            settings,
+            epochs,
+            ledger,
+            selection,
+            selection_positive,
+            target_epsilon if dp else None,
+            eligible,
         )
-        epsilon = None
-        if dp is not None:
-            spent = LedgerEvent(dp.noise_multiplier, dp.sample_rate, engine.steps_done)
-            epsilon = ledger.epsilon(extra=spent)
-        # under DP the training loss is an un-noised statistic of private images: not recorded
-        logged_loss = train_loss if dp is None else None
-        record = EpochRecord(
-            epoch, logged_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
-        )
-        history.append(record)
-        selector.offer(record, engine.model_state)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_auprc=f"{score:.3f}", eps=epsilon)
-    note = "best eligible epoch by validation AUPRC"
-    if selector.best is None:
-        note = "no eligible epoch; the last epoch is used"
-        selector.best_state = engine.model_state()
-    model.load_state_dict({**model.state_dict(), **selector.best_state})
-    if dp is not None:
-        ledger.append(LedgerEvent(dp.noise_multiplier, dp.sample_rate, engine.steps_done))
-    checksum_after = frozen_checksum(model)
-    accountant_steps = engine.accountant_steps() if isinstance(engine, NaiveEngine) else None
+        note = "last iterate" if selection == "last" else "best eligible epoch by validation AUPRC"
+        if selection == "best" and selector.best is None:
+            note = "no eligible epoch; the last epoch is used"
+        if selector.best_state:
+            model.load_state_dict({**model.state_dict(), **selector.best_state})
+        event = None
+        if reservation is not None:
+            ledger.settle(reservation, steps=engine.steps_done)
+            event = ledger.events[reservation]
+            if persist is not None:
+                persist(ledger)
+        mechanism_steps = engine.mechanism_steps()
+    finally:
+        if proximal is not None:
+            proximal.remove()
+        engine.close()
     return FitResult(
         best_epoch=selector.best.epoch if selector.best else None,
         history=history,
@@ -124,7 +151,74 @@ def fit(
         epsilon_spent=ledger.epsilon() if dp is not None else None,
         selection_note=note,
         frozen_checksum_before=checksum_before,
-        frozen_checksum_after=checksum_after,
-        accountant_steps=accountant_steps,
+        frozen_checksum_after=frozen_checksum(model),
+        mechanism_steps=mechanism_steps,
         ledger=ledger,
+        event=event,
     )
+
+
+def _add_proximal_term(engine: TrainingEngine, model: Classifier, mu: float) -> Any:
+    anchor = {id(p): p.detach().clone() for p in model.parameters() if p.requires_grad}
+
+    def hook(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None and id(parameter) in anchor:
+                    parameter.grad.add_(parameter.detach() - anchor[id(parameter)], alpha=mu)
+
+    return engine.optimizer.register_step_pre_hook(hook)
+
+
+def _train_epochs(
+    engine: TrainingEngine,
+    validation: LoadedPatches | None,
+    settings: EngineSettings,
+    epochs: int,
+    ledger: PrivacyLedger,
+    selection: str,
+    selection_positive: str,
+    target_epsilon: float | None,
+    eligible: tuple[float, float],
+) -> tuple[list[EpochRecord], EpochSelector | LastIterate]:
+    dp = settings.dp
+    selector: EpochSelector | LastIterate = (
+        LastIterate() if selection == "last" else EpochSelector(target_epsilon, *eligible)
+    )
+    # the reservation already in the ledger stands for this run's steps: epsilon after each
+    # epoch is the history before it plus the steps taken so far
+    before = ledger.events[:-1] if dp is not None else ledger.events
+    history: list[EpochRecord] = []
+    bar = tqdm(range(1, epochs + 1), disable=not settings.progress, desc="epochs")
+    for epoch in bar:
+        started = time.perf_counter()
+        train_loss = engine.train_epoch()
+        seconds = time.perf_counter() - started
+        score = val_loss = None
+        if validation is not None:
+            scores, val_loss = engine.predict("validation")
+            val_labels = validation.labels.numpy()
+            score = (
+                auprc(val_labels, scores, selection_positive)
+                if len(np.unique(val_labels)) > 1
+                else float("nan")
+            )
+        epsilon = None
+        if dp is not None:
+            spent = LedgerEvent(
+                noise_multiplier=dp.noise_multiplier,
+                sample_rate=dp.sample_rate,
+                steps=engine.steps_done,
+            )
+            epsilon = PrivacyLedger(
+                ledger.delta, ledger.accountant, events=[*before, spent]
+            ).epsilon()
+        # under DP the training loss is an un-noised statistic of private images: not recorded
+        logged_loss = train_loss if dp is None else None
+        record = EpochRecord(
+            epoch, logged_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
+        )
+        history.append(record)
+        selector.offer(record, engine.model_state)
+        bar.set_postfix(val_auprc=score, eps=epsilon)
+    return history, selector

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.training.dp_math import add_noise, clip_factors
+from common.privacy.dp_sgd import GaussianMechanism, check_per_record_rows, clipped_sum
 
 
 class PrivateDiscriminatorStep:
@@ -25,15 +25,18 @@ class PrivateDiscriminatorStep:
         noise_multiplier: float,
         max_grad_norm: float,
         expected_batch_size: int,
-        generator: torch.Generator | None,
+        generator: torch.Generator,
     ) -> None:
         from opacus import GradSampleModule
 
         self.module: Any = GradSampleModule(discriminator, batch_first=True, loss_reduction="sum")
-        self.noise_multiplier = noise_multiplier
         self.max_grad_norm = max_grad_norm
-        self.expected_batch_size = expected_batch_size
-        self.generator = generator
+        self.mechanism = GaussianMechanism(
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            generator=generator,
+        )
         self.parameters = [p for p in discriminator.parameters() if p.requires_grad]
 
     def _clear(self) -> None:
@@ -51,9 +54,8 @@ class PrivateDiscriminatorStep:
             return [torch.zeros_like(p) for p in self.parameters]
         losses.sum().backward()
         samples = [p.grad_sample for p in self.parameters]
-        norms = torch.stack([g.flatten(1).norm(dim=1) for g in samples], 1).norm(dim=1)
-        factors = clip_factors(norms, self.max_grad_norm)
-        sums = [torch.einsum("i,i...->...", factors, g) for g in samples]
+        check_per_record_rows(samples, losses.numel())
+        sums = clipped_sum(samples, self.max_grad_norm)
         self._clear()
         return sums
 
@@ -78,14 +80,9 @@ class PrivateDiscriminatorStep:
         fake_loss: Callable[[nn.Module], torch.Tensor],
     ) -> list[torch.Tensor]:
         """The noisy DP gradient of one discriminator step (before the optimiser)."""
-        real = self.clipped_real_sum(real_loss)
+        real = self.mechanism.privatize(self.clipped_real_sum(real_loss))
         fake = self.fake_gradient(fake_loss)
-        return [
-            add_noise(r, self.noise_multiplier, self.max_grad_norm, self.generator)
-            / self.expected_batch_size
-            + f
-            for r, f in zip(real, fake, strict=True)
-        ]
+        return [r + f for r, f in zip(real, fake, strict=True)]
 
     def without_hooks(self) -> Any:
         """Context for generator steps: no per-sample capture through the discriminator."""

@@ -24,9 +24,10 @@ from common.atomic_io import atomic_torch_save, atomic_write_png
 from common.config.gan_schema import GanConfig
 from common.errors import ConfigError, PrivacyError
 from common.models.mcgan import Discriminator, Generator, MCGANShape
+from common.privacy.dp_sgd import expected_batch_size, poisson_indices
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.training.dp_math import expected_batch_size
+from common.privacy.randomness import SEEDED_NOISE_NOTE, private_generator
 from common.training.gan_augment import augment, to_signed_unit, to_uint8
 from common.training.gan_dp import PrivateDiscriminatorStep
 
@@ -76,8 +77,13 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(
             self.discriminator.parameters(), t.lr_discriminator, (t.beta1, t.beta2)
         )
-        self.rng = torch.Generator().manual_seed(config.seed)
-        self.noise_rng = torch.Generator(device).manual_seed(config.seed + 1)
+        self.rng = torch.Generator().manual_seed(config.seed)  # augmentation, z, fake labels
+        # Poisson batches and DP noise: OS entropy unless the seeded research mode is asked for
+        self.noise_seed = config.seed + 1 if config.dp.seeded_noise else None
+        self.sampling_rng = private_generator("cpu", self.noise_seed)
+        self.noise_rng = private_generator(
+            device, None if self.noise_seed is None else self.noise_seed + 1
+        )
         fixed = torch.Generator().manual_seed(config.seed + 2)
         k = t.samples_per_class
         self.fixed_z = torch.randn(2 * k, shape.latent_dim, generator=fixed).to(device)
@@ -117,8 +123,7 @@ class GanTrainer:
         if self.plan is not None:
             q = self.plan.sample_rate
             return [
-                torch.nonzero(torch.rand(n, generator=self.rng) < q).flatten()
-                for _ in range(self.plan.steps_per_epoch)
+                poisson_indices(n, q, self.sampling_rng) for _ in range(self.plan.steps_per_epoch)
             ]
         return list(torch.randperm(n, generator=self.rng).split(self.config.train.batch_size))
 
@@ -190,7 +195,13 @@ class GanTrainer:
             assert self.plan.noise_multiplier is not None
             steps = self.plan.steps_per_epoch * self.epoch
             self.ledger.events = [
-                LedgerEvent(self.plan.noise_multiplier, self.plan.sample_rate, steps, "mcgan-D")
+                LedgerEvent(
+                    noise_multiplier=self.plan.noise_multiplier,
+                    sample_rate=self.plan.sample_rate,
+                    steps=steps,
+                    kind="dp-gan",
+                    label="mcgan-D",
+                )
             ]
             record["epsilon"] = self.ledger.epsilon()
         self.history.append(record)
@@ -208,7 +219,13 @@ class GanTrainer:
             "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch,
             "rng": self.rng.get_state(),
-            "noise_rng": self.noise_rng.get_state(),
+            # private generators are stored only in the seeded research mode
+            "private_rng": (
+                (self.sampling_rng.get_state(), self.noise_rng.get_state())
+                if self.noise_seed is not None
+                else None
+            ),
+            "noise": "os-entropy" if self.noise_seed is None else SEEDED_NOISE_NOTE,
             "ledger": self.ledger.state_dict() if self.ledger is not None else None,
             "plan": self.plan.to_dict() if self.plan is not None else None,
             "history": self.history,
@@ -234,7 +251,9 @@ class GanTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch = int(state["epoch"])
         self.rng.set_state(state["rng"])
-        self.noise_rng.set_state(state["noise_rng"])
+        if state.get("private_rng") is not None and self.noise_seed is not None:
+            self.sampling_rng.set_state(state["private_rng"][0])
+            self.noise_rng.set_state(state["private_rng"][1])
         self.history = list(state["history"])
         if self.ledger is not None:
             self.ledger = PrivacyLedger.from_state_dict(state["ledger"])

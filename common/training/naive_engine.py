@@ -1,25 +1,34 @@
-"""`naive` engine: the paper's loop, a full forward pass every step, opacus under DP.
+"""`naive` engine: the paper's loop, a full forward pass every step.
 
-DP uses opacus' `PrivacyEngine.make_private` (GradSampleModule hooks, DPOptimizer, accountant)
-with opacus' Poisson sampler at q = 1/ceil(N/B) for exactly ceil(N/B) steps per epoch (opacus'
-own default, int(1/q), is one short for some N). An empty Poisson batch still takes a noise-only
-step, as the mechanism requires.
+Under DP, opacus' `GradSampleModule` (hooks) gives per-sample gradients and the DP-SGD core
+(`common.privacy.dp_sgd`) samples, clips and noises them: Poisson batches at q = 1/ceil(N/B),
+exactly ceil(N/B) steps per epoch (opacus' own default, int(1/q), is one short for some N), and
+an empty batch still takes a noise-only step. `close()` removes the hooks, so one model can get
+a new engine every federated round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from common.data.images import LoadedPatches, apply_flips, to_model_input
 from common.errors import ConfigError, UnsupportedDPModelError
 from common.models.classifier import Classifier
 from common.models.policies import backbone_has_batchnorm
+from common.privacy.dp_sgd import (
+    GaussianMechanism,
+    check_per_record_rows,
+    clipped_sum,
+    expected_batch_size,
+    poisson_indices,
+)
+from common.privacy.randomness import private_generator
+from common.training.engine import load_trainable, trainable_state
 from common.training.settings import EngineSettings
 
 WINDOW_ATTENTION_TYPES = ("WindowAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2")
@@ -55,10 +64,11 @@ class NaiveEngine:
         eval_sets: dict[str, LoadedPatches],
         settings: EngineSettings,
     ) -> None:
-        if settings.backbone_train_mode and backbone_has_batchnorm(model.backbone):
+        if settings.dp and settings.backbone_train_mode and backbone_has_batchnorm(model.backbone):
             raise ConfigError(
-                "train.backbone_mode=train with a BatchNorm backbone would learn statistics from "
-                "private images and mix images of a batch; use train.backbone_mode=auto"
+                "train.backbone_mode=train with a BatchNorm backbone under DP would learn "
+                "statistics from private images and mix images of a batch; use "
+                "train.backbone_mode=auto"
             )
         self.settings = settings
         self.model = model.to(settings.device)
@@ -66,46 +76,34 @@ class NaiveEngine:
         self.labels = train.labels
         self.eval_sets = eval_sets
         self.generator = torch.Generator().manual_seed(settings.seed)
-        parameters = [p for p in model.parameters() if p.requires_grad]
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            parameters, lr=settings.lr, weight_decay=settings.weight_decay
+            self.parameters, lr=settings.lr, weight_decay=settings.weight_decay
         )
         self.module: nn.Module = self.model
-        self.privacy_engine: Any = None
+        self.mechanism: GaussianMechanism | None = None
         if settings.dp is not None:
             self._make_private()
         self.steps_done = 0
 
     def _make_private(self) -> None:
-        from opacus import PrivacyEngine
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+        from opacus import GradSampleModule
 
         dp = self.settings.dp
         assert dp is not None
         check_per_image_gradients(self.model)
-        self.sampler = UniformWithReplacementSampler(
-            num_samples=len(self.labels),
-            sample_rate=dp.sample_rate,
-            generator=self.generator,
-            steps=dp.steps_per_epoch,
-        )
-        index_loader = DataLoader(
-            TensorDataset(torch.arange(len(self.labels))), batch_sampler=self.sampler
-        )
         self.model.train()
-        privacy_engine = PrivacyEngine(accountant="rdp")
-        self.privacy_engine = privacy_engine
-        self.module, self.optimizer, _ = privacy_engine.make_private(
-            module=self.model,
-            optimizer=self.optimizer,
-            data_loader=index_loader,
+        # our own guards stand in for opacus' strict validation (frozen BatchNorm is fine)
+        self.module = GradSampleModule(
+            self.model, batch_first=True, loss_reduction="sum", strict=False
+        )
+        seed = self.settings.noise_seed
+        self.sampling = private_generator("cpu", seed)
+        self.mechanism = GaussianMechanism(
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
-            poisson_sampling=False,  # our loader already is opacus' Poisson sampler
-            grad_sample_mode="hooks",
-        )
-        self.optimizer.generator = torch.Generator(self.settings.device).manual_seed(
-            self.settings.seed + 1
+            expected_batch_size=expected_batch_size(len(self.labels), dp.sample_rate),
+            generator=private_generator(self.settings.device, None if seed is None else seed + 1),
         )
 
     def _set_train_mode(self) -> None:
@@ -123,81 +121,91 @@ class NaiveEngine:
         device = self.settings.device
         return images.to(device, self.dtype), self.labels[indices].to(device)
 
-    def dp_clipped_sum(self, indices: torch.Tensor, flips: torch.Tensor) -> dict[str, torch.Tensor]:
-        """opacus' clipped per-sample gradient sum for one batch (no noise, no update)."""
+    def _grad_samples(self, indices: torch.Tensor, flips: torch.Tensor) -> list[torch.Tensor]:
+        """Per-sample gradients (opacus hooks, sum reduction) of the trainable parameters."""
         self._set_train_mode()
         images, labels = self.batch(indices, flips)
-        self.settings.per_sample_loss(self.module(images), labels).mean().backward()
-        self.optimizer.clip_and_accumulate()
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        sums = {names[id(p)]: p.summed_grad.detach().clone() for p in self.optimizer.params}
-        self.optimizer.zero_grad(set_to_none=True)
-        return sums
+        losses = self.settings.per_sample_loss(self.module(images), labels)
+        losses.sum().backward()
+        self.last_loss = float(losses.detach().mean())
+        samples = [p.grad_sample.detach() for p in self.parameters]
+        check_per_record_rows(samples, len(indices))
+        self._clear_gradients()
+        return samples
+
+    def _clear_gradients(self) -> None:
+        for p in self.parameters:
+            p.grad = None
+            p.grad_sample = None
 
     def per_sample_gradients(
         self, indices: torch.Tensor, flips: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """opacus' per-sample gradients (GradSampleModule hooks) for one batch."""
-        self._set_train_mode()
-        images, labels = self.batch(indices, flips)
-        self.settings.per_sample_loss(self.module(images), labels).mean().backward()
+        """opacus' per-sample gradients for one batch, by parameter name."""
         names = {id(p): n for n, p in self.model.named_parameters()}
-        grads = {names[id(p)]: p.grad_sample.detach().clone() for p in self.optimizer.params}
-        self.optimizer.zero_grad(set_to_none=True)
-        return grads
+        samples = self._grad_samples(indices, flips)
+        return {names[id(p)]: g for p, g in zip(self.parameters, samples, strict=True)}
 
-    def _batches(self) -> Iterator[torch.Tensor]:
-        if self.settings.dp is not None:
-            for indices in self.sampler:
-                yield torch.as_tensor(indices, dtype=torch.long)
-        else:
-            order = torch.randperm(len(self.labels), generator=self.generator)
-            yield from order.split(self.settings.batch_size)
+    def dp_clipped_sum(self, indices: torch.Tensor, flips: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The clipped per-sample gradient sum for one batch (no noise, no update)."""
+        dp = self.settings.dp
+        assert dp is not None
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        sums = clipped_sum(self._grad_samples(indices, flips), dp.max_grad_norm)
+        return {names[id(p)]: s for p, s in zip(self.parameters, sums, strict=True)}
 
     def _draw_flips(self, count: int) -> torch.Tensor:
         if not self.settings.flips:
             return torch.zeros(count, dtype=torch.long)
         return torch.randint(0, 4, (count,), generator=self.generator)
 
-    def check_grad_samples_per_image(self, batch: int) -> None:
-        """Every per-sample gradient must have one row per image: a backbone that folds windows
-        or patches into the batch dimension would otherwise be clipped per window, silently."""
-        for parameter in self.optimizer.params:
-            rows = parameter.grad_sample.shape[0]
-            if rows != batch:
-                raise UnsupportedDPModelError(
-                    f"per-sample gradients with {rows} rows for a batch of {batch} images: a "
-                    "trainable layer sees windows or tokens as samples; freeze it "
-                    "(model.trainable=head|head_last)"
-                )
-
-    def _empty_dp_step(self) -> None:
-        for parameter in self.optimizer.params:
-            parameter.grad_sample = torch.zeros((0, *parameter.shape), device=parameter.device)
+    def _dp_step(self, indices: torch.Tensor) -> float | None:
+        dp, mechanism = self.settings.dp, self.mechanism
+        assert dp is not None and mechanism is not None
+        loss = None
+        if len(indices) == 0:  # an empty Poisson batch: a noise-only step
+            sums = [torch.zeros_like(p) for p in self.parameters]
+        else:
+            sums = clipped_sum(
+                self._grad_samples(indices, self._draw_flips(len(indices))), dp.max_grad_norm
+            )
+            loss = self.last_loss
+        for parameter, gradient in zip(self.parameters, mechanism.privatize(sums), strict=True):
+            parameter.grad = gradient.to(parameter.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _plain_step(self, indices: torch.Tensor) -> float:
+        self._set_train_mode()
+        images, labels = self.batch(indices, self._draw_flips(len(indices)))
+        loss = self.settings.per_sample_loss(self.module(images), labels).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        dp = self.settings.dp
+        if dp is not None:
+            for _ in range(dp.steps_per_epoch):
+                yield poisson_indices(len(self.labels), dp.sample_rate, self.sampling)
+        else:
+            order = torch.randperm(len(self.labels), generator=self.generator)
+            yield from order.split(self.settings.batch_size)
 
     def train_epoch(self) -> float:
-        self._set_train_mode()
         losses: list[float] = []
         for indices in self._batches():
             self.steps_done += 1
-            if len(indices) == 0:
-                self._empty_dp_step()
-                continue
-            images, labels = self.batch(indices, self._draw_flips(len(indices)))
-            loss = self.settings.per_sample_loss(self.module(images), labels).mean()
-            loss.backward()
-            if self.settings.dp is not None:
-                self.check_grad_samples_per_image(len(indices))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            loss = self._dp_step(indices) if self.settings.dp else self._plain_step(indices)
+            if loss is not None:
+                losses.append(loss)
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
     def predict(self, name: str) -> tuple[np.ndarray, float]:
-        self.module.eval()
+        self.model.eval()
         loaded = self.eval_sets[name]
         probabilities, losses = [], []
         size = self.settings.feature_batch_size
@@ -206,7 +214,7 @@ class NaiveEngine:
                 self.settings.device, self.dtype
             )
             labels = loaded.labels[start : start + size].to(self.settings.device)
-            logits = self.module(images)
+            logits = self.model(images)
             probabilities.append(torch.softmax(logits, 1)[:, 1].cpu())
             losses.append(self.settings.per_sample_loss(logits, labels).cpu())
         return torch.cat(probabilities).numpy(), float(torch.cat(losses).mean())
@@ -214,8 +222,18 @@ class NaiveEngine:
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
-    def accountant_steps(self) -> int | None:
-        """Steps opacus' own accountant recorded (a cross-check of the mammofl ledger)."""
-        if self.privacy_engine is None:
-            return None
-        return sum(steps for _, _, steps in self.privacy_engine.accountant.history)
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.model)
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_trainable(self.model, state)
+
+    def mechanism_steps(self) -> int | None:
+        return self.mechanism.invocations if self.mechanism is not None else None
+
+    def close(self) -> None:
+        module: Any = self.module
+        if module is not self.model:
+            module.remove_hooks()
+            self._clear_gradients()
+        self.module = self.model

@@ -32,6 +32,9 @@ class EngineSettings:
     feature_cache_dir: str | None = None
     dp: DPSettings | None = None
     progress: bool = False
+    # None: Poisson sampling and DP noise from OS entropy (common.privacy.randomness); an int
+    # is the explicit seeded research mode, marked in every record
+    noise_seed: int | None = None
 
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -45,3 +48,13 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: no CUDA device here; use train.device=cpu")
     return torch.device(name)
+
+
+def resolve_backbone_train_mode(engine: str, mode: str, has_batchnorm: bool) -> bool:
+    """Naive engine: train mode (stochastic depth, as the reference) unless BatchNorm is there;
+    the cached engine always computes features in eval mode."""
+    if engine == "cached":
+        return False
+    if mode == "auto":
+        return not has_batchnorm
+    return mode == "train"

@@ -54,14 +54,25 @@ def test_tiny_dp_run_writes_a_complete_record(phantom_env: Path, tmp_path: Path)
     assert json.loads((tmp_path / "a" / "result.json").read_text())["git_commit"]
 
 
-def test_same_seed_same_result(phantom_env: Path, tmp_path: Path) -> None:
-    first, second = _run(tmp_path, "a"), _run(tmp_path, "b")
+def test_same_seed_same_result_in_seeded_mode(phantom_env: Path, tmp_path: Path) -> None:
+    seeded = "privacy.seeded_noise=true"
+    first, second = _run(tmp_path, "a", seeded), _run(tmp_path, "b", seeded)
+    assert first["privacy"]["noise"].startswith("seeded noise: reproducible")
     assert first["tests"] == second["tests"]
     assert _without_time(first["history"]) == _without_time(second["history"])
     a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    third = _run(tmp_path, "c", "seed=7")
+    third = _run(tmp_path, "c", "seed=7", seeded)
     assert _without_time(third["history"]) != _without_time(first["history"])
+
+
+def test_default_dp_noise_is_private(phantom_env: Path, tmp_path: Path) -> None:
+    """Same config and seed, default mode: OS-entropy noise, so the weights differ."""
+    first = _run(tmp_path, "a")
+    _run(tmp_path, "b")
+    assert first["privacy"]["noise"] == "os-entropy"
+    a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")
+    assert not torch.equal(a["head.2.weight"], b["head.2.weight"])
 
 
 def test_cached_engine_run_and_evaluate(phantom_env: Path, tmp_path: Path) -> None:

@@ -28,6 +28,11 @@ CSV_HEADER = (
     "cropped image file path,ROI mask file path\n"
 )
 
+SPLITS = {
+    "train": ("Mass-Training", "mass_case_description_train_set.csv"),
+    "test": ("Mass-Test", "mass_case_description_test_set.csv"),
+}
+
 
 @dataclass(frozen=True)
 class SiteStyle:
@@ -75,17 +80,20 @@ def _uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
-def _mass_position(outline: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left corner of the mass box: its centre and 4 points around it inside the breast."""
+def _mass_position(
+    outline: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    """Top-left corner of the mass box: its centre and 4 points around it inside the breast;
+    None when 200 tries found no room (a narrow breast drawn for a large mass)."""
     height, width = outline.shape
     half = size // 2
     reach = int(size * 0.3)
     for _ in range(200):
         cy, cx = int(rng.integers(half, height - half)), int(rng.integers(half, width - half))
         probes = [(cy, cx), (cy - reach, cx), (cy + reach, cx), (cy, cx - reach), (cy, cx + reach)]
-        if all(0.99 < outline[y, x] <= 1.0 for y, x in probes):
+        if all(0.99 < outline[y, x] <= 1.01 for y, x in probes):  # 1.0 up to float blur
             return cy - half, cx - half
-    raise ConfigError("no room for the mass inside the breast: use a larger long_side")
+    return None
 
 
 def _write_view(
@@ -120,32 +128,63 @@ def _write_view(
     return f"{folder}/{study}/{series}/000000.dcm"
 
 
-def write_site(root: Path, style: SiteStyle, *, patients: int, long_side: int, seed: int) -> int:
-    """One site's download; returns the number of CSV rows (lesion views)."""
+def write_site(
+    root: Path,
+    style: SiteStyle,
+    *,
+    patients: int,
+    long_side: int,
+    seed: int,
+    ambiguity: float = 0.0,
+    split: str = "train",
+    first_patient: int = 1,
+) -> int:
+    """One site's download; returns the number of CSV rows (lesion views).
+
+    `ambiguity`: the share of patients whose mass looks like the other class (a circumscribed
+    cancer, an irregular benign mass), as real masses sometimes do; it caps the AUROC any model
+    can reach at about 1 - ambiguity. `split`: "train" or "test" (TCIA's Mass-Training /
+    Mass-Test folders and description CSV).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"phantom split={split!r}: choose train or test")
+    if not 0.0 <= ambiguity < 0.5:
+        raise ConfigError(f"phantom ambiguity={ambiguity}: use [0, 0.5)")
     rng = np.random.default_rng(seed)
     height, width = long_side, int(long_side * 0.65)
     rows = []
     for p in range(patients):
-        patient = f"P_{p + 1:05d}"
+        patient = f"P_{p + first_patient:05d}"
         malignant = p % 2 == 1
+        looks_malignant = malignant
+        if ambiguity > 0 and rng.random() < ambiguity:  # no extra draw at 0: same streams
+            looks_malignant = not malignant
         side = "LEFT" if rng.random() < 0.5 else "RIGHT"
         radius = rng.uniform(0.025, 0.06) * long_side
         contrast = rng.uniform(0.12, 0.3)
         density = rng.uniform(0.3, 0.7)
         for view in ("CC", "MLO"):
-            mass = make_mass(rng, malignant, radius, contrast)
+            mass = make_mass(rng, looks_malignant, radius, contrast)
             tissue = parenchyma(height, width, rng, density)
             outline = breast_outline(height, width, view, rng)
-            attenuation = np.where(outline > 1.5, 0.55, outline * (0.2 + 0.35 * tissue))
             size = mass.body.shape[0]
-            y0, x0 = _mass_position(outline, size, rng)
+            position = _mass_position(outline, size, rng)
+            for _ in range(50):  # another breast outline, as another patient's would be
+                if position is not None:
+                    break
+                outline = breast_outline(height, width, view, rng)
+                position = _mass_position(outline, size, rng)
+            if position is None:
+                raise ConfigError("no room for the mass inside the breast: use a larger long_side")
+            y0, x0 = position
+            attenuation = np.where(outline > 1.5, 0.55, outline * (0.2 + 0.35 * tissue))
             attenuation[y0 : y0 + size, x0 : x0 + size] += mass.body
             mask = np.zeros((height, width), np.uint8)
             mask[y0 : y0 + size, x0 : x0 + size] = mass.mask * 255
             pixels = acquire(np.clip(attenuation, 0, 1), style, rng)
             if side == "LEFT":  # chest wall on the right for left breasts, as displayed
                 pixels, mask = pixels[:, ::-1].copy(), mask[:, ::-1].copy()
-            folder = f"Mass-Training_{patient}_{side}_{view}"
+            folder = f"{SPLITS[split][0]}_{patient}_{side}_{view}"
             study, series = _uid(seed, patient, view, "study"), _uid(seed, patient, view, "series")
             image_path = _write_view(
                 root,
@@ -196,13 +235,23 @@ def write_site(root: Path, style: SiteStyle, *, patients: int, long_side: int, s
                 f"{5 if malignant else 3},{'MALIGNANT' if malignant else 'BENIGN'},3,{image_path},"
                 f'{crop_path},"{mask_path}\n"\n'
             )
-    atomic_write_text(root / "mass_case_description_train_set.csv", CSV_HEADER + "".join(rows))
+    atomic_write_text(root / SPLITS[split][1], CSV_HEADER + "".join(rows))
     return len(rows)
 
 
 def write_phantom_sites(
-    out_dir: Path, *, sites: int = 3, patients: int = 30, long_side: int = 2000, seed: int = 0
+    out_dir: Path,
+    *,
+    sites: int = 3,
+    patients: int = 30,
+    long_side: int = 2000,
+    seed: int = 0,
+    ambiguity: float = 0.0,
+    split: str = "train",
 ) -> dict[str, int]:
+    """`sites` downloads in `out_dir/<site-name>` (one acquisition style each); returns the
+    number of lesion views per site. Test downloads (`split="test"`) number their patients from
+    100001, so they never share an id with a training download."""
     if not 1 <= sites <= len(STYLES):
         raise ConfigError(f"sites={sites}: 1 to {len(STYLES)} built-in acquisition styles")
     if patients < 2 or long_side < 256:
@@ -214,6 +263,37 @@ def write_phantom_sites(
             patients=patients,
             long_side=long_side,
             seed=seed + 1000 * k,
+            ambiguity=ambiguity,
+            split=split,
+            first_patient=1 if split == "train" else 100001,
         )
         for k, style in enumerate(STYLES[:sites])
     }
+
+
+def write_phantom_site(
+    root: Path,
+    style_name: str,
+    *,
+    patients: int,
+    long_side: int,
+    seed: int = 0,
+    ambiguity: float = 0.0,
+    split: str = "train",
+) -> int:
+    """One site's download in the named acquisition style, seeded as `write_phantom_sites` seeds
+    that style (so the same style and seed give the same site either way)."""
+    names = [s.name for s in STYLES]
+    if style_name not in names:
+        raise ConfigError(f"phantom style {style_name!r}: choose one of {names}")
+    k = names.index(style_name)
+    return write_site(
+        root,
+        STYLES[k],
+        patients=patients,
+        long_side=long_side,
+        seed=seed + 1000 * k,
+        ambiguity=ambiguity,
+        split=split,
+        first_patient=1 if split == "train" else 100001,
+    )

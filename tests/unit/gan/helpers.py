@@ -18,13 +18,15 @@ TINY = GanModelConfig(
 )
 
 
-def tiny_config(dp: bool = False, epochs: int = 2, **train: object) -> GanConfig:
+def tiny_config(
+    dp: bool = False, epochs: int = 2, seeded: bool = True, **train: object
+) -> GanConfig:
     return GanConfig(
         model=TINY,
         train=GanTrainConfig(
             epochs=epochs, batch_size=8, checkpoint_every=1, samples_per_class=4, **train
         ),  # type: ignore[arg-type]
-        dp=GanDPConfig(enabled=dp, target_epsilon=10.0),
+        dp=GanDPConfig(enabled=dp, target_epsilon=10.0, seeded_noise=seeded),
         seed=3,
     )
 

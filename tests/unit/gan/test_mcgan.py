@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from common.models.mcgan import Discriminator, Generator, MCGANShape
-from common.training.dp_math import clip_factors
+from common.privacy.dp_sgd import clip_factors
 from common.training.gan_augment import augment, to_signed_unit, to_uint8
 from common.training.gan_dp import PrivateDiscriminatorStep
 from common.training.gan_trainer import GanTrainer, bce

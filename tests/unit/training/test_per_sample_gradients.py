@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from common.errors import ConfigError, UnsupportedDPModelError
+from common.privacy.dp_sgd import clip_factors
 from common.training.cached_engine import CachedEngine
-from common.training.dp_math import clip_factors
 from common.training.head_gradients import clipped_gradient_sum
 from common.training.naive_engine import NaiveEngine
 from tests.unit.training.helpers import loop_gradients, random_patches, settings, tiny_model

@@ -1,0 +1,131 @@
+"""The ClientApp: one hospital's side. Glue only: message -> SiteRuntime call -> reply.
+
+A site never crashes on a refusal: a round beyond its budget, a data or config problem, or any
+other error becomes an error reply with a short reason; the full message stays in the site's
+log (`state_dir/site.log`), since it may name private files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.sites import site_runtime
+from common.errors import ConfigError, DataError, PrivacyError
+from common.federated import protocol as p
+from common.federated.run_config import federated_config
+from common.fl_records import (
+    error_reply,
+    evaluate_reply_content,
+    from_array_record,
+    status_content,
+    synthetic_reply_content,
+    train_reply_content,
+)
+from common.privacy.ledger import PrivacyBudgetExceeded
+from common.site.runtime import SiteRuntime
+
+app = ClientApp()
+log = logging.getLogger("mammofl.site")
+
+Handler = Callable[[SiteRuntime, RecordDict], RecordDict]
+REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (PrivacyBudgetExceeded, p.ErrorCode.BUDGET_EXCEEDED, "privacy budget"),
+    (PrivacyError, p.ErrorCode.PRIVACY, "privacy check"),
+    (DataError, p.ErrorCode.DATA, "data error"),
+    (ConfigError, p.ErrorCode.CONFIG, "configuration error"),
+)
+
+
+def _handle(message: Message, context: Context, handler: Handler) -> Message:
+    name = "?"
+    try:
+        config = federated_config(context.run_config)
+        torch.set_num_threads(max(1, int(config.simulation.num_cpus)))
+        runtime = site_runtime(context.node_config, config)
+        name = runtime.facts.name
+        return Message(handler(runtime, message.content), reply_to=message)
+    except Exception as error:  # every failure becomes a reply; the details stay here
+        logging.getLogger(f"mammofl.site.{name}").exception(
+            "%s failed", message.metadata.message_type
+        )
+        for kind, code, summary in REFUSALS:
+            if isinstance(error, kind):
+                # a budget refusal's text holds only ledger figures the server mirrors anyway
+                reason = str(error) if kind is PrivacyBudgetExceeded else "see the site's log"
+                return error_reply(message, code, f"site {name}: {summary}: {reason}")
+        return error_reply(
+            message, p.ErrorCode.INTERNAL, f"site {name}: internal error {type(error).__name__}"
+        )
+
+
+def _status(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    return status_content(runtime.initialize())
+
+
+def _base_model(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    sha = runtime.set_base_model(from_array_record(content.array_records[p.ARRAYS]))
+    return RecordDict({p.CONFIG: ConfigRecord({p.BASE_SHA: sha})})
+
+
+def _synthesize(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    count = int(str(content.config_records[p.CONFIG][p.COUNT]))
+    synthetic = runtime.synthesize(count)
+    return synthetic_reply_content(synthetic.pixels, synthetic.labels, synthetic.provenance, count)
+
+
+def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    arrays = from_array_record(content.array_records[p.ARRAYS])
+    config = content.config_records[p.CONFIG]
+    weighting = str(config.get(p.WEIGHTING, "equal"))
+    result = runtime.train_round(
+        int(str(config[p.ROUND])),
+        arrays,
+        str(config[p.BASE_SHA]),
+        proximal_mu=float(str(config.get(p.PROXIMAL_MU, 0.0))),
+        weighting=weighting,
+    )
+    return train_reply_content(
+        result.trainable,
+        {k: tuple(np.shape(v)) for k, v in arrays.items()},
+        weight=result.weight,
+        epsilon=result.epsilon,
+        event=result.event,
+        weighting=weighting,
+    )
+
+
+def _evaluate(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    arrays = from_array_record(content.array_records[p.ARRAYS])
+    sha = str(content.config_records[p.CONFIG][p.BASE_SHA])
+    return evaluate_reply_content(runtime.evaluate(arrays, sha))
+
+
+@app.query("status")
+def status(message: Message, context: Context) -> Message:
+    return _handle(message, context, _status)
+
+
+@app.query("base_model")
+def base_model(message: Message, context: Context) -> Message:
+    return _handle(message, context, _base_model)
+
+
+@app.query("synthesize")
+def synthesize(message: Message, context: Context) -> Message:
+    return _handle(message, context, _synthesize)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    return _handle(message, context, _train)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    return _handle(message, context, _evaluate)

@@ -1,0 +1,184 @@
+"""Structured config of `mammofl federate`: the sites, the federation, the per-site DP budget.
+
+One composed `FederatedRunConfig` is what the launcher, the ServerApp and every ClientApp read
+(from the run config's `experiment` and `overrides`). Site-local facts (data, state dir, local
+epsilon cap, device) are not here in a deployment: they come from each SuperNode's node_config;
+in a simulation `sites` is the launcher-side site table, one row per simulated SuperNode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config.gan_schema import GanDPConfig, GanModelConfig, GanTrainConfig
+from common.config.schema import (
+    EvalConfig,
+    ModelConfig,
+    PatchSourceConfig,
+    PrivacyConfig,
+    TrainConfig,
+    _choice,
+)
+from common.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+WEIGHTINGS = ("equal", "examples")
+COMPARISON_ARMS = ("no_synpre", "site_alone")
+PHANTOM_STYLES = ("site-a", "site-b", "site-c")
+
+
+@dataclass
+class SiteEntry:
+    """One simulated site (a SuperNode's node_config in deployment)."""
+
+    name: str = "site"
+    phantom_style: str | None = None  # a built-in phantom acquisition style (site-a|b|c)
+    raw: str | None = None  # a raw CBIS-DDSM-layout download the site prepares
+    patches: PatchSourceConfig | None = None  # or a patch source used as it is
+    partition: int | None = None  # with `patches`: this site's share of a per-patient split
+    partitions: int | None = None
+    epsilon_cap: float | None = None  # the site's own cap (None: the run's per-site budget)
+    device: str = "cpu"
+    share_exact_count: bool = False  # opt-in for federation.weighting=examples
+
+    def __post_init__(self) -> None:
+        sources = [self.phantom_style is not None, self.raw is not None, self.patches is not None]
+        if sum(sources) != 1:
+            raise ConfigError(f"site {self.name!r}: set exactly one of phantom_style, raw, patches")
+        if self.phantom_style is not None:
+            _choice(f"sites.{self.name}.phantom_style", self.phantom_style, PHANTOM_STYLES)
+        if (self.partition is None) != (self.partitions is None):
+            raise ConfigError(f"site {self.name!r}: set both partition and partitions, or neither")
+        if self.epsilon_cap is not None and self.epsilon_cap <= 0:
+            raise ConfigError(f"site {self.name!r}: epsilon_cap must be > 0")
+
+
+@dataclass
+class PhantomDataConfig:
+    """Built-in phantom sites (`mammofl phantom`) and their separate central test patients."""
+
+    patients: int = 40
+    test_patients: int = 20
+    long_side: int = 800
+    ambiguity: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class SiteDataConfig:
+    image_size: int = 32
+    validation_fraction: float = 0.25  # of a site's training patients, for local evaluation
+    test_fraction: float = 0.2  # prepare's per-patient split: the site's own test patients
+    split_seed: int = 42
+
+    def __post_init__(self) -> None:
+        for key in ("validation_fraction", "test_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"site_data.{key} must be in (0, 1)")
+
+
+@dataclass
+class SiteGanConfig:
+    """Each site's MCGAN (trained on its own training patients) and what it sends."""
+
+    enabled: bool = True
+    model: GanModelConfig = field(default_factory=GanModelConfig)
+    train: GanTrainConfig = field(default_factory=GanTrainConfig)
+    dp: GanDPConfig = field(default_factory=GanDPConfig)
+    per_site: int = 200  # synthetic patches each site sends (half per class)
+    memorisation_check: bool = True
+
+    def __post_init__(self) -> None:
+        if self.per_site < 2:
+            raise ConfigError("gan.per_site >= 2 (one per class)")
+
+
+@dataclass
+class SynPreConfig:
+    """Shared synthetic pretraining at the server: all parameters, pooled synthetic data, no DP
+    (the paper's SynPre)."""
+
+    enabled: bool = True
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 3
+    local_epochs: int = 5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # fedprox
+    server_learning_rate: float = 0.1  # fedadam's eta
+    weighting: str = "equal"  # "examples" sends exact counts: a site must opt in
+    min_sites: int = 2
+    reply_timeout_s: float = 900.0
+    node_wait_timeout_s: float = 120.0
+    stop_after_round: int | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("federation.strategy", self.strategy, STRATEGIES)
+        _choice("federation.weighting", self.weighting, WEIGHTINGS)
+        if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1:
+            raise ConfigError("federation.rounds, local_epochs and min_sites must be >= 1")
+
+
+@dataclass
+class SimulationConfig:
+    """Flower simulation backend: resources per simulated ClientApp, and comparison arms."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # comparison arms run after the main one, each in its own state dirs and ledgers
+    compare: list[str] = field(default_factory=lambda: list(COMPARISON_ARMS))
+
+    def __post_init__(self) -> None:
+        for arm in self.compare:
+            _choice("simulation.compare", arm, COMPARISON_ARMS)
+
+
+@dataclass
+class FederatedRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # local DP-SGD at each site
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # target = per-site budget
+    gan: SiteGanConfig = field(default_factory=SiteGanConfig)
+    synpre: SynPreConfig = field(default_factory=SynPreConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    site_data: SiteDataConfig = field(default_factory=SiteDataConfig)
+    sites: list[SiteEntry] = field(default_factory=list)
+    phantom: PhantomDataConfig | None = None
+    tests: dict[str, PatchSourceConfig] = field(default_factory=dict)  # central, no site's
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "federated"
+    seed: int = 42
+    out_dir: str = "runs/federated"  # the workspace: raw downloads, prepared patches, test set
+    run_dir: str | None = None  # this run's outputs and site states (default: out_dir)
+    shared_dir: str = "../shared"
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or self.out_dir)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"site names must be unique: {names}")
+        if self.sites and len(self.sites) < self.federation.min_sites:
+            raise ConfigError(
+                f"{len(self.sites)} sites < federation.min_sites={self.federation.min_sites}"
+            )
+        if any(s.phantom_style for s in self.sites) and self.phantom is None:
+            raise ConfigError("phantom sites need the phantom: section")
+        if not self.privacy.enabled or self.privacy.target_epsilon is None:
+            raise ConfigError("federated rounds are DP-SGD: privacy.target_epsilon is the budget")
+        if self.gan.model.image_size != self.site_data.image_size and self.synpre.enabled:
+            raise ConfigError(
+                f"gan.model.image_size={self.gan.model.image_size} must equal "
+                f"site_data.image_size={self.site_data.image_size}"
+            )

@@ -1,0 +1,157 @@
+"""The federation's wire contract, free of Flower: message types, record keys, error codes, and
+the allow-list schema of every reply a site may send.
+
+A site checks its own reply against the allow-list before sending and the server checks it
+again on receipt: trainable weights (the keys, dtypes and shapes the server sent), a few named
+metrics, ledger events, synthetic patches that passed the memorisation check; never an exact
+dataset size unless `federation.weighting=examples` and the site opted in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from common.errors import MammoflError
+
+# message types (Flower's "<category>.<action>")
+STATUS = "query.status"
+BASE_MODEL = "query.base_model"
+SYNTHESIZE = "query.synthesize"
+TRAIN = "train"
+EVALUATE = "evaluate"
+
+# record keys
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+EVENT = "ledger-event"
+STATUS_JSON = "status-json"
+PROVENANCE = "provenance"
+SYNTHETIC_PREFIX = "synthetic-"
+SYNTHETIC_CHUNK = 256
+
+# config keys the server sends
+ROUND = "server-round"
+BASE_SHA = "base-model-sha256"
+PROXIMAL_MU = "proximal-mu"  # Flower's FedProx key
+WEIGHTING = "weighting"
+COUNT = "count"
+
+WEIGHT = "aggregation-weight"
+TRAIN_METRICS = frozenset({WEIGHT, "epsilon"})
+EVALUATE_METRICS = frozenset({WEIGHT, "auroc", "auprc_malignant", "auprc_benign"})
+EVENT_KEYS = frozenset({"noise_multiplier", "sample_rate", "steps", "kind", "round", "status"})
+PROVENANCE_KEYS = frozenset(
+    {
+        "generator",
+        "dp",
+        "epsilon",
+        "delta",
+        "formal_guarantee",
+        "note",
+        "memorisation_checked",
+        "image_size",
+    }
+)
+STATUS_KEYS = frozenset(
+    {
+        "site",
+        "budget",
+        "delta",
+        "unit",
+        "accountant",
+        "ledger",
+        "epsilon",
+        "epsilon_dp_sgd",
+        "gan_epsilon",
+        "synthetic_guarantee",
+        "plan",
+    }
+)
+LEDGER_KEYS = frozenset({"schema_version", "delta", "accountant", "unit", "events", "non_dp_uses"})
+
+
+class ErrorCode:
+    """Codes of the error replies a site sends instead of crashing."""
+
+    BUDGET_EXCEEDED = 4001
+    PRIVACY = 4002
+    DATA = 4003
+    CONFIG = 4004
+    INTERNAL = 5000
+
+
+class ReplySchemaError(MammoflError, ValueError):
+    """A reply holds something the allow-list does not (a key, a dtype, a shape, a count)."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ReplySchemaError(message)
+
+
+def check_keys(what: str, keys: Any, allowed: frozenset[str], required: frozenset[str]) -> None:
+    keys = set(keys)
+    _require(keys <= allowed, f"{what}: keys {sorted(keys - allowed)} are not allowed")
+    _require(required <= keys, f"{what}: keys {sorted(required - keys)} are missing")
+
+
+def check_trainable(
+    arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Exactly the trainable parameters sent, float32, same shapes, finite."""
+    _require(set(arrays) == set(expected), "trainable keys differ from the ones sent")
+    for name, array in arrays.items():
+        _require(array.dtype == np.float32, f"{name}: dtype {array.dtype}, float32 expected")
+        _require(tuple(array.shape) == tuple(expected[name]), f"{name}: shape {array.shape}")
+        _require(bool(np.isfinite(array).all()), f"{name}: non-finite values")
+
+
+def check_event(event: Mapping[str, Any]) -> None:
+    check_keys("ledger event", event, EVENT_KEYS, EVENT_KEYS)
+    _require(event["kind"] == "dp-sgd" and event["status"] == "settled", "a settled dp-sgd event")
+    _require(int(event["steps"]) >= 0 and 0 < float(event["sample_rate"]) <= 1, "event values")
+    _require(float(event["noise_multiplier"]) > 0, "event noise multiplier must be > 0")
+
+
+def check_train_metrics(metrics: Mapping[str, float], weighting: str) -> None:
+    check_keys("train metrics", metrics, TRAIN_METRICS, TRAIN_METRICS)
+    if weighting == "equal":  # an exact N may only leave a site that opted in
+        _require(metrics[WEIGHT] == 1.0, "equal weighting: aggregation-weight must be 1.0")
+    _require(math.isfinite(float(metrics["epsilon"])), "epsilon must be finite")
+
+
+def check_evaluate_metrics(metrics: Mapping[str, float]) -> None:
+    check_keys("evaluate metrics", metrics, EVALUATE_METRICS, frozenset({WEIGHT}))
+    _require(metrics[WEIGHT] == 1.0, "evaluate replies carry no counts: weight 1.0")
+
+
+def check_synthetic(
+    chunks: list[tuple[np.ndarray, np.ndarray]],
+    provenance: Mapping[str, Any],
+    requested: int,
+    image_size: int,
+) -> None:
+    """uint8 [n, S, S] patches with labels in {0, 1}, at most `requested`, memorisation-checked."""
+    check_keys("provenance", provenance, PROVENANCE_KEYS, PROVENANCE_KEYS)
+    _require(provenance["memorisation_checked"] is True, "synthetic patches must be checked")
+    _require(int(provenance["image_size"]) == image_size, "synthetic image size")
+    total = 0
+    for pixels, labels in chunks:
+        _require(pixels.dtype == np.uint8, f"synthetic pixels dtype {pixels.dtype}")
+        _require(pixels.ndim == 3 and pixels.shape[1:] == (image_size, image_size), "shape")
+        _require(labels.dtype == np.int64 and labels.shape == (len(pixels),), "labels")
+        _require(bool(np.isin(labels, (0, 1)).all()), "labels must be 0 or 1")
+        total += len(pixels)
+    _require(0 < total <= requested, f"{total} synthetic patches for {requested} requested")
+
+
+def check_status(status: Mapping[str, Any]) -> None:
+    check_keys("status", status, STATUS_KEYS, STATUS_KEYS)
+    check_keys("ledger", status["ledger"], LEDGER_KEYS, LEDGER_KEYS)
+    for event in status["ledger"]["events"]:
+        check_keys("ledger event", event, EVENT_KEYS | {"label"}, EVENT_KEYS)

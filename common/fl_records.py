@@ -1,0 +1,139 @@
+"""The one module in `common` that imports Flower: records <-> plain Python for the protocol.
+
+Everything here converts; what is allowed in a reply is decided in
+`common.federated.protocol`, and both sides call those checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from common.federated import protocol as p
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def error_reply(message: Message, code: int, reason: str) -> Message:
+    return Message(Error(code=code, reason=reason), reply_to=message)
+
+
+# ---- status ------------------------------------------------------------------------------
+def status_content(status: Mapping[str, Any]) -> RecordDict:
+    p.check_status(status)
+    return RecordDict({p.CONFIG: ConfigRecord({p.STATUS_JSON: json.dumps(status)})})
+
+
+def parse_status(content: RecordDict) -> dict[str, Any]:
+    status = json.loads(str(content.config_records[p.CONFIG][p.STATUS_JSON]))
+    p.check_status(status)
+    return dict(status)
+
+
+# ---- train -------------------------------------------------------------------------------
+def train_reply_content(
+    arrays: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    weight: float,
+    epsilon: float,
+    event: Mapping[str, Any],
+    weighting: str,
+) -> RecordDict:
+    metrics = {p.WEIGHT: float(weight), "epsilon": float(epsilon)}
+    flat_event = {k: event[k] for k in p.EVENT_KEYS}
+    flat_event["round"] = -1 if flat_event["round"] is None else int(flat_event["round"])
+    p.check_trainable(arrays, expected)
+    p.check_train_metrics(metrics, weighting)
+    p.check_event({**flat_event})
+    return RecordDict(
+        {
+            p.ARRAYS: to_array_record(arrays),
+            p.METRICS: MetricRecord(metrics),
+            p.EVENT: ConfigRecord(flat_event),
+        }
+    )
+
+
+def parse_train_reply(
+    content: RecordDict, expected: Mapping[str, tuple[int, ...]], weighting: str
+) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Any]]:
+    p.check_keys(
+        "train reply",
+        content.keys(),
+        frozenset({p.ARRAYS, p.METRICS, p.EVENT}),
+        frozenset({p.ARRAYS, p.METRICS, p.EVENT}),
+    )
+    arrays = from_array_record(content.array_records[p.ARRAYS])
+    metrics = {k: float(v) for k, v in content.metric_records[p.METRICS].items()}
+    event = dict(content.config_records[p.EVENT])
+    p.check_trainable(arrays, expected)
+    p.check_train_metrics(metrics, weighting)
+    p.check_event(event)
+    event["round"] = None if int(event["round"]) < 0 else int(event["round"])
+    return arrays, metrics, event
+
+
+# ---- evaluate ----------------------------------------------------------------------------
+def evaluate_reply_content(metrics: Mapping[str, float]) -> RecordDict:
+    clean = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+    clean[p.WEIGHT] = 1.0
+    p.check_evaluate_metrics(clean)
+    return RecordDict({p.METRICS: MetricRecord(clean)})
+
+
+def parse_evaluate_reply(content: RecordDict) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in content.metric_records[p.METRICS].items()}
+    p.check_evaluate_metrics(metrics)
+    return metrics
+
+
+# ---- synthetic patches -------------------------------------------------------------------
+def synthetic_reply_content(
+    pixels: np.ndarray, labels: np.ndarray, provenance: Mapping[str, Any], requested: int
+) -> RecordDict:
+    chunks = [
+        (pixels[i : i + p.SYNTHETIC_CHUNK], labels[i : i + p.SYNTHETIC_CHUNK])
+        for i in range(0, len(pixels), p.SYNTHETIC_CHUNK)
+    ]
+    p.check_synthetic(chunks, provenance, requested, int(pixels.shape[-1]))
+    records: dict[str, Any] = {
+        f"{p.SYNTHETIC_PREFIX}{k:03d}": to_array_record({"pixels": x, "labels": y})
+        for k, (x, y) in enumerate(chunks)
+    }
+    records[p.PROVENANCE] = ConfigRecord({p.STATUS_JSON: json.dumps(dict(provenance))})
+    return RecordDict(records)
+
+
+def parse_synthetic_reply(
+    content: RecordDict, requested: int, image_size: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    names = sorted(k for k in content.array_records if k.startswith(p.SYNTHETIC_PREFIX))
+    p.check_keys(
+        "synthetic reply",
+        content.keys(),
+        frozenset({*names, p.PROVENANCE}),
+        frozenset({p.PROVENANCE}),
+    )
+    chunks = []
+    for name in names:
+        arrays = from_array_record(content.array_records[name])
+        p.check_keys(name, arrays, frozenset({"pixels", "labels"}), frozenset({"pixels", "labels"}))
+        chunks.append((arrays["pixels"], arrays["labels"]))
+    provenance = json.loads(str(content.config_records[p.PROVENANCE][p.STATUS_JSON]))
+    p.check_synthetic(chunks, provenance, requested, image_size)
+    return (
+        np.concatenate([c[0] for c in chunks]),
+        np.concatenate([c[1] for c in chunks]),
+        provenance,
+    )

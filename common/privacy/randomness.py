@@ -1,0 +1,37 @@
+"""The source of private randomness: Poisson sampling and DP noise.
+
+By default a generator is seeded from the operating system's entropy (`os.urandom`) for every
+run and its seed is never stored, logged or sent: whoever knew it could replay the sampling and
+subtract the noise. A seeded mode exists only for reproducible research; every record of such a
+run carries `SEEDED_NOISE_NOTE`. (opacus' `secure_mode` would need `torchcsprng`, which cannot be
+installed here; a CSPRNG-seeded Mersenne Twister is the same choice opacus makes without it.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+SEEDED_NOISE_NOTE = "seeded noise: reproducible; no guarantee against anyone who knows the seed"
+
+
+def private_generator(
+    device: torch.device | str = "cpu", seed: int | None = None
+) -> torch.Generator:
+    """A generator for Poisson masks and DP noise on `device`.
+
+    `seed=None` (the default): seeded from 8 bytes of OS entropy, never recorded. An integer seed
+    is the explicit research mode (see `SEEDED_NOISE_NOTE`).
+    """
+    generator = torch.Generator(device)
+    if seed is None:
+        generator.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def noise_mode(seed: int | None) -> str:
+    """How a record names its randomness: 'os-entropy' or the seeded note."""
+    return "os-entropy" if seed is None else SEEDED_NOISE_NOTE

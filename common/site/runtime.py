@@ -1,0 +1,290 @@
+"""The site runtime: a hospital's side of mammofl, free of Flower.
+
+Lifecycle (after MONAI's ClientAlgo): `initialize` (prepare or load the site's data, open its
+ledger), `synthesize` (train or load its MCGAN, send checked synthetic patches), `set_base_model`
+(the server's pretrained model), `train_round` (one round of local DP-SGD from given global
+trainable weights), `evaluate` (on the site's local validation patients), `finalize`. The
+ClientApp, the single-node "site alone" arm and the tests all call this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.atomic_io import atomic_torch_save
+from common.config.federated_schema import FederatedRunConfig
+from common.data.images import LoadedPatches
+from common.errors import ConfigError, PrivacyError
+from common.eval.metrics import point_metrics
+from common.eval.predict import predict_probabilities
+from common.models.classifier import Classifier, build_classifier
+from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.ledger_store import LedgerStore
+from common.site.budget import SitePlan, load_or_plan, site_budget
+from common.site.data import SiteData, load_site_data
+from common.site.facts import SiteFacts
+from common.site.synthetic import SyntheticSet, generate_checked, train_site_gan
+from common.training.engine import load_trainable, state_fingerprint, trainable_state
+from common.training.fit import fit
+from common.training.settings import (
+    DPSettings,
+    EngineSettings,
+    resolve_backbone_train_mode,
+    resolve_device,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundResult:
+    trainable: dict[str, np.ndarray]  # float32, the trainable parameters after the round
+    event: dict[str, Any]  # the settled ledger event (sigma, q, steps, round, kind, status)
+    epsilon: float  # the site's total epsilon after the round (from its whole ledger)
+    weight: float  # aggregation weight: 1.0, or the exact N when the site opted in
+
+
+class SiteRuntime:
+    def __init__(self, facts: SiteFacts, config: FederatedRunConfig) -> None:
+        self.facts = facts
+        self.config = config
+        self.store = LedgerStore(facts.state_dir / "ledger.json")
+        self.device = resolve_device(facts.device)
+        self.data: SiteData | None = None
+        self.ledger: PrivacyLedger | None = None
+        self.model: Classifier | None = None
+        self.base_sha: str | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def initialize(self) -> dict[str, Any]:
+        """Load data and ledger (idempotent); returns the public status."""
+        self._load()
+        return self.status()
+
+    def _load(self) -> None:
+        if self.data is None:
+            self.facts.state_dir.mkdir(parents=True, exist_ok=True)
+            self.data = load_site_data(self.facts, self.config.site_data)
+            privacy = self.config.privacy
+            self.ledger = self.store.load(
+                delta=privacy.delta, accountant=privacy.accountant, unit="patch"
+            )
+
+    def finalize(self) -> None:
+        self.data, self.model, self.base_sha = None, None, None
+
+    @property
+    def budget(self) -> float:
+        return site_budget(self.config, self.facts.epsilon_cap)
+
+    def _ledger(self) -> PrivacyLedger:
+        self._load()
+        assert self.ledger is not None
+        return self.ledger
+
+    def _data(self) -> SiteData:
+        self._load()
+        assert self.data is not None
+        return self.data
+
+    def _persist(self, ledger: PrivacyLedger) -> None:
+        self.store.save(ledger)
+
+    def plan(self) -> SitePlan:
+        ledger = self._ledger()
+        return load_or_plan(
+            self.facts.state_dir / "dp_plan.json",
+            self.config,
+            ledger,
+            len(self._data().train.patch_set),
+            self.budget,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What the server may know: name, budget, ledger events, the guarantee of the
+        synthetic data. No counts, paths or hashes of the private data."""
+        ledger = self._ledger()
+        plan_path = self.facts.state_dir / "dp_plan.json"
+        plan = self.plan() if plan_path.is_file() else None
+        gan = [e for e in ledger.events if e.kind == "dp-gan"]
+        synthetic = "not generated"
+        if gan:
+            synthetic = "formal (DP-MCGAN)"
+        elif ledger.non_dp_uses:
+            synthetic = "no formal guarantee (MCGAN without DP)"
+        return {
+            "site": self.facts.name,
+            "budget": self.budget,
+            "delta": ledger.delta,
+            "unit": ledger.unit,
+            "accountant": ledger.accountant,
+            "ledger": ledger.state_dict(),
+            "epsilon": ledger.epsilon(),
+            "epsilon_dp_sgd": ledger.epsilon(kind="dp-sgd"),
+            "gan_epsilon": ledger.epsilon(kind="dp-gan") if gan else None,
+            "synthetic_guarantee": synthetic,
+            "plan": None
+            if plan is None
+            else {
+                "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": plan.sample_rate,
+                "steps_per_round": plan.steps_per_round,
+            },
+        }
+
+    # ---- synthetic data ------------------------------------------------------------------
+    def synthesize(self, count: int) -> SyntheticSet:
+        if not self.config.gan.enabled:
+            raise ConfigError("gan.enabled=false: this run has no synthetic data")
+        data = self._data()
+        train = _at_size(data.train, self.config.gan.model.image_size)
+        trainer = train_site_gan(
+            self.facts, self.config, train, self._ledger(), self.budget, self._persist
+        )
+        seed = self.config.seed + zlib.crc32(self.facts.name.encode())
+        return generate_checked(
+            trainer, train, count, seed=seed, check=self.config.gan.memorisation_check
+        )
+
+    # ---- the model -----------------------------------------------------------------------
+    def set_base_model(self, state: Mapping[str, np.ndarray]) -> str:
+        """Keep the server's full model (e.g. after SynPre); returns its fingerprint."""
+        model = self._new_model()
+        tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as error:
+            raise ConfigError(f"the server's model does not fit this site's: {error}") from error
+        apply_trainable_policy(model, self.config.model.trainable)
+        self.base_sha = state_fingerprint(tensors)
+        atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
+        self.model = model
+        return self.base_sha
+
+    def _new_model(self) -> Classifier:
+        model = build_classifier(self.config.model)
+        apply_trainable_policy(model, self.config.model.trainable)
+        return model.to(self.device)
+
+    def _base_model(self, expected_sha: str) -> Classifier:
+        if self.model is None or self.base_sha != expected_sha:
+            path = self.facts.state_dir / "base_model.pt"
+            if not path.is_file():
+                raise ConfigError("no base model at this site: the server must send it first")
+            self.set_base_model(torch.load(path, weights_only=True))
+        if self.base_sha != expected_sha:
+            raise ConfigError(
+                f"this site holds base model {str(self.base_sha)[:12]}, the round expects "
+                f"{expected_sha[:12]}: the server must send its model again"
+            )
+        assert self.model is not None
+        return self.model
+
+    # ---- one round -----------------------------------------------------------------------
+    def train_round(
+        self,
+        round_number: int,
+        trainable: Mapping[str, np.ndarray],
+        base_sha: str,
+        *,
+        proximal_mu: float = 0.0,
+        weighting: str = "equal",
+    ) -> RoundResult:
+        """One round of local DP-SGD. Refused before any step (nothing charged) when it would
+        take the site past its budget: PrivacyBudgetExceeded."""
+        if weighting == "examples" and not self.facts.share_exact_count:
+            raise PrivacyError(
+                "the server asks for exact-count weighting; this site did not opt in "
+                "(node_config share-exact-count=true)"
+            )
+        model = self._base_model(base_sha)
+        load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
+        plan, ledger, data = self.plan(), self._ledger(), self._data()
+        result = fit(
+            model,
+            self.config.train.engine,
+            data.train,
+            None,
+            self._engine_settings(model, plan, round_number),
+            epochs=plan.local_epochs,
+            ledger=ledger,
+            selection="last",
+            epsilon_cap=self.budget,
+            round_number=round_number,
+            persist=self._persist,
+            proximal_mu=proximal_mu,
+        )
+        if result.mechanism_steps != result.steps or result.event is None:
+            raise PrivacyError(
+                f"mechanism ran {result.mechanism_steps} times for {result.steps} steps"
+            )
+        state = {k: v.numpy().astype(np.float32) for k, v in trainable_state(model).items()}
+        weight = float(len(data.train.patch_set)) if weighting == "examples" else 1.0
+        event = {**result.event.__dict__}
+        return RoundResult(state, event, ledger.epsilon(), weight)
+
+    def _engine_settings(
+        self, model: Classifier, plan: SitePlan, round_number: int
+    ) -> EngineSettings:
+        config = self.config
+        noise_seed = None
+        if config.privacy.seeded_noise:  # research mode: marked in the run's records
+            noise_seed = config.seed + 1000 * round_number + zlib.crc32(self.facts.name.encode())
+        return EngineSettings(
+            batch_size=config.train.batch_size,
+            lr=config.train.lr,
+            weight_decay=config.train.weight_decay,
+            label_smoothing=config.train.label_smoothing,
+            flips=config.train.flips,
+            seed=config.seed + round_number,
+            device=self.device,
+            backbone_train_mode=resolve_backbone_train_mode(
+                config.train.engine,
+                config.train.backbone_mode,
+                backbone_has_batchnorm(model.backbone),
+            ),
+            feature_batch_size=config.train.feature_batch_size,
+            feature_cache_dir=str(self.facts.state_dir / "features"),
+            dp=DPSettings(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                max_grad_norm=config.privacy.max_grad_norm,
+                steps_per_epoch=plan.steps_per_epoch,
+            ),
+            noise_seed=noise_seed,
+        )
+
+    # ---- local evaluation ----------------------------------------------------------------
+    def evaluate(self, trainable: Mapping[str, np.ndarray], base_sha: str) -> dict[str, float]:
+        """AUROC / AUPRC of the given weights on the site's local validation patients
+        (not covered by DP, as the paper's selection; a few numbers, no counts)."""
+        model = self._base_model(base_sha)
+        load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
+        validation = self._data().validation
+        scores = predict_probabilities(
+            model,
+            validation,
+            self.device,
+            self.config.train.feature_batch_size,
+            str(self.facts.state_dir / "features"),
+        )
+        return point_metrics(np.asarray(validation.patch_set.labels), scores)
+
+
+def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:
+    if loaded.pixels.shape[-1] == size:
+        return loaded
+    import cv2
+
+    pixels = np.stack(
+        [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in loaded.pixels]
+    )
+    return LoadedPatches(loaded.patch_set, pixels)

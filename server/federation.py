@@ -1,0 +1,293 @@
+"""The federation, phase by phase: sites' status, shared synthetic pretraining, DP rounds.
+
+Phase 1 collects every site's checked synthetic patches, pretrains all parameters on the pool
+and sends the model to the sites. Phase 2 runs `federation.rounds` rounds of local DP-SGD on the
+trainable parameters, aggregated by the strategy, with central evaluation on test data of no
+site after every round, a checkpoint after every round, and budget-aware site selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.config.federated_schema import FederatedRunConfig
+from common.errors import ConfigError
+from common.eval.central import CentralEvaluator
+from common.federated import protocol as p
+from common.federated.model import initial_model
+from common.federated.protocol import ReplySchemaError
+from common.fl_records import (
+    from_array_record,
+    parse_evaluate_reply,
+    parse_status,
+    parse_synthetic_reply,
+    parse_train_reply,
+    to_array_record,
+)
+from common.models.classifier import Classifier
+from common.training.engine import load_trainable, state_fingerprint, trainable_state
+from common.training.settings import resolve_device
+from server.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from server.ledgers import MirroredLedgers
+from server.outputs import write_outputs
+from server.pretrain import pool_synthetic, pretrain
+from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
+
+log = logging.getLogger("mammofl.server")
+
+
+class Federation:
+    def __init__(self, grid: Grid, config: FederatedRunConfig, overrides: list[str]) -> None:
+        self.grid, self.config, self.overrides = grid, config, overrides
+        self.run_dir = config.run_path
+        self.device = resolve_device(config.train.device)
+        self.timeout = config.federation.reply_timeout_s
+        self.mirror = MirroredLedgers()
+        self.strategy = build_strategy(config.federation)
+        self.sites: dict[int, str] = {}
+        self.started = time.time()
+
+    # ---- messaging -----------------------------------------------------------------------
+    def wait_for_nodes(self) -> list[int]:
+        """All configured sites (simulation) or at least min_sites (deployment), with a timeout."""
+        expected = len(self.config.sites) or self.config.federation.min_sites
+        deadline = time.time() + self.config.federation.node_wait_timeout_s
+        while len(nodes := list(self.grid.get_node_ids())) < expected:
+            if time.time() > deadline:
+                wait = self.config.federation.node_wait_timeout_s
+                raise ConfigError(
+                    f"{len(nodes)} of {expected} sites connected within {wait} s "
+                    "(federation.node_wait_timeout_s)"
+                )
+            time.sleep(0.2)
+        return sorted(nodes)
+
+    def ask(self, nodes: list[int], message_type: str, content: RecordDict) -> list[Message]:
+        messages = [
+            Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes
+        ]
+        return list(self.grid.send_and_receive(messages, timeout=self.timeout))
+
+    def site_of(self, reply: Message) -> str:
+        return self.sites.get(reply.metadata.src_node_id, f"node {reply.metadata.src_node_id}")
+
+    def _failed(self, reply: Message, what: str) -> bool:
+        if reply.has_error():
+            log.warning("%s: %s refused: %s", self.site_of(reply), what, reply.error.reason)
+            return True
+        return False
+
+    def query_status(self, nodes: list[int]) -> None:
+        for reply in self.ask(nodes, p.STATUS, RecordDict()):
+            if self._failed(reply, "status"):
+                raise ConfigError(f"a site could not start: {reply.error.reason}")
+            status = parse_status(reply.content)
+            self.sites[reply.metadata.src_node_id] = status["site"]
+            self.mirror.adopt_status(status)
+        log.info("sites: %s", ", ".join(sorted(self.sites.values())))
+
+    # ---- phase 1 -------------------------------------------------------------------------
+    def synthetic_pretraining(self, model: Classifier, nodes: list[int]) -> dict[str, Any]:
+        count, size = self.config.gan.per_site, self.config.site_data.image_size
+        content = RecordDict({p.CONFIG: ConfigRecord({p.COUNT: count})})
+        sets = {}
+        for reply in self.ask(nodes, p.SYNTHESIZE, content):
+            if self._failed(reply, "synthesis"):
+                continue
+            try:
+                sets[self.site_of(reply)] = parse_synthetic_reply(reply.content, count, size)
+            except ReplySchemaError as error:
+                log.warning("%s: synthetic reply rejected: %s", self.site_of(reply), error)
+        if not sets:
+            raise ConfigError("no site sent synthetic patches: SynPre cannot run")
+        pool = pool_synthetic(sets)
+        log.info(
+            "SynPre on %d synthetic patches from %d sites", len(pool.patches.pixels), len(sets)
+        )
+        history = pretrain(model, pool, self.config, self.device)
+        return {"patches_per_site": count, "sites": pool.provenance, "history": history}
+
+    def broadcast(self, nodes: list[int], base_state: dict[str, torch.Tensor], sha: str) -> None:
+        content = RecordDict({p.ARRAYS: to_array_record(_numpy(base_state))})
+        for reply in self.ask(nodes, p.BASE_MODEL, content):
+            if self._failed(reply, "base model"):
+                self.mirror.exclude(self.site_of(reply), "could not load the base model")
+            elif str(reply.content.config_records[p.CONFIG][p.BASE_SHA]) != sha:
+                self.mirror.exclude(self.site_of(reply), "holds another base model")
+
+    # ---- phase 2 -------------------------------------------------------------------------
+    def train_round(
+        self, round_number: int, state: ServerState, nodes: list[int]
+    ) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+        config = ConfigRecord(
+            {p.BASE_SHA: state.base_sha, p.WEIGHTING: self.config.federation.weighting}
+        )
+        messages = self.strategy.configure_train(
+            round_number,
+            to_array_record(state.trainable),
+            config,
+            EligibleNodes(self.grid, nodes),
+        )
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        expected = {k: tuple(v.shape) for k, v in state.trainable.items()}
+        valid, refused, trained = [], {}, []
+        for reply in replies:
+            site = self.site_of(reply)
+            if reply.has_error():
+                refused[site] = reply.error.reason
+                if reply.error.code == p.ErrorCode.BUDGET_EXCEEDED:
+                    self.mirror.exclude(site, "refused a round: budget")
+                continue
+            try:
+                _, _, event = parse_train_reply(
+                    reply.content, expected, self.config.federation.weighting
+                )
+            except ReplySchemaError as error:
+                refused[site] = f"reply rejected by the allow-list: {error}"
+                self.mirror.exclude(site, "sent a reply outside the allow-list")
+                continue
+            plan = {k: event[k] for k in ("noise_multiplier", "sample_rate")}
+            plan["steps_per_round"] = event["steps"]
+            self.mirror.record_round(site, event, plan)
+            valid.append(reply)
+            trained.append(site)
+        missing = set(self.sites[n] for n in nodes) - set(refused) - set(trained)
+        refused.update({site: "no reply before the timeout" for site in missing})
+        aggregated, _ = self.strategy.aggregate_train(round_number, valid)
+        trainable = state.trainable if aggregated is None else from_array_record(aggregated)
+        return {k: v.astype(np.float32) for k, v in trainable.items()}, refused, sorted(trained)
+
+    def site_metrics(self, nodes: list[int], state: ServerState) -> dict[str, dict[str, float]]:
+        content = RecordDict(
+            {
+                p.ARRAYS: to_array_record(state.trainable),
+                p.CONFIG: ConfigRecord({p.BASE_SHA: state.base_sha}),
+            }
+        )
+        metrics = {}
+        for reply in self.ask(nodes, p.EVALUATE, content):
+            if self._failed(reply, "evaluation"):
+                continue
+            values = parse_evaluate_reply(reply.content)
+            metrics[self.site_of(reply)] = {k: v for k, v in values.items() if k != p.WEIGHT}
+        return metrics
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        nodes = self.wait_for_nodes()
+        self.query_status(nodes)
+        model = initial_model(self.config, self.device)
+        evaluator = CentralEvaluator(
+            config.tests,
+            config.site_data.image_size,
+            self.device,
+            self.run_dir / "server" / "features",
+            config.train.feature_batch_size,
+        )
+        if config.federation.resume:
+            state = load_checkpoint(self.run_dir, self.overrides)
+            self.mirror_resume(state)
+            load_strategy_state(self.strategy, state.strategy)
+            model.load_state_dict(state.base_state)
+            log.info("resumed after round %d", state.round)
+        else:
+            state = self.start(model, nodes, evaluator)
+        self.broadcast(nodes, state.base_state, state.base_sha)
+        while state.round < config.federation.rounds and not state.ended:
+            self.one_round(state, nodes, model, evaluator)
+            if config.federation.stop_after_round == state.round:
+                log.info("stopped after round %d (federation.stop_after_round)", state.round)
+                break
+        return write_outputs(
+            self.run_dir, config, state, model, evaluator, self.mirror, self.started
+        )
+
+    def mirror_resume(self, state: ServerState) -> None:
+        statuses = self.mirror.sites  # as the sites reported them just now
+        self.mirror = MirroredLedgers.from_state_dict(state.ledgers)
+        for name, reported in statuses.items():
+            self.mirror.adopt_status(
+                {
+                    "site": name,
+                    "budget": reported.budget,
+                    "ledger": {
+                        "delta": reported.delta,
+                        "unit": reported.unit,
+                        "accountant": reported.accountant,
+                        "events": reported.events,
+                        "non_dp_uses": reported.non_dp_uses,
+                    },
+                    "synthetic_guarantee": reported.synthetic_guarantee,
+                    "plan": reported.plan,
+                }
+            )
+
+    def start(
+        self, model: Classifier, nodes: list[int], evaluator: CentralEvaluator
+    ) -> ServerState:
+        history: dict[str, Any] = {"rounds": []}
+        if self.config.synpre.enabled:
+            history["synpre"] = self.synthetic_pretraining(model, nodes)
+            self.query_status(nodes)  # the sites' ledgers now hold their GANs
+        base_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        history["initial"] = {"central": _values(evaluator.evaluate(model))}
+        state = ServerState(
+            round=0,
+            base_state=base_state,
+            base_sha=state_fingerprint(base_state),
+            trainable={k: v.numpy() for k, v in trainable_state(model).items()},
+            strategy={},
+            ledgers=self.mirror.state_dict(),
+            history=history,
+            overrides=self.overrides,
+        )
+        save_checkpoint(self.run_dir, state)
+        return state
+
+    def one_round(
+        self, state: ServerState, nodes: list[int], model: Classifier, evaluator: CentralEvaluator
+    ) -> None:
+        round_number = state.round + 1
+        selectable = set(self.mirror.selectable())
+        chosen = [n for n in nodes if self.sites[n] in selectable]
+        if len(chosen) < self.config.federation.min_sites:
+            state.ended = (
+                f"round {round_number}: {len(chosen)} sites with budget left < "
+                f"federation.min_sites={self.config.federation.min_sites}"
+            )
+            log.info("run ends: %s", state.ended)
+            return
+        log.info("round %d: %s", round_number, ", ".join(self.sites[n] for n in chosen))
+        state.trainable, refused, trained = self.train_round(round_number, state, chosen)
+        load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
+        self.mirror.close_round()
+        state.history["rounds"].append(
+            {
+                "round": round_number,
+                "central": _values(evaluator.evaluate(model)),
+                "sites": self.site_metrics(chosen, state),
+                "trained": trained,
+                "refused": refused,
+            }
+        )
+        state.round = round_number
+        state.strategy = strategy_state(self.strategy)
+        state.ledgers = self.mirror.state_dict()
+        save_checkpoint(self.run_dir, state)
+
+
+def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _values(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    keys = ("auroc", "auprc_malignant", "auprc_benign")
+    return {name: {k: metrics[k]["value"] for k in keys} for name, metrics in results.items()}

@@ -1,0 +1,137 @@
+"""The server's mirror of every site's privacy ledger.
+
+The site's own ledger is authoritative; the server mirrors the events sites report (in status
+replies and after each round) to stop selecting a site whose budget is spent and to write
+`ledger.json`. A site whose ledger holds fewer events than the mirror has lost history: it is
+not selected again (its spending can no longer be trusted to be complete).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.privacy.ledger import LedgerEvent, PrivacyLedger
+
+
+@dataclass
+class SiteMirror:
+    site: str
+    budget: float
+    delta: float
+    unit: str
+    accountant: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    non_dp_uses: list[dict[str, str]] = field(default_factory=list)
+    synthetic_guarantee: str = "not generated"
+    plan: dict[str, Any] | None = None
+    excluded: str = ""  # why the server stopped selecting the site ("" while selectable)
+    epsilon_after_round: list[float] = field(default_factory=list)
+
+    def ledger(self) -> PrivacyLedger:
+        return PrivacyLedger(
+            delta=self.delta,
+            accountant=self.accountant,
+            unit=self.unit,
+            events=[LedgerEvent(**e) for e in self.events],
+        )
+
+    def epsilon(self, kind: str | None = None) -> float:
+        return self.ledger().epsilon(kind=kind)
+
+    def next_round_fits(self) -> bool:
+        """Whether one more round at the site's reported plan stays within its budget."""
+        if self.plan is None:
+            return True  # unknown until the first round: the site itself checks
+        event = LedgerEvent(
+            noise_multiplier=float(self.plan["noise_multiplier"]),
+            sample_rate=float(self.plan["sample_rate"]),
+            steps=int(self.plan["steps_per_round"]),
+        )
+        return self.ledger().epsilon(extra=event) <= self.budget * (1 + 1e-9)
+
+
+class MirroredLedgers:
+    def __init__(self) -> None:
+        self.sites: dict[str, SiteMirror] = {}
+
+    def adopt_status(self, status: dict[str, Any]) -> None:
+        """Take a site's reported ledger (start or resume); refuse a site that lost history."""
+        name, ledger = status["site"], status["ledger"]
+        known = self.sites.get(name)
+        mirror = SiteMirror(
+            site=name,
+            budget=float(status["budget"]),
+            delta=float(ledger["delta"]),
+            unit=str(ledger["unit"]),
+            accountant=str(ledger["accountant"]),
+            events=[_normal(e) for e in ledger["events"]],
+            non_dp_uses=[dict(u) for u in ledger["non_dp_uses"]],
+            synthetic_guarantee=str(status["synthetic_guarantee"]),
+            plan=status["plan"],
+        )
+        if known is not None:
+            mirror.epsilon_after_round = known.epsilon_after_round
+            mirror.excluded = known.excluded
+            if len(mirror.events) < len(known.events):
+                mirror.events = known.events  # keep the larger, known spending
+                mirror.excluded = "its ledger holds fewer events than the server's mirror"
+        self.sites[name] = mirror
+
+    def record_round(self, site: str, event: dict[str, Any], plan: dict[str, Any]) -> None:
+        mirror = self.sites[site]
+        mirror.events.append(_normal(event))
+        mirror.plan = plan
+
+    def exclude(self, site: str, reason: str) -> None:
+        self.sites[site].excluded = reason
+
+    def selectable(self) -> list[str]:
+        """Sites not excluded whose next round fits their budget."""
+        chosen = []
+        for name, mirror in self.sites.items():
+            if not mirror.excluded and not mirror.next_round_fits():
+                mirror.excluded = "budget spent: one more round would exceed it"
+            if not mirror.excluded:
+                chosen.append(name)
+        return chosen
+
+    def close_round(self) -> None:
+        for mirror in self.sites.values():
+            mirror.epsilon_after_round.append(mirror.epsilon())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: asdict(m) for name, m in self.sites.items()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> MirroredLedgers:
+        mirrored = cls()
+        mirrored.sites = {name: SiteMirror(**m) for name, m in state.items()}
+        return mirrored
+
+    def report(self) -> dict[str, Any]:
+        """`ledger.json`'s `sites`: budget, delta, unit, events, epsilon after every round,
+        the synthetic data's guarantee and the GAN's epsilon."""
+        sites = {}
+        for name, mirror in self.sites.items():
+            gan = [e for e in mirror.events if e["kind"] == "dp-gan"]
+            sites[name] = {
+                "budget": mirror.budget,
+                "delta": mirror.delta,
+                "unit": mirror.unit,
+                "accountant": mirror.accountant,
+                "events": mirror.events,
+                "epsilon": mirror.epsilon(),
+                "epsilon_dp_sgd": mirror.epsilon(kind="dp-sgd"),
+                "epsilon_after_round": mirror.epsilon_after_round,
+                "synthetic_guarantee": mirror.synthetic_guarantee,
+                "gan_epsilon": mirror.epsilon(kind="dp-gan") if gan else None,
+                "non_dp_uses": mirror.non_dp_uses,
+                "excluded": mirror.excluded or None,
+            }
+        return sites
+
+
+def _normal(event: dict[str, Any]) -> dict[str, Any]:
+    """One event in the ledger's own field order and types (a reply's order is arbitrary)."""
+    return asdict(LedgerEvent(**{k: v for k, v in event.items()}))

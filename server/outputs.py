@@ -1,0 +1,136 @@
+"""What a federated run leaves in its run dir: metrics.json, ledger.json, result.json,
+summary.md, epsilon_per_round.png, auroc_per_round.png and model.pt (loadable by
+`mammofl evaluate run_dir=...`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config.federated_schema import FederatedRunConfig
+from common.config.schema import DataConfig, MammoflConfig, PrivacyConfig
+from common.eval.central import CentralEvaluator
+from common.eval.records import save_model, write_json
+from common.models.classifier import Classifier
+from common.privacy.randomness import SEEDED_NOISE_NOTE
+from common.runs.provenance import git_commit, package_versions
+from server.checkpoint import ServerState
+from server.ledgers import MirroredLedgers
+from server.plots import plot_auroc, plot_epsilon
+
+REVEALS = (
+    "The server sees, per site and round, (noise multiplier, sample rate, steps). With "
+    "q = 1/ceil(N/B) these reveal ceil(N/B), i.e. the site's number of training patches to "
+    "within one batch B; the trainable weights each round (no secure aggregation); and the "
+    "sites' local validation AUROC/AUPRC, which DP does not cover."
+)
+
+
+def evaluate_compatible_config(config: FederatedRunConfig) -> dict[str, Any]:
+    """The single-node config form `mammofl evaluate` reads (model, image size, eval)."""
+    model = dataclasses.replace(config.model, weights="none", init_from=None)
+    single = MammoflConfig(
+        data=DataConfig(image_size=config.site_data.image_size),
+        model=model,
+        train=config.train,
+        privacy=PrivacyConfig(
+            enabled=True,
+            target_epsilon=config.privacy.target_epsilon,
+            delta=config.privacy.delta,
+            max_grad_norm=config.privacy.max_grad_norm,
+            accountant=config.privacy.accountant,
+        ),
+        eval=config.eval,
+        name=config.name,
+        seed=config.seed,
+    )
+    return dataclasses.asdict(single)
+
+
+def write_outputs(
+    run_dir: Path,
+    config: FederatedRunConfig,
+    state: ServerState,
+    model: Classifier,
+    evaluator: CentralEvaluator,
+    mirror: MirroredLedgers,
+    started: float,
+) -> dict[str, Any]:
+    final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
+    noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
+    sites = mirror.report()
+    ledgers: dict[str, Any] = {
+        "sites": sites,
+        "unit": "patch",
+        "noise": noise,
+        "what_the_server_sees": REVEALS,
+    }
+    write_json(run_dir / "metrics.json", state.history)
+    write_json(run_dir / "ledger.json", ledgers)
+    save_model(run_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    record = {
+        "name": config.name,
+        "config": evaluate_compatible_config(config),
+        "federated_config": dataclasses.asdict(config),
+        "rounds_completed": state.round,
+        "rounds_planned": config.federation.rounds,
+        "stopped_after_round": config.federation.stop_after_round
+        if state.round < config.federation.rounds and not state.ended
+        else None,
+        "ended_early": state.ended or None,
+        "tests": final,
+        "privacy": {
+            "unit": "patch",
+            "noise": noise,
+            "per_site_budget": config.privacy.target_epsilon,
+            "delta": config.privacy.delta,
+            "epsilon_spent": {s: v["epsilon"] for s, v in sites.items()},
+            "synthetic_guarantee": {s: v["synthetic_guarantee"] for s, v in sites.items()},
+        },
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "seconds": round(time.time() - started, 1),
+    }
+    write_json(run_dir / "result.json", record)
+    summary = summary_table(config, state, sites, final)
+    (run_dir / "summary.md").write_text(summary)
+    plot_epsilon(run_dir / "epsilon_per_round.png", sites)
+    plot_auroc(run_dir / "auroc_per_round.png", state.history)
+    return record
+
+
+def summary_table(
+    config: FederatedRunConfig,
+    state: ServerState,
+    sites: dict[str, Any],
+    final: dict[str, Any],
+) -> str:
+    lines = [
+        f"# {config.name}: {state.round} of {config.federation.rounds} rounds",
+        "",
+        "| site | budget | epsilon spent (all DP) | DP-SGD | synthetic data | excluded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, site in sites.items():
+        lines.append(
+            f"| {name} | {site['budget']:g} | {site['epsilon']:.3f} | "
+            f"{site['epsilon_dp_sgd']:.3f} | {site['synthetic_guarantee']} | "
+            f"{site['excluded'] or ''} |"
+        )
+    lines += [
+        "",
+        "| test set | AUROC [95 % CI] | AUPRC malignant | AUPRC benign |",
+        "|---|---|---|---|",
+    ]
+    for name, metrics in final.items():
+        auroc = metrics["auroc"]
+        interval = f" [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" if "ci_low" in auroc else ""
+        lines.append(
+            f"| {name} | {auroc['value']:.3f}{interval} | "
+            f"{metrics['auprc_malignant']['value']:.3f} | {metrics['auprc_benign']['value']:.3f} |"
+        )
+    if state.ended:
+        lines += ["", f"Ended early: {state.ended}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""The aggregation strategy: Flower's FedAvg, FedProx or FedAdam over the trainable parameters.
+
+Sampling is restricted to the sites the ledger mirror still allows (`EligibleNodes`), and the
+weights are the sites' `aggregation-weight` metric: 1.0 each by default, so no exact dataset
+size leaves a site; exact-count weighting is an opt-in (`federation.weighting=examples`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+
+from common.config.federated_schema import FederationConfig
+from common.federated import protocol as p
+
+
+def build_strategy(federation: FederationConfig) -> FedAvg:
+    common: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": 1,  # mammofl checks federation.min_sites itself, without waiting
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": 1,
+        "weighted_by_key": p.WEIGHT,
+        "arrayrecord_key": p.ARRAYS,
+        "configrecord_key": p.CONFIG,
+    }
+    if federation.strategy == "fedprox":
+        return FedProx(**common, proximal_mu=federation.proximal_mu)
+    if federation.strategy == "fedadam":
+        return FedAdam(**common, eta=federation.server_learning_rate)
+    return FedAvg(**common)
+
+
+class EligibleNodes:
+    """A view of the grid whose node list holds only the sites still selectable; the strategy
+    samples from it (Flower's FedAvg only calls `get_node_ids`)."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        self.grid = grid
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+
+FEDOPT_STATE = ("current_arrays", "m_t", "v_t")
+
+
+def strategy_state(strategy: FedAvg) -> dict[str, Any]:
+    """What an adaptive strategy carries between rounds (FedAdam's moments), for checkpoints."""
+    return {
+        key: {k: np.array(v) for k, v in getattr(strategy, key).items()}
+        for key in FEDOPT_STATE
+        if getattr(strategy, key, None) is not None
+    }
+
+
+def load_strategy_state(strategy: FedAvg, state: dict[str, Any]) -> None:
+    for key, value in state.items():
+        setattr(strategy, key, {k: np.array(v) for k, v in value.items()})

@@ -1,0 +1,135 @@
+"""`mammofl federate <overrides>`: the federated simulation end to end, then its comparison arms.
+
+1. the simulated hospitals' archives (phantom raw downloads, a central test set of no site);
+2. the main arm: a Flower simulation of the ServerApp and one ClientApp per site;
+3. comparison arms, each in its own state dirs and ledgers: federated DP rounds without SynPre
+   (a second Flower simulation), and each site alone with DP (the site runtime in-process);
+4. the comparison table, appended to the main arm's summary.md and printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from common.config.compose import compose_federated_config
+from common.config.federated_schema import FederatedRunConfig
+from common.errors import ConfigError
+from common.federated.run_config import SPEC_ENV, write_spec
+from server.checkpoint import checkpoint_path
+from simulations.federated_arms import run_site_alone
+from simulations.federated_summary import comparison_table
+from simulations.federated_workspace import prepare_workspace
+
+log = logging.getLogger("mammofl.federate")
+NO_SYNPRE_OVERRIDES = ("synpre.enabled=false", "gan.enabled=false")
+
+
+def run_flower(config: FederatedRunConfig, overrides: list[str], verbose: bool = False) -> None:
+    """One Flower simulation (Ray backend) of server.app:app and client.app:app, one SuperNode
+    per site; the overrides reach every app through $MAMMOFL_FEDERATION_SPEC."""
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from server.app import app as server_app
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's own future default
+    spec = write_spec(config.run_path / "federation.json", overrides)
+    previous = os.environ.get(SPEC_ENV)
+    os.environ[SPEC_ENV] = str(spec.resolve())
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)  # also hides run_simulation's deprecation notice
+    backend = {
+        "client_resources": {
+            "num_cpus": config.simulation.num_cpus,
+            "num_gpus": config.simulation.num_gpus,
+        },
+        "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
+    }
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(config.sites),
+            backend_config=backend,  # type: ignore[arg-type]
+        )
+    finally:
+        flwr_logger.setLevel(level)
+        if previous is None:
+            os.environ.pop(SPEC_ENV, None)
+        else:
+            os.environ[SPEC_ENV] = previous
+
+
+def check_fresh(config: FederatedRunConfig, fresh: bool) -> None:
+    """A new run never reuses another run's site ledgers by accident."""
+    run_dir = config.run_path
+    old = checkpoint_path(run_dir).is_file() or any((run_dir / "sites").glob("*/state/ledger.json"))
+    if config.federation.resume or not old:
+        return
+    if not fresh:
+        raise ConfigError(
+            f"{run_dir} already holds a federation (its sites' ledgers have spent budget). "
+            "Continue it with federation.resume=true, start elsewhere with out_dir=DIR, or "
+            "discard its server and site states (simulated sites only) with fresh=true"
+        )
+    shutil.rmtree(run_dir / "server", ignore_errors=True)
+    for state in (run_dir / "sites").glob("*/state"):
+        shutil.rmtree(state)
+    shutil.rmtree(run_dir / "arms", ignore_errors=True)
+
+
+def run_federate(
+    overrides: list[str], fresh: bool = False, verbose: bool = False
+) -> dict[str, Any]:
+    started = time.time()
+    config = compose_federated_config(overrides)
+    if not config.sites:
+        raise ConfigError("the preset has no site table (sites:); simulations need one")
+    check_fresh(config, fresh)
+    prepare_workspace(config)
+    timings = {"workspace": time.time() - started}
+    run_flower(config, overrides, verbose)
+    timings["main"] = time.time() - started - sum(timings.values())
+    stopped = config.federation.stop_after_round is not None and (
+        config.federation.stop_after_round < config.federation.rounds
+    )
+    arms: dict[str, Path] = {"main": config.run_path}
+    if not stopped:
+        arms.update(run_comparison_arms(config, overrides, verbose))
+    timings["arms"] = time.time() - started - sum(timings.values())
+    table = comparison_table(config, arms, timings)
+    summary = config.run_path / "summary.md"
+    summary.write_text(summary.read_text() + "\n" + table)
+    print(summary.read_text())
+    return {"run_dir": str(config.run_path), "arms": {k: str(v) for k, v in arms.items()}}
+
+
+def run_comparison_arms(
+    config: FederatedRunConfig, overrides: list[str], verbose: bool
+) -> dict[str, Path]:
+    """Each arm in its own fresh run dir (and so its own site ledgers) under run_dir/arms."""
+    arms: dict[str, Path] = {}
+    root = config.run_path / "arms"
+    base = [o for o in overrides if not o.startswith(("run_dir=", "federation.resume"))]
+    if "no_synpre" in config.simulation.compare and config.synpre.enabled:
+        target = root / "no_synpre"
+        shutil.rmtree(target, ignore_errors=True)
+        arm_overrides = [*base, *NO_SYNPRE_OVERRIDES, f"run_dir={target}"]
+        log.info("arm no_synpre: federated DP rounds from the initial model")
+        run_flower(compose_federated_config(arm_overrides), arm_overrides, verbose)
+        arms["no_synpre"] = target
+    if "site_alone" in config.simulation.compare:
+        for entry in config.sites:
+            target = root / f"alone_{entry.name}"
+            shutil.rmtree(target, ignore_errors=True)
+            log.info("arm %s alone: DP rounds on its own data", entry.name)
+            run_site_alone(config, entry, target)
+            arms[f"alone_{entry.name}"] = target
+    return arms

@@ -1,0 +1,57 @@
+"""The "site alone with DP" arm: one site's runtime in-process, the same DP rounds, budget,
+starting model and central test set as the federation, and no other site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.config.federated_schema import FederatedRunConfig, SiteEntry
+from common.eval.central import CentralEvaluator
+from common.eval.records import write_json
+from common.federated.model import initial_model
+from common.site.facts import facts_from_entry
+from common.site.runtime import SiteRuntime
+from common.training.engine import load_trainable, trainable_state
+from common.training.settings import resolve_device
+
+
+def run_site_alone(config: FederatedRunConfig, entry: SiteEntry, run_dir: Path) -> dict[str, Any]:
+    """Writes run_dir/metrics.json (central metrics per round) and run_dir/ledger.json."""
+    device = resolve_device(config.train.device)
+    runtime = SiteRuntime(facts_from_entry(entry, config, run_dir / "state"), config)
+    runtime.initialize()
+    model = initial_model(config, device)
+    sha = runtime.set_base_model({k: v.cpu().numpy() for k, v in model.state_dict().items()})
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    evaluator = CentralEvaluator(
+        config.tests,
+        config.site_data.image_size,
+        device,
+        run_dir / "features",
+        config.train.feature_batch_size,
+    )
+    rounds = []
+    for round_number in range(1, config.federation.rounds + 1):
+        result = runtime.train_round(round_number, trainable, sha)
+        trainable = result.trainable
+        load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
+        central = evaluator.evaluate(model)
+        rounds.append(
+            {
+                "round": round_number,
+                "central": {
+                    name: {k: m[k]["value"] for k in ("auroc", "auprc_malignant", "auprc_benign")}
+                    for name, m in central.items()
+                },
+                "epsilon": result.epsilon,
+            }
+        )
+    final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
+    record = {"site": entry.name, "rounds": rounds, "final": final}
+    write_json(run_dir / "metrics.json", record)
+    write_json(run_dir / "ledger.json", runtime.status())
+    return record

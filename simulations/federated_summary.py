@@ -1,0 +1,57 @@
+"""The comparison table of `mammofl federate`: the reason a consortium would federate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common.config.federated_schema import FederatedRunConfig
+
+ARM_NAMES = {
+    "main": "federated: SynPre + DP rounds",
+    "no_synpre": "federated: DP rounds, no SynPre",
+}
+
+
+def _arm_figures(path: Path) -> tuple[dict[str, Any], list[float]]:
+    """(final central metrics with CIs, epsilon spent per site) of one arm's run dir."""
+    if (path / "result.json").is_file():  # a Flower arm
+        result = json.loads((path / "result.json").read_text())
+        return result["tests"], list(result["privacy"]["epsilon_spent"].values())
+    metrics = json.loads((path / "metrics.json").read_text())  # a site-alone arm
+    ledger = json.loads((path / "ledger.json").read_text())
+    return metrics["final"], [ledger["epsilon"]]
+
+
+def comparison_table(
+    config: FederatedRunConfig, arms: dict[str, Path], timings: dict[str, float]
+) -> str:
+    tests = list(config.tests)
+    header = " | ".join(f"{t} AUROC [95 % CI]" for t in tests)
+    lines = [
+        f"## Same test set, same per-site budget (epsilon {config.privacy.target_epsilon:g}, "
+        f"delta {config.privacy.delta:g}, {config.federation.rounds} rounds x "
+        f"{config.federation.local_epochs} local epochs)",
+        "",
+        f"| arm | {header} | epsilon spent per site |",
+        "|---|" + "---|" * len(tests) + "---|",
+    ]
+    for arm, path in arms.items():
+        final, spent = _arm_figures(path)
+        name = ARM_NAMES.get(arm, arm.replace("alone_", "") + " alone: DP rounds")
+        cells = []
+        for test in tests:
+            auroc = final[test]["auroc"]
+            interval = (
+                f" [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" if "ci_low" in auroc else ""
+            )
+            cells.append(f"{auroc['value']:.3f}{interval}")
+        lines.append(f"| {name} | {' | '.join(cells)} | {', '.join(f'{e:.2f}' for e in spent)} |")
+    lines += [
+        "",
+        "Wall time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f" (total {sum(timings.values()):.0f} s).",
+    ]
+    return "\n".join(lines) + "\n"
