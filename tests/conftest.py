@@ -55,3 +55,20 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def phantom_env(phantom_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MAMMOFL_PHANTOM", str(phantom_dir))
     return phantom_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The federated/tiny preset's phantom downloads and central test set (no run yet)."""
+    from common.config.compose import compose_federated_config
+    from simulations.federated_workspace import prepare_workspace
+
+    out = tmp_path_factory.mktemp("federation")
+    prepare_workspace(compose_federated_config(["experiment=federated/tiny", f"out_dir={out}"]))
+    return out
+
+
+def tiny_federated_config(out: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    from common.config.compose import compose_federated_config
+
+    return compose_federated_config(["experiment=federated/tiny", f"out_dir={out}", *overrides])

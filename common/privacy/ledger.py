@@ -10,7 +10,10 @@ round-trips through `state_dict` (with a schema version) so it survives restarts
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from typing import Any
+
+import numpy as np
 
 from common.errors import ConfigError, PrivacyError
 
@@ -52,11 +55,38 @@ def make_accountant(name: str) -> Any:
     raise ConfigError(f"accountant {name!r}: choose rdp or prv")
 
 
+@lru_cache(maxsize=4096)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    """RDP of one step of the sampled Gaussian mechanism at opacus' default orders (cached:
+    a ledger is re-evaluated after every epoch, and each evaluation costs ~0.4 s otherwise)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    return tuple(
+        rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders)
+    )
+
+
 def epsilon_of(events: list[LedgerEvent], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon of the composition of all events (0 when nothing was spent)."""
+    """Epsilon of the composition of all events (0 when nothing was spent).
+
+    RDP: opacus' RDP accountant's arithmetic (RDP adds over steps and events, then the
+    conversion to (epsilon, delta) at the best of its default orders), with per-step values
+    cached. PRV: opacus' PRV accountant on the whole history.
+    """
     history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0]
     if not history:
         return 0.0
+    if accountant == "rdp":
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.analysis import rdp
+
+        total = sum(steps * np.array(_rdp_per_step(sigma, q)) for sigma, q, steps in history)
+        epsilon, _ = rdp.get_privacy_spent(
+            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta
+        )
+        return float(epsilon)
     acc = make_accountant(accountant)
     acc.history = history
     return float(acc.get_epsilon(delta=delta))

@@ -59,7 +59,6 @@ class SiteRuntime:
         self.store = LedgerStore(facts.state_dir / "ledger.json")
         self.device = resolve_device(facts.device)
         self.data: SiteData | None = None
-        self.ledger: PrivacyLedger | None = None
         self.model: Classifier | None = None
         self.base_sha: str | None = None
 
@@ -73,10 +72,6 @@ class SiteRuntime:
         if self.data is None:
             self.facts.state_dir.mkdir(parents=True, exist_ok=True)
             self.data = load_site_data(self.facts, self.config.site_data)
-            privacy = self.config.privacy
-            self.ledger = self.store.load(
-                delta=privacy.delta, accountant=privacy.accountant, unit="patch"
-            )
 
     def finalize(self) -> None:
         self.data, self.model, self.base_sha = None, None, None
@@ -86,9 +81,10 @@ class SiteRuntime:
         return site_budget(self.config, self.facts.epsilon_cap)
 
     def _ledger(self) -> PrivacyLedger:
-        self._load()
-        assert self.ledger is not None
-        return self.ledger
+        """The ledger as the state dir holds it now: the file is the only truth (another
+        process of this site, e.g. another simulation actor, may have charged it since)."""
+        privacy = self.config.privacy
+        return self.store.load(delta=privacy.delta, accountant=privacy.accountant, unit="patch")
 
     def _data(self) -> SiteData:
         self._load()
@@ -207,7 +203,8 @@ class SiteRuntime:
             )
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
-        plan, ledger, data = self.plan(), self._ledger(), self._data()
+        plan, data = self.plan(), self._data()
+        ledger = self._ledger()
         result = fit(
             model,
             self.config.train.engine,

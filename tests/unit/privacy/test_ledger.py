@@ -40,3 +40,85 @@ def test_extra_event_checks_before_spending() -> None:
 def test_invalid_event_refused() -> None:
     with pytest.raises(PrivacyError):
         LedgerEvent(noise_multiplier=0.0, sample_rate=0.1, steps=10)
+
+
+def _event(steps: int = 100, **fields: object) -> LedgerEvent:
+    return LedgerEvent(noise_multiplier=1.2, sample_rate=0.1, steps=steps, **fields)  # type: ignore[arg-type]
+
+
+def test_reservation_is_charged_until_settled() -> None:
+    """A crash mid-round leaves the reservation: the full planned steps stay charged."""
+    ledger = PrivacyLedger()
+    index = ledger.reserve(_event(round=1))
+    charged = ledger.epsilon()
+    assert ledger.events[index].status == "reserved" and charged == pytest.approx(
+        PrivacyLedger(events=[_event()]).epsilon()
+    )
+    ledger.settle(index, steps=60)
+    assert ledger.events[index].status == "settled" and ledger.epsilon() < charged
+    with pytest.raises(PrivacyError):
+        ledger.settle(index, steps=60)  # settled already
+
+
+def test_settle_never_exceeds_the_reservation() -> None:
+    ledger = PrivacyLedger()
+    index = ledger.reserve(_event())
+    with pytest.raises(PrivacyError, match="cannot settle"):
+        ledger.settle(index, steps=101)
+
+
+def test_check_within_refuses_without_charging() -> None:
+    from common.privacy.ledger import PrivacyBudgetExceeded
+
+    ledger = PrivacyLedger(events=[_event()])
+    before = ledger.state_dict()
+    with pytest.raises(PrivacyBudgetExceeded, match="nothing charged"):
+        ledger.check_within(_event(steps=10_000), cap=ledger.epsilon() + 0.01)
+    assert ledger.state_dict() == before
+
+
+def test_events_are_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        LedgerEvent(1.0, 0.1, 10)  # type: ignore[misc]
+
+
+def test_schema_version_is_checked() -> None:
+    state = PrivacyLedger(events=[_event()]).state_dict()
+    assert state["schema_version"] == 1 and state["unit"] == "patch"
+    with pytest.raises(PrivacyError, match="schema version"):
+        PrivacyLedger.from_state_dict({**state, "schema_version": 99})
+
+
+def test_store_round_trip_and_settings_guard(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from common.privacy.ledger_store import LedgerStore
+
+    store = LedgerStore(tmp_path / "state" / "ledger.json")
+    ledger = store.load(delta=1e-4, accountant="rdp", unit="patch")
+    assert ledger.events == []
+    ledger.reserve(_event(round=1))
+    ledger.record_non_dp_use("mcgan", "no DP")
+    store.save(ledger)
+    again = store.load(delta=1e-4, accountant="rdp", unit="patch")
+    assert again == ledger
+    with pytest.raises(PrivacyError, match="delta, accountant, unit"):
+        store.load(delta=1e-5, accountant="rdp", unit="patch")
+
+
+def test_failed_write_keeps_the_previous_ledger(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from common.privacy.ledger_store import LedgerStore
+
+    store = LedgerStore(tmp_path / "ledger.json")
+    ledger = PrivacyLedger(events=[_event()])
+    store.save(ledger)
+    ledger.append(_event(steps=5))
+
+    def broken_dumps(*args: object, **kwargs: object) -> str:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dumps", broken_dumps)
+    with pytest.raises(OSError):
+        store.save(ledger)
+    monkeypatch.undo()
+    assert len(store.load(delta=1e-4, accountant="rdp", unit="patch").events) == 1

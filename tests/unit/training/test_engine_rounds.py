@@ -44,9 +44,7 @@ def test_naive_engine_two_rounds_on_one_model() -> None:
     _assert_per_image(second, reference)
     second.train_epoch()
     second.close()
-    assert any(
-        not torch.equal(after_round_one[k], v) for k, v in trainable_state(model).items()
-    )
+    assert any(not torch.equal(after_round_one[k], v) for k, v in trainable_state(model).items())
     assert not hasattr(model, "autograd_grad_sample_hooks")
 
 

@@ -1,0 +1,109 @@
+"""The federated simulation for real (Flower simulation runtime, Ray backend) on the tiny preset:
+every output, the per-round budget, resume, and a run extended beyond the sites' plans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulations.evaluate import evaluate_run
+from simulations.federate import run_federate
+
+TINY = "experiment=federated/tiny"
+
+
+def _federate(workspace: Path, run_dir: Path, *overrides: str) -> dict[str, Any]:
+    return run_federate([TINY, f"out_dir={workspace}", f"run_dir={run_dir}", *overrides])
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _events(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    return {name: site["events"] for name, site in _read(run_dir / "ledger.json")["sites"].items()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_workspace: Path) -> Path:
+    run_dir = tiny_workspace / "runs" / "full"
+    _federate(tiny_workspace, run_dir)
+    return run_dir
+
+
+def test_every_output_and_the_budget_after_every_round(full_run: Path) -> None:
+    for name in (
+        "metrics.json",
+        "ledger.json",
+        "result.json",
+        "summary.md",
+        "model.pt",
+        "epsilon_per_round.png",
+        "auroc_per_round.png",
+    ):
+        assert (full_run / name).is_file(), name
+    rounds = _read(full_run / "metrics.json")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for entry in rounds:
+        assert set(entry["central"]["phantom_test"]) == {"auroc", "auprc_malignant", "auprc_benign"}
+        assert set(entry["sites"]) == {"site-a", "site-b"}
+    ledgers = _read(full_run / "ledger.json")
+    assert ledgers["unit"] == "patch" and ledgers["noise"] == "os-entropy"
+    for site in ledgers["sites"].values():
+        assert site["delta"] == 1e-4 and site["unit"] == "patch"
+        assert len(site["epsilon_after_round"]) == 3
+        assert all(0 < e <= site["budget"] for e in site["epsilon_after_round"])
+        assert site["epsilon_after_round"] == sorted(site["epsilon_after_round"])
+        assert [e["round"] for e in site["events"]] == [1, 2, 3]
+        assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
+        assert site["gan_epsilon"] is None
+    result = _read(full_run / "result.json")
+    assert result["rounds_completed"] == 3 and result["git_commit"]
+    summary = (full_run / "summary.md").read_text()
+    for arm in ("SynPre + DP rounds", "no SynPre", "site-a alone", "site-b alone"):
+        assert arm in summary
+
+
+def test_comparison_arms_keep_their_own_ledgers(full_run: Path) -> None:
+    arms = full_run / "arms"
+    main = _events(full_run)
+    no_synpre = _events(arms / "no_synpre")
+    assert set(no_synpre) == set(main)  # the same sites, each charged in its own state dir
+    for site in ("site-a", "site-b"):
+        assert (arms / "no_synpre" / "sites" / site / "state" / "ledger.json").is_file()
+        alone = _read(arms / f"alone_{site}" / "ledger.json")
+        assert 0 < alone["epsilon"] <= alone["budget"]
+
+
+def test_final_model_loads_in_mammofl_evaluate(full_run: Path, tiny_workspace: Path) -> None:
+    result = _read(full_run / "result.json")
+    evaluated = evaluate_run(str(full_run), str(tiny_workspace / "central-test"), name="again")
+    assert evaluated["metrics"]["auroc"]["value"] == pytest.approx(
+        result["tests"]["phantom_test"]["auroc"]["value"], abs=1e-9
+    )
+
+
+def test_stopped_and_resumed_equals_uninterrupted(full_run: Path, tiny_workspace: Path) -> None:
+    run_dir = tiny_workspace / "runs" / "resumed"
+    compare = "simulation.compare=[]"
+    _federate(tiny_workspace, run_dir, compare, "federation.stop_after_round=2")
+    stopped = _read(run_dir / "result.json")
+    assert stopped["rounds_completed"] == 2 and stopped["stopped_after_round"] == 2
+    _federate(tiny_workspace, run_dir, compare, "federation.resume=true")
+    resumed = _read(run_dir / "result.json")
+    assert resumed["rounds_completed"] == 3 and resumed["stopped_after_round"] is None
+    assert _events(run_dir) == _events(full_run)
+    assert [r["round"] for r in _read(run_dir / "metrics.json")["rounds"]] == [1, 2, 3]
+
+    # asked for a 4th round the sites never planned: they refuse, nothing is charged, and the
+    # server ends the run cleanly once too few sites have budget left
+    _federate(tiny_workspace, run_dir, compare, "federation.resume=true", "federation.rounds=4")
+    extended = _read(run_dir / "result.json")
+    assert extended["rounds_completed"] == 3
+    assert "budget" in extended["ended_early"]
+    assert _events(run_dir) == _events(full_run)
+    for site in _read(run_dir / "ledger.json")["sites"].values():
+        assert site["epsilon"] <= site["budget"] and site["excluded"]

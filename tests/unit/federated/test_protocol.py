@@ -1,0 +1,126 @@
+"""The reply allow-list: only trainable weights, named metrics, ledger events and checked
+synthetic patches leave a site; never an exact dataset size unless opted in."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.federated import protocol as p
+from common.federated.protocol import ReplySchemaError
+from common.fl_records import (
+    parse_synthetic_reply,
+    parse_train_reply,
+    status_content,
+    synthetic_reply_content,
+    train_reply_content,
+)
+
+EXPECTED = {"head.weight": (2, 4), "head.bias": (2,)}
+EVENT = {
+    "noise_multiplier": 1.1,
+    "sample_rate": 0.2,
+    "steps": 10,
+    "kind": "dp-sgd",
+    "round": 1,
+    "status": "settled",
+    "label": "",
+}
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    return {k: np.zeros(s, np.float32) for k, s in EXPECTED.items()}
+
+
+def _reply(arrays: dict[str, np.ndarray], weight: float = 1.0, weighting: str = "equal"):  # type: ignore[no-untyped-def]
+    return train_reply_content(
+        arrays, EXPECTED, weight=weight, epsilon=2.0, event=EVENT, weighting=weighting
+    )
+
+
+def test_a_valid_train_reply_round_trips() -> None:
+    arrays, metrics, event = parse_train_reply(_reply(_arrays()), EXPECTED, "equal")
+    assert sorted(arrays) == sorted(EXPECTED) and metrics[p.WEIGHT] == 1.0
+    assert event["round"] == 1 and event["kind"] == "dp-sgd"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: {**a, "backbone.stem.weight": np.zeros(3, np.float32)},  # a frozen weight
+        lambda a: {**a, "head.bias": np.zeros(2, np.float64)},  # another dtype
+        lambda a: {**a, "head.bias": np.zeros(3, np.float32)},  # another shape
+        lambda a: {**a, "head.bias": np.array([np.nan, 0], np.float32)},  # not finite
+        lambda a: {"head.weight": a["head.weight"]},  # a key missing
+    ],
+)
+def test_trainable_arrays_outside_the_allow_list_are_refused(change) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ReplySchemaError):
+        _reply(change(_arrays()))
+
+
+def test_no_exact_count_under_equal_weighting() -> None:
+    with pytest.raises(ReplySchemaError, match=r"aggregation-weight must be 1\.0"):
+        _reply(_arrays(), weight=73.0)
+    parse_train_reply(_reply(_arrays(), 73.0, "examples"), EXPECTED, "examples")  # opt-in
+
+
+def test_extra_metrics_are_refused() -> None:
+    with pytest.raises(ReplySchemaError, match="not allowed"):
+        p.check_train_metrics({p.WEIGHT: 1.0, "epsilon": 1.0, "num-examples": 73}, "equal")
+
+
+def test_synthetic_patches_must_be_checked_uint8_and_labelled() -> None:
+    pixels = np.zeros((5, 8, 8), np.uint8)
+    labels = np.array([1, 0, 1, 0, 1], np.int64)
+    provenance = {
+        "generator": "mcgan",
+        "dp": False,
+        "epsilon": None,
+        "delta": None,
+        "formal_guarantee": False,
+        "note": "no DP",
+        "memorisation_checked": True,
+        "image_size": 8,
+    }
+    content = synthetic_reply_content(pixels, labels, provenance, requested=5)
+    got, got_labels, got_provenance = parse_synthetic_reply(content, 5, 8)
+    assert got.shape == (5, 8, 8) and got_provenance == provenance
+    assert got_labels.tolist() == labels.tolist()
+    with pytest.raises(ReplySchemaError, match="checked"):
+        synthetic_reply_content(pixels, labels, {**provenance, "memorisation_checked": False}, 5)
+    with pytest.raises(ReplySchemaError, match="requested"):
+        synthetic_reply_content(pixels, labels, provenance, requested=4)
+    with pytest.raises(ReplySchemaError, match="dtype"):
+        synthetic_reply_content(pixels.astype(np.float32), labels, provenance, 5)
+    with pytest.raises(ReplySchemaError, match="not allowed"):
+        synthetic_reply_content(pixels, labels, {**provenance, "checkpoint_sha256": "ab"}, 5)
+
+
+def test_status_carries_no_private_fields() -> None:
+    status = {
+        "site": "a",
+        "budget": 6.0,
+        "delta": 1e-4,
+        "unit": "patch",
+        "accountant": "rdp",
+        "ledger": {
+            "schema_version": 1,
+            "delta": 1e-4,
+            "accountant": "rdp",
+            "unit": "patch",
+            "events": [],
+            "non_dp_uses": [],
+        },
+        "epsilon": 0.0,
+        "epsilon_dp_sgd": 0.0,
+        "gan_epsilon": None,
+        "synthetic_guarantee": "not generated",
+        "plan": None,
+    }
+    assert json.loads(str(status_content(status)["config"][p.STATUS_JSON]))["site"] == "a"
+    for private in ("dataset_size", "data_dir", "manifest_sha256"):
+        with pytest.raises(ReplySchemaError):
+            status_content({**status, private: 1})

@@ -1,0 +1,92 @@
+"""The site runtime on a real (tiny) phantom site: only training patients, budget refusals that
+charge nothing, delta against N, a status with nothing private in it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.data.splits import read_prepared_split
+from common.errors import PrivacyError
+from common.federated import protocol as p
+from common.federated.model import initial_model
+from common.privacy.ledger import PrivacyBudgetExceeded
+from common.site.facts import simulated_site
+from common.site.runtime import SiteRuntime
+from common.training.engine import trainable_state
+from tests.conftest import tiny_federated_config
+
+
+def _runtime(workspace: Path, run: Path, *overrides: str) -> SiteRuntime:
+    config = tiny_federated_config(workspace, f"run_dir={run}", *overrides)
+    return SiteRuntime(simulated_site(config, 0), config)
+
+
+def _start(runtime: SiteRuntime) -> tuple[dict[str, np.ndarray], str]:
+    runtime.initialize()
+    model = initial_model(runtime.config, runtime.device)
+    sha = runtime.set_base_model({k: v.numpy() for k, v in model.state_dict().items()})
+    return {k: v.numpy() for k, v in trainable_state(model).items()}, sha
+
+
+def test_site_trains_only_on_its_training_patients(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path)
+    runtime.initialize()
+    data = runtime._data()
+    test_patients = set(read_prepared_split(runtime.facts.data_dir, "test").patients)
+    used = set(data.train.patch_set.patients) | set(data.validation.patch_set.patients)
+    assert test_patients and not used & test_patients
+    assert not set(data.train.patch_set.patients) & set(data.validation.patch_set.patients)
+    assert {r.site for r in data.train.patch_set.records} == {runtime.facts.name}
+
+
+def test_round_beyond_the_cap_is_refused_and_not_charged(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    for round_number in (1, 2, 3):  # the planned rounds fit exactly
+        result = runtime.train_round(round_number, trainable, sha)
+        trainable = result.trainable
+        assert result.epsilon <= runtime.budget
+        assert set(result.event) >= p.EVENT_KEYS and result.weight == 1.0
+    ledger_file = runtime.facts.state_dir / "ledger.json"
+    before = ledger_file.read_bytes()
+    with pytest.raises(PrivacyBudgetExceeded):
+        runtime.train_round(4, trainable, sha)
+    assert ledger_file.read_bytes() == before
+
+
+def test_site_cap_below_the_run_budget_governs(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path, "sites.0.epsilon_cap=2")
+    trainable, sha = _start(runtime)
+    assert runtime.budget == 2.0 and runtime.plan().budget == 2.0
+    result = runtime.train_round(1, trainable, sha)
+    assert result.epsilon < 2.0
+
+
+def test_delta_not_below_one_over_n_is_refused(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path, "privacy.delta=0.5")
+    trainable, sha = _start(runtime)
+    with pytest.raises(PrivacyError, match="1/N"):
+        runtime.train_round(1, trainable, sha)
+
+
+def test_exact_count_only_when_the_site_opted_in(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    with pytest.raises(PrivacyError, match="opt in"):
+        runtime.train_round(1, trainable, sha, weighting="examples")
+
+
+def test_status_reveals_nothing_private(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path)
+    status = runtime.initialize()
+    p.check_status(status)
+    text = json.dumps(status)
+    assert str(runtime.facts.data_dir) not in text and str(tmp_path) not in text
+    n = len(runtime._data().train.patch_set)
+    assert f'"{n}"' not in text and f": {n}," not in text
