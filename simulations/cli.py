@@ -26,8 +26,9 @@ commands:
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
   phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0]: TCIA-like phantom sites
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
-  federate  [experiment=federated/phantom] [fresh=true] [verbose=true] <overrides>: the federated
-            simulation (phantom sites, MCGANs, SynPre, DP rounds) and its comparison arms
+  federate  [experiment=federated/phantom] [fresh=true] [verbose=true] [prepare_only=true]
+            <overrides>: the federated simulation (phantom sites, MCGANs, SynPre, DP rounds)
+            and its comparison arms; prepare_only writes the sites' archives and stops
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
 
@@ -199,10 +200,13 @@ def cmd_demo(args: Sequence[str]) -> int:
 def cmd_federate(args: Sequence[str]) -> int:
     from simulations.federate import run_federate
 
-    options, rest = split_options(args, ("fresh", "verbose"))
+    options, rest = split_options(args, ("fresh", "verbose", "prepare_only"))
     flags = {k: v.lower() in ("1", "true", "yes") for k, v in options.items()}
     result = run_federate(
-        rest, fresh=flags.get("fresh", False), verbose=flags.get("verbose", False)
+        rest,
+        fresh=flags.get("fresh", False),
+        verbose=flags.get("verbose", False),
+        prepare_only=flags.get("prepare_only", False),
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -86,7 +86,7 @@ def check_fresh(config: FederatedRunConfig, fresh: bool) -> None:
 
 
 def run_federate(
-    overrides: list[str], fresh: bool = False, verbose: bool = False
+    overrides: list[str], fresh: bool = False, verbose: bool = False, prepare_only: bool = False
 ) -> dict[str, Any]:
     started = time.time()
     config = compose_federated_config(overrides)
@@ -94,6 +94,8 @@ def run_federate(
         raise ConfigError("the preset has no site table (sites:); simulations need one")
     check_fresh(config, fresh)
     prepare_workspace(config)
+    if prepare_only:  # e.g. before `flwr run .`, which has no launcher to write them
+        return {"out_dir": str(config.out_dir), "prepared": True}
     timings = {"workspace": time.time() - started}
     run_flower(config, overrides, verbose)
     timings["main"] = time.time() - started - sum(timings.values())
