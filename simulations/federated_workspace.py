@@ -26,6 +26,7 @@ class DownloadJob:
     long_side: int
     seed: int
     ambiguity: float
+    conspicuity: float
     split: str
     prepared: Path | None = None  # central test: prepared here too (it belongs to no site)
 
@@ -40,6 +41,7 @@ def _write(job: DownloadJob) -> None:
             seed=job.seed,
             ambiguity=job.ambiguity,
             split=job.split,
+            conspicuity=job.conspicuity,
         )
     if job.prepared is not None and not (job.prepared / "split.csv").is_file():
         options = PrepareOptions("cbis-ddsm", job.root, job.prepared, site=CENTRAL_TEST)
@@ -55,27 +57,29 @@ def prepare_workspace(config: FederatedRunConfig, workers: int = 2) -> None:
     styles = sorted({s.phantom_style for s in config.sites if s.phantom_style})
     jobs = [
         DownloadJob(
-            out / "raw" / site.name,
-            site.phantom_style,
-            phantom.patients,
-            phantom.long_side,
-            phantom.seed + 10 * index,
-            phantom.ambiguity,
-            "train",
-        )  # two sites of one style still get different patients
+            root=out / "raw" / site.name,
+            style=site.phantom_style,
+            patients=phantom.patients,
+            long_side=phantom.long_side,
+            seed=phantom.seed + 10 * index,  # two sites of one style: different patients
+            ambiguity=phantom.ambiguity,
+            conspicuity=phantom.conspicuity,
+            split="train",
+        )
         for index, site in enumerate(config.sites)
         if site.phantom_style
     ]
     jobs += [
         DownloadJob(
-            out / "raw" / CENTRAL_TEST / style,
-            style,
-            phantom.test_patients,
-            phantom.long_side,
-            phantom.seed + 7,
-            phantom.ambiguity,
-            "test",
-            out / CENTRAL_TEST / style,
+            root=out / "raw" / CENTRAL_TEST / style,
+            style=style,
+            patients=phantom.test_patients,
+            long_side=phantom.long_side,
+            seed=phantom.seed + 7,
+            ambiguity=phantom.ambiguity,
+            conspicuity=phantom.conspicuity,
+            split="test",
+            prepared=out / CENTRAL_TEST / style,
         )
         for style in styles
     ]

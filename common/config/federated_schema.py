@@ -62,6 +62,7 @@ class PhantomDataConfig:
     test_patients: int = 20
     long_side: int = 800
     ambiguity: float = 0.1
+    conspicuity: float = 1.0
     seed: int = 0
 
 

@@ -50,26 +50,39 @@ class Mass:
     mask: np.ndarray  # [S, S] uint8, the outline a radiologist would draw (body only)
 
 
-def _radial_profile(rng: np.random.Generator, malignant: bool, count: int = 360) -> np.ndarray:
+def _radial_profile(
+    rng: np.random.Generator, malignant: bool, count: int = 360, conspicuity: float = 1.0
+) -> np.ndarray:
     angles = np.linspace(0, 2 * np.pi, count, endpoint=False)
     radius = np.ones(count)
     orders = range(2, 12) if malignant else range(2, 4)
+    lobes = conspicuity if malignant else 1.0
     for k in orders:
         amplitude = rng.uniform(0.04, 0.12) if malignant else rng.uniform(0.0, 0.12)
-        radius += amplitude * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
+        radius += lobes * amplitude * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
     if malignant:  # bumps
         for _ in range(rng.integers(3, 7)):
             centre = rng.uniform(0, 2 * np.pi)
-            radius += rng.uniform(0.08, 0.2) * np.exp(
-                -(((angles - centre + np.pi) % (2 * np.pi) - np.pi) ** 2) / 0.02
+            radius += (
+                lobes
+                * rng.uniform(0.08, 0.2)
+                * np.exp(-(((angles - centre + np.pi) % (2 * np.pi) - np.pi) ** 2) / 0.02)
             )
     return radius
 
 
-def make_mass(rng: np.random.Generator, malignant: bool, radius: float, contrast: float) -> Mass:
+def make_mass(
+    rng: np.random.Generator,
+    malignant: bool,
+    radius: float,
+    contrast: float,
+    conspicuity: float = 1.0,
+) -> Mass:
+    """`conspicuity` scales what marks a malignant mass (lobulation, spicule width), e.g. so
+    that it survives downsampling to a 32 px patch; 1.0 is the default phantom."""
     size = int(radius * 5)
     centre = size / 2
-    profile = _radial_profile(rng, malignant)
+    profile = _radial_profile(rng, malignant, conspicuity=conspicuity)
     profile /= np.sqrt((profile**2).mean())  # same area (pi r^2) whatever the shape
     angles = np.linspace(0, 2 * np.pi, len(profile), endpoint=False)
     points = np.stack(
@@ -90,6 +103,7 @@ def make_mass(rng: np.random.Generator, malignant: bool, radius: float, contrast
                 radius,
                 rng,
                 depth=2,
+                width=conspicuity,
             )
         # ill-defined margin and spicules outside the outline
         body = np.maximum(
@@ -108,10 +122,11 @@ def _spicule(
     radius: float,
     rng: np.random.Generator,
     depth: int,
+    width: float = 1.0,
 ) -> None:
     start = np.array(centre) + 0.8 * radius * np.array([np.cos(angle), np.sin(angle)])
     end = np.array(centre) + length * np.array([np.cos(angle), np.sin(angle)])
-    thickness = max(1, int(radius * 0.05))
+    thickness = max(1, int(radius * 0.05 * width))
     cv2.line(
         canvas, tuple(np.round(start).astype(int)), tuple(np.round(end).astype(int)), 1.0, thickness
     )
@@ -126,4 +141,5 @@ def _spicule(
             radius,
             rng,
             depth - 1,
+            width,
         )

@@ -138,6 +138,7 @@ def write_site(
     ambiguity: float = 0.0,
     split: str = "train",
     first_patient: int = 1,
+    conspicuity: float = 1.0,
 ) -> int:
     """One site's download; returns the number of CSV rows (lesion views).
 
@@ -164,7 +165,7 @@ def write_site(
         contrast = rng.uniform(0.12, 0.3)
         density = rng.uniform(0.3, 0.7)
         for view in ("CC", "MLO"):
-            mass = make_mass(rng, looks_malignant, radius, contrast)
+            mass = make_mass(rng, looks_malignant, radius, contrast, conspicuity)
             tissue = parenchyma(height, width, rng, density)
             outline = breast_outline(height, width, view, rng)
             size = mass.body.shape[0]
@@ -280,6 +281,7 @@ def write_phantom_site(
     seed: int = 0,
     ambiguity: float = 0.0,
     split: str = "train",
+    conspicuity: float = 1.0,
 ) -> int:
     """One site's download in the named acquisition style, seeded as `write_phantom_sites` seeds
     that style (so the same style and seed give the same site either way)."""
@@ -296,4 +298,5 @@ def write_phantom_site(
         ambiguity=ambiguity,
         split=split,
         first_patient=1 if split == "train" else 100001,
+        conspicuity=conspicuity,
     )

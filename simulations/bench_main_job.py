@@ -1,0 +1,64 @@
+"""The README's first command, timed: wall time and peak memory of the whole process tree
+(launcher, Ray, the simulated ClientApps), machine named.
+
+    .venv/bin/python -m simulations.bench_main_job [out_dir=runs/bench_main_job] [<overrides>]
+
+Runs `mammofl federate` in a fresh out_dir as a subprocess and samples the resident memory of
+it and all its children every 0.5 s (psutil).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+
+def tree_rss(process: psutil.Process) -> tuple[int, int]:
+    """(total, largest single process) resident bytes of a process and its descendants."""
+    sizes = []
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            sizes.append(p.memory_info().rss)
+        except psutil.Error:
+            continue
+    return sum(sizes), max(sizes, default=0)
+
+
+def main(args: list[str]) -> int:
+    options = dict(a.split("=", 1) for a in args if a.startswith("out_dir="))
+    out = Path(options.get("out_dir", "runs/bench_main_job"))
+    rest = [a for a in args if not a.startswith("out_dir=")]
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "simulations.cli", "federate", f"out_dir={out}", *rest]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = psutil.Process(child.pid)
+    peak_total = peak_single = 0
+    while child.poll() is None:
+        total, single = tree_rss(process)
+        peak_total, peak_single = max(peak_total, total), max(peak_single, single)
+        time.sleep(0.5)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        print(child.stderr.read() if child.stderr else "", file=sys.stderr)
+        return child.returncode
+    cpus = os.cpu_count()
+    print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, no GPU used")
+    print(f"command: mammofl federate out_dir={out} {' '.join(rest)}")
+    print(f"wall time: {seconds:.0f} s ({seconds / 60:.1f} min)")
+    print(f"peak resident memory, whole process tree: {peak_total / 2**30:.2f} GiB")
+    print(f"peak resident memory, largest single process: {peak_single / 2**30:.2f} GiB")
+    summary = out / "summary.md"
+    print(summary.read_text() if summary.is_file() else "(no summary.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
