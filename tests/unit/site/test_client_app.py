@@ -1,0 +1,104 @@
+"""The real ClientApp, called in-process with Flower messages: replies that pass the
+allow-list, and refusals that are error replies (never a crash), with no private path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client.app import app
+from common.federated import protocol as p
+from common.federated.model import initial_model
+from common.federated.run_config import SPEC_ENV, write_spec
+from common.fl_records import (
+    parse_status,
+    parse_synthetic_reply,
+    parse_train_reply,
+    to_array_record,
+)
+from common.training.engine import state_fingerprint, trainable_state
+from common.training.settings import resolve_device
+from tests.conftest import tiny_federated_config
+
+
+@pytest.fixture
+def site(tiny_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # what a SuperNode sets before it runs a ClientApp (as Flower's own simulation does)
+    for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 7)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+    overrides = ["experiment=federated/tiny", f"out_dir={tiny_workspace}", f"run_dir={tmp_path}"]
+    monkeypatch.setenv(SPEC_ENV, str(write_spec(tmp_path / "spec.json", overrides)))
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+    return context, tiny_federated_config(tiny_workspace, f"run_dir={tmp_path}")
+
+
+def _ask(context: Context, message_type: str, content: RecordDict) -> Message:
+    return app(Message(content=content, dst_node_id=7, message_type=message_type), context)
+
+
+def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-untyped-def]
+    context, config = site
+    status = parse_status(_ask(context, p.STATUS, RecordDict()).content)
+    assert status["site"] == "site-a" and status["ledger"]["events"] == []
+    count = config.gan.per_site
+    reply = _ask(context, p.SYNTHESIZE, RecordDict({p.CONFIG: ConfigRecord({p.COUNT: count})}))
+    pixels, labels, provenance = parse_synthetic_reply(reply.content, count, 32)
+    assert provenance["memorisation_checked"] and not provenance["formal_guarantee"]
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    expected = {k: v.shape for k, v in trainable.items()}
+    for round_number in (1, 2, 3, 4):
+        train = RecordDict(
+            {
+                p.ARRAYS: to_array_record(trainable),
+                p.CONFIG: ConfigRecord(
+                    {
+                        p.ROUND: round_number,
+                        p.BASE_SHA: state_fingerprint(base),
+                        p.WEIGHTING: "equal",
+                    }
+                ),
+            }
+        )
+        reply = _ask(context, p.TRAIN, train)
+        if round_number <= 3:
+            arrays, metrics, event = parse_train_reply(reply.content, expected, "equal")
+            assert metrics[p.WEIGHT] == 1.0 and event["round"] == round_number
+        else:  # beyond the site's plan: an error reply, not a crash, and nothing charged
+            assert reply.has_error() and reply.error.code == p.ErrorCode.BUDGET_EXCEEDED
+            assert "nothing charged" in reply.error.reason
+    events = parse_status(_ask(context, p.STATUS, RecordDict()).content)["ledger"]["events"]
+    assert [e["round"] for e in events] == [1, 2, 3]
+
+
+def test_errors_never_carry_private_paths(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    context, _ = site
+    _ask(context, p.STATUS, RecordDict())
+    bad = RecordDict(
+        {
+            p.ARRAYS: to_array_record({"head.weight": np.zeros((2, 3), np.float32)}),
+            p.CONFIG: ConfigRecord({p.ROUND: 1, p.BASE_SHA: "0" * 64}),
+        }
+    )
+    reply = _ask(context, p.TRAIN, bad)  # no base model was ever sent
+    assert reply.has_error() and reply.error.code == p.ErrorCode.CONFIG
+    assert (
+        str(tmp_path) not in reply.error.reason
+        and "site.log" in reply.error.reason
+        or ("see the site's log" in reply.error.reason)
+    )
+    log = (tmp_path / "sites" / "site-a" / "state" / "site.log").read_text()
+    assert "base model" in log  # the full message stays at the site
