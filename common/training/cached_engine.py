@@ -7,8 +7,6 @@ gradient tensors, so 300 epochs take seconds on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import torch
 from torch import nn
@@ -23,13 +21,13 @@ from common.privacy.dp_sgd import (
     poisson_indices,
 )
 from common.privacy.randomness import private_generator
-from common.training.engine import load_trainable, trainable_state
+from common.training.engine import TrainableParameters
 from common.training.features import cached_features
 from common.training.head_gradients import clipped_gradient_sum
 from common.training.settings import EngineSettings
 
 
-class CachedEngine:
+class CachedEngine(TrainableParameters):
     def __init__(
         self,
         model: Classifier,
@@ -155,15 +153,6 @@ class CachedEngine:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self.model)
-
-    def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_trainable(self.model, state)
-
-    def mechanism_steps(self) -> int | None:
-        return self.mechanism.invocations if self.mechanism is not None else None
 
     def close(self) -> None:
         """Free the cached features (the frozen backbone was never changed)."""

@@ -9,7 +9,7 @@ in `model.named_parameters()` (e.g. `head.0.weight`), and nothing else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -42,6 +42,23 @@ class TrainingEngine(Protocol):
 
     def close(self) -> None:
         """Release hooks and caches; the model can get a new engine afterwards."""
+
+
+class TrainableParameters:
+    """The engine protocol's model-facing part, shared by both engines (needs `self.model` and
+    `self.mechanism`)."""
+
+    model: nn.Module
+    mechanism: Any
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.model)
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_trainable(self.model, state)
+
+    def mechanism_steps(self) -> int | None:
+        return self.mechanism.invocations if self.mechanism is not None else None
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

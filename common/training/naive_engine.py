@@ -9,7 +9,7 @@ a new engine every federated round.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from common.privacy.dp_sgd import (
     poisson_indices,
 )
 from common.privacy.randomness import private_generator
-from common.training.engine import load_trainable, trainable_state
+from common.training.engine import TrainableParameters
 from common.training.settings import EngineSettings
 
 WINDOW_ATTENTION_TYPES = ("WindowAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2")
@@ -56,7 +56,7 @@ def check_per_image_gradients(model: Classifier) -> None:
             )
 
 
-class NaiveEngine:
+class NaiveEngine(TrainableParameters):
     def __init__(
         self,
         model: Classifier,
@@ -221,15 +221,6 @@ class NaiveEngine:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self.model)
-
-    def load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_trainable(self.model, state)
-
-    def mechanism_steps(self) -> int | None:
-        return self.mechanism.invocations if self.mechanism is not None else None
 
     def close(self) -> None:
         module: Any = self.module

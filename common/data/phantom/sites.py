@@ -258,17 +258,16 @@ def write_phantom_sites(
     if patients < 2 or long_side < 256:
         raise ConfigError("phantom: patients >= 2 and long_side >= 256")
     return {
-        style.name: write_site(
+        style.name: write_phantom_site(
             out_dir / style.name,
-            style,
+            style.name,
             patients=patients,
             long_side=long_side,
-            seed=seed + 1000 * k,
+            seed=seed,
             ambiguity=ambiguity,
             split=split,
-            first_patient=1 if split == "train" else 100001,
         )
-        for k, style in enumerate(STYLES[:sites])
+        for style in STYLES[:sites]
     }
 
 

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from common.config.compose import compose_config, config_dir, experiment_names
+from common.config.compose import (
+    compose_config,
+    compose_federated_config,
+    config_dir,
+    experiment_names,
+)
+from common.config.federated_schema import FederatedRunConfig
 from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 
@@ -15,7 +21,31 @@ def test_all_18_table1_presets_exist() -> None:
     assert sorted(n for n in experiment_names() if n.startswith("table1/")) == sorted(TABLE1)
 
 
-@pytest.mark.parametrize("name", experiment_names())
+SINGLE_NODE = [n for n in experiment_names() if not n.startswith("federated/")]
+FEDERATED = [n for n in experiment_names() if n.startswith("federated/")]
+
+
+def test_the_three_federated_presets_exist() -> None:
+    assert FEDERATED == ["federated/paper_sites", "federated/phantom", "federated/tiny"]
+
+
+@pytest.mark.parametrize("name", FEDERATED)
+def test_federated_preset_composes_and_overrides_base(name: str) -> None:
+    config = compose_federated_config([f"experiment={name}"])
+    assert isinstance(config, FederatedRunConfig) and config.name == name.replace("/", "_")
+    assert config.privacy.enabled and config.privacy.target_epsilon == 6
+    assert config.sites and config.tests
+    header = (config_dir() / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_" and header[1].startswith("#")
+
+
+def test_federated_default_is_phantom_and_a_typo_is_refused() -> None:
+    assert compose_federated_config([]).name == "federated_phantom"
+    with pytest.raises(ConfigError, match="federated/phantm"):
+        compose_federated_config(["experiment=federated/phantm"])
+
+
+@pytest.mark.parametrize("name", SINGLE_NODE)
 def test_preset_composes_and_overrides_base(name: str) -> None:
     base = compose_config([])
     config = compose_config([f"experiment={name}"])
