@@ -113,7 +113,7 @@ class MirroredLedgers:
         """`ledger.json`'s `sites`: budget, delta, unit, events, epsilon after every round,
         the synthetic data's guarantee and the GAN's epsilon."""
         sites = {}
-        for name, mirror in self.sites.items():
+        for name, mirror in sorted(self.sites.items()):
             gan = [e for e in mirror.events if e["kind"] == "dp-gan"]
             sites[name] = {
                 "budget": mirror.budget,

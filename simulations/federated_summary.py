@@ -8,10 +8,7 @@ from typing import Any
 
 from common.config.federated_schema import FederatedRunConfig
 
-ARM_NAMES = {
-    "main": "federated: SynPre + DP rounds",
-    "no_synpre": "federated: DP rounds, no SynPre",
-}
+ARM_NAMES = {"no_synpre": "federated: DP rounds, no SynPre"}
 
 
 def _arm_figures(path: Path) -> tuple[dict[str, Any], list[float]]:
@@ -40,6 +37,8 @@ def comparison_table(
     for arm, path in arms.items():
         final, spent = _arm_figures(path)
         name = ARM_NAMES.get(arm, arm.replace("alone_", "") + " alone: DP rounds")
+        if arm == "main":
+            name = "federated: " + ("SynPre + DP rounds" if config.synpre.enabled else "DP rounds")
         cells = []
         for test in tests:
             auroc = final[test]["auroc"]

@@ -42,6 +42,10 @@ from common.training.settings import (
 )
 
 log = logging.getLogger(__name__)
+LOCAL_EVALUATION = (
+    "AUROC/AUPRC of the site's validation patients sent to the server each round: not covered "
+    "by DP (as the paper's selection set)"
+)
 
 
 @dataclass
@@ -114,7 +118,7 @@ class SiteRuntime:
         synthetic = "not generated"
         if gan:
             synthetic = "formal (DP-MCGAN)"
-        elif ledger.non_dp_uses:
+        elif any(use["kind"] == "mcgan" for use in ledger.non_dp_uses):
             synthetic = "no formal guarantee (MCGAN without DP)"
         return {
             "site": self.facts.name,
@@ -266,6 +270,9 @@ class SiteRuntime:
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
         validation = self._data().validation
+        ledger = self._ledger()
+        ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION)
+        self._persist(ledger)
         scores = predict_probabilities(
             model,
             validation,
