@@ -132,6 +132,7 @@ def run_comparison_arms(
             target = root / f"alone_{entry.name}"
             shutil.rmtree(target, ignore_errors=True)
             log.info("arm %s alone: DP rounds on its own data", entry.name)
-            run_site_alone(config, entry, target)
+            main_state = config.run_path / "sites" / entry.name / "state"
+            run_site_alone(config, entry, target, main_state)
             arms[f"alone_{entry.name}"] = target
     return arms

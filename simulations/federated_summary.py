@@ -36,7 +36,12 @@ def comparison_table(
     ]
     for arm, path in arms.items():
         final, spent = _arm_figures(path)
-        name = ARM_NAMES.get(arm, arm.replace("alone_", "") + " alone: DP rounds")
+        own = (
+            "own SynPre + DP rounds"
+            if config.synpre.enabled and config.gan.enabled
+            else "DP rounds"
+        )
+        name = ARM_NAMES.get(arm, f"{arm.replace('alone_', '')} alone: {own}")
         if arm == "main":
             name = "federated: " + ("SynPre + DP rounds" if config.synpre.enabled else "DP rounds")
         cells = []
