@@ -24,7 +24,8 @@ commands:
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
-  phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0]: TCIA-like phantom sites
+  phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0 ambiguity=0 conspicuity=1
+            split=train|test]: TCIA-like phantom sites
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   federate  [experiment=federated/phantom] [fresh=true] [verbose=true] [prepare_only=true]
             <overrides>: the federated simulation (phantom sites, MCGANs, SynPre, DP rounds)
@@ -179,10 +180,17 @@ def cmd_prepare(args: Sequence[str]) -> int:
 def cmd_phantom(args: Sequence[str]) -> int:
     from common.data.phantom.sites import write_phantom_sites
 
+    extra, rest = split_options(args, ("ambiguity", "conspicuity", "split"))
     out_dir, numbers = out_dir_and_integers(
-        "phantom", args, ("sites", "patients", "long_side", "seed")
+        "phantom", rest, ("sites", "patients", "long_side", "seed")
     )
-    rows = write_phantom_sites(out_dir, **numbers)
+    try:
+        shape = {k: float(extra[k]) for k in ("ambiguity", "conspicuity") if k in extra}
+    except ValueError as error:
+        raise ConfigError(
+            f"mammofl phantom: {error}; ambiguity and conspicuity are numbers"
+        ) from error
+    rows = write_phantom_sites(out_dir, **numbers, **shape, split=extra.get("split", "train"))
     print(json.dumps({"out_dir": str(out_dir), "lesion_views_per_site": rows}, indent=2))
     return 0
 

@@ -47,3 +47,30 @@ def test_phantom_is_deterministic(tmp_path: Path) -> None:
     assert all(
         (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a
     )
+
+
+def test_test_download_and_shape_knobs(tmp_path: Path) -> None:
+    """A test download (Mass-Test folders, test CSV, patients from P_100001) ingests as well;
+    ambiguity and conspicuity change the images, not the layout."""
+    plain = write_phantom_sites(tmp_path / "a", sites=1, patients=4, long_side=400, split="test")
+    knobs = write_phantom_sites(
+        tmp_path / "b",
+        sites=1,
+        patients=4,
+        long_side=400,
+        split="test",
+        ambiguity=0.3,
+        conspicuity=2.5,
+    )
+    assert plain == knobs == {"site-a": 8}
+    csv_text = (tmp_path / "a" / "site-a" / "mass_case_description_test_set.csv").read_text()
+    assert "Mass-Test_P_100001" in csv_text and "Mass-Training" not in csv_text
+    out = tmp_path / "patches"
+    assert (
+        main(["prepare", "source=cbis-ddsm", f"root={tmp_path / 'b' / 'site-a'}", f"out_dir={out}"])
+        == 0
+    )
+    assert json.loads((out / "report.json").read_text())["counts"]["all"]["total"] == 8
+    a = sorted((tmp_path / "a").rglob("1-1.dcm"))[0].read_bytes()
+    b = sorted((tmp_path / "b").rglob("1-1.dcm"))[0].read_bytes()
+    assert a != b

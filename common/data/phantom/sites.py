@@ -249,6 +249,7 @@ def write_phantom_sites(
     seed: int = 0,
     ambiguity: float = 0.0,
     split: str = "train",
+    conspicuity: float = 1.0,
 ) -> dict[str, int]:
     """`sites` downloads in `out_dir/<site-name>` (one acquisition style each); returns the
     number of lesion views per site. Test downloads (`split="test"`) number their patients from
@@ -266,6 +267,7 @@ def write_phantom_sites(
             seed=seed,
             ambiguity=ambiguity,
             split=split,
+            conspicuity=conspicuity,
         )
         for style in STYLES[:sites]
     }
