@@ -3,7 +3,7 @@ state, mirrored ledgers, metric history. `federation.resume=true` continues from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ class ServerState:
     history: dict[str, Any]  # metrics.json content so far
     overrides: list[str]  # the config it was run with
     ended: str = ""  # why the run ended early ("" while rounds remain)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_path(run_dir: Path) -> Path:

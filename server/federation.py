@@ -35,7 +35,7 @@ from common.models.classifier import Classifier
 from common.training.engine import load_trainable, state_fingerprint, trainable_state
 from common.training.settings import resolve_device
 from server.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from server.ledgers import MirroredLedgers
+from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
 from server.outputs import write_outputs
 from server.pretrain import pool_synthetic, pretrain
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
@@ -84,14 +84,27 @@ class Federation:
             return True
         return False
 
-    def query_status(self, nodes: list[int]) -> None:
+    def query_status(self, nodes: list[int]) -> list[dict[str, Any]]:
+        """Every site's status; a site that cannot start is left out (the run goes on while
+        `federation.min_sites` remain). Two nodes claiming one site name stop the run."""
+        statuses = []
         for reply in self.ask(nodes, p.STATUS, RecordDict()):
             if self._failed(reply, "status"):
-                raise ConfigError(f"a site could not start: {reply.error.reason}")
+                continue
             status = parse_status(reply.content)
-            self.sites[reply.metadata.src_node_id] = status["site"]
+            node, name = reply.metadata.src_node_id, status["site"]
+            if name in {s for n, s in self.sites.items() if n != node}:
+                raise ConfigError(f"two SuperNodes both claim to be site {name!r}")
+            self.sites[node] = name
             self.mirror.adopt_status(status)
-        log.info("sites: %s", ", ".join(sorted(self.sites.values())))
+            statuses.append(status)
+        if len(statuses) < self.config.federation.min_sites:
+            raise ConfigError(
+                f"{len(statuses)} sites could start < federation.min_sites="
+                f"{self.config.federation.min_sites} (the sites' logs say why)"
+            )
+        log.info("sites: %s", ", ".join(sorted(s["site"] for s in statuses)))
+        return statuses
 
     # ---- phase 1 -------------------------------------------------------------------------
     def synthetic_pretraining(self, model: Classifier, nodes: list[int]) -> dict[str, Any]:
@@ -117,10 +130,9 @@ class Federation:
     def broadcast(self, nodes: list[int], base_state: dict[str, torch.Tensor], sha: str) -> None:
         content = RecordDict({p.ARRAYS: to_array_record(_numpy(base_state))})
         for reply in self.ask(nodes, p.BASE_MODEL, content):
-            if self._failed(reply, "base model"):
-                self.mirror.exclude(self.site_of(reply), "could not load the base model")
-            elif str(reply.content.config_records[p.CONFIG][p.BASE_SHA]) != sha:
-                self.mirror.exclude(self.site_of(reply), "holds another base model")
+            failed = self._failed(reply, "base model")
+            if failed or str(reply.content.config_records[p.CONFIG][p.BASE_SHA]) != sha:
+                self.mirror.exclude(self.site_of(reply), BASE_MODEL_MISSING)
 
     # ---- phase 2 -------------------------------------------------------------------------
     def train_round(
@@ -183,7 +195,8 @@ class Federation:
     def run(self) -> dict[str, Any]:
         config = self.config
         nodes = self.wait_for_nodes()
-        self.query_status(nodes)
+        statuses = self.query_status(nodes)
+        nodes = [n for n in nodes if n in self.sites]
         model = initial_model(self.config, self.device)
         evaluator = CentralEvaluator(
             config.tests,
@@ -194,9 +207,12 @@ class Federation:
         )
         if config.federation.resume:
             state = load_checkpoint(self.run_dir, self.overrides)
-            self.mirror_resume(state)
+            self.mirror = MirroredLedgers.from_state_dict(state.ledgers)
+            for status in statuses:  # each site's own ledger, as it reports it now
+                self.mirror.adopt_status(status)
             load_strategy_state(self.strategy, state.strategy)
             model.load_state_dict(state.base_state)
+            load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
             log.info("resumed after round %d", state.round)
         else:
             state = self.start(model, nodes, evaluator)
@@ -206,29 +222,13 @@ class Federation:
             if config.federation.stop_after_round == state.round:
                 log.info("stopped after round %d (federation.stop_after_round)", state.round)
                 break
+        # the sites' own ledgers once more: what a site charged but never reported (a reply
+        # lost or rejected, a round that failed after settling) reaches ledger.json too
+        for status in self.query_status(nodes):
+            self.mirror.adopt_status(status)
         return write_outputs(
             self.run_dir, config, state, model, evaluator, self.mirror, self.started
         )
-
-    def mirror_resume(self, state: ServerState) -> None:
-        statuses = self.mirror.sites  # as the sites reported them just now
-        self.mirror = MirroredLedgers.from_state_dict(state.ledgers)
-        for name, reported in statuses.items():
-            self.mirror.adopt_status(
-                {
-                    "site": name,
-                    "budget": reported.budget,
-                    "ledger": {
-                        "delta": reported.delta,
-                        "unit": reported.unit,
-                        "accountant": reported.accountant,
-                        "events": reported.events,
-                        "non_dp_uses": reported.non_dp_uses,
-                    },
-                    "synthetic_guarantee": reported.synthetic_guarantee,
-                    "plan": reported.plan,
-                }
-            )
 
     def start(
         self, model: Classifier, nodes: list[int], evaluator: CentralEvaluator
@@ -264,6 +264,8 @@ class Federation:
                 f"federation.min_sites={self.config.federation.min_sites}"
             )
             log.info("run ends: %s", state.ended)
+            state.ledgers = self.mirror.state_dict()
+            save_checkpoint(self.run_dir, state)
             return
         log.info("round %d: %s", round_number, ", ".join(self.sites[n] for n in chosen))
         state.trainable, refused, trained = self.train_round(round_number, state, chosen)

@@ -51,6 +51,10 @@ class SiteMirror:
         return self.ledger().epsilon(extra=event) <= self.budget * (1 + 1e-9)
 
 
+BASE_MODEL_MISSING = "does not hold the base model"
+TRANSIENT = (BASE_MODEL_MISSING,)  # cleared when the site reports again (e.g. on resume)
+
+
 class MirroredLedgers:
     def __init__(self) -> None:
         self.sites: dict[str, SiteMirror] = {}
@@ -72,7 +76,7 @@ class MirroredLedgers:
         )
         if known is not None:
             mirror.epsilon_after_round = known.epsilon_after_round
-            mirror.excluded = known.excluded
+            mirror.excluded = "" if known.excluded in TRANSIENT else known.excluded
             if len(mirror.events) < len(known.events):
                 mirror.events = known.events  # keep the larger, known spending
                 mirror.excluded = "its ledger holds fewer events than the server's mirror"

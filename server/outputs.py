@@ -59,8 +59,8 @@ def write_outputs(
     started: float,
 ) -> dict[str, Any]:
     final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
-    noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
     sites = mirror.report()
+    noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
     ledgers: dict[str, Any] = {
         "sites": sites,
         "unit": "patch",
@@ -84,7 +84,7 @@ def write_outputs(
         "privacy": {
             "unit": "patch",
             "noise": noise,
-            "per_site_budget": config.privacy.target_epsilon,
+            "budget": {s: v["budget"] for s, v in sites.items()},  # the run's or a site's cap
             "delta": config.privacy.delta,
             "epsilon_spent": {s: v["epsilon"] for s, v in sites.items()},
             "synthetic_guarantee": {s: v["synthetic_guarantee"] for s, v in sites.items()},

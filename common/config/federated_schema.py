@@ -41,6 +41,7 @@ class SiteEntry:
     epsilon_cap: float | None = None  # the site's own cap (None: the run's per-site budget)
     device: str = "cpu"
     share_exact_count: bool = False  # opt-in for federation.weighting=examples
+    allow_non_dp_synthetic: bool = True  # a simulated site accepts the paper's non-DP MCGAN
 
     def __post_init__(self) -> None:
         sources = [self.phantom_style is not None, self.raw is not None, self.patches is not None]

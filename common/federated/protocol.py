@@ -53,7 +53,8 @@ PROVENANCE_KEYS = frozenset(
         "delta",
         "formal_guarantee",
         "note",
-        "memorisation_checked",
+        "memorisation_check",
+        "noise",
         "image_size",
     }
 )
@@ -70,6 +71,7 @@ STATUS_KEYS = frozenset(
         "gan_epsilon",
         "synthetic_guarantee",
         "plan",
+        "noise",
     }
 )
 LEDGER_KEYS = frozenset({"schema_version", "delta", "accountant", "unit", "events", "non_dp_uses"})
@@ -136,9 +138,13 @@ def check_synthetic(
     requested: int,
     image_size: int,
 ) -> None:
-    """uint8 [n, S, S] patches with labels in {0, 1}, at most `requested`, memorisation-checked."""
+    """uint8 [n, S, S] patches with labels in {0, 1}, at most `requested`; without DP filtered
+    by the memorisation check (a DP-MCGAN's are covered by its guarantee instead)."""
     check_keys("provenance", provenance, PROVENANCE_KEYS, PROVENANCE_KEYS)
-    _require(provenance["memorisation_checked"] is True, "synthetic patches must be checked")
+    checked = provenance["memorisation_check"] == "filtered" or (
+        provenance["dp"] is True and str(provenance["memorisation_check"]).startswith("skipped")
+    )
+    _require(checked, "synthetic patches without DP must pass the memorisation check")
     _require(int(provenance["image_size"]) == image_size, "synthetic image size")
     total = 0
     for pixels, labels in chunks:

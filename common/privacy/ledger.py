@@ -1,8 +1,8 @@
 """A site's privacy ledger: every (noise multiplier, sample rate, steps) it ever ran.
 
-Epsilon is always computed from the whole history with a fresh opacus accountant, never per
-round. A round is *reserved* before its first step and *settled* after its last, so a crash
-mid-round stays charged. Uses of the private data that no accountant covers (an MCGAN trained
+Epsilon is always computed from the whole history with opacus' accounting (see `epsilon_of`),
+never per round. A round is *reserved* before its first step and *settled* after its last, so a
+crash mid-round stays charged. Uses of the private data that no accountant covers (an MCGAN trained
 without DP) are listed in `non_dp_uses`, so every use of real data is in the ledger. The ledger
 round-trips through `state_dict` (with a schema version) so it survives restarts.
 """

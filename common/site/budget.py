@@ -15,7 +15,7 @@ from pathlib import Path
 from common.atomic_io import atomic_write_text
 from common.config.federated_schema import FederatedRunConfig
 from common.errors import PrivacyError
-from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import plan_privacy
 
 
@@ -33,14 +33,6 @@ class SitePlan:
     @property
     def steps_per_round(self) -> int:
         return self.steps_per_epoch * self.local_epochs
-
-    def round_event(self, round_number: int) -> LedgerEvent:
-        return LedgerEvent(
-            noise_multiplier=self.noise_multiplier,
-            sample_rate=self.sample_rate,
-            steps=self.steps_per_round,
-            round=round_number,
-        )
 
 
 def site_budget(config: FederatedRunConfig, epsilon_cap: float | None) -> float:

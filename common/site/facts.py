@@ -7,6 +7,7 @@ one row per partition id). Nothing here is ever sent to the server except the si
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ NODE_CONFIG_KEYS = (
     "epsilon-cap",
     "device",
     "share-exact-count",
+    "allow-non-dp-synthetic",
+    "seeded-noise",
+    "noise-seed",
 )
 
 
@@ -37,6 +41,10 @@ class SiteFacts:
     epsilon_cap: float | None = None
     device: str = "cpu"
     share_exact_count: bool = False
+    # may this site send synthetic patches of an MCGAN trained without DP (no formal guarantee)?
+    allow_non_dp_synthetic: bool = False
+    # the seeded research mode, only with the site's consent and a seed the server never sees
+    noise_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -51,22 +59,28 @@ def _flag(value: object) -> bool:
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
     """A deployed SuperNode's `--node-config` (keys in NODE_CONFIG_KEYS)."""
-    missing = [k for k in ("site-name", "data-dir", "state-dir") if k not in node_config]
+    required = ("site-name", "data-dir", "state-dir", "epsilon-cap")
+    missing = [k for k in required if k not in node_config]
     if missing:
         raise ConfigError(
             f"node_config lacks {missing}; start the SuperNode with --node-config "
-            "\"site-name='...' data-dir='...' state-dir='...' epsilon-cap=6\""
+            "\"site-name='...' data-dir='...' state-dir='...' epsilon-cap=6\" (the cap is the "
+            "hospital's own, never the server's)"
         )
-    cap = node_config.get("epsilon-cap")
     raw = node_config.get("raw-dir")
+    seed = node_config.get("noise-seed")
+    if _flag(node_config.get("seeded-noise", False)) and seed in (None, ""):
+        raise ConfigError("node_config seeded-noise=true needs noise-seed=<the site's own seed>")
     return SiteFacts(
         name=str(node_config["site-name"]),
         state_dir=Path(str(node_config["state-dir"])),
         data_dir=Path(str(node_config["data-dir"])),
         raw_dir=Path(str(raw)) if raw else None,
-        epsilon_cap=float(str(cap)) if cap not in (None, "") else None,
+        epsilon_cap=float(str(node_config["epsilon-cap"])),
         device=str(node_config.get("device", "cpu")),
         share_exact_count=_flag(node_config.get("share-exact-count", False)),
+        allow_non_dp_synthetic=_flag(node_config.get("allow-non-dp-synthetic", False)),
+        noise_seed=int(str(seed)) if _flag(node_config.get("seeded-noise", False)) else None,
     )
 
 
@@ -96,6 +110,13 @@ def facts_from_entry(entry: SiteEntry, config: FederatedRunConfig, state_dir: Pa
         epsilon_cap=entry.epsilon_cap,
         device=entry.device,
         share_exact_count=entry.share_exact_count,
+        allow_non_dp_synthetic=entry.allow_non_dp_synthetic,
+        # a simulation's researcher is every party: its seeded mode is the launcher's choice
+        noise_seed=(
+            config.seed + zlib.crc32(entry.name.encode())
+            if config.privacy.seeded_noise or config.gan.dp.seeded_noise
+            else None
+        ),
     )
 
 

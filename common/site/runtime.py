@@ -28,9 +28,11 @@ from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_store import LedgerStore
-from common.site.budget import SitePlan, load_or_plan, site_budget
+from common.privacy.randomness import SEEDED_NOISE_NOTE
+from common.site.budget import SitePlan, check_delta, load_or_plan, site_budget
 from common.site.data import SiteData, load_site_data
 from common.site.facts import SiteFacts
+from common.site.lock import site_lock
 from common.site.synthetic import SyntheticSet, generate_checked, train_site_gan
 from common.training.engine import load_trainable, state_fingerprint, trainable_state
 from common.training.fit import fit
@@ -75,7 +77,9 @@ class SiteRuntime:
     def _load(self) -> None:
         if self.data is None:
             self.facts.state_dir.mkdir(parents=True, exist_ok=True)
-            self.data = load_site_data(self.facts, self.config.site_data)
+            data = load_site_data(self.facts, self.config.site_data)
+            check_delta(self.config.privacy.delta, len(data.train.patch_set))  # before any use
+            self.data = data
 
     def finalize(self) -> None:
         self.data, self.model, self.base_sha = None, None, None
@@ -131,6 +135,7 @@ class SiteRuntime:
             "epsilon_dp_sgd": ledger.epsilon(kind="dp-sgd"),
             "gan_epsilon": ledger.epsilon(kind="dp-gan") if gan else None,
             "synthetic_guarantee": synthetic,
+            "noise": SEEDED_NOISE_NOTE if self.config.privacy.seeded_noise else "os-entropy",
             "plan": None
             if plan is None
             else {
@@ -142,17 +147,35 @@ class SiteRuntime:
 
     # ---- synthetic data ------------------------------------------------------------------
     def synthesize(self, count: int) -> SyntheticSet:
-        if not self.config.gan.enabled:
+        """Train (or reuse) the site's MCGAN and draw `count` patches, under the site's lock.
+
+        Refused (PrivacyError) when the GAN would run without DP and the site did not allow
+        synthetic data without a formal guarantee, or with seeded noise it did not allow."""
+        gan = self.config.gan
+        if not gan.enabled:
             raise ConfigError("gan.enabled=false: this run has no synthetic data")
-        data = self._data()
-        train = _at_size(data.train, self.config.gan.model.image_size)
-        trainer = train_site_gan(
-            self.facts, self.config, train, self._ledger(), self.budget, self._persist
-        )
-        seed = self.config.seed + zlib.crc32(self.facts.name.encode())
-        return generate_checked(
-            trainer, train, count, seed=seed, check=self.config.gan.memorisation_check
-        )
+        if not gan.dp.enabled and not self.facts.allow_non_dp_synthetic:
+            raise PrivacyError(
+                "the run asks for synthetic patches of an MCGAN without DP; this site did not "
+                "allow data without a formal guarantee (node_config allow-non-dp-synthetic)"
+            )
+        if gan.dp.enabled and gan.dp.seeded_noise:
+            self._seed_allowed()
+        with site_lock(self.facts.state_dir, wait=False):
+            train = _at_size(self._data().train, gan.model.image_size)
+            trainer = train_site_gan(
+                self.facts, self.config, train, self._ledger(), self.budget, self._persist
+            )
+            seed = self.config.seed + zlib.crc32(self.facts.name.encode())
+            return generate_checked(trainer, train, count, seed=seed, check=gan.memorisation_check)
+
+    def _seed_allowed(self) -> int:
+        if self.facts.noise_seed is None:
+            raise PrivacyError(
+                "the run asks for seeded noise (reproducible, no guarantee against whoever knows "
+                "the seed); this site did not allow it (node_config seeded-noise, noise-seed)"
+            )
+        return self.facts.noise_seed
 
     # ---- the model -----------------------------------------------------------------------
     def set_base_model(self, state: Mapping[str, np.ndarray]) -> str:
@@ -205,10 +228,21 @@ class SiteRuntime:
                 "the server asks for exact-count weighting; this site did not opt in "
                 "(node_config share-exact-count=true)"
             )
+        with site_lock(self.facts.state_dir, wait=False):
+            return self._train_round(round_number, trainable, base_sha, proximal_mu, weighting)
+
+    def _train_round(
+        self,
+        round_number: int,
+        trainable: Mapping[str, np.ndarray],
+        base_sha: str,
+        proximal_mu: float,
+        weighting: str,
+    ) -> RoundResult:
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
         plan, data = self.plan(), self._data()
-        ledger = self._ledger()
+        ledger = self._ledger()  # read under the lock: no other process charges it meanwhile
         result = fit(
             model,
             self.config.train.engine,
@@ -237,8 +271,8 @@ class SiteRuntime:
     ) -> EngineSettings:
         config = self.config
         noise_seed = None
-        if config.privacy.seeded_noise:  # research mode: marked in the run's records
-            noise_seed = config.seed + 1000 * round_number + zlib.crc32(self.facts.name.encode())
+        if config.privacy.seeded_noise:  # research mode, with the site's consent and seed
+            noise_seed = self._seed_allowed() + 1000 * round_number
         return EngineSettings(
             batch_size=config.train.batch_size,
             lr=config.train.lr,
@@ -270,9 +304,10 @@ class SiteRuntime:
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
         validation = self._data().validation
-        ledger = self._ledger()
-        ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION)
-        self._persist(ledger)
+        with site_lock(self.facts.state_dir, wait=True):
+            ledger = self._ledger()
+            ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION)
+            self._persist(ledger)
         scores = predict_probabilities(
             model,
             validation,

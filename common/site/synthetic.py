@@ -24,6 +24,7 @@ from common.config.gan_schema import GanConfig
 from common.data.images import LoadedPatches
 from common.eval.memorisation import memorisation_check
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from common.privacy.randomness import SEEDED_NOISE_NOTE
 from common.site.facts import SiteFacts
 from common.training.gan_augment import to_uint8
 from common.training.gan_trainer import GanTrainer
@@ -32,6 +33,7 @@ from common.training.settings import resolve_device
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
 NO_GUARANTEE = "MCGAN trained without DP on the site's training patches: no formal guarantee"
+MEMORISATION_SKIPPED_DP = "skipped: DP-MCGAN (covered by its guarantee)"
 
 
 @dataclass
@@ -50,12 +52,14 @@ def train_site_gan(
     persist: Callable[[PrivacyLedger], None],
 ) -> GanTrainer:
     """Train (or resume, or load) the site's MCGAN on its DP training records."""
+    seeded = config.gan.dp.enabled and config.gan.dp.seeded_noise
     gan_config = GanConfig(
         model=config.gan.model,
         train=config.gan.train,
         dp=config.gan.dp,
         site=facts.name,
-        seed=config.seed,
+        # the seeded research mode draws its noise from the site's own seed, never the run's
+        seed=facts.noise_seed if seeded and facts.noise_seed is not None else config.seed,
     )
     trainer = GanTrainer(
         gan_config,
@@ -64,15 +68,15 @@ def train_site_gan(
         facts.state_dir / "gan",
         resolve_device(facts.device),
     )
-    trainer.resume_latest()
+    resumed = trainer.resume_latest()
     done = trainer.epoch >= gan_config.train.epochs
     reservation = None
     if trainer.plan is not None:
         assert trainer.plan.noise_multiplier is not None
         gan_events = [i for i, e in enumerate(ledger.events) if e.kind == "dp-gan"]
-        if gan_events:
-            reservation = gan_events[-1]  # charged before: resume or reuse, never charge twice
-        else:
+        if gan_events and resumed:
+            reservation = gan_events[-1]  # this run was charged when it started: resume it
+        else:  # a first run, or its checkpoints are gone: a new run on the data, a new charge
             event = LedgerEvent(
                 noise_multiplier=trainer.plan.noise_multiplier,
                 sample_rate=trainer.plan.sample_rate,
@@ -116,7 +120,10 @@ def generate_checked(
     rng = torch.Generator().manual_seed(seed)  # generation is post-processing: not private
     pixels = _sample(trainer, labels, rng)
     keep = np.ones(count, bool)
-    if check:
+    dp = trainer.plan is not None
+    # a DP-MCGAN's samples are covered by its guarantee; a filter that looks at the private
+    # patches to pick which samples leave would void it, so it only runs without DP
+    if check and not dp:
         for _ in range(ATTEMPTS):
             report = memorisation_check(pixels, train.pixels, train.patch_set.patients)
             flagged = np.array(report.flagged, dtype=int)
@@ -129,15 +136,21 @@ def generate_checked(
             report = memorisation_check(pixels, train.pixels, train.patch_set.patients)
             keep[:] = True
             keep[np.array(report.flagged, dtype=int)] = False
-    epsilon = trainer.epsilon()
     provenance = {
         "generator": "mcgan",
-        "dp": trainer.plan is not None,
-        "epsilon": epsilon,
-        "delta": trainer.config.dp.delta if trainer.plan is not None else None,
-        "formal_guarantee": trainer.plan is not None,
-        "note": "" if trainer.plan is not None else NO_GUARANTEE,
-        "memorisation_checked": check,
+        "dp": dp,
+        "epsilon": trainer.epsilon(),
+        "delta": trainer.config.dp.delta if dp else None,
+        "formal_guarantee": dp,
+        "note": "" if dp else NO_GUARANTEE,
+        "memorisation_check": MEMORISATION_SKIPPED_DP if dp else ("filtered" if check else "off"),
+        "noise": (
+            None
+            if not dp
+            else SEEDED_NOISE_NOTE
+            if trainer.noise_seed is not None
+            else "os-entropy"
+        ),
         "image_size": int(pixels.shape[-1]),
     }
     return SyntheticSet(pixels[keep], labels[keep], provenance)

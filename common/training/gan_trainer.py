@@ -79,7 +79,8 @@ class GanTrainer:
         )
         self.rng = torch.Generator().manual_seed(config.seed)  # augmentation, z, fake labels
         # Poisson batches and DP noise: OS entropy unless the seeded research mode is asked for
-        self.noise_seed = config.seed + 1 if config.dp.seeded_noise else None
+        # (offset from the fixed sample-grid seed, config.seed + 2, so no stream is shared)
+        self.noise_seed = config.seed + 1001 if config.dp.seeded_noise else None
         self.sampling_rng = private_generator("cpu", self.noise_seed)
         self.noise_rng = private_generator(
             device, None if self.noise_seed is None else self.noise_seed + 1

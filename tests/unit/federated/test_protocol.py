@@ -82,15 +82,21 @@ def test_synthetic_patches_must_be_checked_uint8_and_labelled() -> None:
         "delta": None,
         "formal_guarantee": False,
         "note": "no DP",
-        "memorisation_checked": True,
+        "memorisation_check": "filtered",
+        "noise": None,
         "image_size": 8,
     }
     content = synthetic_reply_content(pixels, labels, provenance, requested=5)
     got, got_labels, got_provenance = parse_synthetic_reply(content, 5, 8)
     assert got.shape == (5, 8, 8) and got_provenance == provenance
     assert got_labels.tolist() == labels.tolist()
-    with pytest.raises(ReplySchemaError, match="checked"):
-        synthetic_reply_content(pixels, labels, {**provenance, "memorisation_checked": False}, 5)
+    for unchecked in ("off", "skipped: DP-MCGAN"):  # skipping is for a DP-MCGAN only
+        with pytest.raises(ReplySchemaError, match="memorisation check"):
+            synthetic_reply_content(
+                pixels, labels, {**provenance, "memorisation_check": unchecked}, 5
+            )
+    dp = {**provenance, "dp": True, "formal_guarantee": True, "memorisation_check": "skipped: DP"}
+    synthetic_reply_content(pixels, labels, dp, 5)
     with pytest.raises(ReplySchemaError, match="requested"):
         synthetic_reply_content(pixels, labels, provenance, requested=4)
     with pytest.raises(ReplySchemaError, match="dtype"):
@@ -119,6 +125,7 @@ def test_status_carries_no_private_fields() -> None:
         "gan_epsilon": None,
         "synthetic_guarantee": "not generated",
         "plan": None,
+        "noise": "os-entropy",
     }
     assert json.loads(str(status_content(status)["config"][p.STATUS_JSON]))["site"] == "a"
     for private in ("dataset_size", "data_dir", "manifest_sha256"):

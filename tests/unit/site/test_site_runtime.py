@@ -69,10 +69,12 @@ def test_site_cap_below_the_run_budget_governs(tiny_workspace: Path, tmp_path: P
 
 
 def test_delta_not_below_one_over_n_is_refused(tiny_workspace: Path, tmp_path: Path) -> None:
+    """Checked when the site opens its data, before any use (a DP-MCGAN included)."""
     runtime = _runtime(tiny_workspace, tmp_path, "privacy.delta=0.5")
-    trainable, sha = _start(runtime)
     with pytest.raises(PrivacyError, match="1/N"):
-        runtime.train_round(1, trainable, sha)
+        runtime.initialize()
+    with pytest.raises(PrivacyError, match="1/N"):
+        runtime.synthesize(4)
 
 
 def test_exact_count_only_when_the_site_opted_in(tiny_workspace: Path, tmp_path: Path) -> None:
@@ -90,3 +92,48 @@ def test_status_reveals_nothing_private(tiny_workspace: Path, tmp_path: Path) ->
     assert str(runtime.facts.data_dir) not in text and str(tmp_path) not in text
     n = len(runtime._data().train.patch_set)
     assert f'"{n}"' not in text and f": {n}," not in text
+
+
+def test_seeded_noise_needs_the_sites_consent(tiny_workspace: Path, tmp_path: Path) -> None:
+    """The run config (the server's) cannot switch a site to seeded noise on its own."""
+    import dataclasses
+
+    runtime = _runtime(tiny_workspace, tmp_path, "privacy.seeded_noise=true")
+    assert runtime.facts.noise_seed is not None  # a simulation's launcher consents for all
+    runtime.facts = dataclasses.replace(runtime.facts, noise_seed=None)  # a deployed site
+    trainable, sha = _start(runtime)
+    with pytest.raises(PrivacyError, match="did not allow"):
+        runtime.train_round(1, trainable, sha)
+    assert runtime.status()["ledger"]["events"] == []
+
+
+def test_node_config_needs_the_sites_own_cap_and_seed() -> None:
+    from common.errors import ConfigError
+    from common.site.facts import facts_from_node_config
+
+    base = {"site-name": "h1", "data-dir": "/d", "state-dir": "/s"}
+    with pytest.raises(ConfigError, match="epsilon-cap"):
+        facts_from_node_config(base)
+    facts = facts_from_node_config({**base, "epsilon-cap": 4})
+    assert facts.epsilon_cap == 4.0 and facts.noise_seed is None
+    assert not facts.allow_non_dp_synthetic and not facts.share_exact_count
+    with pytest.raises(ConfigError, match="noise-seed"):
+        facts_from_node_config({**base, "epsilon-cap": 4, "seeded-noise": "true"})
+
+
+def test_no_non_dp_synthetic_data_without_consent(tiny_workspace: Path, tmp_path: Path) -> None:
+    runtime = _runtime(tiny_workspace, tmp_path, "sites.0.allow_non_dp_synthetic=false")
+    with pytest.raises(PrivacyError, match="allow-non-dp-synthetic"):
+        runtime.synthesize(4)
+
+
+def test_one_operation_at_a_time_per_site(tiny_workspace: Path, tmp_path: Path) -> None:
+    """A second process must not charge the same ledger while a round runs (lost charges)."""
+    from common.site.lock import site_lock
+
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    # another worker's round holds the lock
+    with site_lock(runtime.facts.state_dir, wait=False), pytest.raises(PrivacyError, match="still"):
+        runtime.train_round(1, trainable, sha)
+    assert runtime.train_round(1, trainable, sha).event["round"] == 1

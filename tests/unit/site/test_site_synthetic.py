@@ -54,3 +54,19 @@ def test_near_copies_are_regenerated(
     assert len(calls) >= 2 and calls[1] > 0  # the flagged ones were drawn again
     for patch in produced.pixels:
         assert not any(np.array_equal(patch, r) for r in real)
+
+
+def test_a_dp_mcgan_retrained_from_scratch_is_charged_again(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    config = tiny_federated_config(
+        tiny_workspace, f"run_dir={tmp_path}", "gan.dp.enabled=true", "gan.dp.target_epsilon=1"
+    )
+    runtime = SiteRuntime(simulated_site(config, 0), config)
+    runtime.synthesize(4)
+    shutil.rmtree(runtime.facts.state_dir / "gan")  # checkpoints lost: a new run on the data
+    runtime.synthesize(4)
+    kinds = [e["kind"] for e in runtime.status()["ledger"]["events"]]
+    assert kinds == ["dp-gan", "dp-gan"]
