@@ -70,4 +70,5 @@ def run_site_alone(
     record = {"site": entry.name, "synpre": synpre, "rounds": rounds, "final": final}
     write_json(run_dir / "metrics.json", record)
     write_json(run_dir / "ledger.json", runtime.status())
+    runtime.finalize()
     return record
