@@ -84,9 +84,10 @@ class Federation:
             return True
         return False
 
-    def query_status(self, nodes: list[int]) -> list[dict[str, Any]]:
-        """Every site's status; a site that cannot start is left out (the run goes on while
-        `federation.min_sites` remain). Two nodes claiming one site name stop the run."""
+    def query_status(self, nodes: list[int], *, at_start: bool = True) -> list[dict[str, Any]]:
+        """Every site's status, adopted into the mirror. At the start a site that cannot start
+        is left out (the run goes on while `federation.min_sites` remain); two nodes claiming
+        one site name stop the run."""
         statuses = []
         for reply in self.ask(nodes, p.STATUS, RecordDict()):
             if self._failed(reply, "status"):
@@ -98,7 +99,7 @@ class Federation:
             self.sites[node] = name
             self.mirror.adopt_status(status)
             statuses.append(status)
-        if len(statuses) < self.config.federation.min_sites:
+        if at_start and len(statuses) < self.config.federation.min_sites:
             raise ConfigError(
                 f"{len(statuses)} sites could start < federation.min_sites="
                 f"{self.config.federation.min_sites} (the sites' logs say why)"
@@ -224,8 +225,7 @@ class Federation:
                 break
         # the sites' own ledgers once more: what a site charged but never reported (a reply
         # lost or rejected, a round that failed after settling) reaches ledger.json too
-        for status in self.query_status(nodes):
-            self.mirror.adopt_status(status)
+        self.query_status(nodes, at_start=False)
         return write_outputs(
             self.run_dir, config, state, model, evaluator, self.mirror, self.started
         )
@@ -238,7 +238,7 @@ class Federation:
             history["synpre"] = self.synthetic_pretraining(model, nodes)
             self.query_status(nodes)  # the sites' ledgers now hold their GANs
         base_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        history["initial"] = {"central": _values(evaluator.evaluate(model))}
+        history["initial"] = {"central": evaluator.point_values(model)}
         state = ServerState(
             round=0,
             base_state=base_state,
@@ -274,7 +274,7 @@ class Federation:
         state.history["rounds"].append(
             {
                 "round": round_number,
-                "central": _values(evaluator.evaluate(model)),
+                "central": evaluator.point_values(model),
                 "sites": self.site_metrics(chosen, state),
                 "trained": trained,
                 "refused": refused,
@@ -288,8 +288,3 @@ class Federation:
 
 def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def _values(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    keys = ("auroc", "auprc_malignant", "auprc_benign")
-    return {name: {k: metrics[k]["value"] for k in keys} for name, metrics in results.items()}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.atomic_io import atomic_write_text
 from common.config.federated_schema import FederatedRunConfig
 from common.config.schema import DataConfig, MammoflConfig, PrivacyConfig
 from common.eval.central import CentralEvaluator
@@ -95,7 +96,7 @@ def write_outputs(
     }
     write_json(run_dir / "result.json", record)
     summary = summary_table(config, state, sites, final)
-    (run_dir / "summary.md").write_text(summary)
+    atomic_write_text(run_dir / "summary.md", summary)
     plot_epsilon(run_dir / "epsilon_per_round.png", sites)
     plot_auroc(run_dir / "auroc_per_round.png", state.history)
     return record

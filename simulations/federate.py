@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.atomic_io import atomic_write_text
 from common.config.compose import compose_federated_config
 from common.config.federated_schema import FederatedRunConfig
 from common.errors import ConfigError
@@ -108,7 +109,7 @@ def run_federate(
     timings["arms"] = time.time() - started - sum(timings.values())
     table = comparison_table(config, arms, timings)
     summary = config.run_path / "summary.md"
-    summary.write_text(summary.read_text() + "\n" + table)
+    atomic_write_text(summary, summary.read_text() + "\n" + table)
     print(summary.read_text())
     return {"run_dir": str(config.run_path), "arms": {k: str(v) for k, v in arms.items()}}
 

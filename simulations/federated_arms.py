@@ -55,14 +55,10 @@ def run_site_alone(
         result = runtime.train_round(round_number, trainable, sha)
         trainable = result.trainable
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
-        central = evaluator.evaluate(model)
         rounds.append(
             {
                 "round": round_number,
-                "central": {
-                    name: {k: m[k]["value"] for k in ("auroc", "auprc_malignant", "auprc_benign")}
-                    for name, m in central.items()
-                },
+                "central": evaluator.point_values(model),
                 "epsilon": result.epsilon,
             }
         )

@@ -15,7 +15,7 @@ import torch
 from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
-from common.eval.metrics import evaluate_scores
+from common.eval.metrics import METRICS, evaluate_scores
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier
 
@@ -58,3 +58,10 @@ class CentralEvaluator:
             )
             results[name] = metrics
         return results
+
+    def point_values(self, model: Classifier) -> dict[str, dict[str, float]]:
+        """{test name: {auroc, auprc_malignant, auprc_benign}}: the values only, per round."""
+        return {
+            name: {metric: results[metric]["value"] for metric in METRICS}
+            for name, results in self.evaluate(model).items()
+        }

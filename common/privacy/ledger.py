@@ -141,11 +141,14 @@ class PrivacyLedger:
             )
         self.events[index] = replace(reserved, steps=steps, status="settled")
 
-    def record_non_dp_use(self, kind: str, note: str) -> None:
-        """A use of the private data with no formal guarantee (e.g. an MCGAN without DP)."""
+    def record_non_dp_use(self, kind: str, note: str) -> bool:
+        """A use of the private data with no formal guarantee (e.g. an MCGAN without DP);
+        returns whether it is new (each kind is listed once)."""
         entry = {"kind": kind, "note": note}
-        if entry not in self.non_dp_uses:
-            self.non_dp_uses.append(entry)
+        if entry in self.non_dp_uses:
+            return False
+        self.non_dp_uses.append(entry)
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         return {

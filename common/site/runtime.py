@@ -102,8 +102,9 @@ class SiteRuntime:
     def _persist(self, ledger: PrivacyLedger) -> None:
         self.store.save(ledger)
 
-    def plan(self) -> SitePlan:
-        ledger = self._ledger()
+    def plan(self, ledger: PrivacyLedger | None = None) -> SitePlan:
+        """The site's saved plan, or a new one over what `ledger` (default: as on disk) holds."""
+        ledger = ledger if ledger is not None else self._ledger()
         return load_or_plan(
             self.facts.state_dir / "dp_plan.json",
             self.config,
@@ -117,7 +118,7 @@ class SiteRuntime:
         synthetic data. No counts, paths or hashes of the private data."""
         ledger = self._ledger()
         plan_path = self.facts.state_dir / "dp_plan.json"
-        plan = self.plan() if plan_path.is_file() else None
+        plan = self.plan(ledger) if plan_path.is_file() else None
         gan = [e for e in ledger.events if e.kind == "dp-gan"]
         synthetic = "not generated"
         if gan:
@@ -180,17 +181,20 @@ class SiteRuntime:
     # ---- the model -----------------------------------------------------------------------
     def set_base_model(self, state: Mapping[str, np.ndarray]) -> str:
         """Keep the server's full model (e.g. after SynPre); returns its fingerprint."""
-        model = self._new_model()
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        self._install(tensors)
+        atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
+        assert self.base_sha is not None
+        return self.base_sha
+
+    def _install(self, tensors: dict[str, torch.Tensor]) -> None:
+        model = self._new_model()
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as error:
             raise ConfigError(f"the server's model does not fit this site's: {error}") from error
         apply_trainable_policy(model, self.config.model.trainable)
-        self.base_sha = state_fingerprint(tensors)
-        atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
-        self.model = model
-        return self.base_sha
+        self.model, self.base_sha = model, state_fingerprint(tensors)
 
     def _new_model(self) -> Classifier:
         model = build_classifier(self.config.model)
@@ -202,7 +206,7 @@ class SiteRuntime:
             path = self.facts.state_dir / "base_model.pt"
             if not path.is_file():
                 raise ConfigError("no base model at this site: the server must send it first")
-            self.set_base_model(torch.load(path, weights_only=True))
+            self._install(torch.load(path, weights_only=True))  # another process got it
         if self.base_sha != expected_sha:
             raise ConfigError(
                 f"this site holds base model {str(self.base_sha)[:12]}, the round expects "
@@ -241,8 +245,8 @@ class SiteRuntime:
     ) -> RoundResult:
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
-        plan, data = self.plan(), self._data()
         ledger = self._ledger()  # read under the lock: no other process charges it meanwhile
+        plan, data = self.plan(ledger), self._data()
         result = fit(
             model,
             self.config.train.engine,
@@ -306,8 +310,8 @@ class SiteRuntime:
         validation = self._data().validation
         with site_lock(self.facts.state_dir, wait=True):
             ledger = self._ledger()
-            ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION)
-            self._persist(ledger)
+            if ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION):
+                self._persist(ledger)  # once, not every round
         scores = predict_probabilities(
             model,
             validation,

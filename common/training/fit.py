@@ -23,7 +23,7 @@ from common.errors import PrivacyError
 from common.eval.metrics import auprc
 from common.models.classifier import Classifier
 from common.models.policies import frozen_checksum
-from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from common.privacy.ledger import LedgerEvent, PrivacyLedger, epsilon_of
 from common.training.cached_engine import CachedEngine
 from common.training.engine import TrainingEngine
 from common.training.naive_engine import NaiveEngine
@@ -210,9 +210,7 @@ def _train_epochs(
                 sample_rate=dp.sample_rate,
                 steps=engine.steps_done,
             )
-            epsilon = PrivacyLedger(
-                ledger.delta, ledger.accountant, events=[*before, spent]
-            ).epsilon()
+            epsilon = epsilon_of([*before, spent], ledger.delta, ledger.accountant)
         # under DP the training loss is an un-noised statistic of private images: not recorded
         logged_loss = train_loss if dp is None else None
         record = EpochRecord(
