@@ -8,12 +8,16 @@ log (`state_dir/site.log`), since it may name private files.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
+import psutil
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
 
 from client.sites import site_runtime
 from common.errors import ConfigError, DataError, PrivacyError
@@ -30,8 +34,25 @@ from common.fl_records import (
 from common.privacy.ledger import PrivacyBudgetExceeded
 from common.site.runtime import SiteRuntime
 
-app = ClientApp()
 log = logging.getLogger("mammofl.site")
+CLIPPING_NORM = "clipping_norm"  # the key Flower's client-side fixed clipping sends
+
+
+def client_level_clipping(
+    message: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Under client-level DP the server asks each site to clip its round update (new minus
+    sent weights) to an L2 norm; Flower's `fixedclipping_mod` does it after the site trained.
+    Other messages, and rounds without client-level DP, pass through untouched."""
+    if message.metadata.message_type == p.TRAIN and any(
+        CLIPPING_NORM in record for record in message.content.config_records.values()
+    ):
+        reply: Message = fixedclipping_mod(message, context, call_next)
+        return reply
+    return call_next(message, context)
+
+
+app = ClientApp(mods=[client_level_clipping])
 
 Handler = Callable[[SiteRuntime, RecordDict], RecordDict]
 REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
@@ -44,12 +65,20 @@ REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
 
 def _handle(message: Message, context: Context, handler: Handler) -> Message:
     name = "?"
+    started = time.monotonic()
     try:
         config = federated_config(context.run_config)
         torch.set_num_threads(max(1, int(config.simulation.num_cpus)))
         runtime = site_runtime(context.node_config, config)
         name = runtime.facts.name
-        return Message(handler(runtime, message.content), reply_to=message)
+        reply = Message(handler(runtime, message.content), reply_to=message)
+        logging.getLogger(f"mammofl.site.{name}").info(
+            "%s answered in %.1f s (process up %.1f s before)",
+            message.metadata.message_type,
+            time.monotonic() - started,
+            time.time() - psutil.Process().create_time() - (time.monotonic() - started),
+        )
+        return reply
     except Exception as error:  # every failure becomes a reply; the details stay here
         logging.getLogger(f"mammofl.site.{name}").exception(
             "%s failed", message.metadata.message_type

@@ -15,14 +15,16 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(target: Path, write: Callable[[str], Any]) -> None:
-    """Call `write(tmp_path)`, then move the temporary file onto `target`."""
+def atomic_write(target: Path, write: Callable[[str], Any], mode: int | None = None) -> None:
+    """Call `write(tmp_path)`, then move the temporary file onto `target`; `mode` (e.g. 0o600
+    for a private key) replaces the usual permissions, set before the file gets its name."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        # mkstemp makes 0600; give the usual permissions unless asked otherwise
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -38,8 +40,8 @@ def atomic_torch_save(target: Path, obj: Any) -> None:
     atomic_write(target, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
+def atomic_write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data), mode)
 
 
 def atomic_write_png(target: Path, image: Any) -> None:

@@ -9,6 +9,8 @@ site after every round, a checkpoint after every round, and budget-aware site se
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.config.federated_schema import FederatedRunConfig
 from common.errors import ConfigError
@@ -35,6 +38,7 @@ from common.models.classifier import Classifier
 from common.training.engine import load_trainable, state_fingerprint, trainable_state
 from common.training.settings import resolve_device
 from server.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from server.client_dp import ClientLevelDP
 from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
 from server.outputs import write_outputs
 from server.pretrain import pool_synthetic, pretrain
@@ -50,8 +54,12 @@ class Federation:
         self.device = resolve_device(config.train.device)
         self.timeout = config.federation.reply_timeout_s
         self.mirror = MirroredLedgers()
-        self.strategy = build_strategy(config.federation)
+        population = len(config.sites) or config.federation.min_sites
+        noise_seed = config.seed + 7 if config.privacy.seeded_noise else None
+        self.strategy = build_strategy(config.federation, population, noise_seed)
         self.sites: dict[int, str] = {}
+        self.stale: set[int] = set()  # nodes whose ledger may hold what they did not report
+        self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
 
     # ---- messaging -----------------------------------------------------------------------
@@ -73,10 +81,22 @@ class Federation:
         messages = [
             Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes
         ]
-        return list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        return self.send(messages)
+
+    def send(self, messages: list[Message]) -> list[Message]:
+        """Send and wait up to `federation.reply_timeout_s` for the replies."""
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        for message in messages:  # ids are set when sent
+            self.destination[message.metadata.message_id] = message.metadata.dst_node_id
+        return replies
 
     def site_of(self, reply: Message) -> str:
-        return self.sites.get(reply.metadata.src_node_id, f"node {reply.metadata.src_node_id}")
+        """The site a reply is about; an error the SuperLink wrote itself (e.g. "node
+        unavailable") comes from the SuperLink's node id, so go by the message it answers."""
+        node = reply.metadata.src_node_id
+        if node not in self.sites:
+            node = self.destination.get(reply.metadata.reply_to_message_id, node)
+        return self.sites.get(node, f"node {node}")
 
     def _failed(self, reply: Message, what: str) -> bool:
         if reply.has_error():
@@ -142,13 +162,15 @@ class Federation:
         config = ConfigRecord(
             {p.BASE_SHA: state.base_sha, p.WEIGHTING: self.config.federation.weighting}
         )
+        if isinstance(self.strategy, ClientLevelDP):
+            self.strategy.sample(len(nodes))  # raises PrivacyBudgetExhausted before sending
         messages = self.strategy.configure_train(
             round_number,
             to_array_record(state.trainable),
             config,
             EligibleNodes(self.grid, nodes),
         )
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        replies = self.send(list(messages))
         expected = {k: tuple(v.shape) for k, v in state.trainable.items()}
         valid, refused, trained = [], {}, []
         for reply in replies:
@@ -157,6 +179,8 @@ class Federation:
                 refused[site] = reply.error.reason
                 if reply.error.code == p.ErrorCode.BUDGET_EXCEEDED:
                     self.mirror.exclude(site, "refused a round: budget")
+                else:  # it may have reserved budget before failing: ask it again next round
+                    self.stale.update(n for n, name in self.sites.items() if name == site)
                 continue
             try:
                 _, _, event = parse_train_reply(
@@ -172,7 +196,11 @@ class Federation:
             valid.append(reply)
             trained.append(site)
         missing = set(self.sites[n] for n in nodes) - set(refused) - set(trained)
-        refused.update({site: "no reply before the timeout" for site in missing})
+        for node in nodes:
+            if self.sites[node] in missing:  # lost mid-round: presume it spent the round
+                refused[self.sites[node]] = "no reply before the timeout"
+                self.mirror.presume_round(self.sites[node], round_number)
+                self.stale.add(node)
         aggregated, _ = self.strategy.aggregate_train(round_number, valid)
         trainable = state.trainable if aggregated is None else from_array_record(aggregated)
         return {k: v.astype(np.float32) for k, v in trainable.items()}, refused, sorted(trained)
@@ -225,9 +253,11 @@ class Federation:
                 break
         # the sites' own ledgers once more: what a site charged but never reported (a reply
         # lost or rejected, a round that failed after settling) reaches ledger.json too
-        self.query_status(nodes, at_start=False)
+        online = set(self.grid.get_node_ids())
+        self.query_status([n for n in nodes if n in online], at_start=False)
+        client_level = self.strategy.report() if isinstance(self.strategy, ClientLevelDP) else None
         return write_outputs(
-            self.run_dir, config, state, model, evaluator, self.mirror, self.started
+            self.run_dir, config, state, model, evaluator, self.mirror, self.started, client_level
         )
 
     def start(
@@ -256,8 +286,9 @@ class Federation:
         self, state: ServerState, nodes: list[int], model: Classifier, evaluator: CentralEvaluator
     ) -> None:
         round_number = state.round + 1
+        online = self.refresh_nodes(nodes, state)
         selectable = set(self.mirror.selectable())
-        chosen = [n for n in nodes if self.sites[n] in selectable]
+        chosen = [n for n in nodes if n in online and self.sites[n] in selectable]
         if len(chosen) < self.config.federation.min_sites:
             state.ended = (
                 f"round {round_number}: {len(chosen)} sites with budget left < "
@@ -268,9 +299,18 @@ class Federation:
             save_checkpoint(self.run_dir, state)
             return
         log.info("round %d: %s", round_number, ", ".join(self.sites[n] for n in chosen))
-        state.trainable, refused, trained = self.train_round(round_number, state, chosen)
+        try:
+            state.trainable, refused, trained = self.train_round(round_number, state, chosen)
+        except PrivacyBudgetExhausted as error:
+            state.ended = f"round {round_number}: client-level budget: {error}"
+            log.info("run ends: %s", state.ended)
+            state.ledgers = self.mirror.state_dict()
+            save_checkpoint(self.run_dir, state)
+            return
         load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
         self.mirror.close_round()
+        if isinstance(self.strategy, ClientLevelDP):
+            self.strategy.close_round()
         state.history["rounds"].append(
             {
                 "round": round_number,
@@ -284,6 +324,29 @@ class Federation:
         state.strategy = strategy_state(self.strategy)
         state.ledgers = self.mirror.state_dict()
         save_checkpoint(self.run_dir, state)
+        if self.config.federation.kill_after_round == round_number:
+            log.warning(
+                "fault drill: killing the ServerApp after round %d's checkpoint", round_number
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def refresh_nodes(self, nodes: list[int], state: ServerState) -> set[int]:
+        """The nodes online now. A site back after a failure (same node id: its key is
+        registered) reports its ledger again before it is selected; a node never seen before
+        reports its status and gets the base model."""
+        online = set(self.grid.get_node_ids())
+        new = sorted(online - set(self.sites))
+        if new:
+            self.query_status(new, at_start=False)
+            known = [n for n in new if n in self.sites]
+            if known:
+                self.broadcast(known, state.base_state, state.base_sha)
+            nodes.extend(n for n in known if n not in nodes)
+        back = sorted(self.stale & online)
+        if back:
+            answered = {s["site"] for s in self.query_status(back, at_start=False)}
+            self.stale -= {n for n in back if self.sites.get(n) in answered}
+        return online - self.stale
 
 
 def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

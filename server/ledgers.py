@@ -27,13 +27,16 @@ class SiteMirror:
     plan: dict[str, Any] | None = None
     excluded: str = ""  # why the server stopped selecting the site ("" while selectable)
     epsilon_after_round: list[float] = field(default_factory=list)
+    # rounds the site was sent but never answered: presumed spent at its plan until the site
+    # reports its own ledger again (which then replaces them)
+    unconfirmed: list[dict[str, Any]] = field(default_factory=list)
 
     def ledger(self) -> PrivacyLedger:
         return PrivacyLedger(
             delta=self.delta,
             accountant=self.accountant,
             unit=self.unit,
-            events=[LedgerEvent(**e) for e in self.events],
+            events=[LedgerEvent(**e) for e in self.events + self.unconfirmed],
         )
 
     def epsilon(self, kind: str | None = None) -> float:
@@ -52,6 +55,7 @@ class SiteMirror:
 
 
 BASE_MODEL_MISSING = "does not hold the base model"
+PRESUMED = "presumed by the server: the round was sent, no reply came"
 TRANSIENT = (BASE_MODEL_MISSING,)  # cleared when the site reports again (e.g. on resume)
 
 
@@ -81,6 +85,22 @@ class MirroredLedgers:
                 mirror.events = known.events  # keep the larger, known spending
                 mirror.excluded = "its ledger holds fewer events than the server's mirror"
         self.sites[name] = mirror
+
+    def presume_round(self, site: str, round_number: int) -> None:
+        """A site got round `round_number` but never replied: count the round at its plan
+        (the conservative view) until it reports its ledger again."""
+        mirror = self.sites[site]
+        if mirror.plan is None:
+            return  # nothing known to presume; the site's own ledger will tell
+        event = LedgerEvent(
+            noise_multiplier=float(mirror.plan["noise_multiplier"]),
+            sample_rate=float(mirror.plan["sample_rate"]),
+            steps=int(mirror.plan["steps_per_round"]),
+            round=round_number,
+            status="reserved",
+            label=PRESUMED,
+        )
+        mirror.unconfirmed.append(asdict(event))
 
     def record_round(self, site: str, event: dict[str, Any], plan: dict[str, Any]) -> None:
         mirror = self.sites[site]
@@ -124,7 +144,7 @@ class MirroredLedgers:
                 "delta": mirror.delta,
                 "unit": mirror.unit,
                 "accountant": mirror.accountant,
-                "events": mirror.events,
+                "events": mirror.events + mirror.unconfirmed,
                 "epsilon": mirror.epsilon(),
                 "epsilon_dp_sgd": mirror.epsilon(kind="dp-sgd"),
                 "epsilon_after_round": mirror.epsilon_after_round,

@@ -58,7 +58,10 @@ def write_outputs(
     evaluator: CentralEvaluator,
     mirror: MirroredLedgers,
     started: float,
+    client_level: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`client_level`: the client-level DP report (a whole site as the unit), beside each
+    site's sample-level ledger, when `federation.client_dp` is on."""
     final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
     sites = mirror.report()
     noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
@@ -68,6 +71,8 @@ def write_outputs(
         "noise": noise,
         "what_the_server_sees": REVEALS,
     }
+    if client_level is not None:
+        ledgers["client_level"] = client_level
     write_json(run_dir / "metrics.json", state.history)
     write_json(run_dir / "ledger.json", ledgers)
     save_model(run_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -89,6 +94,9 @@ def write_outputs(
             "delta": config.privacy.delta,
             "epsilon_spent": {s: v["epsilon"] for s, v in sites.items()},
             "synthetic_guarantee": {s: v["synthetic_guarantee"] for s, v in sites.items()},
+            "client_level": None
+            if client_level is None
+            else {k: client_level[k] for k in ("unit", "epsilon", "delta", "noise_multiplier")},
         },
         "versions": package_versions(),
         "git_commit": git_commit(),

@@ -15,10 +15,25 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from common.config.federated_schema import FederationConfig
+from common.errors import ConfigError
 from common.federated import protocol as p
+from server.client_dp import ClientLevelDP
 
 
-def build_strategy(federation: FederationConfig) -> FedAvg:
+def build_strategy(
+    federation: FederationConfig, population: int | None = None, noise_seed: int | None = None
+) -> FedAvg | ClientLevelDP:
+    """Flower's strategy, wrapped for client-level DP when `federation.client_dp.enabled`
+    (population: the number of sites in the consortium, required then)."""
+    strategy = _base_strategy(federation)
+    if federation.client_dp.enabled:
+        if population is None:
+            raise ConfigError("client-level DP needs the number of sites (population)")
+        return ClientLevelDP(strategy, federation.client_dp, population, noise_seed)
+    return strategy
+
+
+def _base_strategy(federation: FederationConfig) -> FedAvg:
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
@@ -54,15 +69,31 @@ class EligibleNodes:
 FEDOPT_STATE = ("current_arrays", "m_t", "v_t")
 
 
-def strategy_state(strategy: FedAvg) -> dict[str, Any]:
-    """What an adaptive strategy carries between rounds (FedAdam's moments), for checkpoints."""
-    return {
-        key: {k: np.array(v) for k, v in getattr(strategy, key).items()}
+def strategy_state(strategy: FedAvg | ClientLevelDP) -> dict[str, Any]:
+    """What a strategy carries between rounds (FedAdam's moments, the client-level DP
+    accountant), for checkpoints."""
+    inner = strategy.strategy if isinstance(strategy, ClientLevelDP) else strategy
+    state: dict[str, Any] = {
+        key: {k: np.array(v) for k, v in getattr(inner, key).items()}
         for key in FEDOPT_STATE
-        if getattr(strategy, key, None) is not None
+        if getattr(inner, key, None) is not None
     }
+    if isinstance(strategy, ClientLevelDP):
+        state[CLIENT_DP_STATE] = strategy.state_dict()
+    return state
 
 
-def load_strategy_state(strategy: FedAvg, state: dict[str, Any]) -> None:
+CLIENT_DP_STATE = "client_dp"
+
+
+def load_strategy_state(strategy: FedAvg | ClientLevelDP, state: dict[str, Any]) -> None:
+    if CLIENT_DP_STATE in state:
+        if not isinstance(strategy, ClientLevelDP):
+            raise ConfigError("the checkpoint has client-level DP state; this run has none")
+        strategy.load_state_dict(state[CLIENT_DP_STATE])
+    elif isinstance(strategy, ClientLevelDP):
+        raise ConfigError("this run has client-level DP; the checkpoint has no accountant")
+    inner = strategy.strategy if isinstance(strategy, ClientLevelDP) else strategy
     for key, value in state.items():
-        setattr(strategy, key, {k: np.array(v) for k, v in value.items()})
+        if key != CLIENT_DP_STATE:
+            setattr(inner, key, {k: np.array(v) for k, v in value.items()})

@@ -30,6 +30,11 @@ commands:
   federate  [experiment=federated/phantom] [fresh=true] [verbose=true] [prepare_only=true]
             <overrides>: the federated simulation (phantom sites, MCGANs, SynPre, DP rounds)
             and its comparison arms; prepare_only writes the sites' archives and stops
+  loopback  [experiment=federated/phantom] [work_dir=runs/loopback] <overrides>: the same
+            federation deployed on this machine: certificates, a SuperLink with TLS and
+            SuperNode authentication, one registered SuperNode per site, one run, all stopped
+  certs     out_dir=DIR sites=[a,b] [hosts=[localhost,127.0.0.1] valid_days=365]: the
+            consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
 
@@ -220,6 +225,37 @@ def cmd_federate(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_loopback(args: Sequence[str]) -> int:
+    import signal
+
+    from simulations.loopback import run_loopback
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # leaves the federation's `with`: every process is stopped
+
+    signal.signal(signal.SIGTERM, stop)
+    options, rest = split_options(args, ("work_dir",))
+    summary = run_loopback(rest, Path(options.get("work_dir", "runs/loopback")))
+    print(json.dumps(summary, indent=2))
+    if summary["processes_left"]:
+        print("mammofl loopback: error: processes left running", file=sys.stderr)
+        return 1
+    if summary["status"] != "finished:completed":
+        print(
+            f"mammofl loopback: error: the run ended {summary['status']}: "
+            f"{summary['details']} (logs: {summary['flower_log']}, {summary['process_logs']})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_certs(args: Sequence[str]) -> int:
+    from simulations.certs_cli import run_certs
+
+    return run_certs(args)
+
+
 def cmd_gan(args: Sequence[str]) -> int:
     from simulations.gan_cli import cmd_gan as run_gan
 
@@ -237,6 +273,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "phantom": cmd_phantom,
     "gan": cmd_gan,
     "federate": cmd_federate,
+    "loopback": cmd_loopback,
+    "certs": cmd_certs,
 }
 
 

@@ -109,6 +109,30 @@ class SynPreConfig:
 
 
 @dataclass
+class ClientDPConfig:
+    """Client-level DP (a whole site is the unit): the server clips nothing itself; each site
+    clips its round update to `clipping_norm` (Flower's fixedclipping_mod) and the server adds
+    Gaussian noise of std `noise_multiplier * clipping_norm / sites` to their mean (Flower 1.42's
+    DifferentialPrivacyClientSideFixedClipping, after McMahan et al. 2018). Accounted with
+    Flower's RdpAccountant (dp-accounting) without sampling amplification: every selected site
+    takes part in every round. Beside, not instead of, each site's sample-level DP-SGD."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-2  # must be < 1 / the number of sites
+    max_epsilon: float | None = None  # the consortium's client-level budget (None: report only)
+
+    def __post_init__(self) -> None:
+        if self.enabled and (self.noise_multiplier <= 0 or self.clipping_norm <= 0):
+            raise ConfigError("federation.client_dp: noise_multiplier and clipping_norm > 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError("federation.client_dp.delta must be in (0, 1)")
+        if self.max_epsilon is not None and self.max_epsilon <= 0:
+            raise ConfigError("federation.client_dp.max_epsilon must be > 0")
+
+
+@dataclass
 class FederationConfig:
     rounds: int = 3
     local_epochs: int = 5
@@ -121,12 +145,25 @@ class FederationConfig:
     node_wait_timeout_s: float = 120.0
     stop_after_round: int | None = None
     resume: bool = False
+    client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
+    # fault drill: the ServerApp kills itself (SIGKILL) right after round N's checkpoint is
+    # written and before round N+1 is dispatched; `federation.resume=true` then continues
+    kill_after_round: int | None = None
 
     def __post_init__(self) -> None:
         _choice("federation.strategy", self.strategy, STRATEGIES)
         _choice("federation.weighting", self.weighting, WEIGHTINGS)
         if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1:
             raise ConfigError("federation.rounds, local_epochs and min_sites must be >= 1")
+        if self.reply_timeout_s <= 0 or self.node_wait_timeout_s <= 0:
+            raise ConfigError("federation.reply_timeout_s and node_wait_timeout_s must be > 0")
+        if self.client_dp.enabled and self.strategy == "fedadam":
+            raise ConfigError(
+                "federation.client_dp needs FedAvg's own aggregation (fedavg or fedprox): "
+                "Flower 1.42 accounts client-level DP only for it, so fedadam is refused"
+            )
+        if self.client_dp.enabled and self.weighting != "equal":
+            raise ConfigError("federation.client_dp needs equal weights (weighting=equal)")
 
 
 @dataclass
@@ -179,6 +216,14 @@ class FederatedRunConfig:
             raise ConfigError("phantom sites need the phantom: section")
         if not self.privacy.enabled or self.privacy.target_epsilon is None:
             raise ConfigError("federated rounds are DP-SGD: privacy.target_epsilon is the budget")
+        client_dp = self.federation.client_dp
+        if client_dp.enabled and self.sites and client_dp.delta >= 1 / len(self.sites):
+            raise ConfigError(
+                f"federation.client_dp.delta={client_dp.delta} >= 1/{len(self.sites)} sites: "
+                "releasing one site's update verbatim would meet that definition"
+            )
+        if client_dp.enabled and not self.sites:
+            raise ConfigError("federation.client_dp needs the site table (the population)")
         if self.gan.model.image_size != self.site_data.image_size and self.synpre.enabled:
             raise ConfigError(
                 f"gan.model.image_size={self.gan.model.image_size} must equal "

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 METRICS = ("auroc", "auprc_malignant", "auprc_benign")
 
 
 def auprc(labels: np.ndarray, scores: np.ndarray, positive: str) -> float:
     """AUPRC with the named class as positive (benign: the paper's, on 1 - score)."""
+    from sklearn.metrics import average_precision_score  # lazy: a ClientApp process per message
+
     if positive == "malignant":
         return float(average_precision_score(labels, scores))
     return float(average_precision_score(1 - labels, 1 - scores))
@@ -25,6 +26,8 @@ def auprc(labels: np.ndarray, scores: np.ndarray, positive: str) -> float:
 def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     if len(np.unique(labels)) < 2:
         return {m: float("nan") for m in METRICS}
+    from sklearn.metrics import roc_auc_score  # lazy: a ClientApp process per message
+
     return {
         "auroc": float(roc_auc_score(labels, scores)),
         "auprc_malignant": auprc(labels, scores, "malignant"),

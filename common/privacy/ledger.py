@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError, PrivacyError
+from common.privacy.rdp_analysis import DEFAULT_ORDERS, opacus_rdp
 
 SCHEMA_VERSION = 1
 EVENT_KINDS = ("dp-sgd", "dp-gan")
@@ -59,12 +60,11 @@ def make_accountant(name: str) -> Any:
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
     """RDP of one step of the sampled Gaussian mechanism at opacus' default orders (cached:
     a ledger is re-evaluated after every epoch, and each evaluation costs ~0.4 s otherwise)."""
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis import rdp
-
-    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = opacus_rdp()
     return tuple(
-        rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders)
+        rdp.compute_rdp(
+            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=DEFAULT_ORDERS
+        )
     )
 
 
@@ -79,12 +79,9 @@ def epsilon_of(events: list[LedgerEvent], delta: float, accountant: str = "rdp")
     if not history:
         return 0.0
     if accountant == "rdp":
-        from opacus.accountants import RDPAccountant
-        from opacus.accountants.analysis import rdp
-
         total = sum(steps * np.array(_rdp_per_step(sigma, q)) for sigma, q, steps in history)
-        epsilon, _ = rdp.get_privacy_spent(
-            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta
+        epsilon, _ = opacus_rdp().get_privacy_spent(
+            orders=list(DEFAULT_ORDERS), rdp=total, delta=delta
         )
         return float(epsilon)
     acc = make_accountant(accountant)

@@ -122,3 +122,22 @@ def test_failed_write_keeps_the_previous_ledger(tmp_path, monkeypatch) -> None: 
         store.save(ledger)
     monkeypatch.undo()
     assert len(store.load(delta=1e-4, accountant="rdp", unit="patch").events) == 1
+
+
+def test_standalone_rdp_analysis_is_opacus_own() -> None:
+    """The ledger loads opacus' RDP analysis file alone (fast ClientApp start); same orders,
+    same numbers as the opacus package's RDPAccountant."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp
+
+    from common.privacy.rdp_analysis import DEFAULT_ORDERS, opacus_rdp
+
+    assert list(DEFAULT_ORDERS) == list(RDPAccountant.DEFAULT_ALPHAS)
+    ours = opacus_rdp().compute_rdp(q=0.1, noise_multiplier=1.1, steps=7, orders=DEFAULT_ORDERS)
+    theirs = rdp.compute_rdp(q=0.1, noise_multiplier=1.1, steps=7, orders=DEFAULT_ORDERS)
+    assert list(ours) == list(theirs)
+    accountant = RDPAccountant()
+    accountant.history = [(1.1, 0.1, 7)]
+    ledger = PrivacyLedger(delta=1e-5)
+    ledger.events = [LedgerEvent(noise_multiplier=1.1, sample_rate=0.1, steps=7)]
+    assert ledger.epsilon() == accountant.get_epsilon(delta=1e-5)

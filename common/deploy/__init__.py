@@ -1,0 +1,1 @@
+"""Deployment: the consortium's certificates and keys."""

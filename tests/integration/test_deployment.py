@@ -1,0 +1,248 @@
+"""The federation as deployed, with real processes on loopback: one SuperLink (TLS, SuperNode
+authentication) shared by the tests of this module, one registered SuperNode per site.
+
+- only registered keys and TLS clients are admitted;
+- a SuperNode killed mid-round: the round goes on without it, the site comes back (same node
+  id) and trains again, and every ledger is right (the killed site pays what it reserved);
+- the ServerApp killed at the defined point (after round 2's checkpoint, before round 3 is
+  dispatched) and resumed ends with the ledgers and round count of an uninterrupted run;
+- client-level DP reports both guarantees, the server's equal to dp-accounting's.
+
+The uninterrupted reference is `mammofl loopback` itself (its own SuperLink, stopped after).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import pytest
+
+from common.deploy.certificates import make_consortium
+from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from simulations.flower_processes import ManagedProcess, free_port, supernode_args, supernodes
+from simulations.loopback import LoopbackFederation, site_node_configs, wait_until
+from tests.conftest import tiny_federated_config
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "federated/tiny"
+CLIENT_DP = ["federation.client_dp.enabled=true", "federation.client_dp.delta=0.1"]
+BIN = Path(sys.executable).parent
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`mammofl loopback` on federated/tiny with client-level DP: the uninterrupted run."""
+    work = tmp_path_factory.mktemp("loopback")
+    done = subprocess.run(
+        [
+            str(BIN / "mammofl"),
+            "loopback",
+            f"experiment={EXPERIMENT}",
+            f"work_dir={work}",
+            f"out_dir={tiny_workspace}",
+            f"run_dir={work / 'run'}",
+            *CLIENT_DP,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert summary["status"] == "finished:completed" and summary["processes_left"] == []
+    return work / "run"
+
+
+@pytest.fixture(scope="module")
+def consortium(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    work = tmp_path_factory.mktemp("consortium")
+    config = tiny_federated_config(tiny_workspace)
+    with LoopbackFederation(work, site_node_configs(config, work / "unused")) as federation:
+        yield federation
+    left = wait_until("processes gone", lambda: not federation.leftovers(), 30)
+    assert left
+
+
+def _fresh_sites(federation: LoopbackFederation, tiny_workspace: Path, run_dir: Path) -> None:
+    config = tiny_federated_config(tiny_workspace)
+    federation.reconfigure(site_node_configs(config, run_dir / "sites"))
+
+
+def _overrides(tiny_workspace: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"out_dir={tiny_workspace}", f"run_dir={run_dir}", "simulation.compare=[]", *extra]
+
+
+# ---- the reference run: TLS, authentication, 3 SuperNodes, both guarantees ---------------
+def test_three_supernodes_complete_tiny_with_both_guarantees(reference: Path) -> None:
+    result = _json(reference / "result.json")
+    assert result["rounds_completed"] == 3
+    ledger = _json(reference / "ledger.json")
+    assert sorted(ledger["sites"]) == ["site-a", "site-b", "site-c"]
+    for site in ledger["sites"].values():  # sample-level: each site's patches, DP-SGD
+        assert len(site["epsilon_after_round"]) == 3
+        assert 0 < site["epsilon"] <= site["budget"]
+    client = ledger["client_level"]  # client-level: a whole site, the server's noise
+    independent = dp_accounting.rdp.RdpAccountant()
+    independent.compose(dp_accounting.GaussianDpEvent(client["noise_multiplier"]), 3)
+    assert client["unit"] == "site" and client["releases"] == 3
+    assert client["epsilon"] == pytest.approx(independent.get_epsilon(client["delta"]), rel=1e-9)
+    assert result["privacy"]["client_level"]["epsilon"] == client["epsilon"]
+
+
+# ---- admission ---------------------------------------------------------------------------
+def _intruder(federation: LoopbackFederation, tmp_path: Path, **kwargs: Any) -> ManagedProcess:
+    args = supernode_args(
+        federation.address,
+        free_port(),
+        {"site-name": "intruder"},
+        max_retries=2,
+        max_wait_time_s=20,
+        **kwargs,
+    )
+    return ManagedProcess("intruder", args, tmp_path / "intruder.log", federation.env).start()
+
+
+def _refused(process: ManagedProcess) -> str:
+    assert process.popen is not None
+    code = process.popen.wait(timeout=90)
+    assert code != 0, process.log_tail()
+    return process.log_tail(100_000)
+
+
+def test_unregistered_key_is_refused(consortium: LoopbackFederation, tmp_path: Path) -> None:
+    rogue = make_consortium(tmp_path / "rogue", ["localhost"], ["intruder"])
+    assert consortium.certs is not None
+    before = len(supernodes(consortium.env))
+    log = _refused(
+        _intruder(
+            consortium,
+            tmp_path,
+            ca_certificate=consortium.certs.ca_certificate,
+            private_key=rogue.site_private_keys["intruder"],
+        )
+    )
+    assert "Failed to activate SuperNode" in log
+    assert "No SuperNode found with the given public key" in consortium.superlink.log_tail(20000)  # type: ignore[union-attr]
+    assert len(supernodes(consortium.env)) == before
+
+
+def test_plaintext_client_is_refused(consortium: LoopbackFederation, tmp_path: Path) -> None:
+    before = len(supernodes(consortium.env))
+    log = _refused(_intruder(consortium, tmp_path, ca_certificate=None, private_key=None))
+    assert "Starting insecure channel" in log and "could not establish a connection" in log
+    assert len(supernodes(consortium.env)) == before
+
+
+# ---- a SuperNode dies mid-round ----------------------------------------------------------
+def _run_in_background(
+    federation: LoopbackFederation, overrides: list[str], out: dict[str, Any]
+) -> threading.Thread:
+    def work() -> None:
+        try:
+            out["status"] = federation.run(EXPERIMENT, overrides, timeout=900)
+        except BaseException as error:  # surfaced by the test
+            out["error"] = error
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def _reserved(ledger_path: Path, round_number: int) -> bool:
+    try:
+        events = _json(ledger_path)["events"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(e["round"] == round_number and e["status"] == "reserved" for e in events)
+
+
+def _epsilon(events: list[dict[str, Any]], delta: float) -> float:
+    ledger = PrivacyLedger(delta=delta, accountant="rdp", unit="patch")
+    ledger.events = [LedgerEvent(**e) for e in events]
+    return ledger.epsilon()
+
+
+def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
+    consortium: LoopbackFederation, tiny_workspace: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _fresh_sites(consortium, tiny_workspace, run_dir)
+    overrides = _overrides(
+        tiny_workspace,
+        run_dir,
+        "synpre.enabled=false",
+        "gan.enabled=false",
+        "federation.rounds=4",  # site-c is back within two rounds (its old session expires)
+        "federation.local_epochs=40",  # a round long enough to be caught in the middle
+        "federation.reply_timeout_s=45",
+    )
+    out: dict[str, Any] = {}
+    thread = _run_in_background(consortium, overrides, out)
+    site_c = run_dir / "sites" / "site-c" / "state" / "ledger.json"
+    wait_until("site-c reserving round 2", lambda: _reserved(site_c, 2) or "error" in out, 600)
+    consortium.kill_supernode("site-c")
+    consortium.restart_supernode("site-c")
+    thread.join(timeout=900)
+    assert "error" not in out, out.get("error")
+    assert out["status"]["status"] == "finished:completed", out["status"]
+
+    assert _json(run_dir / "result.json")["rounds_completed"] == 4
+    rounds = _json(run_dir / "metrics.json")["rounds"]
+    assert "site-c" in rounds[1]["refused"] and "site-c" not in rounds[1]["trained"]
+    assert rounds[3]["trained"] == ["site-a", "site-b", "site-c"]  # back by round 4
+    ledger = _json(run_dir / "ledger.json")
+    for name in ("site-a", "site-b", "site-c"):
+        own = _json(run_dir / "sites" / name / "state" / "ledger.json")
+        mirrored = ledger["sites"][name]
+        assert mirrored["events"] == own["events"]  # the server's copy is the site's own
+        assert mirrored["epsilon"] == pytest.approx(_epsilon(own["events"], own["delta"]))
+        assert mirrored["epsilon"] <= mirrored["budget"]
+        trained = [r["round"] for r in rounds if name in r["trained"]]
+        settled = [e["round"] for e in own["events"] if e["status"] == "settled"]
+        assert settled == trained, name
+        reserved = [e["round"] for e in own["events"] if e["status"] == "reserved"]
+        assert reserved == ([2] if name == "site-c" else []), name
+    # what site-c reserved for round 2 is exactly one round of its plan
+    own_c = _json(site_c)["events"]
+    assert {k: own_c[1][k] for k in ("noise_multiplier", "sample_rate", "steps")} == {
+        k: own_c[0][k] for k in ("noise_multiplier", "sample_rate", "steps")
+    }
+
+
+# ---- the ServerApp dies after round 2's checkpoint ---------------------------------------
+def test_server_killed_after_round_2_resumes_to_the_uninterrupted_ledgers(
+    consortium: LoopbackFederation, tiny_workspace: Path, tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _fresh_sites(consortium, tiny_workspace, run_dir)
+    overrides = _overrides(tiny_workspace, run_dir, *CLIENT_DP)
+    killed = consortium.run(EXPERIMENT, [*overrides, "federation.kill_after_round=2"])
+    assert killed["status"] == "finished:failed", killed
+    import torch
+
+    checkpoint = torch.load(run_dir / "server" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["round"] == 2
+    for name in ("site-a", "site-b", "site-c"):  # nothing of round 3 was dispatched
+        own = _json(run_dir / "sites" / name / "state" / "ledger.json")
+        assert [e["round"] for e in own["events"]] == [1, 2]
+    resumed = consortium.run(EXPERIMENT, [*overrides, "federation.resume=true"])
+    assert resumed["status"] == "finished:completed", resumed
+
+    ours, theirs = _json(run_dir / "ledger.json"), _json(reference / "ledger.json")
+    assert _json(run_dir / "result.json")["rounds_completed"] == 3
+    for name, site in theirs["sites"].items():
+        for key in ("events", "epsilon", "epsilon_after_round", "budget", "non_dp_uses"):
+            assert ours["sites"][name][key] == site[key], (name, key)
+    for key in ("epsilon", "releases", "epsilon_after_round"):
+        assert ours["client_level"][key] == theirs["client_level"][key], key
