@@ -45,8 +45,14 @@ def load_checkpoint(run_dir: Path, overrides: list[str]) -> ServerState:
     if stored.pop("version") != VERSION:
         raise ConfigError(f"{path}: checkpoint of another mammofl version")
     state = ServerState(**stored)
-    # a resumed run may stop elsewhere or ask for more rounds (the sites' ledgers decide)
-    ignore = ("federation.resume", "federation.stop_after_round", "federation.rounds")
+    # a resumed run may stop elsewhere, ask for more rounds (the sites' ledgers decide) or
+    # drop a fault drill's kill point
+    ignore = (
+        "federation.resume",
+        "federation.stop_after_round",
+        "federation.rounds",
+        "federation.kill_after_round",
+    )
     same = [o for o in state.overrides if not o.startswith(ignore)]
     now = [o for o in overrides if not o.startswith(ignore)]
     if same != now:

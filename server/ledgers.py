@@ -56,7 +56,10 @@ class SiteMirror:
 
 BASE_MODEL_MISSING = "does not hold the base model"
 PRESUMED = "presumed by the server: the round was sent, no reply came"
-TRANSIENT = (BASE_MODEL_MISSING,)  # cleared when the site reports again (e.g. on resume)
+BUDGET_SPENT = "budget spent: one more round would exceed it"
+# cleared when the site reports again (e.g. on resume, or back after a crash: its own ledger
+# may show less spent than the rounds the server presumed)
+TRANSIENT = (BASE_MODEL_MISSING, BUDGET_SPENT)
 
 
 class MirroredLedgers:
@@ -115,7 +118,7 @@ class MirroredLedgers:
         chosen = []
         for name, mirror in self.sites.items():
             if not mirror.excluded and not mirror.next_round_fits():
-                mirror.excluded = "budget spent: one more round would exceed it"
+                mirror.excluded = BUDGET_SPENT
             if not mirror.excluded:
                 chosen.append(name)
         return chosen

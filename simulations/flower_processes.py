@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from common.atomic_io import atomic_write_text
-from common.errors import MammoflError
+from common.errors import ConfigError, MammoflError
 
 BIN = Path(sys.executable).parent
 CONNECTION = "consortium"  # the flwr CLI's name for the consortium's SuperLink
@@ -152,7 +152,10 @@ def superlink_args(
 
 
 def node_config_arg(values: Mapping[str, object]) -> str:
-    """`--node-config` as flwr parses it: space-separated `key=value`, strings quoted (TOML)."""
+    """`--node-config` as flwr 1.42 parses it: space-separated `key=value`, each value a TOML
+    value; flwr's own splitter cuts a string at its first matching quote, so a string holding
+    `"` goes in single quotes (a TOML literal string). Raises ConfigError for a string holding
+    both quote kinds or a line break, which that splitter cannot carry."""
     parts = []
     for key, value in values.items():
         if isinstance(value, bool):
@@ -160,7 +163,13 @@ def node_config_arg(values: Mapping[str, object]) -> str:
         elif isinstance(value, int | float):
             parts.append(f"{key}={value}")
         else:
-            parts.append(f"{key}={json.dumps(str(value))}")
+            text = str(value)
+            if "\n" in text or "\r" in text or ('"' in text and "'" in text):
+                raise ConfigError(
+                    f"node config {key}={text!r}: flwr cannot pass a value with a line break "
+                    "or both quote kinds; rename the folder"
+                )
+            parts.append(f"{key}='{text}'" if '"' in text else f"{key}={json.dumps(text)}")
     return " ".join(parts)
 
 

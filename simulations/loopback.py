@@ -222,6 +222,19 @@ class LoopbackFederation:
         site.process.start()
         self.wait_online([name], timeout)
 
+    def restart_superlink(self, timeout: float = 120.0) -> None:
+        """SIGKILL the SuperLink with its SuperExec and ServerApp, then start it again on the
+        same database (registered keys, runs) and port; the SuperNodes reconnect."""
+        assert self.superlink is not None
+        self.superlink.kill()
+        self.superlink.start()
+        wait_for(
+            "SuperLink",
+            lambda: self._check_superlink() or supernodes(self.env) is not None,
+            timeout,
+        )
+        self.wait_online(list(self.sites), timeout)
+
     def reconfigure(self, node_configs: Mapping[str, Mapping[str, Any]]) -> None:
         """Restart every SuperNode with a new node config (same keys, so same node ids), e.g.
         fresh state dirs: a hospital's ledger otherwise carries over from run to run."""

@@ -1,6 +1,7 @@
 """docs/deployment.md's step-by-step commands, run in order as written (one bash session, the
-page's own variables pointed at a temporary folder, the tiny preset with one round), then its
-stop command: the run completes over TLS with registered SuperNodes and no process is left."""
+page's own variables pointed at a temporary folder and the tiny preset), then its stop command:
+three registered SuperNodes complete the whole federated/tiny run (MCGANs, SynPre, 3 DP rounds)
+over TLS, and no process is left."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_documented_steps_work_in_order(tmp_path: Path) -> None:
         WORK=str(work),
         PORT=str(port),
         EXPERIMENT="federated/tiny",
-        OVERRIDES="synpre.enabled=false gan.enabled=false federation.rounds=1",
+        OVERRIDES="",
     )
     env.pop("FLWR_HOME")  # the page sets it
     script = "set -euo pipefail\n" + documented("steps")
@@ -77,10 +78,14 @@ def test_documented_steps_work_in_order(tmp_path: Path) -> None:
     assert stop.returncode == 0, stop.stderr
     assert [r["status"] for r in runs] == ["finished:completed"], runs
     result = json.loads((work / "run" / "result.json").read_text())
-    assert result["rounds_completed"] == 1
+    assert result["rounds_completed"] == 3
+    metrics = json.loads((work / "run" / "metrics.json").read_text())
+    assert sorted(metrics["synpre"]["sites"]) == ["site-a", "site-b", "site-c"]
     ledger = json.loads((work / "run" / "ledger.json").read_text())
     assert sorted(ledger["sites"]) == ["site-a", "site-b", "site-c"]
     for name, site in ledger["sites"].items():  # each hospital's own state dir, as configured
         own = json.loads((work / "state" / name / "ledger.json").read_text())
-        assert site["events"] == own["events"] and len(own["events"]) == 1
+        assert site["events"] == own["events"] and len(own["events"]) == 3
+        assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
+        assert 0 < site["epsilon"] <= site["budget"] == 6
     assert wait_until("no process left", lambda: not _ours(work, port), 60)

@@ -49,7 +49,7 @@ def test_every_output_and_the_budget_after_every_round(full_run: Path) -> None:
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for entry in rounds:
         assert set(entry["central"]["phantom_test"]) == {"auroc", "auprc_malignant", "auprc_benign"}
-        assert set(entry["sites"]) == {"site-a", "site-b"}
+        assert set(entry["sites"]) == {"site-a", "site-b", "site-c"}
     ledgers = _read(full_run / "ledger.json")
     assert ledgers["unit"] == "patch" and ledgers["noise"] == "os-entropy"
     for site in ledgers["sites"].values():
@@ -63,7 +63,7 @@ def test_every_output_and_the_budget_after_every_round(full_run: Path) -> None:
     result = _read(full_run / "result.json")
     assert result["rounds_completed"] == 3 and result["git_commit"]
     summary = (full_run / "summary.md").read_text()
-    for arm in ("SynPre + DP rounds", "no SynPre", "site-a alone", "site-b alone"):
+    for arm in ("SynPre + DP rounds", "no SynPre", "site-a alone", "site-c alone"):
         assert arm in summary
 
 
@@ -72,7 +72,7 @@ def test_comparison_arms_keep_their_own_ledgers(full_run: Path) -> None:
     main = _events(full_run)
     no_synpre = _events(arms / "no_synpre")
     assert set(no_synpre) == set(main)  # the same sites, each charged in its own state dir
-    for site in ("site-a", "site-b"):
+    for site in ("site-a", "site-b", "site-c"):
         assert (arms / "no_synpre" / "sites" / site / "state" / "ledger.json").is_file()
         alone = _read(arms / f"alone_{site}" / "ledger.json")
         assert 0 < alone["epsilon"] <= alone["budget"]

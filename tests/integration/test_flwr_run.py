@@ -36,7 +36,7 @@ def test_flwr_run_runs_the_same_apps(tiny_workspace: Path, tmp_path: Path) -> No
                 "--run-config",
                 f"experiment='federated/tiny' overrides='{overrides}'",
                 "--federation-config",
-                "num-supernodes=2",
+                "num-supernodes=3",
                 "--stream",
             ],
             cwd=PROJECT,

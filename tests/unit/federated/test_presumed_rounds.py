@@ -1,0 +1,81 @@
+"""The server's mirror when a site goes silent mid-round: the round counts at the site's plan
+until the site reports its own ledger, which then replaces the presumption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.privacy.ledger import LedgerEvent
+from server.ledgers import PRESUMED, MirroredLedgers
+
+PLAN = {"noise_multiplier": 1.2, "sample_rate": 0.25, "steps_per_round": 8}
+
+
+def _event(round_number: int, status: str = "settled") -> dict[str, Any]:
+    return {
+        **LedgerEvent(
+            noise_multiplier=1.2, sample_rate=0.25, steps=8, round=round_number, status=status
+        ).__dict__
+    }
+
+
+def _status(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "site": "site-c",
+        "budget": 6.0,
+        "ledger": {
+            "schema_version": 1,
+            "delta": 1e-4,
+            "accountant": "rdp",
+            "unit": "patch",
+            "events": events,
+            "non_dp_uses": [],
+        },
+        "synthetic_guarantee": "not generated",
+        "plan": PLAN,
+    }
+
+
+def test_silent_round_is_presumed_then_replaced_by_the_sites_own_ledger() -> None:
+    mirror = MirroredLedgers()
+    mirror.adopt_status(_status([]))
+    mirror.record_round("site-c", _event(1), PLAN)
+    one_round = mirror.sites["site-c"].epsilon()
+    mirror.presume_round("site-c", 2)
+    presumed = mirror.report()["site-c"]
+    assert [(e["round"], e["status"], e["label"]) for e in presumed["events"]] == [
+        (1, "settled", ""),
+        (2, "reserved", PRESUMED),
+    ]
+    assert presumed["epsilon"] > one_round  # counted until the site says otherwise
+    # the site comes back: it had reserved round 2 before it died
+    mirror.adopt_status(_status([_event(1), {**_event(2, "reserved"), "label": ""}]))
+    site = mirror.sites["site-c"]
+    assert site.unconfirmed == [] and not site.excluded
+    assert [(e["round"], e["status"]) for e in site.events] == [(1, "settled"), (2, "reserved")]
+
+
+def test_a_site_that_never_reserved_is_not_taken_for_one_that_lost_history() -> None:
+    mirror = MirroredLedgers()
+    mirror.adopt_status(_status([]))
+    mirror.record_round("site-c", _event(1), PLAN)
+    mirror.presume_round("site-c", 2)
+    mirror.adopt_status(_status([_event(1)]))  # it died before reserving round 2
+    site = mirror.sites["site-c"]
+    assert site.unconfirmed == [] and site.excluded == ""
+    assert len(site.events) == 1
+
+
+def test_a_budget_exclusion_from_presumed_rounds_is_lifted_by_the_sites_ledger() -> None:
+    mirror = MirroredLedgers()
+    status = _status([])
+    mirror.adopt_status(status)
+    two_rounds = mirror.sites["site-c"].ledger()
+    two_rounds.events = [LedgerEvent(**_event(1)), LedgerEvent(**_event(2))]
+    status["budget"] = two_rounds.epsilon() * 1.001  # room for exactly two rounds
+    mirror.adopt_status(status)
+    mirror.record_round("site-c", _event(1), PLAN)
+    mirror.presume_round("site-c", 2)
+    assert mirror.selectable() == []  # r1 + presumed r2 + r3 would exceed it
+    mirror.adopt_status({**status, "ledger": {**status["ledger"], "events": [_event(1)]}})
+    assert mirror.selectable() == ["site-c"]  # it never reserved r2: one more round fits
