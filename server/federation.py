@@ -163,7 +163,7 @@ class Federation:
             {p.BASE_SHA: state.base_sha, p.WEIGHTING: self.config.federation.weighting}
         )
         if isinstance(self.strategy, ClientLevelDP):
-            self.strategy.sample(len(nodes))  # raises PrivacyBudgetExhausted before sending
+            self.strategy.sample(len(nodes))  # configure_train may raise PrivacyBudgetExhausted
         messages = self.strategy.configure_train(
             round_number,
             to_array_record(state.trainable),
@@ -291,7 +291,7 @@ class Federation:
         chosen = [n for n in nodes if n in online and self.sites[n] in selectable]
         if len(chosen) < self.config.federation.min_sites:
             state.ended = (
-                f"round {round_number}: {len(chosen)} sites with budget left < "
+                f"round {round_number}: {len(chosen)} sites online with budget left < "
                 f"federation.min_sites={self.config.federation.min_sites}"
             )
             log.info("run ends: %s", state.ended)
@@ -315,7 +315,9 @@ class Federation:
             {
                 "round": round_number,
                 "central": evaluator.point_values(model),
-                "sites": self.site_metrics(chosen, state),
+                "sites": self.site_metrics(chosen, state)
+                if self.config.federation.site_evaluation
+                else {},
                 "trained": trained,
                 "refused": refused,
             }

@@ -84,6 +84,8 @@ class MirroredLedgers:
         if known is not None:
             mirror.epsilon_after_round = known.epsilon_after_round
             mirror.excluded = "" if known.excluded in TRANSIENT else known.excluded
+            if known.excluded == BUDGET_SPENT and not mirror.next_round_fits():
+                mirror.excluded = BUDGET_SPENT  # still true by the site's own ledger
             if len(mirror.events) < len(known.events):
                 mirror.events = known.events  # keep the larger, known spending
                 mirror.excluded = "its ledger holds fewer events than the server's mirror"

@@ -145,6 +145,9 @@ class FederationConfig:
     node_wait_timeout_s: float = 120.0
     stop_after_round: int | None = None
     resume: bool = False
+    # each round the sites score the global model on their local validation patients and send
+    # AUROC/AUPRC: a use of private data without DP (recorded in their ledgers); false: never
+    site_evaluation: bool = True
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
     # fault drill: the ServerApp kills itself (SIGKILL) right after round N's checkpoint is
     # written and before round N+1 is dispatched; `federation.resume=true` then continues

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.slow
 
 EXPERIMENT = "federated/tiny"
 # the rounds are what the reference and the resumed run compare: no SynPre here (the
-# documented steps' test runs the whole preset, SynPre included, on a SuperLink of its own)
-ROUNDS_ONLY = ["synpre.enabled=false", "gan.enabled=false"]
+# documented steps' test runs the whole preset, SynPre and site evaluation included, on a
+# SuperLink of its own)
+ROUNDS_ONLY = ["synpre.enabled=false", "gan.enabled=false", "federation.site_evaluation=false"]
 CLIENT_DP = ["federation.client_dp.enabled=true", "federation.client_dp.delta=0.1"]
 BIN = Path(sys.executable).parent
 
@@ -104,6 +105,9 @@ def test_three_supernodes_complete_tiny_rounds_with_both_guarantees(reference: P
     assert client["unit"] == "site" and client["releases"] == 3
     assert client["epsilon"] == pytest.approx(independent.get_epsilon(client["delta"]), rel=1e-9)
     assert result["privacy"]["client_level"]["epsilon"] == client["epsilon"]
+    # federation.site_evaluation=false: no site scored its validation patients, none recorded it
+    assert all(r["sites"] == {} for r in _json(reference / "metrics.json")["rounds"])
+    assert all(site["non_dp_uses"] == [] for site in ledger["sites"].values())
 
 
 # ---- admission ---------------------------------------------------------------------------
@@ -187,8 +191,7 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     overrides = _overrides(
         tiny_workspace,
         run_dir,
-        "synpre.enabled=false",
-        "gan.enabled=false",
+        *ROUNDS_ONLY,
         "federation.rounds=4",  # site-c is back within two rounds (its old session expires)
         "federation.local_epochs=40",  # a round long enough to be caught in the middle
         "federation.reply_timeout_s=45",

@@ -162,3 +162,19 @@ def test_the_site_clips_its_update_only_when_asked() -> None:
 def test_flower_limits_are_config_errors(changes: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="client_dp"):
         FederationConfig(client_dp=ClientDPConfig(enabled=True), **changes)  # type: ignore[arg-type]
+
+
+def test_a_release_beyond_max_epsilon_is_refused_before_sending() -> None:
+    from flwr.serverapp.exception import PrivacyBudgetExhausted
+
+    federation = FederationConfig(
+        client_dp=ClientDPConfig(enabled=True, noise_multiplier=1.0, max_epsilon=3.5)
+    )
+    strategy = build_strategy(federation, population=3)
+    assert isinstance(strategy, ClientLevelDP)
+    _round(strategy, 1, [0.0, 0.0, 0.0])  # 2.75 at delta 1e-2; two releases: 4.34
+    spent = strategy.epsilon()
+    assert 0 < spent <= 3.5
+    with pytest.raises(PrivacyBudgetExhausted):
+        _round(strategy, 2, [0.0, 0.0, 0.0])
+    assert strategy.epsilon() == spent and strategy.report()["releases"] == 1
