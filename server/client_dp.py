@@ -56,12 +56,17 @@ class ClientLevelDP(DifferentialPrivacyClientSideFixedClipping):
         self.population = population
         # numpy's default_rng() without a seed draws 128 bits of OS entropy
         self.generator = np.random.default_rng(noise_seed)
+        self.noise_seed = noise_seed
         self.seeded = noise_seed is not None
         self.epsilon_after_round: list[float] = []
 
-    def sample(self, sites: int) -> None:
-        """This round's number of selected sites (every one of them must reply)."""
+    def sample(self, sites: int, round_number: int) -> None:
+        """This round's number of selected sites (every one of them must reply). In seeded
+        mode the round's noise comes from (seed, round): a resumed run never replays the
+        noise of an earlier round."""
         self.num_sampled_clients = sites
+        if self.noise_seed is not None:
+            self.generator = np.random.default_rng([self.noise_seed, round_number])
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients

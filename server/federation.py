@@ -84,7 +84,11 @@ class Federation:
         return self.send(messages)
 
     def send(self, messages: list[Message]) -> list[Message]:
-        """Send and wait up to `federation.reply_timeout_s` for the replies."""
+        """Send and wait up to `federation.reply_timeout_s` for the replies. A message also
+        expires then (Flower's default is 12 h): a SuperNode back after a crash must not pull
+        and train for a round the server has already closed."""
+        for message in messages:
+            message.metadata.ttl = self.timeout
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         for message in messages:  # ids are set when sent
             self.destination[message.metadata.message_id] = message.metadata.dst_node_id
@@ -114,8 +118,16 @@ class Federation:
                 continue
             status = parse_status(reply.content)
             node, name = reply.metadata.src_node_id, status["site"]
-            if name in {s for n, s in self.sites.items() if n != node}:
-                raise ConfigError(f"two SuperNodes both claim to be site {name!r}")
+            others = [n for n, s in self.sites.items() if s == name and n != node]
+            if others:
+                online = set(self.grid.get_node_ids())
+                if any(n in online for n in others):
+                    raise ConfigError(f"two SuperNodes both claim to be site {name!r}")
+                for old in others:  # the site came back under a new node id (a new key)
+                    del self.sites[old]
+                    if old in self.stale:
+                        self.stale.discard(old)
+                        self.stale.add(node)
             self.sites[node] = name
             self.mirror.adopt_status(status)
             statuses.append(status)
@@ -163,7 +175,8 @@ class Federation:
             {p.BASE_SHA: state.base_sha, p.WEIGHTING: self.config.federation.weighting}
         )
         if isinstance(self.strategy, ClientLevelDP):
-            self.strategy.sample(len(nodes))  # configure_train may raise PrivacyBudgetExhausted
+            # configure_train raises PrivacyBudgetExhausted before anything is sent
+            self.strategy.sample(len(nodes), round_number)
         messages = self.strategy.configure_train(
             round_number,
             to_array_record(state.trainable),
@@ -179,8 +192,14 @@ class Federation:
                 refused[site] = reply.error.reason
                 if reply.error.code == p.ErrorCode.BUDGET_EXCEEDED:
                     self.mirror.exclude(site, "refused a round: budget")
-                else:  # it may have reserved budget before failing: ask it again next round
-                    self.stale.update(n for n, name in self.sites.items() if name == site)
+                    continue
+                # a crash, a failure, or a node the SuperLink found unavailable: the site may
+                # have reserved the round before; count it until the site reports its ledger
+                self.mirror.presume_round(site, round_number)
+                self.stale.update(n for n, name in self.sites.items() if name == site)
+                if isinstance(self.strategy, ClientLevelDP):
+                    # a failing site voids every round under client-level DP: leave it out
+                    self.mirror.exclude(site, f"failed round {round_number} (client-level DP)")
                 continue
             try:
                 _, _, event = parse_train_reply(
@@ -189,6 +208,10 @@ class Federation:
             except ReplySchemaError as error:
                 refused[site] = f"reply rejected by the allow-list: {error}"
                 self.mirror.exclude(site, "sent a reply outside the allow-list")
+                continue
+            if isinstance(self.strategy, ClientLevelDP) and not self._clipped(reply, state):
+                refused[site] = "update not clipped to the client-level DP norm"
+                self.mirror.exclude(site, "sent an unclipped update under client-level DP")
                 continue
             plan = {k: event[k] for k in ("noise_multiplier", "sample_rate")}
             plan["steps_per_round"] = event["steps"]
@@ -201,9 +224,22 @@ class Federation:
                 refused[self.sites[node]] = "no reply before the timeout"
                 self.mirror.presume_round(self.sites[node], round_number)
                 self.stale.add(node)
+                if isinstance(self.strategy, ClientLevelDP):
+                    self.mirror.exclude(self.sites[node], f"no reply in round {round_number}")
         aggregated, _ = self.strategy.aggregate_train(round_number, valid)
         trainable = state.trainable if aggregated is None else from_array_record(aggregated)
         return {k: v.astype(np.float32) for k, v in trainable.items()}, refused, sorted(trained)
+
+    def _clipped(self, reply: Message, state: ServerState) -> bool:
+        """Under client-level DP the guarantee needs every update (sent weights to returned
+        ones) within the clipping norm; a site whose ClientApp did not clip is refused."""
+        assert isinstance(self.strategy, ClientLevelDP)
+        returned = from_array_record(reply.content.array_records[p.ARRAYS])
+        squares = sum(
+            float(np.sum((returned[k].astype(np.float64) - v.astype(np.float64)) ** 2))
+            for k, v in state.trainable.items()
+        )
+        return squares**0.5 <= self.strategy.clipping_norm * (1 + 1e-4)
 
     def site_metrics(self, nodes: list[int], state: ServerState) -> dict[str, dict[str, float]]:
         content = RecordDict(
@@ -240,6 +276,7 @@ class Federation:
             for status in statuses:  # each site's own ledger, as it reports it now
                 self.mirror.adopt_status(status)
             load_strategy_state(self.strategy, state.strategy)
+            state.ended = ""  # why it ended (too few sites online, budgets) is asked again
             model.load_state_dict(state.base_state)
             load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
             log.info("resumed after round %d", state.round)
@@ -274,7 +311,7 @@ class Federation:
             base_state=base_state,
             base_sha=state_fingerprint(base_state),
             trainable={k: v.numpy() for k, v in trainable_state(model).items()},
-            strategy={},
+            strategy=strategy_state(self.strategy),  # e.g. an empty client-level accountant
             ledgers=self.mirror.state_dict(),
             history=history,
             overrides=self.overrides,

@@ -30,8 +30,8 @@ commands:
   federate  [experiment=federated/phantom] [fresh=true] [verbose=true] [prepare_only=true]
             <overrides>: the federated simulation (phantom sites, MCGANs, SynPre, DP rounds)
             and its comparison arms; prepare_only writes the sites' archives and stops
-  loopback  [experiment=federated/phantom] [work_dir=runs/loopback] <overrides>: the same
-            federation deployed on this machine: certificates, a SuperLink with TLS and
+  loopback  [experiment=federated/phantom] [work_dir=runs/loopback] [fresh=true] <overrides>:
+            the same federation deployed on this machine: certificates, a SuperLink with TLS and
             SuperNode authentication, one registered SuperNode per site, one run, all stopped
   certs     out_dir=DIR sites=[a,b] [hosts=[localhost,127.0.0.1] valid_days=365]: the
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
@@ -231,11 +231,16 @@ def cmd_loopback(args: Sequence[str]) -> int:
     from simulations.loopback import run_loopback
 
     def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
         raise KeyboardInterrupt  # leaves the federation's `with`: every process is stopped
 
     signal.signal(signal.SIGTERM, stop)
-    options, rest = split_options(args, ("work_dir",))
-    summary = run_loopback(rest, Path(options.get("work_dir", "runs/loopback")))
+    options, rest = split_options(args, ("work_dir", "fresh"))
+    summary = run_loopback(
+        rest,
+        Path(options.get("work_dir", "runs/loopback")),
+        fresh=options.get("fresh", "false").lower() in ("1", "true", "yes"),
+    )
     print(json.dumps(summary, indent=2))
     if summary["processes_left"]:
         print("mammofl loopback: error: processes left running", file=sys.stderr)

@@ -163,14 +163,18 @@ def node_config_arg(values: Mapping[str, object]) -> str:
         elif isinstance(value, int | float):
             parts.append(f"{key}={value}")
         else:
-            text = str(value)
-            if "\n" in text or "\r" in text or ('"' in text and "'" in text):
-                raise ConfigError(
-                    f"node config {key}={text!r}: flwr cannot pass a value with a line break "
-                    "or both quote kinds; rename the folder"
-                )
-            parts.append(f"{key}='{text}'" if '"' in text else f"{key}={json.dumps(text)}")
+            parts.append(f"{key}={toml_string(key, str(value))}")
     return " ".join(parts)
+
+
+def toml_string(key: str, text: str) -> str:
+    """A string as flwr 1.42's `key=value` splitter carries it (node and run configs)."""
+    if "\n" in text or "\r" in text or ('"' in text and "'" in text):
+        raise ConfigError(
+            f"{key}={text!r}: flwr cannot pass a value with a line break or both quote "
+            "kinds; rename the folder or drop the quote"
+        )
+    return f"'{text}'" if '"' in text else json.dumps(text)
 
 
 def supernode_args(
@@ -256,7 +260,7 @@ def wait_for(what: str, ready: Any, timeout: float, interval: float = 0.5) -> An
 
 def submit_run(app: Path, run_config: Mapping[str, str], env: Mapping[str, str]) -> int:
     """`flwr run <app> consortium --run-config ...`: the run id (the run goes on detached)."""
-    config = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+    config = " ".join(f"{k}={toml_string(k, v)}" for k, v in run_config.items())
     answer = flwr_cli(["run", str(app), CONNECTION, "--run-config", config], env, timeout=300)
     return int(answer["run-id"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,6 +125,9 @@ class LoopbackFederation:
         self.stop()
 
     def start(self, timeout: float = 120.0) -> None:
+        """A new consortium each time: new keys, a new SuperLink database."""
+        shutil.rmtree(self.work / "certs", ignore_errors=True)
+        (self.work / "superlink.db").unlink(missing_ok=True)
         self.certs = make_consortium(self.work / "certs", HOSTS, list(self.node_configs))
         self.superlink = ManagedProcess(
             "superlink",
@@ -278,10 +282,13 @@ def wait_until(what: str, check: Any, timeout: float, interval: float = 0.05) ->
     raise DeploymentError(f"{what}: not seen within {timeout:.0f} s")
 
 
-def run_loopback(overrides: list[str], work_dir: Path, timeout: float = 3600.0) -> dict[str, Any]:
+def run_loopback(
+    overrides: list[str], work_dir: Path, timeout: float = 3600.0, fresh: bool = False
+) -> dict[str, Any]:
     """`mammofl loopback`: the preset's phantom hospitals as a real consortium on this machine
     (TLS, registered SuperNodes), one run, then every process stopped. Returns the summary."""
     from common.config.compose import compose_federated_config
+    from simulations.federate import check_fresh
     from simulations.federated_workspace import prepare_workspace
 
     work_dir = work_dir.resolve()
@@ -299,6 +306,7 @@ def run_loopback(overrides: list[str], work_dir: Path, timeout: float = 3600.0) 
         f"run_dir={config.run_path.resolve()}",
     ]
     rest = [o for o in rest if not o.startswith(("out_dir=", "run_dir="))] + config_paths
+    check_fresh(config, fresh)  # a second run must not reuse the sites' spent ledgers
     prepare_workspace(config)
     nodes = site_node_configs(config, config.run_path.resolve() / "sites")
     started = time.monotonic()

@@ -76,7 +76,13 @@ def make_consortium(
 ) -> ConsortiumFiles:
     """Write a CA, the SuperLink's TLS certificate for `hosts` (DNS names or IP addresses) and
     one SuperNode key pair per site under `out_dir`. Raises ConfigError on an empty host list,
-    an empty or duplicate site name, or a name with '/'."""
+    an empty or duplicate site name, a name with '/', or an `out_dir` that already holds a CA
+    (new keys would void the ones already registered and handed out)."""
+    if (out_dir / "ca.key").exists() or (out_dir / "ca.pem").exists():
+        raise ConfigError(
+            f"{out_dir} already holds a consortium's CA; new keys would void the registered "
+            "ones. Choose another out_dir (or remove that folder on purpose)"
+        )
     if not hosts:
         raise ConfigError("certificates: give the SuperLink's host names (hosts=[...])")
     if len(set(sites)) != len(sites) or any(not s or "/" in s for s in sites):

@@ -211,6 +211,12 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     assert "site-c" in rounds[1]["refused"] and "site-c" not in rounds[1]["trained"]
     assert rounds[3]["trained"] == ["site-a", "site-b", "site-c"]  # back by round 4
     ledger = _json(run_dir / "ledger.json")
+    # after round 2 the server counted site-c's silent round at its plan (presumed): the
+    # epsilon of the two rounds the site's own ledger holds by then
+    after = ledger["sites"]["site-c"]["epsilon_after_round"]
+    own_c = _json(site_c)
+    assert after[1] > after[0]
+    assert after[1] == pytest.approx(_epsilon(own_c["events"][:2], own_c["delta"]))
     for name in ("site-a", "site-b", "site-c"):
         own = _json(run_dir / "sites" / name / "state" / "ledger.json")
         mirrored = ledger["sites"][name]

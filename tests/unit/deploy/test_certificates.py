@@ -50,3 +50,11 @@ def test_bad_names_are_refused(tmp_path: Path, hosts: list[str], sites: list[str
     with pytest.raises(ConfigError):
         make_consortium(tmp_path, hosts, sites)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_an_existing_ca_is_never_overwritten(tmp_path: Path) -> None:
+    files = make_consortium(tmp_path, ["localhost"], ["a"])
+    before = files.site_private_keys["a"].read_bytes()
+    with pytest.raises(ConfigError, match="already holds"):
+        make_consortium(tmp_path, ["localhost"], ["a"])
+    assert files.site_private_keys["a"].read_bytes() == before

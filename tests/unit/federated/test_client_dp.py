@@ -54,7 +54,7 @@ def _strategy(sigma: float = 2.0, clip: float = 0.5, seed: int | None = None) ->
 
 
 def _round(strategy: ClientLevelDP, round_number: int, values: list[float]) -> np.ndarray:
-    strategy.sample(len(values))
+    strategy.sample(len(values), round_number)
     arrays = {"w": np.zeros(SIZE, np.float32)}
     messages = list(
         strategy.configure_train(
@@ -94,10 +94,21 @@ def test_noise_has_std_sigma_clip_over_sites_around_the_mean() -> None:
 
 
 def test_noise_comes_from_os_entropy_unless_seeded() -> None:
-    first, second = _round(_strategy(), 1, [0.0, 0.0]), _round(_strategy(), 1, [0.0, 0.0])
-    assert not np.array_equal(first, second)
+    np.random.seed(0)  # Flower's own noise (numpy's global generator) would now repeat
+    first = _round(_strategy(), 1, [0.0, 0.0])
+    np.random.seed(0)
+    assert not np.array_equal(first, _round(_strategy(), 1, [0.0, 0.0]))
     first = _round(_strategy(seed=5), 1, [0.0, 0.0])
     assert np.array_equal(first, _round(_strategy(seed=5), 1, [0.0, 0.0]))
+    # seeded mode: each round has its own noise, also after a resume
+    seeded = _strategy(seed=5)
+    assert not np.array_equal(_round(seeded, 1, [0.0]), _round(seeded, 2, [0.0]))
+
+
+def test_the_deployed_client_app_clips() -> None:
+    from client.app import app
+
+    assert client_level_clipping in app._mods
 
 
 def test_epsilon_is_dp_accountings_and_survives_a_checkpoint() -> None:
@@ -118,7 +129,7 @@ def test_epsilon_is_dp_accountings_and_survives_a_checkpoint() -> None:
 
 def test_a_missing_reply_voids_the_round_and_charges_nothing() -> None:
     strategy = _strategy()
-    strategy.sample(3)
+    strategy.sample(3, 1)
     messages = list(
         strategy.configure_train(
             1,
