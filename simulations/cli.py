@@ -283,6 +283,22 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+def command_usage(command: str) -> str:
+    """One command's lines of USAGE (its entry and the indented lines that continue it)."""
+    lines = USAGE.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {command} "))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" " * 12):
+            break
+        block.append(line)
+    return (
+        f"usage: mammofl {command} [key=value ...]\n\n"
+        + "\n".join(block)
+        + ("\n\nother key=value arguments are hydra overrides, e.g. experiment=table1/real_eps6")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -296,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout,
         )
         return 0 if not argv or argv[0] in ("-h", "--help", "help") else 2
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(command_usage(argv[0]))
+        return 0
     try:
         return COMMANDS[argv[0]](argv[1:])
     except MammoflError as error:

@@ -37,9 +37,26 @@ def config_dir() -> Path:
     return folder
 
 
+def check_presets(overrides: Sequence[str], federated: bool) -> None:
+    """A mistyped preset must never compose as no preset at all (the defaults list makes the
+    experiment optional, so hydra would silently drop it, and with it DP). Raises ConfigError
+    naming the known presets of this kind (federated/* for `mammofl federate`/`loopback`)."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if key != "experiment" or not sep or value in ("", "null"):
+            continue
+        known = [n for n in experiment_names() if n.startswith("federated/") == federated]
+        if value not in known:
+            raise ConfigError(
+                f"experiment={value}: no such preset here. Known presets: {', '.join(known)}"
+            )
+
+
 def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -> T:
     """Compose `configs/<config_name>.yaml` (whose defaults start with the schema registered
     here) with hydra overrides, and convert it once to the typed dataclass."""
+    if schema is not GanConfig:
+        check_presets(overrides, federated=schema is FederatedRunConfig)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):

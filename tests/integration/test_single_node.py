@@ -126,3 +126,26 @@ def test_cli_plan_and_help() -> None:
         cwd=PROJECT,
     )
     assert bad.returncode == 2 and "train.engine" in bad.stderr
+
+
+def test_cli_refuses_a_mistyped_preset_and_answers_help() -> None:
+    typo = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "plan", "experiment=table1/real_ep6"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+    )
+    assert typo.returncode == 2 and typo.stdout == ""  # never a plan without DP
+    assert "Known presets" in typo.stderr and "table1/real_eps6" in typo.stderr
+    from simulations.cli import COMMANDS, main
+
+    for command in COMMANDS:
+        assert main([command, "--help"]) == 0, command
+
+
+def test_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from simulations.cli import main
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mammofl train") and "out_dir=DIR" in out

@@ -104,3 +104,19 @@ def test_bad_values_name_the_key() -> None:
 
 def test_config_dir_is_the_projects() -> None:
     assert config_dir() == Path(__file__).resolve().parents[3] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("compose", "name"),
+    [
+        (compose_config, "table1/real_ep6"),  # the typo that used to plan a run without DP
+        (compose_config, "federated/tiny"),  # a federated preset is not a single-node one
+        (compose_federated_config, "federated/tinny"),
+        (compose_federated_config, "tiny"),
+    ],
+)
+def test_unknown_presets_are_refused_with_the_known_ones(compose, name: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="Known presets") as error:
+        compose([f"experiment={name}"])
+    known = FEDERATED if compose is compose_federated_config else SINGLE_NODE
+    assert all(k in str(error.value) for k in known)
