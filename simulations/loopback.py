@@ -25,7 +25,6 @@ from common.deploy.certificates import ConsortiumFiles, make_consortium
 from common.errors import ConfigError
 from common.site.facts import site_root
 from simulations.flower_processes import (
-    DeploymentError,
     ManagedProcess,
     flower_env,
     free_port,
@@ -270,16 +269,6 @@ class LoopbackFederation:
             if any(marker in line for marker in markers) and "pytest" not in line:
                 found.append(f"{process.info['pid']}: {line[:200]}")
         return found
-
-
-def wait_until(what: str, check: Any, timeout: float, interval: float = 0.05) -> Any:
-    """Poll `check()` (no Flower calls) until truthy; DeploymentError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(interval)
-    raise DeploymentError(f"{what}: not seen within {timeout:.0f} s")
 
 
 def run_loopback(

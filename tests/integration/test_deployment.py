@@ -26,8 +26,14 @@ import pytest
 
 from common.deploy.certificates import make_consortium
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
-from simulations.flower_processes import ManagedProcess, free_port, supernode_args, supernodes
-from simulations.loopback import LoopbackFederation, site_node_configs, wait_until
+from simulations.flower_processes import (
+    ManagedProcess,
+    free_port,
+    supernode_args,
+    supernodes,
+    wait_for,
+)
+from simulations.loopback import LoopbackFederation, site_node_configs
 from tests.conftest import tiny_federated_config
 
 pytestmark = pytest.mark.slow
@@ -77,7 +83,7 @@ def consortium(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory): 
     config = tiny_federated_config(tiny_workspace)
     with LoopbackFederation(work, site_node_configs(config, work / "unused")) as federation:
         yield federation
-    left = wait_until("processes gone", lambda: not federation.leftovers(), 30)
+    left = wait_for("processes gone", lambda: not federation.leftovers(), 30)
     assert left
 
 
@@ -199,7 +205,7 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     out: dict[str, Any] = {}
     thread = _run_in_background(consortium, overrides, out)
     site_c = run_dir / "sites" / "site-c" / "state" / "ledger.json"
-    wait_until("site-c reserving round 2", lambda: _reserved(site_c, 2) or "error" in out, 600)
+    wait_for("site-c reserving round 2", lambda: _reserved(site_c, 2) or "error" in out, 600, 0.05)
     consortium.kill_supernode("site-c")
     consortium.restart_supernode("site-c")
     thread.join(timeout=900)

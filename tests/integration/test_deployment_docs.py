@@ -13,8 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from simulations.flower_processes import flower_env, flwr_cli, free_port
-from simulations.loopback import wait_until
+from simulations.flower_processes import flower_env, flwr_cli, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +48,7 @@ def _ours(work: Path, port: int) -> list[str]:
 
 def test_documented_steps_work_in_order(tmp_path: Path) -> None:
     work = tmp_path / "consortium"
-    port = wait_until("4 free ports", lambda: (p := free_port()) and _ports_free(p, 4) and p, 30)
+    port = wait_for("4 free ports", lambda: (p := free_port()) and _ports_free(p, 4) and p, 30)
     env = flower_env(work / "flwr-home")
     env.update(
         WORK=str(work),
@@ -88,4 +87,4 @@ def test_documented_steps_work_in_order(tmp_path: Path) -> None:
         assert site["events"] == own["events"] and len(own["events"]) == 3
         assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
         assert 0 < site["epsilon"] <= site["budget"] == 6
-    assert wait_until("no process left", lambda: not _ours(work, port), 60)
+    assert wait_for("no process left", lambda: not _ours(work, port), 60)

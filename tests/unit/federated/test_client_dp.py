@@ -19,6 +19,7 @@ from common.federated import protocol as p
 from common.fl_records import to_array_record, train_reply_content
 from server.client_dp import ClientLevelDP
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
+from tests.unit.federated.conftest import Grid
 
 EVENT = {
     "noise_multiplier": 1.0,
@@ -31,17 +32,7 @@ EVENT = {
 SIZE = 20_000
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, key, value)
-
-
-class Grid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3]
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _strategy(sigma: float = 2.0, clip: float = 0.5, seed: int | None = None) -> ClientLevelDP:

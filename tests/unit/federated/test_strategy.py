@@ -15,6 +15,7 @@ from common.privacy.ledger import PrivacyLedger
 from common.training.engine import trainable_state
 from common.training.fit import fit
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
+from tests.unit.federated.conftest import Grid
 from tests.unit.training.helpers import random_patches, settings, tiny_model
 
 EVENT = {
@@ -27,17 +28,7 @@ EVENT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for key, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, key, value)
-
-
-class Grid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3]
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _replies(values: list[float], messages: list[Message]) -> list[Message]:
