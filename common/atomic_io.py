@@ -1,4 +1,10 @@
-"""Atomic writes: a temporary file in the target folder, then a rename; never half-written."""
+"""Atomic writes: a temporary file in the target folder, then a rename; never half-written.
+
+Whatever fails midway (a full disk, an exception in the writer, SIGTERM turned into
+`Terminated`), the target keeps its previous complete version and the temporary file is
+removed. Ledgers, checkpoints and results are also flushed to disk (fsync) before the rename,
+so a power cut cannot leave an empty file under the old name.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,29 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(target: Path, write: Callable[[str], Any], mode: int | None = None) -> None:
+def _fsync(path: Path | str, folder: bool = False) -> None:
+    """Flush a file (or a folder's entries) to disk; folders that cannot be synced are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    target: Path, write: Callable[[str], Any], mode: int | None = None, durable: bool = True
+) -> None:
     """Call `write(tmp_path)`, then move the temporary file onto `target`; `mode` (e.g. 0o600
-    for a private key) replaces the usual permissions, set before the file gets its name."""
+    for a private key) replaces the usual permissions, set before the file gets its name.
+    `durable`: fsync the file before and its folder after the rename (off for bulk images)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
@@ -25,9 +51,13 @@ def atomic_write(target: Path, write: Callable[[str], Any], mode: int | None = N
         write(tmp)
         # mkstemp makes 0600; give the usual permissions unless asked otherwise
         os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    if durable:
+        _fsync(target.parent, folder=True)
 
 
 def atomic_write_text(target: Path, text: str) -> None:
@@ -40,8 +70,10 @@ def atomic_torch_save(target: Path, obj: Any) -> None:
     atomic_write(target, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data), mode)
+def atomic_write_bytes(
+    target: Path, data: bytes, mode: int | None = None, durable: bool = True
+) -> None:
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(data), mode, durable)
 
 
 def atomic_write_png(target: Path, image: Any) -> None:
@@ -51,4 +83,4 @@ def atomic_write_png(target: Path, image: Any) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"cannot encode {target} as PNG")
-    atomic_write_bytes(target, encoded.tobytes())
+    atomic_write_bytes(target, encoded.tobytes(), durable=False)

@@ -27,3 +27,11 @@ class PrivacyError(MammoflError, RuntimeError):
 
 class UnsupportedDPModelError(PrivacyError):
     """The chosen trainable parameters cannot get exact per-image gradients."""
+
+
+class NonFiniteError(MammoflError, ArithmeticError):
+    """Training produced NaN or inf (a loss, or the weights after a step): the run stopped.
+
+    Nothing was saved from the diverged epoch; earlier checkpoints and the ledger's reservation
+    (the steps taken stay charged) are kept.
+    """

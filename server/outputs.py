@@ -67,7 +67,7 @@ def write_outputs(
     noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
     ledgers: dict[str, Any] = {
         "sites": sites,
-        "unit": "patch",
+        "unit": config.privacy.unit,
         "noise": noise,
         "what_the_server_sees": REVEALS,
     }
@@ -88,7 +88,7 @@ def write_outputs(
         "ended_early": state.ended or None,
         "tests": final,
         "privacy": {
-            "unit": "patch",
+            "unit": config.privacy.unit,
             "noise": noise,
             "budget": {s: v["budget"] for s, v in sites.items()},  # the run's or a site's cap
             "delta": config.privacy.delta,

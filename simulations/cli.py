@@ -10,11 +10,14 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import ConfigError, MammoflError
+from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
 USAGE = """usage: mammofl <command> [key=value ...]
 
@@ -226,15 +229,9 @@ def cmd_federate(args: Sequence[str]) -> int:
 
 
 def cmd_loopback(args: Sequence[str]) -> int:
-    import signal
-
     from simulations.loopback import run_loopback
 
-    def stop(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
-        raise KeyboardInterrupt  # leaves the federation's `with`: every process is stopped
-
-    signal.signal(signal.SIGTERM, stop)
+    # SIGTERM raises Terminated (main): it leaves the federation's `with`, every process stops
     options, rest = split_options(args, ("work_dir", "fresh"))
     summary = run_loopback(
         rest,
@@ -299,6 +296,58 @@ def command_usage(command: str) -> str:
     )
 
 
+# where each long job keeps the state a rerun resumes from (`gan train` notes its own)
+STATE_HINTS = {
+    "table1": "{out_dir}/cells (finished cells; a rerun skips them)",
+    "federate": "{run_dir} (server/checkpoint.pt, sites/*/state; resume with "
+    "federation.resume=true)",
+}
+
+
+def stopped_message(command: str, args: Sequence[str]) -> str:
+    """The closing line of a job stopped by SIGTERM: where its state is, or that none was."""
+    saved = saved_state()
+    if not saved and command in STATE_HINTS:
+        options, _ = split_options(args, ("out_dir", "run_dir"))
+        out_dir = options.get("out_dir", "runs/federated" if command == "federate" else "")
+        saved = [
+            STATE_HINTS[command].format(
+                out_dir=out_dir,
+                run_dir=options.get("run_dir", out_dir),
+            )
+        ]
+    if not saved:
+        return "stopped by SIGTERM; no partial result was written (a rerun starts again)"
+    return f"stopped by SIGTERM; state saved in {', '.join(saved)}"
+
+
+def quiet_flower() -> None:
+    """On SIGTERM a simulation's workers see their Ray actors stop: Flower would log that
+    intended stop as errors with tracebacks (a filter: run_flower restores the level)."""
+    logging.getLogger("flwr").addFilter(lambda record: False)
+
+
+def exit_despite_lingering_threads(grace_s: float = 10.0) -> None:
+    """After SIGTERM, a non-daemon thread the job left behind (Flower's ServerApp thread in a
+    simulation, waiting for replies) would keep the process alive: give such threads a grace
+    period, then end the process with EXIT_CODE. Files are safe: every write is atomic."""
+    deadline = time.monotonic() + grace_s
+
+    def lingering() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()
+        ]
+
+    for thread in lingering():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if lingering():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -315,11 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv[1:]):
         print(command_usage(argv[0]))
         return 0
+    # Ray's C++ failure handler would turn SIGTERM into an abort (exit 134) in a simulation
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        with sigterm_raises(on_terminate=quiet_flower):
+            return COMMANDS[argv[0]](argv[1:])
     except MammoflError as error:
         print(f"mammofl {argv[0]}: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"mammofl {argv[0]}: {stopped_message(argv[0], argv[1:])}", file=sys.stderr)
+        exit_despite_lingering_threads()
+        return EXIT_CODE
     except KeyboardInterrupt:
         print(f"mammofl {argv[0]}: interrupted; no partial result was written", file=sys.stderr)
         return 130

@@ -21,7 +21,10 @@ from common.training.settings import resolve_device
 
 
 def load_run_config(run_dir: Path) -> MammoflConfig:
-    result = run_dir / "result.json"
+    # the site's own record holds the data paths that result.json (shareable) leaves out
+    result = run_dir / "site_only.json"
+    if not result.is_file():
+        result = run_dir / "result.json"
     if not result.is_file():
         raise ConfigError(f"{result} not found: run_dir must be a `mammofl train` output folder")
     stored = json.loads(result.read_text())["config"]

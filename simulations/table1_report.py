@@ -1,7 +1,10 @@
 """Table 1 reports from cell results: table1.csv, table1.md and privacy_utility.png.
 
 Mean +- population std over seeds per row and test set. The paper's values (and the difference)
-appear only where backbone and test set are the paper's; otherwise the reason is written.
+appear only where backbone and test set are the paper's; otherwise the reason is written. Each
+row says whether a formal guarantee covers it (`guarantee`): a DP row whose synthetic data or
+starting weights come from a GAN trained without DP prints the preset's epsilon, but that
+epsilon does not cover them; the plot draws such rows with open markers.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
             for r in results
             if r["privacy"]["epsilon_spent"] is not None
         ]
+        guarantee = _guarantee(results)
         for test_set in first["tests"]:
             line: dict[str, Any] = {
                 "row": row,
@@ -52,6 +56,8 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
                 "seeds": len(results),
                 "backbone": f"{model['library']}:{model['name']} ({weights})",
                 "epsilon_spent": float(np.mean(spent)) if spent else None,
+                "unit": first["privacy"].get("unit", "patch") if spent else None,
+                **guarantee,
             }
             for metric in METRICS:
                 values = [r["tests"][test_set][metric]["value"] for r in results]
@@ -70,6 +76,19 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
     return pd.DataFrame(lines)
 
 
+def _guarantee(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The row's guarantee: 'formal' only if every seed's cell has one; else why not."""
+    privacy = [r["privacy"] for r in results]
+    if not any(p["enabled"] for p in privacy):
+        return {"guarantee": "none (no DP)", "guarantee_note": "", "noise": ""}
+    notes = sorted({p.get("note", "") for p in privacy if p.get("note")})
+    noise = sorted({p.get("noise") or "" for p in privacy})
+    formal = all(p.get("formal_guarantee") for p in privacy)
+    seeded = [n for n in noise if n != "os-entropy"]
+    label = "formal" if formal and not seeded else ("seeded noise" if formal else "partial")
+    return {"guarantee": label, "guarantee_note": "; ".join(notes), "noise": "; ".join(noise)}
+
+
 def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
@@ -82,10 +101,11 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
         f"Overrides: {' '.join(overrides) if overrides else '(none)'}",
         "",
         "| row | eps | test set | seeds | AUROC | AUPRC (malignant +) | AUPRC (benign +, paper's) "
-        "| eps spent | paper AUROC (diff) | paper AUPRC (diff) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| eps spent | unit | guarantee | paper AUROC (diff) | paper AUPRC (diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = set()
+    caveats: dict[str, set[str]] = {}
     for _, r in frame.iterrows():
         paper_a = paper_p = "—"
         if "paper_auroc" in r and not pd.isna(r.get("paper_auroc")):
@@ -100,8 +120,18 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
         )
         metrics = " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
         cells = [r["row"], f"{r['epsilon']:g}", r["test_set"], str(r["seeds"]), metrics]
-        cells += [spent, paper_a, paper_p]
+        guarantee = r["guarantee"]
+        if r["guarantee"] == "partial":
+            guarantee = "partial *"
+            caveats.setdefault(r["guarantee_note"], set()).add(r["row"])
+        if r["guarantee"] == "seeded noise":
+            caveats.setdefault(r["noise"], set()).add(r["row"])
+        unit = r["unit"] if isinstance(r["unit"], str) else "—"
+        cells += [spent, unit, guarantee, paper_a, paper_p]
         out.append(f"| {' | '.join(cells)} |")
+    if caveats:
+        out += ["", "Rows whose epsilon does not cover everything they learnt from:"]
+        out += [f"- {', '.join(sorted(rows))}: {note}" for note, rows in sorted(caveats.items())]
     if notes:
         out += [
             "",
@@ -109,6 +139,12 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
         ]
         out += [f"- {n}" for n in sorted(notes)]
     return "\n".join(out) + "\n"
+
+
+def open_markers(frame: pd.DataFrame) -> pd.Series:
+    """Rows drawn with an open marker: DP rows without a formal guarantee for all they used
+    (non-DP synthetic data or start point, or seeded noise); filled: formal, or no DP at all."""
+    return ~frame["guarantee"].isin(["formal", "none (no DP)"])
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
@@ -123,13 +159,18 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     for (setting, test_set), part in frame.groupby(["setting", "test_set"]):
         part = part.sort_values("epsilon")
         x = part["epsilon"].replace(math.inf, inf_x)
-        ax.errorbar(
+        line = ax.errorbar(
             x,
             part["auroc_mean"],
             yerr=part["auroc_std"],
-            marker="o",
             capsize=3,
             label=f"{setting} · {test_set}",
+        )
+        colour = line.lines[0].get_color()
+        partial = open_markers(part)
+        ax.scatter(x[~partial], part["auroc_mean"][~partial], color=colour, zorder=3)
+        ax.scatter(
+            x[partial], part["auroc_mean"][partial], facecolors="white", edgecolors=colour, zorder=3
         )
     ax.set_xscale("log")
     ticks = sorted(set(finite.tolist())) + ([inf_x] if (frame["epsilon"] == math.inf).any() else [])
@@ -139,7 +180,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("AUROC")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
-    ax.set_title("Privacy-utility (mean ± std over seeds)")
+    ax.set_title("Privacy-utility (mean ± std; open marker: no formal guarantee for all of it)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

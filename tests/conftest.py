@@ -23,10 +23,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def require_shared(path: Path) -> Path:
-    """Fail under CI=true when ../shared data is missing; elsewhere skip."""
+    """Fail under CI (CI=true or CI=1, any case) when ../shared data is missing; elsewhere skip."""
     if not path.exists():
         message = f"needs {path} (../shared beside the project)"
-        if os.environ.get("CI", "").lower() == "true":
+        if os.environ.get("CI", "").strip().lower() in ("true", "1"):
             pytest.fail(message)
         pytest.skip(message)
     return path

@@ -19,6 +19,9 @@ from common.config.schema import (
     PrivacyConfig,
     TrainConfig,
     _choice,
+    _device,
+    _positive_epsilon,
+    check_dp_trainable,
 )
 from common.errors import ConfigError
 
@@ -51,8 +54,8 @@ class SiteEntry:
             _choice(f"sites.{self.name}.phantom_style", self.phantom_style, PHANTOM_STYLES)
         if (self.partition is None) != (self.partitions is None):
             raise ConfigError(f"site {self.name!r}: set both partition and partitions, or neither")
-        if self.epsilon_cap is not None and self.epsilon_cap <= 0:
-            raise ConfigError(f"site {self.name!r}: epsilon_cap must be > 0")
+        _positive_epsilon(f"sites.{self.name}.epsilon_cap", self.epsilon_cap)
+        _device(f"sites.{self.name}.device", self.device)
 
 
 @dataclass
@@ -107,6 +110,12 @@ class SynPreConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("synpre.epochs and synpre.batch_size must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"synpre.lr={self.lr} must be > 0, e.g. 1e-3")
+
 
 @dataclass
 class ClientDPConfig:
@@ -128,8 +137,7 @@ class ClientDPConfig:
             raise ConfigError("federation.client_dp: noise_multiplier and clipping_norm > 0")
         if not 0 < self.delta < 1:
             raise ConfigError("federation.client_dp.delta must be in (0, 1)")
-        if self.max_epsilon is not None and self.max_epsilon <= 0:
-            raise ConfigError("federation.client_dp.max_epsilon must be > 0")
+        _positive_epsilon("federation.client_dp.max_epsilon", self.max_epsilon)
 
 
 @dataclass
@@ -160,6 +168,10 @@ class FederationConfig:
             raise ConfigError("federation.rounds, local_epochs and min_sites must be >= 1")
         if self.reply_timeout_s <= 0 or self.node_wait_timeout_s <= 0:
             raise ConfigError("federation.reply_timeout_s and node_wait_timeout_s must be > 0")
+        for key in ("stop_after_round", "kill_after_round"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"federation.{key}={value} must be >= 1 (or null)")
         if self.client_dp.enabled and self.strategy == "fedadam":
             raise ConfigError(
                 "federation.client_dp needs FedAvg's own aggregation (fedavg or fedprox): "
@@ -219,6 +231,7 @@ class FederatedRunConfig:
             raise ConfigError("phantom sites need the phantom: section")
         if not self.privacy.enabled or self.privacy.target_epsilon is None:
             raise ConfigError("federated rounds are DP-SGD: privacy.target_epsilon is the budget")
+        check_dp_trainable(self.model, dp=True)
         client_dp = self.federation.client_dp
         if client_dp.enabled and self.sites and client_dp.delta >= 1 / len(self.sites):
             raise ConfigError(

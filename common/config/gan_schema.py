@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from common.config.schema import ACCOUNTANTS, PatchSourceConfig, _choice
+from common.config.schema import (
+    ACCOUNTANTS,
+    PatchSourceConfig,
+    _choice,
+    _device,
+    _positive_epsilon,
+)
 from common.errors import ConfigError
 
 
@@ -32,8 +39,11 @@ class GanDPConfig:
 
     def __post_init__(self) -> None:
         _choice("gan.dp.accountant", self.accountant, ACCOUNTANTS)
-        if self.target_epsilon <= 0 or not 0 < self.delta < 1 or self.max_grad_norm <= 0:
-            raise ConfigError("gan.dp: target_epsilon > 0, delta in (0, 1), max_grad_norm > 0")
+        _positive_epsilon("gan.dp.target_epsilon", self.target_epsilon)
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"gan.dp.delta={self.delta} must be in (0, 1), e.g. 1e-4")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ConfigError(f"gan.dp.max_grad_norm={self.max_grad_norm} must be > 0, e.g. 1.0")
 
 
 @dataclass
@@ -55,8 +65,19 @@ class GanTrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        _device("gan.train.device", self.device)
         if self.epochs < 1 or self.batch_size < 1 or self.discriminator_steps < 1:
             raise ConfigError("gan.train: epochs, batch_size, discriminator_steps >= 1")
+        for key in ("lr_generator", "lr_discriminator"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"gan.train.{key}={value} must be a finite number > 0, e.g. 1e-4")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError("gan.train.beta1 and beta2 (Adam) must be in [0, 1)")
+        if not 0 <= self.flip_probability <= 1:
+            raise ConfigError(f"gan.train.flip_probability={self.flip_probability}: use [0, 1]")
+        if self.samples_per_class < 1:
+            raise ConfigError("gan.train.samples_per_class >= 1")
         if not 0 < self.real_target_low <= self.real_target_high:
             raise ConfigError("gan.train: 0 < real_target_low <= real_target_high")
         if not 0 < self.zoom_low <= self.zoom_high:

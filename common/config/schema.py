@@ -7,6 +7,8 @@ nothing below the entry point sees a `DictConfig`.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +20,55 @@ ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
 POLICIES = ("head", "head_last", "norm_head", "all")
 ACCOUNTANTS = ("rdp", "prv")
+PRIVACY_UNITS = ("patch", "patient")
 POSITIVE_CLASSES = ("benign", "malignant")
 BACKBONE_MODES = ("auto", "train", "eval")
+PAPER_SETTINGS = ("", "Real", "Syn", "SynPre", "Real+Syn", "SynPre+RealFT")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# timm / torchvision families whose attention folds windows (or grid cells) into the batch
+# dimension: per-sample gradients of their attention weights would be per window, not per image
+WINDOW_ATTENTION_MODELS = ("swin", "davit", "gcvit", "maxvit", "maxxvit", "sam2_hiera", "samvit")
+# policies that train attention weights (`norm_head` trains only norm layers, which sit outside
+# the windows, and the head: tests/unit/training/test_per_sample_gradients.py)
+POLICIES_TRAINING_ATTENTION = ("all",)
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+        shown = ", ".join(repr(c) if c == "" else c for c in choices)
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of {shown}")
+
+
+def _positive_epsilon(key: str, value: float | None) -> None:
+    """An epsilon (target or cap) must be a finite number > 0 when it is given at all."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(
+            f"{key}={value} is not a privacy budget: use a finite number > 0 (e.g. {key}=6)"
+        )
+
+
+def _device(key: str, value: str) -> None:
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:<index> or mps")
+
+
+def check_dp_trainable(model: ModelConfig, dp: bool) -> None:
+    """Refuse, before any data is read, DP on a policy that trains window attention.
+
+    Swin-style window attention runs on [batch x windows, tokens, channels]: hooks there give
+    one "per-sample" gradient per window, so clipping would bound each window, not each image.
+    The engines refuse it again on the built model (naive_engine.check_per_image_gradients)
+    and at every step (dp_sgd.check_per_record_rows).
+    """
+    name = model.name.lower()
+    family = next((f for f in WINDOW_ATTENTION_MODELS if name.startswith(f)), None)
+    if dp and family is not None and model.trainable in POLICIES_TRAINING_ATTENTION:
+        raise ConfigError(
+            f"model.trainable={model.trainable} with DP on {model.name}: its window attention "
+            "folds windows into the batch dimension, so per-sample gradients would be per "
+            "window, not per image, and the guarantee would not hold. Use model.trainable="
+            "head, head_last or norm_head, or train without DP (privacy.enabled=false)"
+        )
 
 
 @dataclass
@@ -70,6 +114,10 @@ class PaperSizes:
 
     real: int = 1104
     synthetic: int = 3000
+    # patients of the released CBIS-DDSM train split and the most patches one of them has
+    # (counted from ../shared/data: 1104 patches of 578 patients, at most 14 per patient)
+    real_patients: int = 578
+    largest_patient: int = 14
 
 
 @dataclass
@@ -137,8 +185,15 @@ class TrainConfig:
         _choice("train.engine", self.engine, ENGINES)
         _choice("train.selection_positive", self.selection_positive, POSITIVE_CLASSES)
         _choice("train.backbone_mode", self.backbone_mode, BACKBONE_MODES)
+        _device("train.device", self.device)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr={self.lr} must be a finite number > 0 (e.g. 1e-3)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.feature_batch_size < 1 or self.num_workers < 0:
+            raise ConfigError("train.feature_batch_size >= 1 and train.num_workers >= 0")
 
 
 @dataclass
@@ -153,11 +208,25 @@ class PrivacyConfig:
     # Poisson sampling and noise from the config seed: reproducible research only; every record
     # then says "seeded noise: reproducible; no guarantee against anyone who knows the seed"
     seeded_noise: bool = False
+    # the record DP protects: one patch (the paper's guarantee), or one patient (all of a
+    # patient's patches sampled together and their summed gradient clipped once)
+    unit: str = "patch"
 
     def __post_init__(self) -> None:
         _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
-        if self.enabled and (self.target_epsilon is None or self.target_epsilon <= 0):
-            raise ConfigError("privacy.enabled=true needs privacy.target_epsilon > 0")
+        _choice("privacy.unit", self.unit, PRIVACY_UNITS)
+        _positive_epsilon("privacy.target_epsilon", self.target_epsilon)
+        if self.enabled and self.target_epsilon is None:
+            raise ConfigError(
+                "privacy.enabled=true needs privacy.target_epsilon > 0 (e.g. "
+                "privacy.target_epsilon=6)"
+            )
+        if not self.enabled and self.target_epsilon is not None:
+            raise ConfigError(
+                f"privacy.target_epsilon={self.target_epsilon} is set but privacy.enabled=false: "
+                "the run would train without DP. Add privacy.enabled=true (or privacy=dp), or "
+                "set privacy.target_epsilon=null for a run without DP"
+            )
         if not 0 < self.delta < 1:
             raise ConfigError(f"privacy.delta={self.delta} must be in (0, 1)")
         if self.max_grad_norm <= 0:
@@ -183,6 +252,9 @@ class PaperRowConfig:
     setting: str = ""
     epsilon: float | None = None
 
+    def __post_init__(self) -> None:
+        _choice("paper_row.setting", self.setting, PAPER_SETTINGS)
+
 
 @dataclass
 class MammoflConfig:
@@ -196,3 +268,6 @@ class MammoflConfig:
     seed: int = 42
     out_dir: str | None = None
     shared_dir: str = "../shared"
+
+    def __post_init__(self) -> None:
+        check_dp_trainable(self.model, self.privacy.enabled)

@@ -7,9 +7,17 @@ import hashlib
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from common.errors import ConfigError, UnsupportedDPModelError
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+# attention modules that run on [batch x windows, tokens, channels] (timm, torchvision Swin;
+# timm GC ViT): per-sample gradients of their weights would be per window, not per image
+WINDOW_ATTENTION_TYPES = (
+    "WindowAttention",
+    "ShiftedWindowAttention",
+    "ShiftedWindowAttentionV2",
+    "WindowAttentionGlobal",
+)
 
 
 def trainable_parameter_names(model: nn.Module, policy: str) -> list[str]:
@@ -41,6 +49,37 @@ def apply_trainable_policy(model: nn.Module, policy: str) -> list[str]:
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in chosen)
     return [n for n, _ in model.named_parameters() if n in chosen]
+
+
+def per_window_parameters(model: nn.Module) -> list[str]:
+    """Trainable parameters inside window attention: under DP they would be clipped per window.
+
+    `norm_head` on Swin is not affected: its norm layers see [batch, H, W, C] outside the
+    windows (tests/unit/training/test_per_sample_gradients.py: equal to single-image
+    gradients).
+    """
+    windows = [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__ in WINDOW_ATTENTION_TYPES
+    ]
+    return [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and any(name.startswith(f"{w}.") for w in windows)
+    ]
+
+
+def check_no_per_window_gradients(model: nn.Module) -> None:
+    """Refuse DP when trainable parameters sit inside window attention (before any budget is
+    reserved; the config refuses known families earlier, the engines again at every step)."""
+    inside = per_window_parameters(model)
+    if inside:
+        raise UnsupportedDPModelError(
+            f"{len(inside)} trainable parameters sit inside window attention (e.g. {inside[0]}): "
+            "under DP they would get per-window, not per-image, gradients. Use "
+            "model.trainable=head, head_last or norm_head"
+        )
 
 
 def count_trainable(model: nn.Module) -> int:

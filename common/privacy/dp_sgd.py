@@ -7,6 +7,12 @@ arithmetic is opacus' DPOptimizer's (Abadi et al. 2016, Algorithm 1, with Poisso
     g = (sum_i g_i * min(1, C / (||g_i|| + 1e-6)) + N(0, sigma^2 C^2 I)) / E[B],  E[B] = int(N q)
 
 so the noisy gradient of a step with an empty Poisson batch is pure noise, and one is taken.
+
+The record i is a patch by default (the paper's guarantee). Under patient-level DP
+(`privacy.unit=patient`, see `RecordGroups`) a record is a patient: patients are Poisson-sampled,
+all of a sampled patient's patches enter the batch, and g_i is the sum of their gradients,
+clipped once; so adding or removing one patient changes one sampled record and one clipped
+contribution of norm <= C, whatever the number of its patches.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from common.errors import UnsupportedDPModelError
@@ -33,6 +40,52 @@ def poisson_indices(
     return torch.nonzero(mask).flatten().cpu()
 
 
+@dataclass(frozen=True)
+class RecordGroups:
+    """Which privacy record each row (patch) of a training set belongs to.
+
+    `record_of`: long [N_rows], values 0..records-1. `unit`: 'patch' (each row its own record)
+    or 'patient' (rows of one patient id form one record).
+    """
+
+    record_of: torch.Tensor
+    records: int
+    unit: str
+
+    @classmethod
+    def per_patch(cls, rows: int) -> RecordGroups:
+        return cls(torch.arange(rows), rows, "patch")
+
+    @classmethod
+    def per_patient(cls, patients: Sequence[str]) -> RecordGroups:
+        """Records = distinct patient ids (a training set is one site's, so an id is a patient)."""
+        _, record_of = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+        codes = torch.as_tensor(record_of.reshape(-1), dtype=torch.long)
+        return cls(codes, int(codes.max()) + 1 if len(codes) else 0, "patient")
+
+    @classmethod
+    def for_unit(cls, unit: str, patients: Sequence[str]) -> RecordGroups:
+        if unit == "patch":
+            return cls.per_patch(len(patients))
+        if unit == "patient":
+            return cls.per_patient(patients)
+        raise ValueError(f"privacy unit {unit!r}: patch or patient")
+
+    def sample(
+        self, sample_rate: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One Poisson batch of records: (row indices, record position per row or None).
+
+        The positions (0..k-1 for the k sampled records) say which rows are summed into one
+        record's gradient before clipping; None when every row is its own record.
+        """
+        sampled = poisson_indices(self.records, sample_rate, generator)
+        if self.unit == "patch":
+            return sampled, None
+        rows = torch.nonzero(torch.isin(self.record_of, sampled)).flatten()
+        return rows, torch.searchsorted(sampled, self.record_of[rows])
+
+
 def clip_factors(per_sample_norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
     """min(1, C / (||g_i|| + 1e-6)) per record (opacus' rule)."""
     return (max_grad_norm / (per_sample_norms + CLIP_EPSILON)).clamp(max=1.0)
@@ -48,8 +101,24 @@ def per_sample_norms(grad_samples: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([g.flatten(1).norm(dim=1) for g in grad_samples], 1).norm(dim=1)
 
 
-def clipped_sum(grad_samples: Sequence[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
-    """sum_i clip(g_i) for each parameter, from per-record gradients [B, *shape]."""
+def clipped_sum(
+    grad_samples: Sequence[torch.Tensor],
+    max_grad_norm: float,
+    groups: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """sum_i clip(g_i) for each parameter, from per-row gradients [B, *shape].
+
+    `groups` (long [B], record position of each row, see `RecordGroups.sample`): rows of one
+    record are summed first, and that sum is clipped once (patient-level DP).
+    """
+    if groups is not None:
+        count = int(groups.max()) + 1 if len(groups) else 0
+        grad_samples = [
+            torch.zeros((count, *g.shape[1:]), dtype=g.dtype, device=g.device).index_add_(
+                0, groups.to(g.device), g
+            )
+            for g in grad_samples
+        ]
     factors = clip_factors(per_sample_norms(grad_samples), max_grad_norm)
     return [torch.einsum("i,i...->...", factors.to(g.dtype), g) for g in grad_samples]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 from common.errors import ConfigError, PrivacyError
@@ -20,6 +21,19 @@ def sample_rate_for(dataset_size: int, batch_size: int) -> float:
     if dataset_size < 1:
         raise ConfigError("cannot plan privacy for an empty training set")
     return 1.0 / math.ceil(dataset_size / batch_size)
+
+
+def check_batch_fits(dataset_size: int, batch_size: int, key: str = "train.batch_size") -> None:
+    """Under DP, a batch larger than the N training records is a config error: q would be 1
+    (every record in every step, no amplification by sampling), far from what B asked for."""
+    if dataset_size < 1:
+        raise ConfigError("cannot plan privacy for an empty training set")
+    if batch_size > dataset_size:
+        raise ConfigError(
+            f"{key}={batch_size} is larger than the training set (N={dataset_size} records): "
+            f"under DP every step would then sample all records (q = 1). Set {key} to at "
+            f"most {dataset_size} (the paper: 128 of 1104)"
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ def plan_privacy(
     `prior_events`: what the ledger already holds (e.g. a DP-MCGAN's run at a federated site);
     sigma is then the smallest for which prior + all planned steps stay within the target.
     """
+    if target_epsilon is not None:
+        check_batch_fits(dataset_size, batch_size)
     sample_rate = sample_rate_for(dataset_size, batch_size)
     steps_per_epoch = math.ceil(dataset_size / batch_size)
     steps = steps_per_epoch * epochs
@@ -84,6 +100,31 @@ def plan_privacy(
     )
 
 
+@lru_cache(maxsize=256)
+def _opacus_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    tolerance: float,
+) -> float:
+    """opacus' `get_noise_multiplier` (a pure function of its numbers, several seconds per
+    call for thousands of steps: cached)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=tolerance,
+        )
+    )
+
+
 def noise_multiplier_for(
     *,
     target_epsilon: float,
@@ -98,17 +139,8 @@ def noise_multiplier_for(
     at most `target_epsilon`. Without prior events this is opacus' `get_noise_multiplier`."""
     prior = [e for e in prior_events if e.steps > 0]
     if not prior:
-        from opacus.accountants.utils import get_noise_multiplier
-
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=tolerance,
-            )
+        return _opacus_noise_multiplier(
+            target_epsilon, delta, sample_rate, steps, accountant, tolerance
         )
     already = epsilon_of(list(prior), delta, accountant)
     if already >= target_epsilon:

@@ -2,22 +2,66 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from common.config.schema import MammoflConfig
 from common.errors import DataError
+from common.privacy.group_privacy import group_guarantee
+from common.privacy.independent_accounting import pld_epsilon
+from common.privacy.ledger import LedgerEvent, epsilon_of
 from common.privacy.plan import PrivacyPlan, plan_privacy
 from common.runs.run_data import read_run_patch_sets
 
+EPSILON_NOTE = (
+    "epsilon_accounted: the planned run by the configured accountant (what the ledger charges "
+    "and budgets use); epsilon_pld: the same run by dp-accounting's PLD accountant, a tighter "
+    "and still valid bound for the same delta"
+)
 
-def training_set_size(config: MammoflConfig) -> tuple[int, str]:
-    """(N, 'configured data' | 'paper sizes (...)'): the data when readable, else the preset's."""
+
+@dataclass(frozen=True)
+class TrainingRecords:
+    """Who is in a training set, for planning: patches, patients, the largest patient."""
+
+    patches: int
+    patients: int
+    largest_patient: int
+    source: str
+
+    def records(self, unit: str) -> int:
+        """N for the privacy plan: patches, or patients under patient-level DP."""
+        return self.patients if unit == "patient" else self.patches
+
+
+def training_records(config: MammoflConfig) -> TrainingRecords:
+    """Counts of the configured data when readable, else the sizes recorded in the preset."""
     try:
-        return len(read_run_patch_sets(config.data, include_tests=False).train), "configured data"
+        train = read_run_patch_sets(config.data, include_tests=False).train
     except DataError as error:
         sizes = config.data.paper_sizes
-        total = sum(getattr(sizes, part) for part in config.data.train_on)
-        return total, f"paper sizes recorded in the preset (data not readable: {error})"
+        real = "real" in config.data.train_on
+        synthetic = sizes.synthetic if "synthetic" in config.data.train_on else 0
+        return TrainingRecords(
+            patches=(sizes.real if real else 0) + synthetic,
+            patients=(sizes.real_patients if real else 0) + synthetic,  # one per synthetic patch
+            largest_patient=sizes.largest_patient if real else 1,
+            source=f"paper sizes recorded in the preset (data not readable: {error})",
+        )
+    per_patient = Counter(train.patients)
+    return TrainingRecords(
+        patches=len(train),
+        patients=len(per_patient),
+        largest_patient=max(per_patient.values(), default=0),
+        source="configured data",
+    )
+
+
+def training_set_size(config: MammoflConfig) -> tuple[int, str]:
+    """(N, 'configured data' | 'paper sizes (...)'): records of the configured privacy unit."""
+    records = training_records(config)
+    return records.records(config.privacy.unit), records.source
 
 
 def plan_for(config: MammoflConfig, dataset_size: int) -> PrivacyPlan:
@@ -34,9 +78,18 @@ def plan_for(config: MammoflConfig, dataset_size: int) -> PrivacyPlan:
 
 
 def plan_report(config: MammoflConfig) -> dict[str, Any]:
-    """What `mammofl plan` prints: the plan's numbers and which sizes it used."""
-    size, source = training_set_size(config)
-    plan = plan_for(config, size)
+    """What `mammofl plan` prints: the plan's numbers, which sizes it used and, under DP, the
+    epsilon of the planned run by the project's accountant and by dp-accounting's PLD."""
+    records = training_records(config)
+    plan = plan_for(config, records.records(config.privacy.unit))
+    source = records.source
+    accounted = pld = None
+    if plan.noise_multiplier is not None:
+        run = LedgerEvent(
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
+        )
+        accounted = epsilon_of([run], plan.delta, plan.accountant)
+        pld = pld_epsilon([run], plan.delta)
     return {
         "dataset_size": plan.dataset_size,
         "dataset_size_source": source,
@@ -49,4 +102,46 @@ def plan_report(config: MammoflConfig) -> dict[str, Any]:
         "delta": plan.delta,
         "accountant": plan.accountant,
         "max_grad_norm": plan.max_grad_norm,
+        # under DP: what the ledger will charge for the planned run (just below the target), and
+        # the same run by PLD (RDP's conversion to (epsilon, delta) is loose); None without DP
+        "epsilon_accounted": accounted,
+        "epsilon_pld": pld,
+        "epsilon_note": EPSILON_NOTE if pld is not None else None,
+        "unit": config.privacy.unit,
+        "units": unit_comparison(config, records) if plan.noise_multiplier is not None else None,
     }
+
+
+def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str, Any]:
+    """Side by side for one DP preset: the per-patch guarantee (DP per patch), the per-patient
+    guarantee of patient-level DP (same target, patients sampled and clipped as one), and what
+    group privacy makes of the per-patch guarantee for the largest patient."""
+    rows: dict[str, Any] = {}
+    for unit in ("patch", "patient"):
+        plan = plan_for(config, records.records(unit))
+        assert plan.noise_multiplier is not None
+        run = LedgerEvent(
+            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
+        )
+        rows[f"per_{unit}"] = {
+            "unit": unit,
+            "records": plan.dataset_size,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps,
+            "noise_multiplier": plan.noise_multiplier,
+            "epsilon": epsilon_of([run], plan.delta, plan.accountant),
+            "delta": plan.delta,
+        }
+    patch = rows["per_patch"]
+    group = group_guarantee(patch["epsilon"], patch["delta"], records.largest_patient)
+    rows["per_patch"]["guarantee"] = "DP per patch (privacy.unit=patch)"
+    rows["per_patient"]["guarantee"] = "patient-level DP (privacy.unit=patient)"
+    rows["per_patient_by_group_privacy"] = {
+        "guarantee": "the per-patch run's guarantee for a whole patient, by group privacy "
+        "(k eps, k e^((k-1) eps) delta) with k = the largest patient's patches",
+        "group_size": group.group_size,
+        "epsilon": group.epsilon,
+        "delta": group.delta_text(),
+        "vacuous": group.vacuous,
+    }
+    return rows

@@ -19,11 +19,13 @@ from common.eval.predict import predict_probabilities
 from common.eval.records import save_model, write_json, write_predictions
 from common.models.classifier import build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm, count_trainable
+from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.randomness import noise_mode
 from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
 from common.runs.run_data import load_run_data
+from common.runs.shareable import shareable_record
 from common.training.fit import fit
 from common.training.settings import (
     DPSettings,
@@ -58,7 +60,9 @@ def guarantee_caveats(config: MammoflConfig) -> list[str]:
 
 
 def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train one cell and write result.json, model.pt and predictions_<test>.csv to out_dir."""
+    """Train one cell and write to out_dir: result.json (shareable: no path, hash or exact
+    count of private data), site_only.json (the whole record), model.pt, predictions_<test>.csv.
+    Returns the whole record."""
     started = time.time()
     if config.paper_row.setting == "SynPre+RealFT" and not config.model.init_from:
         raise ConfigError(
@@ -67,13 +71,20 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         )
     seed_everything(config.seed)
     data = load_run_data(config.data, progress)
-    plan = plan_for(config, len(data.train.patch_set))
+    records = RecordGroups.for_unit(config.privacy.unit, data.train.patch_set.patients)
+    plan = plan_for(config, records.records)
     model = build_classifier(config.model)
     trainable = apply_trainable_policy(model, config.model.trainable)
     device = resolve_device(config.train.device)
     dp = None
     if plan.noise_multiplier is not None:
-        dp = DPSettings(plan.noise_multiplier, plan.sample_rate, plan.max_grad_norm, plan.steps_per_epoch)
+        dp = DPSettings(
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.max_grad_norm,
+            plan.steps_per_epoch,
+            unit=config.privacy.unit,
+        )
     noise_seed = config.seed + 1 if config.privacy.seeded_noise else None
     settings = EngineSettings(
         batch_size=config.train.batch_size,
@@ -94,7 +105,9 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         progress=progress,
         noise_seed=noise_seed,
     )
-    ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
+    ledger = PrivacyLedger(
+        delta=config.privacy.delta, accountant=config.privacy.accountant, unit=config.privacy.unit
+    )
     result = fit(
         model,
         config.train.engine,
@@ -122,8 +135,12 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         )
         write_predictions(out_dir / f"predictions_{name}.csv", loaded, scores)
         tests[name] = evaluate_scores(
-            loaded.patch_set.labels, scores, loaded.patch_set.patients,
-            bootstrap=config.eval.bootstrap, confidence=config.eval.confidence, seed=config.seed,
+            loaded.patch_set.labels,
+            scores,
+            loaded.patch_set.patients,
+            bootstrap=config.eval.bootstrap,
+            confidence=config.eval.confidence,
+            seed=config.seed,
         )
     save_model(out_dir / "model.pt", {k: v.cpu() for k, v in model.state_dict().items()})
     selected = next((h for h in result.history if h.epoch == result.best_epoch), None)
@@ -166,5 +183,9 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         "git_commit": git_commit(),
         "seconds": round(time.time() - started, 1),
     }
-    write_json(out_dir / "result.json", record)
+    write_json(out_dir / "site_only.json", record)
+    write_json(
+        out_dir / "result.json",
+        shareable_record(record, seeded_noise=config.privacy.seeded_noise),
+    )
     return record

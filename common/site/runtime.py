@@ -26,6 +26,7 @@ from common.eval.metrics import point_metrics
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_store import LedgerStore
 from common.privacy.randomness import SEEDED_NOISE_NOTE
@@ -78,7 +79,7 @@ class SiteRuntime:
         if self.data is None:
             self.facts.state_dir.mkdir(parents=True, exist_ok=True)
             data = load_site_data(self.facts, self.config.site_data)
-            check_delta(self.config.privacy.delta, len(data.train.patch_set))  # before any use
+            check_delta(self.config.privacy.delta, self._records(data))  # before any use
             self.data = data
 
     def finalize(self) -> None:
@@ -92,7 +93,14 @@ class SiteRuntime:
         """The ledger as the state dir holds it now: the file is the only truth (another
         process of this site, e.g. another simulation actor, may have charged it since)."""
         privacy = self.config.privacy
-        return self.store.load(delta=privacy.delta, accountant=privacy.accountant, unit="patch")
+        return self.store.load(
+            delta=privacy.delta, accountant=privacy.accountant, unit=privacy.unit
+        )
+
+    def _records(self, data: SiteData) -> int:
+        """N for the privacy plan: training patches, or patients under patient-level DP."""
+        patients = data.train.patch_set.patients
+        return RecordGroups.for_unit(self.config.privacy.unit, patients).records
 
     def _data(self) -> SiteData:
         self._load()
@@ -109,7 +117,7 @@ class SiteRuntime:
             self.facts.state_dir / "dp_plan.json",
             self.config,
             ledger,
-            len(self._data().train.patch_set),
+            self._records(self._data()),
             self.budget,
         )
 
@@ -162,6 +170,11 @@ class SiteRuntime:
             )
         if gan.dp.enabled and gan.dp.seeded_noise:
             self._seed_allowed()
+        if gan.dp.enabled and self.config.privacy.unit != "patch":
+            raise ConfigError(
+                f"privacy.unit={self.config.privacy.unit}: the DP-MCGAN samples and clips per "
+                "patch, so its charge cannot enter a per-patient ledger; use privacy.unit=patch"
+            )
         with site_lock(self.facts.state_dir, wait=False):
             train = _at_size(self._data().train, gan.model.image_size)
             trainer = train_site_gan(
@@ -297,6 +310,7 @@ class SiteRuntime:
                 sample_rate=plan.sample_rate,
                 max_grad_norm=config.privacy.max_grad_norm,
                 steps_per_epoch=plan.steps_per_epoch,
+                unit=config.privacy.unit,
             ),
             noise_seed=noise_seed,
         )

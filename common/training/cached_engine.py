@@ -16,9 +16,9 @@ from common.errors import ConfigError
 from common.models.classifier import Classifier
 from common.privacy.dp_sgd import (
     GaussianMechanism,
+    RecordGroups,
     clip_factors,
     expected_batch_size,
-    poisson_indices,
 )
 from common.privacy.randomness import private_generator
 from common.training.engine import TrainableParameters
@@ -71,10 +71,13 @@ class CachedEngine(TrainableParameters):
         if settings.dp is not None:
             seed = settings.noise_seed
             self.sampling = private_generator("cpu", seed)
+            self.records = RecordGroups.for_unit(settings.dp.unit, train.patch_set.patients)
             self.mechanism = GaussianMechanism(
                 noise_multiplier=settings.dp.noise_multiplier,
                 max_grad_norm=settings.dp.max_grad_norm,
-                expected_batch_size=expected_batch_size(self.dataset_size, settings.dp.sample_rate),
+                expected_batch_size=expected_batch_size(
+                    self.records.records, settings.dp.sample_rate
+                ),
                 generator=private_generator(settings.device, None if seed is None else seed + 1),
             )
         self.steps_done = 0
@@ -95,9 +98,10 @@ class CachedEngine(TrainableParameters):
         return self.train_features[fl, idx], self.train_labels[idx]
 
     def dp_clipped_sum(
-        self, features: torch.Tensor, labels: torch.Tensor
+        self, features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None
     ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Clipped per-sample gradient sums of the trainable head parameters (no noise)."""
+        """Clipped per-record gradient sums of the trainable head parameters (no noise);
+        `groups` as in `clipped_gradient_sum` (patient-level DP)."""
         dp = self.settings.dp
         assert dp is not None
         return clipped_gradient_sum(
@@ -105,13 +109,16 @@ class CachedEngine(TrainableParameters):
             features,
             lambda logits: self.settings.per_sample_loss(logits, labels),
             lambda norms: clip_factors(norms, dp.max_grad_norm),
+            groups,
         )
 
-    def _dp_step(self, indices: torch.Tensor, flips: torch.Tensor) -> float:
+    def _dp_step(
+        self, indices: torch.Tensor, flips: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> float:
         assert self.mechanism is not None
         features, labels = self.batch(indices, flips)
         if len(indices):
-            sums, _, losses = self.dp_clipped_sum(features, labels)
+            sums, _, losses = self.dp_clipped_sum(features, labels, groups)
         else:  # an empty Poisson batch: a noise-only step
             sums, losses = {}, torch.zeros(0)
         summed = [sums.get(p, torch.zeros_like(p)) for p in self.parameters]
@@ -134,8 +141,8 @@ class CachedEngine(TrainableParameters):
         n, dp, losses = self.dataset_size, self.settings.dp, []
         if dp is not None:
             for _ in range(dp.steps_per_epoch):
-                indices = poisson_indices(n, dp.sample_rate, self.sampling)
-                losses.append(self._dp_step(indices, self._draw_flips(len(indices))))
+                indices, groups = self.records.sample(dp.sample_rate, self.sampling)
+                losses.append(self._dp_step(indices, self._draw_flips(len(indices)), groups))
                 self.steps_done += 1
         else:
             order = torch.randperm(n, generator=self.generator)

@@ -3,12 +3,14 @@
 Epsilon always comes from the whole ledger plus the steps taken so far, so the same function
 serves a single-node run and one federated round. Under DP the run is reserved in the ledger
 before its first step and settled after its last (`persist` saves the ledger at both points),
-so an interrupted run stays charged.
+so an interrupted run stays charged. A run whose loss or weights turn NaN/inf stops with
+`NonFiniteError` (under DP the weights are checked, not the loss: a private statistic).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
-from common.errors import PrivacyError
+from common.errors import NonFiniteError, PrivacyError
 from common.eval.metrics import auprc
 from common.models.classifier import Classifier
-from common.models.policies import frozen_checksum
+from common.models.policies import check_no_per_window_gradients, frozen_checksum
 from common.privacy.ledger import LedgerEvent, PrivacyLedger, epsilon_of
 from common.training.cached_engine import CachedEngine
 from common.training.engine import TrainingEngine
@@ -106,6 +108,7 @@ def fit(
         cap = epsilon_cap if epsilon_cap is not None else target_epsilon
         if cap is None:
             raise PrivacyError("a DP run needs a budget: set a target epsilon or a cap")
+        check_no_per_window_gradients(model)
         planned = planned_event(settings, epochs, round_number)
         ledger.check_within(planned, cap)
     checksum_before = frozen_checksum(model)
@@ -119,6 +122,7 @@ def fit(
                 persist(ledger)
         history, selector = _train_epochs(
             engine,
+            model,
             validation,
             settings,
             epochs,
@@ -170,8 +174,34 @@ def _add_proximal_term(engine: TrainingEngine, model: Classifier, mu: float) -> 
     return engine.optimizer.register_step_pre_hook(hook)
 
 
+def check_finite(model: Classifier, train_loss: float | None, epoch: int, lr: float) -> None:
+    """Stop a diverged run: NaN/inf in the training loss (None under DP: not looked at) or in
+    any trainable parameter after the epoch (post-processing of the noisy gradients)."""
+    what = None
+    if train_loss is not None and not math.isfinite(train_loss):
+        what = f"the training loss is {train_loss}"
+    else:
+        bad = next(
+            (
+                name
+                for name, p in model.named_parameters()
+                if p.requires_grad and not bool(torch.isfinite(p.detach()).all())
+            ),
+            None,
+        )
+        if bad is not None:
+            what = f"parameter {bad} holds NaN or inf"
+    if what is not None:
+        raise NonFiniteError(
+            f"training diverged in epoch {epoch}: {what}. Nothing from this run was kept (a DP "
+            f"ledger keeps its reservation: the steps taken stay charged). Lower train.lr "
+            f"(now {lr:g}) or check the training data for NaN"
+        )
+
+
 def _train_epochs(
     engine: TrainingEngine,
+    model: Classifier,
     validation: LoadedPatches | None,
     settings: EngineSettings,
     epochs: int,
@@ -194,6 +224,7 @@ def _train_epochs(
         started = time.perf_counter()
         train_loss = engine.train_epoch()
         seconds = time.perf_counter() - started
+        check_finite(model, train_loss if dp is None else None, epoch, settings.lr)
         score = val_loss = None
         if validation is not None:
             scores, val_loss = engine.predict("validation")

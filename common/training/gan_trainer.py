@@ -4,14 +4,18 @@ BCE on logits; real targets U(low, high) (one-sided smoothing, may exceed 1), fa
 loss BCE(D(G(z|y)|y), 1) with random fake conditions; Adam (0.5, 0.999); flips + zoom; real
 images in [-1, 1]; `discriminator_steps` D updates per G update. Every random draw comes from
 one seeded generator whose state is checkpointed with the networks, optimisers, epoch and (under
-DP) the privacy ledger, so a killed run resumes exactly.
+DP) the privacy ledger, so a killed run resumes exactly. On SIGTERM the last finished epoch is
+checkpointed before the run stops; NaN/inf losses or weights stop it with `NonFiniteError`, the
+earlier checkpoints intact.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,13 @@ from tqdm import tqdm
 
 from common.atomic_io import atomic_torch_save, atomic_write_png
 from common.config.gan_schema import GanConfig
-from common.errors import ConfigError, PrivacyError
+from common.errors import ConfigError, NonFiniteError, PrivacyError
 from common.models.mcgan import Discriminator, Generator, MCGANShape
 from common.privacy.dp_sgd import expected_batch_size, poisson_indices
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
-from common.privacy.plan import PrivacyPlan, plan_privacy
+from common.privacy.plan import PrivacyPlan, check_batch_fits, plan_privacy
 from common.privacy.randomness import SEEDED_NOISE_NOTE, private_generator
+from common.runs.termination import Terminated, note_saved
 from common.training.gan_augment import augment, to_signed_unit, to_uint8
 from common.training.gan_dp import PrivateDiscriminatorStep
 
@@ -99,6 +104,7 @@ class GanTrainer:
 
     def _make_private(self, n: int) -> None:
         dp = self.config.dp
+        check_batch_fits(n, self.config.train.batch_size, key="gan.train.batch_size")
         self.plan = plan_privacy(
             dataset_size=n,
             batch_size=self.config.train.batch_size,
@@ -187,6 +193,7 @@ class GanTrainer:
             d_losses.append(d_loss)
             if step % self.config.train.discriminator_steps == 0:
                 g_losses.append(self._generator_step(fake, fake_y))
+        self._check_finite(g_losses if self.private else d_losses + g_losses)
         self.epoch += 1
         record: dict[str, float] = {"epoch": self.epoch}
         if self.private is None:  # under DP the real-batch loss is a private statistic
@@ -207,6 +214,21 @@ class GanTrainer:
             record["epsilon"] = self.ledger.epsilon()
         self.history.append(record)
         return record
+
+    def _check_finite(self, losses: list[float]) -> None:
+        """Stop before a diverged epoch counts: NaN/inf in a loss (under DP only the generator's;
+        the discriminator's real-batch loss is private) or in any weight of either network."""
+        what = next((f"a loss is {v}" for v in losses if not math.isfinite(v)), None)
+        for net in (self.generator_net, self.discriminator):
+            for name, parameter in net.named_parameters():
+                if what is None and not bool(torch.isfinite(parameter.detach()).all()):
+                    what = f"{type(net).__name__}.{name} holds NaN or inf"
+        if what is not None:
+            raise NonFiniteError(
+                f"MCGAN training diverged in epoch {self.epoch + 1}: {what}. This epoch was not "
+                f"saved; the checkpoints in {self.out_dir / 'checkpoints'} are intact. Lower "
+                "train.lr_generator / train.lr_discriminator and resume or start again"
+            )
 
     # ---- persistence ----------------------------------------------------------------------
     def epsilon(self) -> float | None:
@@ -291,13 +313,27 @@ class GanTrainer:
         return True
 
     def fit(self, progress: bool = True) -> Path | None:
-        """Train up to config epochs, checkpointing every K epochs and at the end."""
+        """Train up to config epochs, checkpointing every K epochs and at the end; on SIGTERM
+        (`Terminated`) checkpoint the last finished epoch, then stop."""
         total, every = self.config.train.epochs, self.config.train.checkpoint_every
         last = None
+        # the newest finished epoch not on disk yet (a copy: the live state may be mid-epoch)
+        unsaved: dict[str, Any] | None = None
         bar = tqdm(range(self.epoch + 1, total + 1), disable=not progress, desc="gan epochs")
-        for epoch in bar:
-            record = self.train_epoch()
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
-            if epoch % every == 0 or epoch == total:
-                last = self.save_checkpoint()
+        try:
+            for epoch in bar:
+                record = self.train_epoch()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+                if epoch % every == 0 or epoch == total:
+                    last = self.save_checkpoint()
+                    unsaved = None
+                else:
+                    unsaved = copy.deepcopy(self.state_dict())
+        except Terminated:
+            if unsaved is not None:
+                path = self.checkpoint_path(unsaved["epoch"])
+                atomic_torch_save(path, unsaved)
+                log.info("SIGTERM: saved epoch %d to %s", unsaved["epoch"], path)
+            note_saved(self.out_dir / "checkpoints")
+            raise
         return last

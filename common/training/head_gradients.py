@@ -3,6 +3,11 @@
 For a Linear layer on one feature vector, the per-sample weight gradient is g a^T, so its norm
 is ||g|| * ||a|| and the bias gradient's norm is ||g||; the clipped sum is (c * g)^T a. This is
 per image because each row of the feature matrix is one image.
+
+For a record of several rows (patient-level DP: all patches of a patient) the weight gradient
+is sum_i g_i a_i^T, whose squared norm is sum_ij (g_i . g_j)(a_i . a_j) over the record's rows
+(and ||sum_i g_i||^2 for a bias): exact from two [B, B] Gram matrices, still without
+materialising a gradient per record.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ def clipped_gradient_sum(
     features: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     clip: Callable[[torch.Tensor], torch.Tensor],
+    groups: torch.Tensor | None = None,
 ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Sum over samples of clipped per-sample gradients of the trainable head parameters.
+    """Sum over records of clipped per-record gradients of the trainable head parameters.
 
-    `loss_fn(logits)` returns per-sample losses; `clip(norms)` returns clip factors.
-    Returns ({parameter: clipped sum}, per-sample norms, per-sample losses).
+    `loss_fn(logits)` returns per-row losses; `clip(norms)` returns clip factors. `groups`
+    (long [B], record position of each row): rows of one record are clipped together; None:
+    each row is a record. Returns ({parameter: clipped sum}, per-record norms, per-row losses).
     """
     linears = [m for m in head_linears(head) if any(p.requires_grad for p in m.parameters())]
     if not linears:
@@ -61,22 +68,47 @@ def clipped_gradient_sum(
     finally:
         for handle in handles:
             handle.remove()
-    squared = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
     pieces: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None]] = []
     for layer, a, out in zip(linears, inputs, outputs, strict=True):
         g = out.grad
         assert g is not None
-        g_sq = g.pow(2).sum(1)
         if layer.weight.requires_grad:
-            squared += g_sq * a.pow(2).sum(1)
             pieces.append((layer.weight, g, a))
         if layer.bias is not None and layer.bias.requires_grad:
-            squared += g_sq
             pieces.append((layer.bias, g, None))
-    norms = squared.sqrt()
-    factors = clip(norms)
+    if groups is None:
+        norms = _row_squared_norms(pieces, features).sqrt()
+        factors = clip(norms)
+    else:
+        norms = _record_squared_norms(pieces, groups.to(features.device)).sqrt()
+        factors = clip(norms)[groups.to(features.device)]
     sums = {}
     for parameter, g, a in pieces:
         weighted = g * factors[:, None]
         sums[parameter] = weighted.t() @ a if a is not None else weighted.sum(0)
     return sums, norms, losses.detach()
+
+
+def _row_squared_norms(
+    pieces: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None]], features: torch.Tensor
+) -> torch.Tensor:
+    squared = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+    for _, g, a in pieces:
+        g_sq = g.pow(2).sum(1)
+        squared += g_sq * a.pow(2).sum(1) if a is not None else g_sq
+    return squared
+
+
+def _record_squared_norms(
+    pieces: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None]], groups: torch.Tensor
+) -> torch.Tensor:
+    """||sum of the record's row gradients||^2 per record, from Gram matrices of its rows."""
+    same = groups[:, None] == groups[None, :]
+    pairs = torch.zeros(same.shape, dtype=pieces[0][1].dtype, device=groups.device)
+    for _, g, a in pieces:
+        gram = g @ g.t()
+        pairs += gram * (a @ a.t()) if a is not None else gram
+    per_row = (pairs * same).sum(1)
+    records = int(groups.max()) + 1 if len(groups) else 0
+    squared = torch.zeros(records, dtype=per_row.dtype, device=per_row.device)
+    return squared.index_add_(0, groups, per_row).clamp(min=0.0)

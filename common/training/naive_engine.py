@@ -19,19 +19,17 @@ from torch import nn
 from common.data.images import LoadedPatches, apply_flips, to_model_input
 from common.errors import ConfigError, UnsupportedDPModelError
 from common.models.classifier import Classifier
-from common.models.policies import backbone_has_batchnorm
+from common.models.policies import WINDOW_ATTENTION_TYPES, backbone_has_batchnorm
 from common.privacy.dp_sgd import (
     GaussianMechanism,
+    RecordGroups,
     check_per_record_rows,
     clipped_sum,
     expected_batch_size,
-    poisson_indices,
 )
 from common.privacy.randomness import private_generator
 from common.training.engine import TrainableParameters
 from common.training.settings import EngineSettings
-
-WINDOW_ATTENTION_TYPES = ("WindowAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2")
 
 
 def check_per_image_gradients(model: Classifier) -> None:
@@ -73,6 +71,7 @@ class NaiveEngine(TrainableParameters):
         self.settings = settings
         self.model = model.to(settings.device)
         self.pixels = torch.as_tensor(train.pixels)
+        self.patients = train.patch_set.patients
         self.labels = train.labels
         self.eval_sets = eval_sets
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -99,10 +98,11 @@ class NaiveEngine(TrainableParameters):
         )
         seed = self.settings.noise_seed
         self.sampling = private_generator("cpu", seed)
+        self.records = RecordGroups.for_unit(dp.unit, self.patients)
         self.mechanism = GaussianMechanism(
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=expected_batch_size(len(self.labels), dp.sample_rate),
+            expected_batch_size=expected_batch_size(self.records.records, dp.sample_rate),
             generator=private_generator(self.settings.device, None if seed is None else seed + 1),
         )
 
@@ -146,12 +146,15 @@ class NaiveEngine(TrainableParameters):
         samples = self._grad_samples(indices, flips)
         return {names[id(p)]: g for p, g in zip(self.parameters, samples, strict=True)}
 
-    def dp_clipped_sum(self, indices: torch.Tensor, flips: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The clipped per-sample gradient sum for one batch (no noise, no update)."""
+    def dp_clipped_sum(
+        self, indices: torch.Tensor, flips: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The clipped per-record gradient sum for one batch (no noise, no update); `groups`
+        as in `clipped_sum` (patient-level DP)."""
         dp = self.settings.dp
         assert dp is not None
         names = {id(p): n for n, p in self.model.named_parameters()}
-        sums = clipped_sum(self._grad_samples(indices, flips), dp.max_grad_norm)
+        sums = clipped_sum(self._grad_samples(indices, flips), dp.max_grad_norm, groups)
         return {names[id(p)]: s for p, s in zip(self.parameters, sums, strict=True)}
 
     def _draw_flips(self, count: int) -> torch.Tensor:
@@ -159,16 +162,15 @@ class NaiveEngine(TrainableParameters):
             return torch.zeros(count, dtype=torch.long)
         return torch.randint(0, 4, (count,), generator=self.generator)
 
-    def _dp_step(self, indices: torch.Tensor) -> float | None:
+    def _dp_step(self, indices: torch.Tensor, groups: torch.Tensor | None = None) -> float | None:
         dp, mechanism = self.settings.dp, self.mechanism
         assert dp is not None and mechanism is not None
         loss = None
         if len(indices) == 0:  # an empty Poisson batch: a noise-only step
             sums = [torch.zeros_like(p) for p in self.parameters]
         else:
-            sums = clipped_sum(
-                self._grad_samples(indices, self._draw_flips(len(indices))), dp.max_grad_norm
-            )
+            samples = self._grad_samples(indices, self._draw_flips(len(indices)))
+            sums = clipped_sum(samples, dp.max_grad_norm, groups)
             loss = self.last_loss
         for parameter, gradient in zip(self.parameters, mechanism.privatize(sums), strict=True):
             parameter.grad = gradient.to(parameter.dtype)
@@ -185,20 +187,21 @@ class NaiveEngine(TrainableParameters):
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         dp = self.settings.dp
         if dp is not None:
             for _ in range(dp.steps_per_epoch):
-                yield poisson_indices(len(self.labels), dp.sample_rate, self.sampling)
+                yield self.records.sample(dp.sample_rate, self.sampling)
         else:
             order = torch.randperm(len(self.labels), generator=self.generator)
-            yield from order.split(self.settings.batch_size)
+            for chunk in order.split(self.settings.batch_size):
+                yield chunk, None
 
     def train_epoch(self) -> float:
         losses: list[float] = []
-        for indices in self._batches():
+        for indices, groups in self._batches():
             self.steps_done += 1
-            loss = self._dp_step(indices) if self.settings.dp else self._plain_step(indices)
+            loss = self._dp_step(indices, groups) if self.settings.dp else self._plain_step(indices)
             if loss is not None:
                 losses.append(loss)
         return float(np.mean(losses)) if losses else float("nan")

@@ -16,6 +16,8 @@ class DPSettings:
     sample_rate: float
     max_grad_norm: float
     steps_per_epoch: int
+    # the privacy record: 'patch', or 'patient' (a patient's patches sampled and clipped as one)
+    unit: str = "patch"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def test_syn_row_runs_from_gan_generate_output(release_dir: Path, tmp_path: Path
     )
     record = run_cell(config, tmp_path / "cell", progress=False)
     assert record["data"]["train"]["total"] == 40  # trained on the generated patches only
-    assert record["tests"]["cbis_ddsm_val"]["n"] == 24
+    assert record["tests"]["cbis_ddsm_val"]["n"] == 24  # the site's record (site_only.json)
     assert (
         not record["privacy"]["formal_guarantee"]
         and "no formal guarantee" in record["privacy"]["note"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +52,63 @@ def test_tiny_dp_run_writes_a_complete_record(phantom_env: Path, tmp_path: Path)
     predictions = pd.read_csv(tmp_path / "a" / "predictions_phantom_test.csv")
     assert list(predictions.columns) == ["patch", "patient_id", "label", "score_malignant"]
     assert len(predictions) == test["n"] == 16
-    assert json.loads((tmp_path / "a" / "result.json").read_text())["git_commit"]
+    assert json.loads((tmp_path / "a" / "site_only.json").read_text()) == json.loads(
+        json.dumps(record)
+    )
+    _assert_shareable(tmp_path / "a" / "result.json", phantom_env)
+
+
+HEX_DIGEST = re.compile(r"\b[0-9a-f]{40,}\b")
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in [str(k), *_strings(v)]]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def _assert_shareable(result: Path, data_dir: Path) -> None:
+    """result.json may leave the site: no data path, hash or exact count of private records;
+    it keeps the metrics and the privacy record."""
+    shared = json.loads(result.read_text())
+    assert "data" not in shared
+    for metrics in shared["tests"].values():
+        assert isinstance(metrics["auroc"]["value"], float)
+        assert not {"n", "n_patients"} & set(metrics)
+    assert shared["privacy"]["epsilon_spent"] > 0 and shared["privacy"]["unit"] in (
+        "patch",
+        "patient",
+    )
+    strings = _strings(shared)
+    assert not [s for s in strings if str(data_dir) in s or "/phantom" in s]
+    assert not [s for s in strings if HEX_DIGEST.search(s) and s != shared.get("git_commit")]
+    assert shared["git_commit"]
+
+
+def test_patient_level_dp_run(phantom_env: Path, tmp_path: Path) -> None:
+    """privacy.unit=patient: N is the number of patients, the ledger says 'patient'."""
+    from common.runs.run_data import read_run_patch_sets
+
+    overrides = ("privacy.unit=patient", "train.engine=cached", "train.batch_size=4")
+    record = _run(tmp_path, "p", *overrides)
+    train = read_run_patch_sets(compose_config(["experiment=tiny", *overrides]).data).train
+    patients = len(set(train.patients))
+    assert patients < len(train)  # several patches per patient, or the test shows nothing
+    privacy = record["privacy"]
+    assert privacy["unit"] == privacy["ledger"]["unit"] == "patient"
+    assert privacy["sample_rate"] == 1 / -(-patients // record["config"]["train"]["batch_size"])
+    assert 0.75 * 6 < privacy["epsilon_spent"] <= 6.0
 
 
 def test_same_seed_same_result_in_seeded_mode(phantom_env: Path, tmp_path: Path) -> None:
     seeded = "privacy.seeded_noise=true"
     first, second = _run(tmp_path, "a", seeded), _run(tmp_path, "b", seeded)
     assert first["privacy"]["noise"].startswith("seeded noise: reproducible")
+    shared = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert shared["privacy"]["noise"] == first["privacy"]["noise"]
+    assert shared["seed"] == shared["config"]["seed"] == "<kept at the site>"
     assert first["tests"] == second["tests"]
     assert _without_time(first["history"]) == _without_time(second["history"])
     a, b = torch.load(tmp_path / "a" / "model.pt"), torch.load(tmp_path / "b" / "model.pt")

@@ -21,6 +21,7 @@ SUBSET = [
     "data.synthetic.limit=24",
     "data.tests.cbis_ddsm_val.limit=24",
     "train.epochs=2",
+    "train.batch_size=16",  # under DP a batch may not exceed N (about 40 after the hold-out)
     "eval.bootstrap=50",
 ]
 
@@ -39,6 +40,13 @@ def test_table1_subset_on_released_patches(
         and 0.75 < spent["real_eps1"] <= 1.0
         and 4.5 < spent["real_eps6"] <= 6.0
     )
+    guarantee = dict(zip(table["row"], table["guarantee"], strict=True))
+    assert guarantee == {
+        "real": "none (no DP)",
+        "real_eps1": "formal",
+        "real_eps6": "formal",
+        "real_syn_eps6": "partial",  # its synthetic patches come from a non-DP GAN
+    }
     markdown = paths["md"].read_text()
     assert "efficientnet_lite0" in markdown and "not the paper's" in markdown
     assert "data.real.limit=48" in markdown

@@ -16,7 +16,11 @@ from tests.conftest import tiny_federated_config
 
 def test_dp_mcgan_is_composed_into_the_site_budget(tiny_workspace: Path, tmp_path: Path) -> None:
     config = tiny_federated_config(
-        tiny_workspace, f"run_dir={tmp_path}", "gan.dp.enabled=true", "gan.dp.target_epsilon=2"
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",  # a DP batch may not exceed N (4 patches here)
     )
     runtime = SiteRuntime(simulated_site(config, 0), config)
     produced = runtime.synthesize(8)
@@ -62,7 +66,11 @@ def test_a_dp_mcgan_retrained_from_scratch_is_charged_again(
     import shutil
 
     config = tiny_federated_config(
-        tiny_workspace, f"run_dir={tmp_path}", "gan.dp.enabled=true", "gan.dp.target_epsilon=1"
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=1",
+        "gan.train.batch_size=4",
     )
     runtime = SiteRuntime(simulated_site(config, 0), config)
     runtime.synthesize(4)

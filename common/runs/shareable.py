@@ -1,0 +1,61 @@
+"""Split a cell's record into what may leave the site and what stays there.
+
+`site_only.json` keeps everything (exact counts, skipped file paths, manifest hashes, data
+paths, the seed of a seeded-noise run): useful at the site, never to be sent. `result.json` is
+the shareable part: metrics, the privacy record and the recipe, with every data path, hash,
+exact count and (in seeded-noise mode) seed taken out. Rule of thumb (DESIGN.md privacy model):
+nothing that identifies or counts the private records leaves a site.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+REDACTED = "<kept at the site>"
+# per-test-set metrics: exact counts of private test records
+COUNT_KEYS = ("n", "n_patients", "n_positive", "n_negative")
+# config keys that hold paths of private data (data.*.path and folders derived from them)
+PATH_KEYS = ("path", "shared_dir", "feature_cache_dir", "out_dir")
+
+
+def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str, Any]:
+    """The part of a cell's `record` that may leave the site (a deep copy; `record` unchanged).
+
+    Keeps `tests.<name>.auroc` (and the other metrics), `privacy.*` (epsilon spent, unit, the
+    guarantee flag, sigma, q, steps) and the recipe. Drops `data` (counts, skipped paths,
+    manifest hashes) and per-test counts; data paths in `config` become REDACTED; in seeded-noise
+    mode the seed too (whoever knows it can replay the noise).
+    """
+    shared = copy.deepcopy(record)
+    shared.pop("data", None)
+    shared.pop("frozen_checksum", None)  # a hash of public weights, but no use off the site
+    for metrics in shared.get("tests", {}).values():
+        for key in COUNT_KEYS:
+            metrics.pop(key, None)
+    if "config" in shared:
+        _redact_paths(shared["config"].get("data", {}))
+        for key in ("shared_dir", "out_dir"):
+            if key in shared["config"]:
+                shared["config"][key] = REDACTED
+        train = shared["config"].get("train", {})
+        if train.get("feature_cache_dir") is not None:
+            train["feature_cache_dir"] = REDACTED
+    if seeded_noise:
+        shared["seed"] = REDACTED
+        if "config" in shared:
+            shared["config"]["seed"] = REDACTED
+    shared["site_only"] = "site_only.json (counts, paths, hashes: never to leave the site)"
+    return shared
+
+
+def _redact_paths(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in PATH_KEYS and isinstance(value, str) and value:
+                node[key] = REDACTED
+            else:
+                _redact_paths(value)
+    elif isinstance(node, list):
+        for item in node:
+            _redact_paths(item)

@@ -1,0 +1,202 @@
+"""Hardening (issue 8): SIGTERM during a long job saves its state and exits cleanly (143).
+
+Real subprocesses on tiny phantom data: `mammofl gan train` checkpoints its last finished epoch
+and resumes from it; `mammofl table1` keeps its finished cells and leaves no partial one. In
+process: the handler itself (libraries cannot take SIGTERM away, `except Exception` cannot
+swallow it) and the CLI's exit code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.runs.termination import Terminated, note_saved, sigterm_raises
+from simulations import cli
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY_CELL = [
+    "data=phantom",
+    "model=tiny_swin",
+    "data.image_size=32",
+    "train.epochs=3",
+    "train.batch_size=16",
+    "train.lr=1e-3",
+    "eval.bootstrap=20",
+]
+
+
+def _sigterm_to_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises long before this ends
+    pytest.fail("SIGTERM did not raise Terminated")
+
+
+def test_sigterm_raises_terminated_past_except_exception() -> None:
+    before, install = signal.getsignal(signal.SIGTERM), signal.signal
+    caught = []
+    with pytest.raises(Terminated), sigterm_raises():
+        # a library asking for SIGTERM (ray.init installs sys.exit) is declined
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        try:
+            _sigterm_to_self()
+        except Exception as error:
+            caught.append(error)
+    assert caught == []
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.signal is install  # the guard is gone with the block
+
+
+@pytest.mark.parametrize(
+    ("saved", "args", "expected"),
+    [
+        (["/run/gan/checkpoints"], [], "state saved in /run/gan/checkpoints"),
+        ([], ["out_dir=/run/t1"], "state saved in /run/t1/cells (finished cells"),
+        ([], [], "no partial result was written"),
+    ],
+)
+def test_the_cli_exits_143_with_where_the_state_is(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    saved: list[str],
+    args: list[str],
+    expected: str,
+) -> None:
+    command = "table1" if args else "train"
+
+    def job(_: object) -> int:
+        for path in saved:
+            note_saved(path)
+        _sigterm_to_self()
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, command, job)
+    assert cli.main([command, *args]) == 143
+    err = capsys.readouterr().err
+    assert f"mammofl {command}: stopped by SIGTERM; {expected}" in err
+
+
+def _start(args: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    logs.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", *args],
+        cwd=PROJECT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        stdout=(logs / "stdout").open("wb"),
+        stderr=(logs / "stderr").open("wb"),
+    )
+
+
+def _wait_until(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            pytest.fail(f"the job ended ({process.returncode}) before it could be interrupted")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the job never reached the point to interrupt")
+        time.sleep(0.2)
+
+
+def _terminate(process: subprocess.Popen[bytes], logs: Path) -> str:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    err = (logs / "stderr").read_text(errors="replace")
+    assert "Traceback" not in err
+    return err
+
+
+def _no_temporary_files(root: Path) -> None:
+    assert [p for p in root.rglob(".*.tmp")] == []
+
+
+def test_gan_train_checkpoints_its_last_epoch_and_resumes(
+    phantom_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "gan"
+    args = [
+        "gan",
+        "train",
+        "gan_preset=tiny",
+        "data.format=patchset",
+        f"data.path={phantom_dir / 'train'}",
+        "data.split=null",
+        "train.checkpoint_every=1000",  # nothing on disk unless SIGTERM saves it
+        f"out_dir={out}",
+    ]
+    logs = tmp_path / "logs1"
+    process = _start([*args, "train.epochs=1000"], logs, {})
+
+    def epochs_done() -> int:
+        counts = re.findall(r"gan epochs:[^|]*\|[^|]*\| *(\d+)/1000", (logs / "stderr").read_text())
+        return int(counts[-1]) if counts else 0
+
+    _wait_until(process, lambda: epochs_done() >= 2)
+    err = _terminate(process, logs)
+    assert f"mammofl gan: stopped by SIGTERM; state saved in {out / 'checkpoints'}" in err
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    state = torch.load(checkpoint, weights_only=False)
+    epoch = state["epoch"]
+    assert epoch >= 2 and checkpoint.name == f"epoch_{epoch:05d}.pt"
+    assert len(state["history"]) == epoch
+    _no_temporary_files(out)
+
+    logs = tmp_path / "logs2"
+    rerun = _start([*args, f"train.epochs={epoch + 1}"], logs, {})
+    assert rerun.wait(timeout=240) == 0
+    assert f"resumed from {checkpoint} (epoch {epoch})" in (logs / "stderr").read_text()
+    assert json.loads((logs / "stdout").read_text())["epoch"] == epoch + 1
+    resumed = torch.load(out / "checkpoints" / f"epoch_{epoch + 1:05d}.pt", weights_only=False)
+    assert resumed["history"][:epoch] == state["history"]
+
+
+@pytest.mark.slow
+def test_table1_keeps_finished_cells_and_no_partial_one(phantom_dir: Path, tmp_path: Path) -> None:
+    from simulations.table1 import cell_dir, run_one
+
+    out = tmp_path / "table1"
+    logs = tmp_path / "logs"
+    args = ["table1", "rows=[real_eps6]", "seeds=[42,43]", f"out_dir={out}", *TINY_CELL]
+    process = _start(args, logs, {"MAMMOFL_PHANTOM": str(phantom_dir)})
+    _wait_until(process, lambda: "seed 43: training" in (logs / "stderr").read_text())
+    err = _terminate(process, logs)
+    assert f"mammofl table1: stopped by SIGTERM; state saved in {out / 'cells'}" in err
+    done = cell_dir(out, "real_eps6", 42) / "result.json"
+    record = json.loads(done.read_text())  # complete and valid
+    assert record["privacy"]["epsilon_spent"] <= 6
+    assert not (cell_dir(out, "real_eps6", 43) / "result.json").exists()
+    _no_temporary_files(out)
+    # a rerun skips the finished cell (same file, not retrained) and would redo seed 43
+    stamp = done.stat().st_mtime_ns
+    assert run_one(out, "real_eps6", 42, TINY_CELL) == done.parent
+    assert done.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_federate_stops_mid_round_with_its_state_intact(tmp_path: Path) -> None:
+    """Ray would take SIGTERM (sys.exit, or its C++ handler's abort); the job keeps it, stops
+    the simulation and its Ray processes, and leaves the server and site states loadable."""
+    out = tmp_path / "federated"
+    logs = tmp_path / "logs"
+    process = _start(["federate", "experiment=federated/tiny", f"out_dir={out}"], logs, {})
+    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), timeout=400)
+    err = _terminate(process, logs)
+    assert f"mammofl federate: stopped by SIGTERM; state saved in {out} (" in err
+    assert torch.load(out / "server" / "checkpoint.pt", weights_only=False)["round"] == 0
+    for ledger in (out / "sites").glob("*/state/ledger.json"):
+        json.loads(ledger.read_text())
+    _no_temporary_files(out)
+    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True)
+    assert left.stdout.strip() == b""

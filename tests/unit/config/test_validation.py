@@ -1,0 +1,200 @@
+"""Hardening (issue 8): a typo must never drop privacy; every refusal names the key and a fix.
+
+Epsilon <= 0 (or inf/NaN, or set with DP off), batch > N under DP, unknown choice names, and
+DP on a policy that trains window attention (per-window gradients) are all refused before any
+data is read or any budget reserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config.federated_schema import (
+    ClientDPConfig,
+    FederatedRunConfig,
+    FederationConfig,
+    SimulationConfig,
+    SiteEntry,
+)
+from common.config.gan_schema import GanDPConfig, GanTrainConfig
+from common.config.schema import (
+    DataConfig,
+    MammoflConfig,
+    ModelConfig,
+    PaperRowConfig,
+    PatchSourceConfig,
+    PrivacyConfig,
+    TrainConfig,
+)
+from common.errors import ConfigError, UnsupportedDPModelError
+from common.models.policies import check_no_per_window_gradients, per_window_parameters
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import plan_privacy
+from simulations.cli import main
+from tests.unit.gan.helpers import tiny_config
+from tests.unit.training.helpers import random_patches, settings, tiny_model
+
+DP6 = PrivacyConfig(enabled=True, target_epsilon=6)
+SWIN_T = ("swin_tiny_patch4_window7_224", "swin_t", "swinv2_tiny_window8_256", "swin_v2_t")
+
+
+# ---- epsilon <= 0 ----------------------------------------------------------------------------
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, float("inf"), float("nan")])
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda e: PrivacyConfig(enabled=True, target_epsilon=e), "privacy.target_epsilon"),
+        (lambda e: GanDPConfig(enabled=True, target_epsilon=e), "gan.dp.target_epsilon"),
+        (
+            lambda e: ClientDPConfig(enabled=True, max_epsilon=e),
+            "federation.client_dp.max_epsilon",
+        ),
+        (lambda e: SiteEntry(name="a", raw="/x", epsilon_cap=e), "sites.a.epsilon_cap"),
+    ],
+)
+def test_a_budget_must_be_a_finite_positive_epsilon(
+    make: Callable[[float], object], key: str, epsilon: float
+) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}=.*finite number > 0 \(e\.g\. {key}=6\)"):
+        make(epsilon)
+
+
+def test_dp_needs_a_target_and_a_target_needs_dp() -> None:
+    with pytest.raises(ConfigError, match=r"privacy\.target_epsilon=6"):
+        PrivacyConfig(enabled=True)
+    # a target with DP off would silently train without DP: refused, both fixes named
+    with pytest.raises(ConfigError, match=r"privacy\.enabled=false.*privacy\.enabled=true"):
+        PrivacyConfig(enabled=False, target_epsilon=6)
+    assert PrivacyConfig(enabled=False).target_epsilon is None
+
+
+def test_cli_plan_refuses_epsilon_zero_without_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plan", "experiment=table1/real_eps6", "privacy.target_epsilon=0"]) == 2
+    err = capsys.readouterr().err
+    assert "privacy.target_epsilon=0" in err and "Traceback" not in err
+
+
+# ---- batch > N -------------------------------------------------------------------------------
+def test_dp_plan_refuses_a_batch_larger_than_the_training_set() -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_size=16 .*N=10 .*at most 10"):
+        plan_privacy(dataset_size=10, batch_size=16, epochs=1, target_epsilon=1.0, delta=1e-3)
+    plan = plan_privacy(dataset_size=16, batch_size=16, epochs=1, target_epsilon=8.0, delta=1e-3)
+    assert plan.sample_rate == 1.0  # B == N is allowed
+    # without DP a batch larger than N is only one full batch per epoch: no privacy at stake
+    assert (
+        plan_privacy(
+            dataset_size=10, batch_size=16, epochs=1, target_epsilon=None, delta=1e-3
+        ).steps
+        == 1
+    )
+
+
+def test_cli_plan_names_batch_size_and_n(capsys: pytest.CaptureFixture[str]) -> None:
+    # without the data, plan counts the preset's paper sizes (N = 1104)
+    code = main(["plan", "experiment=table1/real_eps6", "train.batch_size=5000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.batch_size=5000" in err and "N=1104" in err
+
+
+def test_dp_gan_refuses_a_batch_larger_than_its_data(tmp_path: Path) -> None:
+    from common.training.gan_trainer import GanTrainer
+
+    pixels = np.zeros((6, 32, 32), np.uint8)
+    labels = np.arange(6) % 2
+    with pytest.raises(ConfigError, match=r"gan\.train\.batch_size=8 .*N=6"):
+        GanTrainer(tiny_config(dp=True), pixels, labels, tmp_path, torch.device("cpu"))
+    GanTrainer(tiny_config(dp=False), pixels, labels, tmp_path, torch.device("cpu"))
+
+
+# ---- unknown names ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda: ModelConfig(trainable="heads"), "model.trainable"),
+        (lambda: ModelConfig(head="mlp3"), "model.head"),
+        (lambda: ModelConfig(library="keras"), "model.library"),
+        (lambda: TrainConfig(engine="fast"), "train.engine"),
+        (lambda: TrainConfig(backbone_mode="frozen"), "train.backbone_mode"),
+        (lambda: TrainConfig(selection_positive="malign"), "train.selection_positive"),
+        (lambda: TrainConfig(device="gpu"), "train.device"),
+        (lambda: PrivacyConfig(accountant="rpd"), "privacy.accountant"),
+        (lambda: PrivacyConfig(unit="image"), "privacy.unit"),
+        (lambda: GanDPConfig(accountant="gdp"), "gan.dp.accountant"),
+        (lambda: GanTrainConfig(device="cuda0"), "gan.train.device"),
+        (lambda: FederationConfig(strategy="fedavgm"), "federation.strategy"),
+        (lambda: FederationConfig(weighting="samples"), "federation.weighting"),
+        (lambda: SimulationConfig(compare=["alone"]), "simulation.compare"),
+        (lambda: SiteEntry(name="a", phantom_style="site-d"), "sites.a.phantom_style"),
+        (lambda: SiteEntry(name="a", raw="/x", device="gpu"), "sites.a.device"),
+        (lambda: PatchSourceConfig(format="folder"), "format"),
+        (lambda: DataConfig(train_on=["synth"]), "data.train_on"),
+        (lambda: PaperRowConfig(setting="SynPre+RealFt"), "paper_row.setting"),
+    ],
+)
+def test_unknown_names_are_refused_with_the_choices(make: Callable[[], object], key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}=.* (choose one of|use) "):
+        make()
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_valid_devices_pass(device: str) -> None:
+    assert TrainConfig(device=device).device == device
+
+
+def test_cli_names_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "model.trainable=norm"]) == 2
+    err = capsys.readouterr().err
+    assert "model.trainable='norm'" in err and "head, head_last, norm_head, all" in err
+
+
+# ---- per-window gradients --------------------------------------------------------------------
+@pytest.mark.parametrize("name", SWIN_T)
+def test_dp_on_window_attention_is_refused_at_config_time(name: str) -> None:
+    model = ModelConfig(name=name, trainable="all")
+    with pytest.raises(ConfigError, match=r"model\.trainable=all .*per window, not per image"):
+        MammoflConfig(model=model, privacy=DP6)
+    with pytest.raises(ConfigError, match="per window"):
+        FederatedRunConfig(model=model, privacy=DP6)
+    MammoflConfig(model=model)  # without DP (SynPre trains all of Swin): fine
+    # norm layers sit outside the windows (per-image gradients: test_per_sample_gradients.py)
+    for policy in ("head", "head_last", "norm_head"):
+        MammoflConfig(model=ModelConfig(name=name, trainable=policy), privacy=DP6)
+
+
+def test_window_attention_is_found_in_the_built_model() -> None:
+    assert per_window_parameters(tiny_model("swin", policy="norm_head")) == []
+    trained = tiny_model("swin", policy="all")
+    inside = per_window_parameters(trained)
+    assert inside and all(".attn." in name for name in inside)
+    with pytest.raises(UnsupportedDPModelError, match="window attention"):
+        check_no_per_window_gradients(trained)
+
+
+def test_fit_refuses_per_window_dp_before_reserving(tmp_path: Path) -> None:
+    """A model built by hand (no config) still meets the refusal before any step or charge."""
+    from common.training.fit import fit
+
+    model = tiny_model("swin", policy="all")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ledger = PrivacyLedger(delta=1e-3)
+    with pytest.raises(UnsupportedDPModelError, match="window attention"):
+        fit(
+            model,
+            "naive",
+            random_patches(8),
+            None,
+            settings(train_mode=False),
+            epochs=1,
+            ledger=ledger,
+            selection="last",
+            target_epsilon=6.0,
+        )
+    assert ledger.events == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
