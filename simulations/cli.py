@@ -40,6 +40,11 @@ commands:
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
+  audit     <overrides> out_dir=DIR [seeds=[42,43,44] shadows=16 k=[50,100,200]
+            confidence=0.95 canaries=real|mislabelled canary_count=M]: membership inference
+            (LiRA, loss threshold) against the config's model trained on random halves, and a
+            one-run empirical epsilon lower bound per seed (exit 3 if it exceeds the accounted
+            one); compare=[DIR,...] out_dir=DIR tabulates and plots several audits
 
 overrides are hydra's: experiment=table1/real_eps6 model=efficientnet_lite0 train.epochs=2 ...
 """
@@ -264,6 +269,12 @@ def cmd_gan(args: Sequence[str]) -> int:
     return run_gan(args)
 
 
+def cmd_audit(args: Sequence[str]) -> int:
+    from simulations.audit_cli import cmd_audit as audit
+
+    return audit(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plan": cmd_plan,
     "train": cmd_train,
@@ -277,6 +288,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "federate": cmd_federate,
     "loopback": cmd_loopback,
     "certs": cmd_certs,
+    "audit": cmd_audit,
 }
 
 

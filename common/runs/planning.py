@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config.schema import MammoflConfig
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.privacy.group_privacy import group_guarantee
 from common.privacy.independent_accounting import pld_epsilon
 from common.privacy.ledger import LedgerEvent, epsilon_of
@@ -118,7 +118,15 @@ def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str
     group privacy makes of the per-patch guarantee for the largest patient."""
     rows: dict[str, Any] = {}
     for unit in ("patch", "patient"):
-        plan = plan_for(config, records.records(unit))
+        try:
+            plan = plan_for(config, records.records(unit))
+        except ConfigError as error:  # e.g. fewer patients than the batch size
+            rows[f"per_{unit}"] = {
+                "unit": unit,
+                "records": records.records(unit),
+                "error": str(error),
+            }
+            continue
         assert plan.noise_multiplier is not None
         run = LedgerEvent(
             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
@@ -132,10 +140,12 @@ def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str
             "epsilon": epsilon_of([run], plan.delta, plan.accountant),
             "delta": plan.delta,
         }
-    patch = rows["per_patch"]
-    group = group_guarantee(patch["epsilon"], patch["delta"], records.largest_patient)
     rows["per_patch"]["guarantee"] = "DP per patch (privacy.unit=patch)"
     rows["per_patient"]["guarantee"] = "patient-level DP (privacy.unit=patient)"
+    patch = rows["per_patch"]
+    if "epsilon" not in patch:
+        return rows
+    group = group_guarantee(patch["epsilon"], patch["delta"], records.largest_patient)
     rows["per_patient_by_group_privacy"] = {
         "guarantee": "the per-patch run's guarantee for a whole patient, by group privacy "
         "(k eps, k e^((k-1) eps) delta) with k = the largest patient's patches",

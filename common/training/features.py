@@ -67,7 +67,9 @@ def source_segments(loaded: LoadedPatches) -> list[tuple[int, int]]:
     return list(zip(bounds, [*bounds[1:], len(sources)], strict=True))
 
 
-def _cache_key(checksum: str, loaded: LoadedPatches, variants: tuple[int, ...]) -> str:
+def cache_key(checksum: str, loaded: LoadedPatches, variants: tuple[int, ...]) -> str:
+    """File key of cached features: backbone checksum, manifest, flip variants and the pixels
+    themselves (24 hex digits; the file is `features-<key>.pt` in the cache dir)."""
     digest = hashlib.sha256()
     for part in (checksum, loaded.patch_set.manifest_hash(), ",".join(map(str, variants))):
         digest.update(part.encode())
@@ -97,7 +99,7 @@ def cached_features(
         segment = LoadedPatches(
             loaded.patch_set.subset(range(start, stop)), loaded.pixels[start:stop]
         )
-        path = Path(cache_dir) / f"features-{_cache_key(checksum, segment, variants)}.pt"
+        path = Path(cache_dir) / f"features-{cache_key(checksum, segment, variants)}.pt"
         if path.is_file():
             log.debug("features from cache %s", path)
             parts.append(torch.load(path, weights_only=True))

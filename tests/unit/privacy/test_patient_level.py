@@ -203,3 +203,15 @@ def test_plan_shows_the_three_figures_for_a_table1_preset() -> None:
     assert group["group_size"] == 14 and group["vacuous"]
     assert group["epsilon"] == pytest.approx(14 * patch["epsilon"])
     assert group["delta"].startswith("vacuous")
+
+
+def test_plan_reports_an_impossible_patient_plan_instead_of_failing() -> None:
+    """Fewer patients than the batch size: the patch plan stands, the patient row says why."""
+    from common.config.compose import compose_config
+    from common.runs.planning import plan_report
+
+    config = compose_config(["experiment=table1/real_eps6", "train.batch_size=1000"])
+    units = plan_report(config)["units"]
+    assert units["per_patch"]["records"] == 1104 and "epsilon" in units["per_patch"]
+    assert "train.batch_size=1000" in units["per_patient"]["error"]
+    assert units["per_patient_by_group_privacy"]["vacuous"]

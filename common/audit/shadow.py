@@ -1,0 +1,206 @@
+"""Train one audited model (target or shadow) with the project's own recipe on a random half.
+
+Every model, target or shadow, goes through `fit` exactly as `mammofl train` does: the same
+engine, DP-SGD core, privacy plan (from its own training-set size), ledger and epoch selection.
+Only the training set differs: the population's fixed records plus the canaries its seed drew.
+
+The cached engine computes frozen-backbone features of whatever set it is given; a random half
+would cost a backbone pass per model. The population's features are computed once (and kept in
+the feature cache), and each half's features are sliced from them and written to the cache
+under the key the engine looks up, so the engine reads them instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.atomic_io import atomic_torch_save
+from common.audit.population import Population
+from common.config.schema import MammoflConfig
+from common.data.images import LoadedPatches
+from common.errors import PrivacyError
+from common.eval.metrics import point_metrics
+from common.models.classifier import Classifier, build_classifier
+from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import PrivacyPlan
+from common.runs.planning import plan_for
+from common.runs.single_node import seed_everything
+from common.training.features import (
+    backbone_checksum,
+    cache_key,
+    cached_features,
+    source_segments,
+)
+from common.training.fit import fit
+from common.training.settings import (
+    DPSettings,
+    EngineSettings,
+    resolve_backbone_train_mode,
+    resolve_device,
+)
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """What the audit keeps of one trained model: its logits on every population record and
+    flip variant [V, N, 2], its canary inclusion, the privacy facts of its ledger and its test
+    AUROC (utility, for context)."""
+
+    seed: int
+    included: np.ndarray
+    logits: np.ndarray
+    epsilon_spent: float | None
+    noise_multiplier: float | None
+    sample_rate: float
+    steps: int
+    training_size: int
+    best_epoch: int | None
+    test_auroc: dict[str, float]
+    seconds: float
+
+
+def engine_settings(
+    config: MammoflConfig, model: Classifier, plan: PrivacyPlan, device: torch.device
+) -> EngineSettings:
+    """The engine settings `run_cell` derives from a config and its plan."""
+    dp = None
+    if plan.noise_multiplier is not None:
+        dp = DPSettings(
+            plan.noise_multiplier, plan.sample_rate, plan.max_grad_norm, plan.steps_per_epoch
+        )
+    return EngineSettings(
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        label_smoothing=config.train.label_smoothing,
+        flips=config.train.flips,
+        seed=config.seed,
+        device=device,
+        backbone_train_mode=resolve_backbone_train_mode(
+            config.train.engine, config.train.backbone_mode, backbone_has_batchnorm(model.backbone)
+        ),
+        feature_batch_size=config.train.feature_batch_size,
+        feature_cache_dir=config.train.feature_cache_dir,
+        dp=dp,
+        progress=False,
+        noise_seed=config.seed + 1 if config.privacy.seeded_noise else None,
+    )
+
+
+def variants_of(config: MammoflConfig) -> tuple[int, ...]:
+    return (0, 1, 2, 3) if config.train.flips else (0,)
+
+
+def prime_feature_cache(
+    model: Classifier,
+    subset: LoadedPatches,
+    features: torch.Tensor,
+    variants: tuple[int, ...],
+    cache_dir: str,
+) -> list[Path]:
+    """Write `features` [V, n, F] of `subset` where `cached_features` will look for them;
+    return the files written (the caller removes them after training)."""
+    checksum = backbone_checksum(model.backbone)
+    written = []
+    for start, stop in source_segments(subset):
+        segment = LoadedPatches(
+            subset.patch_set.subset(range(start, stop)), subset.pixels[start:stop]
+        )
+        path = Path(cache_dir) / f"features-{cache_key(checksum, segment, variants)}.pt"
+        if not path.is_file():
+            atomic_torch_save(path, features[:, start:stop].clone())
+            written.append(path)
+    return written
+
+
+@torch.no_grad()
+def head_logits(model: Classifier, features: torch.Tensor, device: torch.device) -> np.ndarray:
+    model.head.eval()
+    return model.head(features.to(device)).double().cpu().numpy()
+
+
+def train_model(
+    config: MammoflConfig,
+    population: Population,
+    original: LoadedPatches,
+    included: np.ndarray,
+    validation: LoadedPatches,
+    tests: dict[str, LoadedPatches],
+) -> ModelOutcome:
+    """Train `config` (its seed is this model's) on the population's fixed records plus the
+    included canaries; return its logits on every population record. `original` is the
+    population with its true labels (the key of its cached features)."""
+    started = time.time()
+    assert config.train.feature_cache_dir, "the audit always sets a feature cache"
+    device = resolve_device(config.train.device)
+    seed_everything(config.seed)
+    model = build_classifier(config.model)
+    apply_trainable_policy(model, config.model.trainable)
+    model.to(device)
+
+    def features(loaded: LoadedPatches, variants: tuple[int, ...]) -> torch.Tensor:
+        return cached_features(
+            model.backbone,
+            loaded,
+            variants,
+            config.train.feature_batch_size,
+            device,
+            config.train.feature_cache_dir,
+        )
+
+    variants = variants_of(config)
+    everyone = features(original, variants)
+    indices = population.training_indices(included)
+    subset = population.subset(indices)
+    primed = prime_feature_cache(
+        model, subset, everyone[:, indices], variants, config.train.feature_cache_dir
+    )
+    plan = plan_for(config, len(indices))
+    ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
+    try:
+        result = fit(
+            model,
+            config.train.engine,
+            subset,
+            validation,
+            engine_settings(config, model, plan, device),
+            epochs=config.train.epochs,
+            ledger=ledger,
+            selection_positive=config.train.selection_positive,
+            target_epsilon=plan.target_epsilon,
+            eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
+        )
+    finally:
+        for path in primed:
+            path.unlink(missing_ok=True)
+    if result.frozen_checksum_before != result.frozen_checksum_after:
+        raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
+    if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
+        raise PrivacyError(
+            f"the Gaussian mechanism ran {result.mechanism_steps} times, the ledger counts "
+            f"{result.steps} steps"
+        )
+    test_auroc = {}
+    for name, loaded in tests.items():
+        logits = torch.from_numpy(head_logits(model, features(loaded, (0,))[0], device))
+        scores = torch.softmax(logits, 1)[:, 1].numpy()
+        test_auroc[name] = point_metrics(np.asarray(loaded.patch_set.labels), scores)["auroc"]
+    return ModelOutcome(
+        seed=config.seed,
+        included=np.asarray(included, dtype=bool),
+        logits=head_logits(model, everyone, device),
+        epsilon_spent=result.epsilon_spent,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=result.steps,
+        training_size=len(indices),
+        best_epoch=result.best_epoch,
+        test_auroc=test_auroc,
+        seconds=round(time.time() - started, 1),
+    )

@@ -1,0 +1,158 @@
+"""`mammofl audit`: membership inference and a one-run epsilon lower bound for one config.
+
+    mammofl audit <hydra overrides> out_dir=DIR [seeds=[42,43,44] shadows=16 canaries=real
+        canary_count=M k=[50,100,200] confidence=0.95 fixed_variance=true
+        audit_attacks=[lira_online,lira_offline]]
+    mammofl audit compare=[DIR_A,DIR_B,...] out_dir=DIR
+
+Exit codes: 0 audited; 2 bad options (ConfigError/DataError, printed by the CLI); 3 a DP
+target's empirical epsilon lower bound exceeds the epsilon its ledger accounts (the DP
+implementation or its accounting is broken).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+OPTIONS = (
+    "audit_attacks",
+    "out_dir",
+    "seeds",
+    "shadows",
+    "canaries",
+    "canary_count",
+    "k",
+    "confidence",
+    "fixed_variance",
+    "compare",
+)
+EXIT_AUDIT_FAILED = 3
+
+
+def _split(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    options, overrides = {}, []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in OPTIONS:
+            options[key] = value
+        else:
+            overrides.append(arg)
+    return options, overrides
+
+
+def _integers(key: str, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.strip("[]").split(",") if v.strip())
+    except ValueError as error:
+        raise ConfigError(f"{key}={value}: expected integers, e.g. {key}=[42,43,44]") from error
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+
+
+def _number(key: str, value: str, kind: type) -> Any:
+    try:
+        return kind(value)
+    except ValueError as error:
+        raise ConfigError(f"{key}={value}: expected {kind.__name__}") from error
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={value}: expected true or false")
+    return value.lower() in ("true", "1", "yes")
+
+
+def _options(options: dict[str, str], default_seed: int) -> Any:
+    from common.audit.attack import AUDIT_ATTACKS
+    from common.audit.options import DEFAULT_KS, AuditOptions
+
+    return AuditOptions(
+        out_dir=Path(options["out_dir"]),
+        seeds=_integers("seeds", options["seeds"]) if "seeds" in options else (default_seed,),
+        shadows=_number("shadows", options.get("shadows", "16"), int),
+        canary_kind=options.get("canaries", "real"),
+        canary_count=_number("canary_count", options["canary_count"], int)
+        if "canary_count" in options
+        else None,
+        ks=_integers("k", options["k"]) if "k" in options else DEFAULT_KS,
+        confidence=_number("confidence", options.get("confidence", "0.95"), float),
+        fixed_variance=_flag("fixed_variance", options.get("fixed_variance", "true")),
+        audit_attacks=tuple(_names(options["audit_attacks"]))
+        if "audit_attacks" in options
+        else AUDIT_ATTACKS,
+    )
+
+
+def _summary(record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    return {
+        "out_dir": str(out_dir),
+        "name": record["name"],
+        "attacks": {
+            attack: {k: v["mean"] for k, v in stats.items()}
+            for attack, stats in record["summary"]["attacks"].items()
+        },
+        "targets": [
+            {
+                "seed": t["seed"],
+                "accounted_epsilon": t["accounted_epsilon"],
+                "empirical_epsilon_lower_bound": t["one_run_audit"]["epsilon_lower_bound"],
+                "epsilon_ceiling": t["one_run_audit"]["epsilon_ceiling"],
+                "k": t["one_run_audit"]["k"],
+                "attack": t["one_run_audit"]["attack"],
+                "confidence": t["one_run_audit"]["confidence"],
+                "canaries_m": t["one_run_audit"]["canaries_m"],
+            }
+            for t in record["targets"]
+        ],
+        "passed": record["verdict"]["passed"],
+    }
+
+
+def _shout(record: dict[str, Any]) -> None:
+    bar = "!" * 78
+    lines = [bar, "PRIVACY AUDIT FAILED"]
+    for target in record["targets"]:
+        if not target["verdict"]["passed"]:
+            lines.append(f"seed {target['seed']}: {target['verdict']['note']}")
+    lines += ["Do not rely on this configuration's privacy guarantee until this is explained.", bar]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def cmd_audit(args: Sequence[str]) -> int:
+    options, overrides = _split(args)
+    if "out_dir" not in options:
+        from simulations.cli import command_usage
+
+        raise ConfigError(f"mammofl audit needs out_dir=DIR\n{command_usage('audit')}")
+    if "compare" in options:
+        from common.audit.report import compare_audits
+
+        extra = sorted(set(options) - {"compare", "out_dir"}) + overrides
+        if extra:
+            raise ConfigError(f"mammofl audit compare= takes only out_dir=, not {extra}")
+        folders = [Path(p) for p in _names(options["compare"])]
+        if len(folders) < 1:
+            raise ConfigError("compare=[DIR_A,DIR_B]: name at least one audit folder")
+        result = compare_audits(folders, Path(options["out_dir"]))
+        print("\n".join(result["table"]))
+        print(json.dumps(result["separation_tpr_at_1pct_fpr"], indent=2))
+        return 0
+    from common.audit.run import run_audit
+    from common.config.compose import compose_config
+
+    config = compose_config(overrides)
+    audit_options = _options(options, config.seed)
+    record = run_audit(config, audit_options)
+    print(json.dumps(_summary(record, audit_options.out_dir), indent=2))
+    if not record["verdict"]["passed"]:
+        _shout(record)
+        return EXIT_AUDIT_FAILED
+    return 0

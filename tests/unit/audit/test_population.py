@@ -1,0 +1,77 @@
+"""Canary populations, inclusion draws, and the feature cache the audit fills for each half."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.audit.population import build_population, draw_inclusion
+from common.audit.shadow import prime_feature_cache
+from common.data.images import LoadedPatches
+from common.data.patch_set import PatchSet
+from common.training.features import cached_features
+from tests.unit.training.helpers import random_patches, tiny_model
+
+
+def _with_synthetic(n_real: int, n_syn: int) -> LoadedPatches:
+    real, syn = random_patches(n_real, seed=1), random_patches(n_syn, seed=2)
+    records = [
+        replace(r, source="synthetic", patient_id=f"s{i}")
+        for i, r in enumerate(syn.patch_set.records)
+    ]
+    return LoadedPatches(
+        PatchSet(real.patch_set.records + records), np.concatenate([real.pixels, syn.pixels])
+    )
+
+
+def test_canaries_are_real_records_and_the_rest_is_always_in() -> None:
+    data = _with_synthetic(10, 4)
+    every = build_population(data, "real", None)
+    assert every.canaries.tolist() == list(range(10)) and every.fixed.tolist() == [10, 11, 12, 13]
+    some = build_population(data, "real", 4, seed=3)
+    assert len(some.canaries) == 4 and set(some.canaries) <= set(range(10))
+    assert some.canaries.tolist() == build_population(data, "real", 4, seed=3).canaries.tolist()
+    included = np.array([True, False, True, False])
+    chosen = some.training_indices(included)
+    assert set(chosen) == set(some.fixed) | set(some.canaries[[0, 2]])
+    assert np.all(np.diff(chosen) > 0)
+    with pytest.raises(ValueError):
+        build_population(data, "real", 11)
+
+
+def test_mislabelled_canaries_flip_only_their_labels() -> None:
+    data = random_patches(12)
+    population = build_population(data, "mislabelled", 5, seed=0)
+    flipped = np.asarray(data.patch_set.labels) != population.labels
+    assert np.flatnonzero(flipped).tolist() == population.canaries.tolist()
+    assert population.loaded.pixels is data.pixels
+
+
+def test_inclusion_is_a_fair_coin_per_canary_fixed_by_the_seed() -> None:
+    draws = np.stack([draw_inclusion(1000, seed) for seed in range(20)])
+    assert abs(draws.mean() - 0.5) < 0.01
+    assert np.array_equal(draw_inclusion(1000, 7), draw_inclusion(1000, 7))
+    assert not np.array_equal(draw_inclusion(1000, 7), draw_inclusion(1000, 8))
+
+
+def test_primed_cache_is_what_the_engine_reads(tmp_path: Path) -> None:
+    model = tiny_model("swin").float()
+    cpu = torch.device("cpu")
+    data = _with_synthetic(6, 3)
+    everyone = cached_features(model.backbone, data, (0, 1, 2, 3), 4, cpu, None)
+    population = build_population(data, "real", None)
+    indices = population.training_indices(np.array([True, False, True, True, False, False]))
+    half = population.subset(indices)
+    written = prime_feature_cache(model, half, everyone[:, indices], (0, 1, 2, 3), str(tmp_path))
+    assert len(written) == 2  # the real and the synthetic segment
+
+    def no_backbone_pass(*args: object) -> None:
+        raise AssertionError("the backbone ran although the cache was primed")
+
+    model.backbone.forward = no_backbone_pass  # type: ignore[method-assign]
+    read = cached_features(model.backbone, half, (0, 1, 2, 3), 4, cpu, str(tmp_path))
+    torch.testing.assert_close(read, everyone[:, indices])
