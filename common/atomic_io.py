@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# read once, at import: os.umask sets the mask process-wide, so reading it later (while a
+# Flower thread creates files) could give those files mode 0666 for a moment
+UMASK = _read_umask()
 
 
 def _fsync(path: Path | str, folder: bool = False) -> None:
@@ -49,8 +54,10 @@ def atomic_write(
     os.close(fd)
     try:
         write(tmp)
-        # mkstemp makes 0600; give the usual permissions unless asked otherwise
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        # mkstemp makes 0600; keep the target's mode (a 0600 ledger stays 0600), else the usual
+        if mode is None:
+            mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~UMASK
+        os.chmod(tmp, mode)
         if durable:
             _fsync(tmp)
         os.replace(tmp, target)

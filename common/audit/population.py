@@ -37,6 +37,13 @@ class Population:
         """Records every model trains on."""
         return np.setdiff1d(np.arange(len(self.loaded.patch_set)), self.canaries)
 
+    @property
+    def expected_training_size(self) -> int:
+        """Fixed records plus half the canaries: the N every model's DP-SGD is planned for, so
+        that one mechanism (q, sigma, steps, divisor) serves whichever canaries are in (the
+        one-run audit's premise: Steinke et al. 2023, section 3)."""
+        return len(self.fixed) + len(self.canaries) // 2
+
     def training_indices(self, included: np.ndarray) -> np.ndarray:
         """Sorted record indices of one model's training set, given its canary inclusion."""
         return np.sort(np.concatenate([self.fixed, self.canaries[np.asarray(included, bool)]]))

@@ -27,6 +27,7 @@ from common.errors import PrivacyError
 from common.eval.metrics import point_metrics
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.privacy.dp_sgd import expected_batch_size
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
 from common.runs.planning import plan_for
@@ -72,7 +73,12 @@ def engine_settings(
     dp = None
     if plan.noise_multiplier is not None:
         dp = DPSettings(
-            plan.noise_multiplier, plan.sample_rate, plan.max_grad_norm, plan.steps_per_epoch
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.max_grad_norm,
+            plan.steps_per_epoch,
+            unit=config.privacy.unit,
+            expected_batch_size=expected_batch_size(plan.dataset_size, plan.sample_rate),
         )
     return EngineSettings(
         batch_size=config.train.batch_size,
@@ -161,7 +167,7 @@ def train_model(
     primed = prime_feature_cache(
         model, subset, everyone[:, indices], variants, config.train.feature_cache_dir
     )
-    plan = plan_for(config, len(indices))
+    plan = plan_for(config, population.expected_training_size)  # not len(indices): see there
     ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
     try:
         result = fit(

@@ -229,7 +229,7 @@ class PrivacyConfig:
             )
         if not 0 < self.delta < 1:
             raise ConfigError(f"privacy.delta={self.delta} must be in (0, 1)")
-        if self.max_grad_norm <= 0:
+        if not self.max_grad_norm > 0 or self.max_grad_norm == float("inf"):
             raise ConfigError("privacy.max_grad_norm must be > 0")
         if not 0 <= self.eligible_low < self.eligible_high:
             raise ConfigError("privacy.eligible_low must be below privacy.eligible_high")

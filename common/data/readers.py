@@ -123,7 +123,7 @@ def read_manifest(folder: Path) -> PatchSet:
                 PatchRecord(
                     path=str(path.resolve()),
                     label=int(row["label"]),
-                    patient_id=row["patient_id"],
+                    patient_id=str(row["patient_id"]).strip(),  # " P1" and "P1": one patient
                     site=row.get("site", ""),
                     source=row.get("source", "") or "real",
                     provenance_file=row.get("provenance_file", ""),

@@ -15,8 +15,8 @@ from typing import Any
 REDACTED = "<kept at the site>"
 # per-test-set metrics: exact counts of private test records
 COUNT_KEYS = ("n", "n_patients", "n_positive", "n_negative")
-# config keys that hold paths of private data (data.*.path and folders derived from them)
-PATH_KEYS = ("path", "shared_dir", "feature_cache_dir", "out_dir")
+# config keys that hold paths at the site (data.*.path, folders derived from them, a start model)
+PATH_KEYS = ("path", "shared_dir", "feature_cache_dir", "out_dir", "init_from")
 
 
 def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str, Any]:
@@ -24,17 +24,24 @@ def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str,
 
     Keeps `tests.<name>.auroc` (and the other metrics), `privacy.*` (epsilon spent, unit, the
     guarantee flag, sigma, q, steps) and the recipe. Drops `data` (counts, skipped paths,
-    manifest hashes) and per-test counts; data paths in `config` become REDACTED; in seeded-noise
-    mode the seed too (whoever knows it can replay the noise).
+    manifest hashes), per-test counts and wall times (under DP an epoch's time tracks the number
+    of sampled records); data paths and `model.init_from` in `config` become REDACTED; in
+    seeded-noise mode the seed too (whoever knows it can replay the noise).
     """
     shared = copy.deepcopy(record)
     shared.pop("data", None)
     shared.pop("frozen_checksum", None)  # a hash of public weights, but no use off the site
+    # wall times: under DP an epoch's time grows with the number of Poisson-sampled records,
+    # an un-noised side channel
+    shared.pop("seconds", None)
+    for epoch in shared.get("history", []):
+        epoch.pop("seconds", None)
     for metrics in shared.get("tests", {}).values():
         for key in COUNT_KEYS:
             metrics.pop(key, None)
     if "config" in shared:
         _redact_paths(shared["config"].get("data", {}))
+        _redact_paths(shared["config"].get("model", {}))
         for key in ("shared_dir", "out_dir"):
             if key in shared["config"]:
                 shared["config"][key] = REDACTED

@@ -26,6 +26,7 @@ from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
 from common.runs.run_data import load_run_data
 from common.runs.shareable import shareable_record
+from common.site.budget import check_delta
 from common.training.fit import fit
 from common.training.settings import (
     DPSettings,
@@ -53,7 +54,7 @@ def guarantee_caveats(config: MammoflConfig) -> list[str]:
         )
     if config.model.init_from:
         caveats.append(
-            f"starts from {config.model.init_from}, trained without a formal guarantee "
+            "starts from a model (model.init_from) trained without a formal guarantee "
             "(e.g. on non-DP synthetic data)"
         )
     return caveats
@@ -72,6 +73,8 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
     seed_everything(config.seed)
     data = load_run_data(config.data, progress)
     records = RecordGroups.for_unit(config.privacy.unit, data.train.patch_set.patients)
+    if config.privacy.enabled:
+        check_delta(config.privacy.delta, records.records)  # before any use of the data
     plan = plan_for(config, records.records)
     model = build_classifier(config.model)
     trainable = apply_trainable_policy(model, config.model.trainable)

@@ -75,9 +75,8 @@ class CachedEngine(TrainableParameters):
             self.mechanism = GaussianMechanism(
                 noise_multiplier=settings.dp.noise_multiplier,
                 max_grad_norm=settings.dp.max_grad_norm,
-                expected_batch_size=expected_batch_size(
-                    self.records.records, settings.dp.sample_rate
-                ),
+                expected_batch_size=settings.dp.expected_batch_size
+                or expected_batch_size(self.records.records, settings.dp.sample_rate),
                 generator=private_generator(settings.device, None if seed is None else seed + 1),
             )
         self.steps_done = 0

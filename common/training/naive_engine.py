@@ -102,7 +102,8 @@ class NaiveEngine(TrainableParameters):
         self.mechanism = GaussianMechanism(
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=expected_batch_size(self.records.records, dp.sample_rate),
+            expected_batch_size=dp.expected_batch_size
+            or expected_batch_size(self.records.records, dp.sample_rate),
             generator=private_generator(self.settings.device, None if seed is None else seed + 1),
         )
 

@@ -18,6 +18,9 @@ class DPSettings:
     steps_per_epoch: int
     # the privacy record: 'patch', or 'patient' (a patient's patches sampled and clipped as one)
     unit: str = "patch"
+    # the noisy sum's divisor; None: int(N q) of the training set. Fixed by the audit, whose
+    # mechanism must not depend on which canaries a model's training set holds
+    expected_batch_size: int | None = None
 
 
 @dataclass(frozen=True)

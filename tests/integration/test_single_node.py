@@ -39,6 +39,7 @@ def test_tiny_dp_run_writes_a_complete_record(phantom_env: Path, tmp_path: Path)
     assert 0.75 * 6 < privacy["epsilon_spent"] <= 6.0
     assert privacy["ledger"]["events"][0]["steps"] == plan["steps"]
     assert privacy["formal_guarantee"] and privacy["note"] == ""
+    assert privacy["unit"] == privacy["ledger"]["unit"] == "patch"  # the record DP protects
     # the un-noised training loss of private images is not recorded under DP
     assert all(h["train_loss"] is None for h in record["history"])
     assert record["trainable_count"] == sum(
@@ -73,7 +74,8 @@ def _assert_shareable(result: Path, data_dir: Path) -> None:
     """result.json may leave the site: no data path, hash or exact count of private records;
     it keeps the metrics and the privacy record."""
     shared = json.loads(result.read_text())
-    assert "data" not in shared
+    assert "data" not in shared and "seconds" not in shared
+    assert all("seconds" not in epoch for epoch in shared["history"])  # a timing side channel
     for metrics in shared["tests"].values():
         assert isinstance(metrics["auroc"]["value"], float)
         assert not {"n", "n_patients"} & set(metrics)

@@ -75,10 +75,11 @@ def test_synpre_then_realft_chain(release_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "cells" / "synpre" / "seed42" / "result.json").is_file()
     import json
 
-    ft = json.loads(
-        (tmp_path / "cells" / "synpre_realft_eps6" / "seed42" / "result.json").read_text()
-    )
-    assert ft["config"]["model"]["init_from"].endswith("synpre/seed42/model.pt")
+    cell = tmp_path / "cells" / "synpre_realft_eps6" / "seed42"
+    ft = json.loads((cell / "result.json").read_text())
+    site = json.loads((cell / "site_only.json").read_text())
+    assert site["config"]["model"]["init_from"].endswith("synpre/seed42/model.pt")
+    assert ft["config"]["model"]["init_from"] == "<kept at the site>"  # a path at the site
     assert ft["trainable_count"] == 32 * 2 + 2  # Linear(32 features, 2) of the tiny Swin
     # its start point saw non-DP synthetic data: the record must not claim a formal guarantee
     assert not ft["privacy"]["formal_guarantee"] and "starts from" in ft["privacy"]["note"]

@@ -25,3 +25,11 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         atomic_write(target, broken)
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_private_file_keeps_its_mode_when_replaced(tmp_path: Path) -> None:
+    """A ledger or key kept at 0600 stays 0600 after an atomic rewrite."""
+    target = tmp_path / "ledger.json"
+    atomic_write(target, lambda tmp: Path(tmp).write_text("{}"), mode=0o600)
+    atomic_write_text(target, '{"events": []}')
+    assert (target.stat().st_mode & 0o777) == 0o600

@@ -75,3 +75,40 @@ def test_primed_cache_is_what_the_engine_reads(tmp_path: Path) -> None:
     model.backbone.forward = no_backbone_pass  # type: ignore[method-assign]
     read = cached_features(model.backbone, half, (0, 1, 2, 3), 4, cpu, str(tmp_path))
     torch.testing.assert_close(read, everyone[:, indices])
+
+
+def test_one_mechanism_whatever_canaries_are_in() -> None:
+    """The one-run bound assumes one (epsilon, delta)-DP mechanism over the canaries' inclusion
+    bits: q, sigma, steps and the noise divisor must not depend on how many are in."""
+    from common.audit.shadow import engine_settings
+    from common.config.compose import compose_config
+    from common.runs.planning import plan_for
+
+    data = _with_synthetic(10, 4)
+    population = build_population(data, "real", None)
+    assert population.expected_training_size == 4 + 10 // 2
+    config = compose_config(["experiment=tiny", "train.batch_size=3"])
+    plan = plan_for(config, population.expected_training_size)
+    settings = engine_settings(config, tiny_model("swin"), plan, torch.device("cpu"))
+    assert settings.dp is not None
+    assert settings.dp.expected_batch_size == int(9 * plan.sample_rate)
+    assert settings.dp.sample_rate == plan.sample_rate == 1 / 3
+
+
+def test_engines_use_a_fixed_noise_divisor_when_given() -> None:
+    import dataclasses
+
+    from common.training.cached_engine import CachedEngine
+    from common.training.naive_engine import NaiveEngine
+    from tests.unit.training.helpers import settings
+
+    base = settings(False)
+    assert base.dp is not None
+    fixed = dataclasses.replace(base, dp=dataclasses.replace(base.dp, expected_batch_size=7))
+    for engine_class in (CachedEngine, NaiveEngine):
+        default = engine_class(tiny_model("swin"), random_patches(8), {}, base)
+        assert default.mechanism.expected_batch_size == int(8 * 0.5)
+        engine = engine_class(tiny_model("swin"), random_patches(8), {}, fixed)
+        assert engine.mechanism.expected_batch_size == 7
+        engine.close()
+        default.close()

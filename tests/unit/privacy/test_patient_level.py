@@ -215,3 +215,17 @@ def test_plan_reports_an_impossible_patient_plan_instead_of_failing() -> None:
     assert units["per_patch"]["records"] == 1104 and "epsilon" in units["per_patch"]
     assert "train.batch_size=1000" in units["per_patient"]["error"]
     assert units["per_patient_by_group_privacy"]["vacuous"]
+
+
+def test_run_cell_refuses_delta_at_or_above_one_over_n(tmp_path, phantom_env) -> None:  # type: ignore[no-untyped-def]
+    """delta >= 1/N (N = the unit's records) is refused before any data use."""
+    from common.config.compose import compose_config
+    from common.errors import PrivacyError
+    from common.runs.single_node import run_cell
+
+    config = compose_config(
+        ["experiment=tiny", "privacy.unit=patient", "train.batch_size=4", "privacy.delta=0.1"]
+    )
+    with pytest.raises(PrivacyError, match="1/N with N=12"):
+        run_cell(config, tmp_path / "cell", progress=False)
+    assert not (tmp_path / "cell").exists()
