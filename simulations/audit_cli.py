@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from simulations.cli import command_usage, split_options
 
 OPTIONS = (
     "audit_attacks",
@@ -33,17 +34,6 @@ OPTIONS = (
     "compare",
 )
 EXIT_AUDIT_FAILED = 3
-
-
-def _split(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    options, overrides = {}, []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in OPTIONS:
-            options[key] = value
-        else:
-            overrides.append(arg)
-    return options, overrides
 
 
 def _integers(key: str, value: str) -> tuple[int, ...]:
@@ -127,10 +117,8 @@ def _shout(record: dict[str, Any]) -> None:
 
 
 def cmd_audit(args: Sequence[str]) -> int:
-    options, overrides = _split(args)
+    options, overrides = split_options(args, OPTIONS)
     if "out_dir" not in options:
-        from simulations.cli import command_usage
-
         raise ConfigError(f"mammofl audit needs out_dir=DIR\n{command_usage('audit')}")
     if "compare" in options:
         from common.audit.report import compare_audits

@@ -26,11 +26,12 @@ from common.data.images import LoadedPatches
 from common.errors import PrivacyError
 from common.eval.metrics import point_metrics
 from common.models.classifier import Classifier, build_classifier
-from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.models.policies import apply_trainable_policy
 from common.privacy.dp_sgd import expected_batch_size
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
 from common.runs.planning import plan_for
+from common.runs.single_node import engine_settings as cell_engine_settings
 from common.runs.single_node import seed_everything
 from common.training.features import (
     backbone_checksum,
@@ -40,9 +41,7 @@ from common.training.features import (
 )
 from common.training.fit import fit
 from common.training.settings import (
-    DPSettings,
     EngineSettings,
-    resolve_backbone_train_mode,
     resolve_device,
 )
 
@@ -69,33 +68,15 @@ class ModelOutcome:
 def engine_settings(
     config: MammoflConfig, model: Classifier, plan: PrivacyPlan, device: torch.device
 ) -> EngineSettings:
-    """The engine settings `run_cell` derives from a config and its plan."""
-    dp = None
-    if plan.noise_multiplier is not None:
-        dp = DPSettings(
-            plan.noise_multiplier,
-            plan.sample_rate,
-            plan.max_grad_norm,
-            plan.steps_per_epoch,
-            unit=config.privacy.unit,
-            expected_batch_size=expected_batch_size(plan.dataset_size, plan.sample_rate),
-        )
-    return EngineSettings(
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        label_smoothing=config.train.label_smoothing,
-        flips=config.train.flips,
-        seed=config.seed,
-        device=device,
-        backbone_train_mode=resolve_backbone_train_mode(
-            config.train.engine, config.train.backbone_mode, backbone_has_batchnorm(model.backbone)
-        ),
-        feature_batch_size=config.train.feature_batch_size,
-        feature_cache_dir=config.train.feature_cache_dir,
-        dp=dp,
+    """`run_cell`'s engine settings, with the noise divisor fixed by the plan's N (one
+    mechanism whichever canaries a model holds)."""
+    return cell_engine_settings(
+        config,
+        model,
+        plan,
+        device,
         progress=False,
-        noise_seed=config.seed + 1 if config.privacy.seeded_noise else None,
+        expected_batch_size=expected_batch_size(plan.dataset_size, plan.sample_rate),
     )
 
 

@@ -17,10 +17,11 @@ from common.errors import ConfigError, PrivacyError
 from common.eval.metrics import evaluate_scores
 from common.eval.predict import predict_probabilities
 from common.eval.records import save_model, write_json, write_predictions
-from common.models.classifier import build_classifier
+from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm, count_trainable
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.plan import PrivacyPlan
 from common.privacy.randomness import noise_mode
 from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
@@ -60,6 +61,49 @@ def guarantee_caveats(config: MammoflConfig) -> list[str]:
     return caveats
 
 
+def engine_settings(
+    config: MammoflConfig,
+    model: Classifier,
+    plan: PrivacyPlan,
+    device: torch.device,
+    *,
+    progress: bool,
+    expected_batch_size: int | None = None,
+) -> EngineSettings:
+    """What an engine needs for one cell of `config` under `plan` (DP when the plan has a
+    noise multiplier; seeded noise only in the marked research mode). `expected_batch_size`
+    fixes the noise divisor (the audit); None: int(N q) of the training set."""
+    dp = None
+    if plan.noise_multiplier is not None:
+        dp = DPSettings(
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.max_grad_norm,
+            plan.steps_per_epoch,
+            unit=config.privacy.unit,
+            expected_batch_size=expected_batch_size,
+        )
+    return EngineSettings(
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        weight_decay=config.train.weight_decay,
+        label_smoothing=config.train.label_smoothing,
+        flips=config.train.flips,
+        seed=config.seed,
+        device=device,
+        backbone_train_mode=resolve_backbone_train_mode(
+            config.train.engine,
+            config.train.backbone_mode,
+            backbone_has_batchnorm(model.backbone),
+        ),
+        feature_batch_size=config.train.feature_batch_size,
+        feature_cache_dir=config.train.feature_cache_dir,
+        dp=dp,
+        progress=progress,
+        noise_seed=config.seed + 1 if config.privacy.seeded_noise else None,
+    )
+
+
 def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train one cell and write to out_dir: result.json (shareable: no path, hash or exact
     count of private data), site_only.json (the whole record), model.pt, predictions_<test>.csv.
@@ -79,35 +123,8 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
     model = build_classifier(config.model)
     trainable = apply_trainable_policy(model, config.model.trainable)
     device = resolve_device(config.train.device)
-    dp = None
-    if plan.noise_multiplier is not None:
-        dp = DPSettings(
-            plan.noise_multiplier,
-            plan.sample_rate,
-            plan.max_grad_norm,
-            plan.steps_per_epoch,
-            unit=config.privacy.unit,
-        )
-    noise_seed = config.seed + 1 if config.privacy.seeded_noise else None
-    settings = EngineSettings(
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        label_smoothing=config.train.label_smoothing,
-        flips=config.train.flips,
-        seed=config.seed,
-        device=device,
-        backbone_train_mode=resolve_backbone_train_mode(
-            config.train.engine,
-            config.train.backbone_mode,
-            backbone_has_batchnorm(model.backbone),
-        ),
-        feature_batch_size=config.train.feature_batch_size,
-        feature_cache_dir=config.train.feature_cache_dir,
-        dp=dp,
-        progress=progress,
-        noise_seed=noise_seed,
-    )
+    settings = engine_settings(config, model, plan, device, progress=progress)
+    dp, noise_seed = settings.dp, settings.noise_seed
     ledger = PrivacyLedger(
         delta=config.privacy.delta, accountant=config.privacy.accountant, unit=config.privacy.unit
     )
