@@ -24,11 +24,15 @@ USAGE = """usage: mammofl <command> [key=value ...]
 commands:
   plan      print the privacy plan (N, q, steps, sigma) of a config as JSON, without training
   train     train one cell: out_dir=DIR writes result.json, model.pt, predictions_*.csv
-  evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N]: score a saved model
+  evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N
+            allow_patient_overlap=true]: score a saved model (a prepared set: its test rows;
+            a test patient the model trained or selected on is refused)
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
-  prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR: patches + split
-  phantom   out_dir=DIR [sites=3 patients=30 long_side=2000 seed=0 ambiguity=0 conspicuity=1
-            split=train|test]: TCIA-like phantom sites
+  prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR [split=official|random
+            abnormality=mass|calc|all columns.<name>=<col> ...]: patches + train/val/test split
+  phantom   out_dir=DIR [sites=3 patients=30 test_patients=7 long_side=2000 seed=0 ambiguity=0
+            conspicuity=1 split=both|train|test]: TCIA-like phantom sites (Training and Test
+            CSVs, as TCIA ships CBIS-DDSM)
   phantom-patches out_dir=DIR [patients=48 test_patients=24 size=64 seed=0]
   federate  [experiment=federated/phantom] [fresh=true] [verbose=true] [prepare_only=true]
             <overrides>: the federated simulation (phantom sites, MCGANs, SynPre, DP rounds)
@@ -117,10 +121,17 @@ def cmd_train(args: Sequence[str]) -> int:
 def cmd_evaluate(args: Sequence[str]) -> int:
     from simulations.evaluate import evaluate_run
 
-    options, rest = split_options(args, ("run_dir", "patches", "format", "split", "name", "out"))
+    names = ("run_dir", "patches", "format", "split", "name", "out", "allow_patient_overlap")
+    options, rest = split_options(args, names)
     if rest or "run_dir" not in options or "patches" not in options:
-        raise ConfigError("usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name=]")
-    print(json.dumps(evaluate_run(**options), indent=2))
+        raise ConfigError(
+            "usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name= "
+            "allow_patient_overlap=true]"
+        )
+    allow = options.pop("allow_patient_overlap", "false").lower()
+    if allow not in ("true", "false"):
+        raise ConfigError(f"allow_patient_overlap={allow!r}: true or false")
+    print(json.dumps(evaluate_run(**options, allow_patient_overlap=allow == "true"), indent=2))
     return 0
 
 
@@ -153,41 +164,9 @@ def cmd_phantom_patches(args: Sequence[str]) -> int:
 
 
 def cmd_prepare(args: Sequence[str]) -> int:
-    from common.data.prepare import PrepareOptions, prepare
+    from simulations.prepare_cli import cmd_prepare as prepare
 
-    names = (
-        "source",
-        "root",
-        "out_dir",
-        "test_fraction",
-        "seed",
-        "mode",
-        "out_size",
-        "border",
-        "y_origin",
-        "site",
-        "csv",
-        "workers",
-    )
-    options, rest = split_options(args, names)
-    if rest or not {"source", "root", "out_dir"} <= set(options):
-        raise ConfigError(
-            f"usage: mammofl prepare source=cbis-ddsm|bcdr|manifest|released root=PATH "
-            f"out_dir=DIR [{'= '.join(names[3:])}=]"
-        )
-    typed: dict[str, object] = dict(options)
-    typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
-    for key, kind in (("test_fraction", float), ("seed", int), ("out_size", int), ("workers", int)):
-        if key in options:
-            typed[key] = kind(options[key])
-    report = prepare(PrepareOptions(**typed))  # type: ignore[arg-type]
-    print(
-        json.dumps(
-            {k: report[k] for k in ("counts", "patients")} | {"skipped": len(report["skipped"])},
-            indent=2,
-        )
-    )
-    return 0
+    return prepare(args)
 
 
 def cmd_phantom(args: Sequence[str]) -> int:
@@ -195,7 +174,7 @@ def cmd_phantom(args: Sequence[str]) -> int:
 
     extra, rest = split_options(args, ("ambiguity", "conspicuity", "split"))
     out_dir, numbers = out_dir_and_integers(
-        "phantom", rest, ("sites", "patients", "long_side", "seed")
+        "phantom", rest, ("sites", "patients", "test_patients", "long_side", "seed")
     )
     try:
         shape = {k: float(extra[k]) for k in ("ambiguity", "conspicuity") if k in extra}
@@ -203,7 +182,7 @@ def cmd_phantom(args: Sequence[str]) -> int:
         raise ConfigError(
             f"mammofl phantom: {error}; ambiguity and conspicuity are numbers"
         ) from error
-    rows = write_phantom_sites(out_dir, **numbers, **shape, split=extra.get("split", "train"))
+    rows = write_phantom_sites(out_dir, **numbers, **shape, split=extra.get("split", "both"))
     print(json.dumps({"out_dir": str(out_dir), "lesion_views_per_site": rows}, indent=2))
     return 0
 

@@ -1,4 +1,10 @@
-"""`mammofl evaluate`: score a saved run's model on any patch set."""
+"""`mammofl evaluate`: score a saved run's model on any patch set.
+
+A prepared site's manifest gives its test rows (split=test unless told otherwise), and a test
+set that shares a (site, patient) with the run's training or selection patients is refused:
+its score would be optimistic. `allow_patient_overlap=true` scores it anyway, on purpose, and
+the overlap is written into the evaluation record.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,10 @@ from omegaconf import OmegaConf
 
 from common.config.schema import MammoflConfig, PatchSourceConfig
 from common.data.images import load_patches
+from common.data.patch_set import PatchSet, show_patient
 from common.data.readers import read_patch_source
-from common.errors import ConfigError
+from common.data.splits import shared_patients
+from common.errors import ConfigError, DataError, SplitLeakageError
 from common.eval.metrics import evaluate_scores
 from common.eval.predict import predict_probabilities
 from common.eval.records import write_json, write_predictions
@@ -20,14 +28,19 @@ from common.models.weights import load_classifier_checkpoint
 from common.training.settings import resolve_device
 
 
-def load_run_config(run_dir: Path) -> MammoflConfig:
+def run_record(run_dir: Path) -> dict[str, Any]:
     # the site's own record holds the data paths that result.json (shareable) leaves out
     result = run_dir / "site_only.json"
     if not result.is_file():
         result = run_dir / "result.json"
     if not result.is_file():
         raise ConfigError(f"{result} not found: run_dir must be a `mammofl train` output folder")
-    stored = json.loads(result.read_text())["config"]
+    record: dict[str, Any] = json.loads(result.read_text())
+    return record
+
+
+def load_run_config(run_dir: Path) -> MammoflConfig:
+    stored = run_record(run_dir)["config"]
     merged = OmegaConf.merge(OmegaConf.structured(MammoflConfig), stored)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, MammoflConfig)
@@ -41,14 +54,23 @@ def evaluate_run(
     split: str | None = None,
     name: str = "custom",
     out: str | None = None,
+    allow_patient_overlap: bool = False,
 ) -> dict[str, Any]:
     folder = Path(run_dir)
     config = load_run_config(folder)
+    source = PatchSourceConfig(format=format, path=patches, split=split)
+    test_set = read_patch_source(source, default_split="test")
+    if "federated_config" in run_record(folder):
+        # the training patients stayed at the sites: no overlap check is possible here
+        overlap: list[str] | str = (
+            "not checked: a federated model's training data stay at the sites"
+        )
+    else:
+        overlap = training_overlap(config, test_set, allow_patient_overlap)
     config.model.weights, config.model.init_from = "none", None
     model = build_classifier(config.model)
     load_classifier_checkpoint(model, folder / "model.pt")
-    source = PatchSourceConfig(format=format, path=patches, split=split)
-    loaded = load_patches(read_patch_source(source), config.data.image_size)
+    loaded = load_patches(test_set, config.data.image_size)
     device = resolve_device(config.train.device)
     scores = predict_probabilities(model, loaded, device, config.train.feature_batch_size)
     target = Path(out) if out else folder / f"evaluation_{name}"
@@ -56,7 +78,7 @@ def evaluate_run(
     metrics = evaluate_scores(
         loaded.patch_set.labels,
         scores,
-        loaded.patch_set.patients,
+        loaded.patch_set.patient_keys,
         bootstrap=config.eval.bootstrap,
         confidence=config.eval.confidence,
         seed=config.seed,
@@ -67,6 +89,35 @@ def evaluate_run(
         "name": name,
         "metrics": metrics,
         "skipped": loaded.patch_set.skipped,
-    }
+    } | ({"patient_overlap": overlap} if overlap else {})
     write_json(target / f"evaluation_{name}.json", record)
     return record
+
+
+def training_overlap(config: MammoflConfig, test_set: PatchSet, allowed: bool) -> list[str]:
+    """Patients ('site/patient') of `test_set` that the run trained or selected on.
+
+    Raises SplitLeakageError when there are any and `allowed` is false, and DataError when
+    the run's training data cannot be read to check (moved or deleted), naming the way out.
+    """
+    from common.runs.run_data import read_run_patch_sets
+
+    try:
+        sets = read_run_patch_sets(config.data, include_tests=False)
+    except DataError as error:
+        if allowed:
+            return []
+        raise DataError(
+            f"cannot check the test set against the run's training patients ({error}); "
+            "restore the training data, or pass allow_patient_overlap=true to score unchecked"
+        ) from error
+    used = sets.train.concat(sets.validation)
+    shared = [show_patient(p) for p in shared_patients({"training": used, "test": test_set})]
+    if shared and not allowed:
+        raise SplitLeakageError(
+            f"{len(shared)} test patients were used to train or select this model (e.g. "
+            f"{', '.join(shared[:5])}): the score would be optimistic. Evaluate on the run's "
+            "test split (split=test of a prepared set), or pass allow_patient_overlap=true "
+            "to score it on purpose"
+        )
+    return shared

@@ -12,7 +12,7 @@ from common.config.federated_schema import FederatedRunConfig
 from common.data.patch_set import PatchSet, write_manifest
 from common.data.phantom.sites import SPLITS, write_phantom_site
 from common.data.prepare import PrepareOptions, prepare
-from common.data.readers import read_manifest
+from common.data.splits import read_prepared_split
 
 log = logging.getLogger(__name__)
 CENTRAL_TEST = "central-test"
@@ -43,7 +43,7 @@ def _write(job: DownloadJob) -> None:
             split=job.split,
             conspicuity=job.conspicuity,
         )
-    if job.prepared is not None and not (job.prepared / "split.csv").is_file():
+    if job.prepared is not None and not (job.prepared / "report.json").is_file():
         options = PrepareOptions("cbis-ddsm", job.root, job.prepared, site=CENTRAL_TEST)
         prepare(options, progress=False)
 
@@ -90,10 +90,11 @@ def prepare_workspace(config: FederatedRunConfig, workers: int = 2) -> None:
 
 
 def combine_central_test(folder: Path, styles: list[str]) -> None:
-    """One patch set of every style's test patients; patient ids qualified by style, since
-    every style numbers its patients from P_100001."""
+    """One patch set of every style's test patients (all rows of each test-only download: it
+    belongs to no site); patient ids qualified by style, since every style numbers its
+    patients from P_100001."""
     records = []
     for style in styles:
-        for record in read_manifest(folder / style).records:
-            records.append(replace(record, patient_id=f"{style}:{record.patient_id}"))
+        for record in read_prepared_split(folder / style, "all").records:
+            records.append(replace(record, patient_id=f"{style}:{record.patient_id}", split="test"))
     write_manifest(PatchSet(records, name=CENTRAL_TEST), folder)

@@ -76,7 +76,10 @@ def cmd_train(args: Sequence[str]) -> int:
     config = compose_gan_config(args)
     if not config.out_dir:
         raise ConfigError("mammofl gan train needs out_dir=DIR")
-    loaded = load_patches(read_patch_source(config.data), config.model.image_size)
+    # a prepared site's manifest: its train rows only (never its val or test patients)
+    loaded = load_patches(
+        read_patch_source(config.data, default_split="train"), config.model.image_size
+    )
     trainer = GanTrainer(
         config,
         loaded.pixels,

@@ -53,7 +53,8 @@ def main(argv: list[str]) -> None:
 
     config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GanConfig), state["config"]))
     assert isinstance(config, GanConfig)
-    real = load_patches(read_patch_source(config.data), config.model.image_size)
+    real_set = read_patch_source(config.data, default_split="train")
+    real = load_patches(real_set, config.model.image_size)
     real_features = backbone_features(
         {"real": _upsampled(real.pixels, real.patch_set.labels)}, backbone
     )["real"]

@@ -27,6 +27,7 @@ from common.errors import PrivacyError
 from common.eval.metrics import point_metrics
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy
+from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import expected_batch_size
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
@@ -148,6 +149,8 @@ def train_model(
     primed = prime_feature_cache(
         model, subset, everyone[:, indices], variants, config.train.feature_cache_dir
     )
+    if config.privacy.enabled:  # the audit's N: every model's expected training size
+        check_delta(config.privacy.delta, population.expected_training_size, "patch")
     plan = plan_for(config, population.expected_training_size)  # not len(indices): see there
     ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from common.errors import ConfigError
 
 PATCH_FORMATS = ("released", "released_synthetic", "patchset")
+PATCHSET_SPLITS = ("train", "val", "test", "all")
 TRAIN_ON_CHOICES = ("real", "synthetic")
 ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
@@ -73,7 +74,12 @@ def check_dp_trainable(model: ModelConfig, dp: bool) -> None:
 
 @dataclass
 class PatchSourceConfig:
-    """Where one patch set lives and how it is laid out on disk."""
+    """Where one patch set lives and how it is laid out on disk.
+
+    `split`: for `released`, the folder (train, val); for a `patchset` made by `mammofl
+    prepare`, which rows of its manifest (train, val, test or all; unset = what the reader
+    needs: train to train, val to select, test to test).
+    """
 
     format: str = "patchset"
     path: str = ""
@@ -84,6 +90,8 @@ class PatchSourceConfig:
         _choice("format", self.format, PATCH_FORMATS)
         if self.format == "released" and not self.split:
             raise ConfigError("a 'released' patch source needs split= (e.g. train or val)")
+        if self.format == "patchset" and self.split is not None:
+            _choice("split", self.split, PATCHSET_SPLITS)
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"limit={self.limit}: keep at least 2 patches (one per class)")
 
@@ -131,6 +139,9 @@ class DataConfig:
     tests: dict[str, PatchSourceConfig] = field(default_factory=dict)
     image_size: int = 224
     paper_sizes: PaperSizes = field(default_factory=PaperSizes)
+    # a (site, patient) in two of train / validation / tests stops the run unless this is set
+    # (deliberate use only: the overlap is then recorded in the run's data report)
+    allow_patient_overlap: bool = False
 
     def __post_init__(self) -> None:
         if not self.train_on:

@@ -10,11 +10,10 @@ grayscale without min-max scaling. Bad rows are reported with their CSV line, ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from common.data.csv_table import read_csv_table
 from common.data.lesions import Lesion
 from common.data.patch_geometry import Box
 from common.errors import DataError
@@ -60,13 +59,11 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
     lesions: list[Lesion] = []
     skipped: list[tuple[str, str]] = []
     for _subset, csv in find_outline_csvs(root):
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
-        frame.columns = [c.strip() for c in frame.columns]
-        missing = [c for c in REQUIRED if c not in frame.columns]
-        if missing:
-            raise DataError(f"{csv}: missing columns {missing}; is this a BCDR outlines file?")
-        for line, row in enumerate(frame.to_dict("records"), start=2):
-            where = f"{csv}:{line}"
+        table = read_csv_table(csv, what="BCDR outlines CSV", skip_initial_space=True)
+        table.require(REQUIRED, "is this a BCDR outlines file?")
+        skipped.extend(table.skipped)
+        for csv_row in table.rows:
+            row, where = csv_row.values, table.where(csv_row)
             if row["mammography_nodule"].strip() != "1":
                 continue  # not a mass (calcification, distortion, ...): not for this task
             try:
@@ -76,7 +73,7 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
     return lesions, skipped
 
 
-def _lesion(row: dict[Any, str], folder: Path) -> Lesion:
+def _lesion(row: dict[str, str], folder: Path) -> Lesion:
     label_text = row["classification"].strip().lower()
     if label_text not in LABELS:
         raise DataError(f"unknown classification {row['classification']!r} (Benign or Malign)")

@@ -4,8 +4,14 @@ Files are found through the Study/Series Instance UIDs of the CSV paths matched 
 DICOM headers, because downloaded folders do not match the CSV paths (`1-1.dcm` vs
 `000000.dcm`, descriptive folder names). Of the files in the ROI series, the mask is the one
 whose height exceeds half the mammogram's (the other is the cropped lesion). Each mask blob is
-one lesion. The CSV quirks handled: `breast_density` vs `breast density`, paths with embedded
-newlines (mask path in mass files, crop path in calc files), BENIGN_WITHOUT_CALLBACK = benign.
+one lesion (the reference code's rule for masses); a calcification cluster is one lesion however
+many specks its mask holds. The CSV quirks handled: `breast_density` vs `breast density`, paths
+with embedded newlines (mask path in mass files, crop path in calc files),
+BENIGN_WITHOUT_CALLBACK = benign.
+
+Masses only by default (the paper's task): calcification rows are reported as skipped ("not a
+mass") unless `abnormality=calc|all`. Each row keeps its official split (TCIA's Mass-Training /
+Mass-Test / Calc-Training / Calc-Test folders, the per-patient split every paper uses).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from typing import Any
 
 import pandas as pd
 
+from common.data.csv_table import CsvTable, read_csv_table
+from common.data.dicom_file import read_dicom_header
 from common.data.lesions import Lesion
-from common.data.mammogram_io import image_shape, read_dicom_pixels
-from common.data.masks import mask_boxes
+from common.data.mammogram_io import image_shape, read_mask
+from common.data.masks import cluster_box, mask_boxes
 from common.errors import DataError
 
+ABNORMALITIES = {"mass": ("mass",), "calc": ("calcification",), "all": ("mass", "calcification")}
 PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
 COLUMNS = {
     "patient id": "patient_id",
@@ -35,16 +44,24 @@ COLUMNS = {
 UidKey = tuple[str, str]
 
 
-def read_description_csv(path: Path) -> pd.DataFrame:
-    """The CSV with normalised column names; quoted embedded newlines are parsed by pandas."""
+def _column_name(name: str) -> str:
+    plain = " ".join(name.replace("_", " ").split()).lower()
+    return COLUMNS.get(plain, plain)
+
+
+def read_description_table(path: Path) -> CsvTable:
+    """The CSV's rows with their physical lines (embedded newlines counted) and normalised
+    column names; a malformed row is in `skipped`, a file that cannot be trusted a DataError."""
     if not path.is_file():
         raise DataError(f"description CSV {path} not found")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.columns = [" ".join(c.replace("_", " ").split()).lower() for c in frame.columns]
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing columns {missing}; is this a CBIS-DDSM description file?")
-    return frame.rename(columns=COLUMNS)
+    table = read_csv_table(path, what="CBIS-DDSM description CSV", normalise=_column_name)
+    table.require(COLUMNS.values(), "is this a CBIS-DDSM description file?")
+    return table
+
+
+def read_description_csv(path: Path) -> pd.DataFrame:
+    """The well-formed rows as a frame of text, indexed by physical line."""
+    return read_description_table(path).to_frame()
 
 
 def series_key(csv_path: str) -> UidKey:
@@ -56,40 +73,84 @@ def series_key(csv_path: str) -> UidKey:
 
 
 def index_dicoms(root: Path) -> tuple[dict[UidKey, list[Path]], list[tuple[str, str]]]:
-    """Every DICOM under root by (study, series) UIDs from its header; unreadable files reported."""
-    import pydicom
-
+    """Every DICOM under root by (study, series) UIDs from its header (files without the
+    128-byte preamble included); unreadable files reported."""
     index: dict[UidKey, list[Path]] = defaultdict(list)
     skipped: list[tuple[str, str]] = []
     for path in sorted(
         p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", "")
     ):
         try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True)
+            header = read_dicom_header(path)
             index[(str(header.StudyInstanceUID), str(header.SeriesInstanceUID))].append(path)
-        except Exception as error:
+        except (DataError, AttributeError) as error:
             skipped.append((str(path), f"unreadable DICOM header: {error}"))
     return dict(index), skipped
 
 
 def pixel_spacing(path: Path) -> str:
-    import pydicom
-
-    header = pydicom.dcmread(str(path), stop_before_pixels=True)
+    header = read_dicom_header(path)
     spacing = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
     return ",".join(str(float(v)) for v in spacing) if spacing else ""
 
 
-def read_cbis_ddsm(root: Path, csvs: list[Path]) -> tuple[list[Lesion], list[tuple[str, str]]]:
+def read_cbis_ddsm(
+    root: Path, csvs: list[Path], abnormality: str = "mass"
+) -> tuple[list[Lesion], list[tuple[str, str]]]:
+    """Lesions of the chosen abnormality type (mass, calc or all) from the description CSVs;
+    every other row and every unusable row is returned in `skipped` with its file:line."""
+    if abnormality not in ABNORMALITIES:
+        raise DataError(f"abnormality={abnormality!r}: choose one of {', '.join(ABNORMALITIES)}")
+    if not csvs:
+        raise DataError(
+            f"no *case_description*.csv under {root}: put TCIA's description CSVs in the "
+            "download folder or name them with csv=<file>,<file>"
+        )
     index, skipped = index_dicoms(root)
     lesions: list[Lesion] = []
     for csv in csvs:
-        for line, row in enumerate(read_description_csv(csv).to_dict("records"), start=2):
+        rows, bad_rows = description_rows(csv)
+        skipped += bad_rows
+        for line, row in rows:
             try:
-                lesions.extend(row_lesions(row, index))
+                kind = abnormality_type(row)
+                if kind not in ABNORMALITIES[abnormality]:
+                    raise DataError(
+                        f"not a {' or '.join(ABNORMALITIES[abnormality])} ({kind} row); "
+                        "abnormality=calc or all cuts calcifications"
+                    )
+                lesions.extend(row_lesions(row, index, kind, official_split(row, csv)))
             except DataError as error:
                 skipped.append((f"{csv}:{line}", str(error)))
     return lesions, skipped
+
+
+def description_rows(csv: Path) -> tuple[list[tuple[int, dict[str, str]]], list[tuple[str, str]]]:
+    """(line, row) pairs of a description CSV, and its malformed rows (file:line, reason)."""
+    table = read_description_table(csv)
+    return [(row.line, row.values) for row in table.rows], list(table.skipped)
+
+
+def abnormality_type(row: dict[Any, str]) -> str:
+    """mass or calcification: the row's `abnormality type`, else its folder name's prefix."""
+    given = str(row.get("abnormality type", "")).strip().lower()
+    word = given or row["image_path"].strip().split("/")[0].split("-")[0].lower()
+    for kind in ("mass", "calcification"):
+        if word and kind.startswith(word[:4]):  # calc, calcification; mass
+            return kind
+    raise DataError(f"unknown abnormality type {given!r} (mass or calcification expected)")
+
+
+def official_split(row: dict[Any, str], csv: Path) -> str:
+    """train or test: TCIA's folder prefix (Mass-Training_P_..., Calc-Test_P_...), else the CSV
+    name (..._train_set.csv), else '' (unknown: prepare splits such rows itself)."""
+    folder = row["image_path"].strip().split("/")[0].lower()
+    name = csv.name.lower()
+    for text, marks in ((folder, ("-training_", "-test_")), (name, ("_train", "_test"))):
+        for split, mark in zip(("train", "test"), marks, strict=True):
+            if mark in text:
+                return split
+    return ""
 
 
 def full_image(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> Path:
@@ -100,7 +161,10 @@ def full_image(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> Path:
     return files[0]
 
 
-def row_lesions(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> list[Lesion]:
+def row_lesions(
+    row: dict[Any, str], index: dict[UidKey, list[Path]], kind: str = "mass", split: str = ""
+) -> list[Lesion]:
+    """The row's lesions: one per mask blob for a mass, one per row for a calcification."""
     pathology = row["pathology"].strip().upper()
     if pathology not in PATHOLOGY:
         raise DataError(f"unknown pathology {row['pathology']!r}")
@@ -113,7 +177,8 @@ def row_lesions(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> list[Le
         raise DataError(
             f"ROI mask of {image.name}: {len(masks)} files taller than half the image, 1 expected"
         )
-    boxes = mask_boxes(read_dicom_pixels(masks[0]), shape)
+    mask = read_mask(masks[0])
+    boxes = [cluster_box(mask, shape)] if kind == "calcification" else mask_boxes(mask, shape)
     spacing = pixel_spacing(image)
     return [
         Lesion(
@@ -126,6 +191,8 @@ def row_lesions(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> list[Le
             view=row["view"].strip(),
             laterality=row["laterality"].strip(),
             pixel_spacing=spacing,
+            abnormality=kind,
+            official_split=split,
         )
         for k, box in enumerate(boxes)
     ]

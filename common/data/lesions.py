@@ -2,7 +2,10 @@
 
 Readers of raw site data (BCDR, CBIS-DDSM, manifests) produce lesions; `write_lesion_patches`
 cuts them with `patch_geometry`, drops duplicates (same image and box, reported), and writes
-PNGs + manifest.csv atomically. A bad lesion is reported and skipped, never silently dropped.
+the PNGs atomically (the caller writes the manifest, once the splits are known). A bad lesion is
+reported and skipped, never silently dropped. What the image reader applied to each source file
+(e.g. the DICOM pixel pipeline's steps) is kept per image in `.pixel_steps/`, so a resumed run
+still records it without decoding the image again.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from common.atomic_io import atomic_write_png
+from common.atomic_io import atomic_write_png, atomic_write_text
 from common.data.patch_geometry import Box, extract_patch
-from common.data.patch_set import PatchRecord, PatchSet, write_manifest
+from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import DataError
 
 T = TypeVar("T")
+ImageReader = Callable[[str], tuple[np.ndarray, str]]  # path -> (uint8 pixels, steps applied)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Lesion:
     view: str = ""
     laterality: str = ""
     pixel_spacing: str = ""  # "row,column" mm, when the source records it
+    abnormality: str = ""  # the lesion type the source names (mass, calcification), or ''
+    official_split: str = ""  # train / test when the source says (CBIS-DDSM's CSVs), or ''
 
     @property
     def key(self) -> tuple[str, int, int, int, int]:
@@ -63,7 +69,7 @@ class PatchJob:
     image_path: str
     lesions: tuple[tuple[str, Lesion], ...]
     out_dir: Path
-    read_image: Callable[[str], np.ndarray]
+    read_image: ImageReader
     mode: str
     out_size: int
     border: str
@@ -73,12 +79,15 @@ def run_patch_job(job: PatchJob) -> tuple[list[PatchRecord], list[tuple[str, str
     """Cut and write the job's patches; a patch already on disk is kept (resume)."""
     records, skipped = [], []
     image: np.ndarray | None = None
+    steps_file = job.out_dir / ".pixel_steps" / f"{job.lesions[0][0]}.txt"
+    steps = steps_file.read_text() if steps_file.is_file() else None
     for name, lesion in job.lesions:
         target = job.out_dir / "images" / name
         try:
-            if not target.is_file():
+            if not target.is_file() or steps is None:
                 if image is None:
-                    image = job.read_image(job.image_path)
+                    image, steps = job.read_image(job.image_path)
+                    atomic_write_text(steps_file, steps)
                 patch = extract_patch(
                     image, lesion.box, mode=job.mode, out_size=job.out_size, border=job.border
                 )
@@ -86,11 +95,12 @@ def run_patch_job(job: PatchJob) -> tuple[list[PatchRecord], list[tuple[str, str
         except (DataError, OSError, ValueError) as error:
             skipped.append((f"{lesion.image_path} {lesion.box}", str(error)))
             continue
-        records.append(_record(target, lesion))
+        assert steps is not None
+        records.append(_record(target, lesion, steps))
     return records, skipped
 
 
-def _record(target: Path, lesion: Lesion) -> PatchRecord:
+def _record(target: Path, lesion: Lesion, steps: str) -> PatchRecord:
     box = lesion.box
     return PatchRecord(
         path=str(target.resolve()),
@@ -103,12 +113,15 @@ def _record(target: Path, lesion: Lesion) -> PatchRecord:
         laterality=lesion.laterality,
         view=lesion.view,
         pixel_spacing=lesion.pixel_spacing,
+        split=lesion.official_split,
+        abnormality=lesion.abnormality,
+        pixel_steps=steps,
     )
 
 
 def write_lesion_patches(
     lesions: Sequence[Lesion],
-    read_image: Callable[[str], np.ndarray],
+    read_image: ImageReader,
     out_dir: Path,
     *,
     mode: str = "corrected",
@@ -117,7 +130,8 @@ def write_lesion_patches(
     workers: int = 1,
     progress: bool = False,
 ) -> PatchSet:
-    """Cut every lesion's patch, write `out_dir/images/*.png` and `out_dir/manifest.csv`.
+    """Cut every lesion's patch into `out_dir/images/*.png`; the records carry each lesion's
+    official split (if any), which the caller turns into the manifest's split column.
 
     One job per image, run by `workers` processes, in order; patch names depend only on the
     lesion list, so a rerun after an interruption keeps what was written and does the rest.
@@ -142,9 +156,7 @@ def write_lesion_patches(
     for job_records, job_skipped in results:
         records += job_records
         skipped += job_skipped
-    patch_set = PatchSet(records, skipped, name=str(out_dir))
-    write_manifest(patch_set, out_dir)
-    return patch_set
+    return PatchSet(records, skipped, name=str(out_dir))
 
 
 def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:

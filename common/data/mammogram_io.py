@@ -1,9 +1,10 @@
-"""Read a full mammogram (DICOM, PNG, TIFF, PGM) as 8-bit grayscale, the way patches are cut.
+"""Read a mammogram (DICOM, PNG, TIFF, PGM, JPEG) as 8-bit grayscale, and an ROI mask as bool.
 
-DICOM: pixel data through pydicom's handlers (compressed transfer syntaxes included where a
-handler is installed), the modality LUT (rescale slope / intercept), MONOCHROME1 inverted, then
-whole-image min-max to uint8 (as the reference code). Other formats: 8-bit as stored (BCDR's
-TIFFs get no min-max step); deeper images are min-max scaled.
+The format dispatcher. DICOM goes through `dicom_pixels` (PS3.3 C.7.6.3 image pixel module,
+C.7.5.1.1.2 padding, C.11.1 modality LUT, C.11.2 VOI LUT not applied, C.11.6 polarity) and then
+whole-image min-max to uint8, as the reference code; padding pixels end black. Other formats:
+8-bit as stored (BCDR's TIFFs get no min-max step); deeper images are min-max scaled. Masks are
+read at full depth through the same readers: nonzero = lesion, no scaling.
 """
 
 from __future__ import annotations
@@ -13,12 +14,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common.data.dicom_file import read_dicom_header
+from common.data.dicom_pixels import read_dicom_values
+from common.data.dicom_stored import read_dicom_stored
 from common.errors import DataError
 
+__all__ = [
+    "RASTER_SUFFIXES",
+    "image_shape",
+    "minmax_uint8",
+    "read_dicom_header",
+    "read_dicom_pixels",
+    "read_mammogram",
+    "read_mammogram_recorded",
+    "read_mask",
+]
+
 RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".jpg", ".jpeg")
+FORMAT_NAMES = {".tif": "tiff", ".jpg": "jpeg"}
 
 
 def minmax_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Whole-image min-max to 0..255, as the paper's reference code scales every mammogram."""
     values = pixels.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if high <= low:
@@ -27,58 +44,88 @@ def minmax_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def read_dicom_pixels(path: Path) -> np.ndarray:
-    """Modality values of a DICOM image (float32), MONOCHROME1 turned to MONOCHROME2."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+    """Display-ordered values of a DICOM image (float32; MONOCHROME1 turned to MONOCHROME2)."""
+    return read_dicom_values(Path(path))[0]
 
+
+def read_raster(path: Path) -> np.ndarray:
+    """A raster file at its full depth (uint8 or uint16; color kept as BGR)."""
     try:
-        dataset = pydicom.dcmread(str(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError) as error:
-        raise DataError(f"{path}: not a readable DICOM file ({error})") from error
-    if "PixelData" not in dataset:
-        raise DataError(f"{path}: DICOM without pixel data")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # missing codec, truncated data: pydicom raises many types
-        raise DataError(
-            f"{path}: cannot decode pixel data (transfer syntax "
-            f"{getattr(dataset.file_meta, 'TransferSyntaxUID', '?')}): {error}"
-        ) from error
-    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        values = values.max() - values
-    if values.ndim != 2:
-        raise DataError(f"{path}: expected one 2-D frame, found shape {values.shape}")
-    return values
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        raise DataError(f"{path}: unreadable image ({error})") from error
+    if image is None:
+        raise DataError(f"{path}: unreadable image (truncated or unknown format); re-export it")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3):
+        raise DataError(f"{path}: image of shape {image.shape}, expected one 2-D picture")
+    return image
 
 
 def image_shape(path: Path) -> tuple[int, int]:
     """(height, width), without decoding DICOM pixel data."""
+    path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DataError(f"{path}: unreadable image")
+        image = read_raster(path)
         return int(image.shape[0]), int(image.shape[1])
-    import pydicom
-
+    header = read_dicom_header(path)
     try:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True)
         return int(header.Rows), int(header.Columns)
-    except Exception as error:
-        raise DataError(f"{path}: not a readable DICOM header ({error})") from error
+    except (AttributeError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: DICOM header without Rows / Columns ({error})") from error
 
 
-def read_mammogram(path: str | Path) -> np.ndarray:
-    """8-bit grayscale image, whatever the file format."""
+def read_mammogram_recorded(
+    path: str | Path, *, allow_for_processing: bool = False
+) -> tuple[np.ndarray, str]:
+    """8-bit grayscale image and a one-line, path-free description of the steps applied.
+
+    DICOM: "dicom[:force-read];transfer=UID;bits_stored=N[ signed][(masked K px)];
+    padding=none|V[..L](K px)->background;modality_lut=none|rescale(s,i)|sequence;voi=none;
+    photometric=P[+SHAPE][->inverted];minmax" ("intent=FOR PROCESSING(allowed)" after transfer
+    when allowed). Raster: "png:8-bit as stored", "png:16-bit minmax", "png:8-bit color->gray".
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in RASTER_SUFFIXES:
+        values, steps = read_dicom_values(path, allow_for_processing=allow_for_processing)
+        return minmax_uint8(values), ";".join([*steps, "minmax"])
+    image = read_raster(path)
+    label = f"{FORMAT_NAMES.get(suffix, suffix[1:])}:{image.dtype.itemsize * 8}-bit"
+    if image.ndim == 3:
+        image, label = _gray(image, path), label + " color->gray"
+    if image.dtype == np.uint8:
+        return image, label if label.endswith("gray") else label + " as stored"
+    return minmax_uint8(image), label + " minmax"
+
+
+def _gray(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.shape[2] not in (3, 4):
+        raise DataError(f"{path}: {image.shape[2]}-channel image; expected gray, BGR or BGRA")
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    return cv2.cvtColor(image, code)
+
+
+def read_mammogram(path: str | Path) -> np.ndarray:
+    """8-bit grayscale image, whatever the file format (see `read_mammogram_recorded`)."""
+    return read_mammogram_recorded(path)[0]
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """ROI mask as bool (nonzero = lesion), at full depth: 8/16-bit PNG, TIFF, color, DICOM.
+
+    A 16-bit PNG mask with lesion value 1 stays a lesion (an 8-bit read would drop it); a color
+    mask is a lesion where any color channel (not alpha) is nonzero. DICOM: nonzero stored
+    value (masked to Bits Stored, no LUT, no padding, no scaling) = lesion, whatever the
+    photometric interpretation, as CBIS-DDSM masks are 0/255 MONOCHROME2.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found")
     if path.suffix.lower() in RASTER_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DataError(f"{path}: unreadable image (truncated or unknown format)")
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        return image if image.dtype == np.uint8 else minmax_uint8(image)
-    return minmax_uint8(read_dicom_pixels(path))
+        image = read_raster(path)
+        return np.asarray(image[:, :, :3].any(axis=2) if image.ndim == 3 else image != 0)
+    return read_dicom_stored(path) != 0

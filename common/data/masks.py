@@ -11,13 +11,20 @@ from common.data.patch_geometry import Box
 from common.errors import DataError
 
 
-def mask_boxes(mask: np.ndarray, image_shape: tuple[int, int]) -> list[Box]:
+def binary_mask(mask: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """uint8 0/1 at the image's size (nearest-neighbour resize); nonzero = lesion."""
     height, width = image_shape
     binary = (mask > 0).astype(np.uint8)
     if binary.shape != (height, width):
         binary = cv2.resize(binary, (width, height), interpolation=cv2.INTER_NEAREST)
     if not binary.any():
         raise DataError("empty ROI mask (no foreground pixel)")
+    return binary
+
+
+def mask_boxes(mask: np.ndarray, image_shape: tuple[int, int]) -> list[Box]:
+    height, width = image_shape
+    binary = binary_mask(mask, image_shape)
     small = cv2.resize(
         binary, (max(1, width // 4), max(1, height // 4)), interpolation=cv2.INTER_NEAREST
     )
@@ -30,3 +37,10 @@ def mask_boxes(mask: np.ndarray, image_shape: tuple[int, int]) -> list[Box]:
         contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     boxes = [Box(*cv2.boundingRect(c)) for c in contours]
     return sorted(boxes, key=lambda b: (b.y, b.x))
+
+
+def cluster_box(mask: np.ndarray, image_shape: tuple[int, int]) -> Box:
+    """One box around every foreground pixel: a calcification cluster is one abnormality (one
+    CBIS-DDSM row), however many specks its ROI mask holds, so it gives one patch, not one per
+    speck."""
+    return Box(*cv2.boundingRect(binary_mask(mask, image_shape)))

@@ -27,13 +27,34 @@ MANIFEST_COLUMNS = (
     "laterality",
     "view",
     "pixel_spacing",
+    "split",
+    "abnormality",
+    "pixel_steps",
 )
 SOURCES = ("real", "synthetic")
+SPLITS = ("train", "val", "test")
+PATIENT_KEY_SEPARATOR = "\x1f"  # unit separator: cannot occur in a site name or patient id
+
+
+def patient_key(site: str, patient_id: str) -> str:
+    """A patient's identity: (site, patient id); two sites may both have a patient "P_00001"."""
+    return f"{site}{PATIENT_KEY_SEPARATOR}{patient_id}"
+
+
+def show_patient(key: str) -> str:
+    """'site/patient' for messages (the key itself holds an unprintable separator)."""
+    site, _, patient = key.partition(PATIENT_KEY_SEPARATOR)
+    return f"{site}/{patient}" if site else patient
 
 
 @dataclass(frozen=True)
 class PatchRecord:
-    """One lesion patch. `path` is absolute; `box` is 'x,y,w,h' in the source image or ''."""
+    """One lesion patch. `path` is absolute; `box` is 'x,y,w,h' in the source image or ''.
+
+    `split` is the prepared split (train / val / test, '' when the set has none),
+    `abnormality` the lesion type the source names (e.g. mass, calcification) and `pixel_steps`
+    what the image reader applied to the source file (DICOM pixel pipeline, bit depth).
+    """
 
     path: str
     label: int
@@ -45,6 +66,9 @@ class PatchRecord:
     laterality: str = ""
     view: str = ""
     pixel_spacing: str = ""
+    split: str = ""
+    abnormality: str = ""
+    pixel_steps: str = ""
 
     def __post_init__(self) -> None:
         if self.label not in (0, 1):
@@ -53,6 +77,12 @@ class PatchRecord:
             raise DataError(f"{self.path}: source {self.source!r} must be one of {SOURCES}")
         if not self.patient_id:
             raise DataError(f"{self.path}: empty patient id")
+        if self.split not in ("", *SPLITS):
+            raise DataError(f"{self.path}: split {self.split!r} must be one of {SPLITS} or empty")
+
+    @property
+    def patient_key(self) -> str:
+        return patient_key(self.site, self.patient_id)
 
 
 @dataclass
@@ -73,6 +103,11 @@ class PatchSet:
     @property
     def patients(self) -> list[str]:
         return [r.patient_id for r in self.records]
+
+    @property
+    def patient_keys(self) -> list[str]:
+        """(site, patient id) identities, one per record: what splits and DP units group by."""
+        return [r.patient_key for r in self.records]
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> PatchSet:
         return PatchSet([self.records[i] for i in indices], [], name or self.name)

@@ -1,30 +1,35 @@
-"""`mammofl prepare`: a site's raw data -> patch set + per-patient split + report.
+"""`mammofl prepare`: a site's raw data -> patch set with per-patient splits + report.
 
-Writes `out_dir/manifest.csv` and `out_dir/images/`, `out_dir/split.csv` (patient_id, split)
-and `out_dir/report.json` (counts per label and split, every skipped record with its reason).
+Writes `out_dir/images/`, `out_dir/manifest.csv` (one row per patch, its `split` column train /
+val / test: what every reader of a prepared set selects by) and, last, `out_dir/report.json`
+(the split rule, counts per label and split, every skipped record with its reason). A run that
+cuts no patch writes no manifest and raises DataError with the skip summary.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from common.atomic_io import atomic_write_text
 from common.data.bcdr import read_bcdr_lesions
-from common.data.cbis_ddsm import read_cbis_ddsm
+from common.data.cbis_ddsm import ABNORMALITIES, read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
 from common.data.lesions import write_lesion_patches
-from common.data.mammogram_io import read_mammogram
-from common.data.patch_set import PatchSet, write_manifest
+from common.data.mammogram_io import read_mammogram_recorded
+from common.data.patch_geometry import BORDERS
+from common.data.patch_set import SPLITS, PatchSet, write_manifest
 from common.data.readers import read_released
-from common.data.splits import split_by_patient
-from common.errors import ConfigError
+from common.data.split_assignment import SPLIT_MODES, assign_splits
+from common.errors import ConfigError, DataError
 
 SOURCES = ("cbis-ddsm", "bcdr", "manifest", "released")
+SOURCE_SITES = {"cbis-ddsm": "cbis-ddsm", "bcdr": "bcdr", "manifest": "site", "released": ""}
 
 
 @dataclass(frozen=True)
@@ -32,39 +37,70 @@ class PrepareOptions:
     source: str
     root: Path
     out_dir: Path
-    test_fraction: float = 0.2
+    split: str = "official"  # or random; official falls back to seeded when there is none
+    test_fraction: float = 0.2  # seeded splits only
+    val_fraction: float = 0.1  # of train, per patient, always seeded
     seed: int = 42
     mode: str = "corrected"
     out_size: int = 128
     border: str = "inside"
     y_origin: str = "top"
-    site: str = "site"
+    site: str = ""  # patient identity is (site, patient id); '' = the source's name
     workers: int = 1
     # cbis-ddsm: comma-separated description CSVs (default: every *case_description*.csv)
     csv: str = ""
+    abnormality: str = "mass"  # cbis-ddsm: mass, calc or all
+    allow_for_processing: bool = False  # DICOM "FOR PROCESSING" raw detector images
+    columns: tuple[tuple[str, str], ...] = ()  # manifest: (mammofl name, the file's column)
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting before any file is read (not once per record)."""
+        choices = {
+            "source": (self.source, SOURCES),
+            "split": (self.split, SPLIT_MODES),
+            "mode": (self.mode, ("corrected", "compat")),
+            "out_size": (self.out_size, (128, 224)),
+            "border": (self.border, BORDERS),
+            "y_origin": (self.y_origin, ("top", "bottom")),
+            "abnormality": (self.abnormality, tuple(ABNORMALITIES)),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, allowed))}")
+        if self.workers < 1:
+            raise ConfigError(f"workers={self.workers}: at least 1")
+
+    @property
+    def site_name(self) -> str:
+        return self.site or SOURCE_SITES.get(self.source, "site")
 
 
 def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
+    """Every lesion of the source cut into `out_dir/images/` (the released source: its patches
+    in place); records carry the source's official split, if it has one."""
     if options.source == "released":
-        patch_set = read_released(options.root, "train")
-        write_manifest(patch_set, options.out_dir)  # released patches are used in place
-        return patch_set
+        return read_released(options.root, "train")  # released patches are used in place
     if options.source == "cbis-ddsm":
         csvs = [Path(c) for c in options.csv.split(",") if c] or sorted(
             options.root.rglob("*case_description*.csv")
         )
-        lesions, skipped = read_cbis_ddsm(options.root, csvs)
+        lesions, skipped = read_cbis_ddsm(options.root, csvs, options.abnormality)
     elif options.source == "bcdr":
         lesions, skipped = read_bcdr_lesions(options.root)
     elif options.source == "manifest":
         lesions, skipped = read_lesion_manifest(
-            options.root, y_origin=options.y_origin, site=options.site
+            options.root,
+            y_origin=options.y_origin,
+            site=options.site_name,
+            columns=dict(options.columns) or None,
         )
     else:
         raise ConfigError(f"source={options.source!r}: choose one of {', '.join(SOURCES)}")
+    if options.site:
+        lesions = [replace(lesion, site=options.site) for lesion in lesions]
     patch_set = write_lesion_patches(
         lesions,
-        read_mammogram,
+        partial(read_mammogram_recorded, allow_for_processing=options.allow_for_processing),
         options.out_dir,
         mode=options.mode,
         out_size=options.out_size,
@@ -77,20 +113,56 @@ def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
 
 
 def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
+    """Cut, split and write a site's patch set; returns the report (also in report.json).
+
+    Raises DataError, with the skip summary, when no patch could be cut (nothing is written
+    then but the report and the patches' folder).
+    """
     patch_set = patch_set_for(options, progress)
-    train, test = split_by_patient(patch_set, options.test_fraction, options.seed)
-    split = pd.DataFrame(
-        [{"patient_id": p, "split": "train"} for p in sorted(set(train.patients))]
-        + [{"patient_id": p, "split": "test"} for p in sorted(set(test.patients))]
-    )
-    atomic_write_text(options.out_dir / "split.csv", split.to_csv(index=False))
-    report = {
+    skipped = [{"record": r, "reason": why} for r, why in patch_set.skipped]
+    report: dict[str, Any] = {
         "source": options.source,
         "root": str(options.root),
-        "counts": {"all": patch_set.counts(), "train": train.counts(), "test": test.counts()},
-        "patients": {"train": len(set(train.patients)), "test": len(set(test.patients))},
-        "skipped": [{"record": r, "reason": why} for r, why in patch_set.skipped],
         "settings": {k: str(v) for k, v in options.__dict__.items()},
+        "skipped": skipped,
+        "skip_summary": skip_summary(patch_set.skipped),
+    }
+    if not patch_set.records:
+        atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        raise DataError(
+            f"prepare cut no patch from {options.root}: all {len(skipped)} records were skipped "
+            f"({format_summary(report['skip_summary'])}); details in "
+            f"{options.out_dir / 'report.json'}"
+        )
+    patch_set, rule = assign_splits(
+        patch_set,
+        mode=options.split,
+        test_fraction=options.test_fraction,
+        val_fraction=options.val_fraction,
+        seed=options.seed,
+    )
+    write_manifest(patch_set, options.out_dir)
+    parts = {s: [r for r in patch_set.records if r.split == s] for s in SPLITS}
+    report |= {
+        "split_rule": rule,
+        "counts": {"all": patch_set.counts()}
+        | {s: PatchSet(records).counts() for s, records in parts.items()},
+        "patients": {s: len({r.patient_key for r in records}) for s, records in parts.items()},
     }
     atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def skip_summary(skipped: list[tuple[str, str]]) -> dict[str, int]:
+    """How many records were skipped for each kind of reason, most frequent first: paths and
+    quoted values become placeholders and the reason is cut at its first ':' or '(', so that
+    per-file details group together."""
+    kinds: Counter[str] = Counter()
+    for _, reason in skipped:
+        kind = re.sub(r"'[^']*'", "'...'", re.sub(r"\S*/\S*", "<file>", reason))
+        kinds[kind.split("(")[0].split(":")[0].strip()] += 1
+    return dict(kinds.most_common())
+
+
+def format_summary(summary: dict[str, int]) -> str:
+    return "; ".join(f"{count} x {kind}" for kind, count in list(summary.items())[:5])

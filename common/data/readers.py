@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from common.config.schema import PatchSourceConfig
+from common.data.csv_table import read_csv_table
 from common.data.patch_set import MANIFEST_COLUMNS, PatchRecord, PatchSet
+from common.data.splits import select_split
 from common.errors import DataError
 
 _RELEASED_NAME = re.compile(
@@ -23,8 +24,15 @@ _SYNTHETIC_NAME = re.compile(r"^batch_.*_(?P<cls>malignant|benign)$")
 _FOLDER_LABEL = {"is_benign_false": 1, "is_benign_true": 0}
 
 
-def read_patch_source(source: PatchSourceConfig, base: Path | None = None) -> PatchSet:
-    """Read one configured patch source; `limit` keeps a seeded, label-stratified subset."""
+def read_patch_source(
+    source: PatchSourceConfig, base: Path | None = None, default_split: str = "all"
+) -> PatchSet:
+    """Read one configured patch source; `limit` keeps a seeded, label-stratified subset.
+
+    A patch set made by `mammofl prepare` gives the rows of `source.split`, or of
+    `default_split` when that is unset: the reader says what it needs (train to train, val to
+    select, test to test), so a prepared folder never feeds its test patients to training.
+    """
     root = Path(source.path)
     if base is not None and not root.is_absolute():
         root = base / root
@@ -33,7 +41,8 @@ def read_patch_source(source: PatchSourceConfig, base: Path | None = None) -> Pa
     elif source.format == "released_synthetic":
         patch_set = read_released_synthetic(root)
     else:
-        patch_set = read_manifest(root)
+        split = source.split or default_split
+        patch_set = select_split(read_manifest(root), split, str(root / "manifest.csv"))
     if source.limit is not None:
         patch_set = stratified_limit(patch_set, source.limit)
     return patch_set
@@ -106,14 +115,13 @@ def read_manifest(folder: Path) -> PatchSet:
     manifest = folder / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found; a patch set is a folder with manifest.csv")
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    missing = [c for c in ("path", "label", "patient_id") if c not in frame.columns]
-    if missing:
-        raise DataError(f"{manifest}: missing columns {missing}; expected {MANIFEST_COLUMNS}")
+    table = read_csv_table(manifest, what="patch-set manifest")
+    table.require(("path", "label", "patient_id"), "expected " + ", ".join(MANIFEST_COLUMNS))
     records: list[PatchRecord] = []
-    skipped: list[tuple[str, str]] = []
-    for row_number, row in enumerate(frame.to_dict("records"), start=2):
-        where = f"{manifest}:{row_number}"
+    skipped: list[tuple[str, str]] = list(table.skipped)
+    for csv_row in table.rows:
+        row = csv_row.values
+        where = table.where(csv_row)
         path = folder / row["path"]
         if not path.is_file():
             skipped.append((where, f"image {path} not found"))
@@ -131,6 +139,9 @@ def read_manifest(folder: Path) -> PatchSet:
                     laterality=row.get("laterality", ""),
                     view=row.get("view", ""),
                     pixel_spacing=row.get("pixel_spacing", ""),
+                    split=row.get("split", "").strip(),
+                    abnormality=row.get("abnormality", ""),
+                    pixel_steps=row.get("pixel_steps", ""),
                 )
             )
         except (ValueError, DataError) as error:

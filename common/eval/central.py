@@ -30,7 +30,7 @@ class CentralEvaluator:
         batch_size: int = 64,
     ) -> None:
         self.tests: dict[str, LoadedPatches] = {
-            name: load_patches(read_patch_source(source), image_size)
+            name: load_patches(read_patch_source(source, default_split="test"), image_size)
             for name, source in tests.items()
         }
         self.device = device
@@ -52,7 +52,7 @@ class CentralEvaluator:
             metrics = evaluate_scores(
                 loaded.patch_set.labels,
                 scores,
-                loaded.patch_set.patients,
+                loaded.patch_set.patient_keys,
                 bootstrap=bootstrap,
                 seed=seed,
             )

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config.schema import MammoflConfig
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, PrivacyError
+from common.privacy.delta import check_delta, delta_note
 from common.privacy.group_privacy import group_guarantee
 from common.privacy.independent_accounting import pld_epsilon
 from common.privacy.ledger import LedgerEvent, epsilon_of
@@ -49,7 +50,7 @@ def training_records(config: MammoflConfig) -> TrainingRecords:
             largest_patient=sizes.largest_patient if real else 1,
             source=f"paper sizes recorded in the preset (data not readable: {error})",
         )
-    per_patient = Counter(train.patients)
+    per_patient = Counter(train.patient_keys)
     return TrainingRecords(
         patches=len(train),
         patients=len(per_patient),
@@ -79,9 +80,19 @@ def plan_for(config: MammoflConfig, dataset_size: int) -> PrivacyPlan:
 
 def plan_report(config: MammoflConfig) -> dict[str, Any]:
     """What `mammofl plan` prints: the plan's numbers, which sizes it used and, under DP, the
-    epsilon of the planned run by the project's accountant and by dp-accounting's PLD."""
+    epsilon of the planned run by the project's accountant and by dp-accounting's PLD.
+
+    Under DP, delta >= 1/N (N: records of privacy.unit) is refused before any epsilon is
+    computed, as `mammofl train` refuses it; above 1/(10 N) the report carries a `delta_note`."""
     records = training_records(config)
-    plan = plan_for(config, records.records(config.privacy.unit))
+    privacy = config.privacy
+    note = None
+    if privacy.enabled:
+        try:
+            note = check_delta(privacy.delta, records.records(privacy.unit), privacy.unit)
+        except PrivacyError as error:
+            raise PrivacyError(f"{error}; N counted from {records.source}") from error
+    plan = plan_for(config, records.records(privacy.unit))
     source = records.source
     accounted = pld = None
     if plan.noise_multiplier is not None:
@@ -102,6 +113,7 @@ def plan_report(config: MammoflConfig) -> dict[str, Any]:
         "delta": plan.delta,
         "accountant": plan.accountant,
         "max_grad_norm": plan.max_grad_norm,
+        "delta_note": note,  # delta above 1/(10 N): why that is loose; None otherwise
         # under DP: what the ledger will charge for the planned run (just below the target), and
         # the same run by PLD (RDP's conversion to (epsilon, delta) is loose); None without DP
         "epsilon_accounted": accounted,
@@ -119,8 +131,9 @@ def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str
     rows: dict[str, Any] = {}
     for unit in ("patch", "patient"):
         try:
+            note = delta_note(config.privacy.delta, records.records(unit), unit)
             plan = plan_for(config, records.records(unit))
-        except ConfigError as error:  # e.g. fewer patients than the batch size
+        except (ConfigError, PrivacyError) as error:  # fewer patients than B, delta >= 1/N
             rows[f"per_{unit}"] = {
                 "unit": unit,
                 "records": records.records(unit),
@@ -139,6 +152,7 @@ def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str
             "noise_multiplier": plan.noise_multiplier,
             "epsilon": epsilon_of([run], plan.delta, plan.accountant),
             "delta": plan.delta,
+            "delta_note": note,
         }
     rows["per_patch"]["guarantee"] = "DP per patch (privacy.unit=patch)"
     rows["per_patient"]["guarantee"] = "patient-level DP (privacy.unit=patient)"

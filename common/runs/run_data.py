@@ -1,18 +1,25 @@
 """Assemble a run's data from config: training parts, selection set, named test sets.
 
-Every set is per patient: a patient found in two of them stops the run before training.
+Every set is per patient: a (site, patient) found in two of them stops the run before training,
+unless `data.allow_patient_overlap=true` asks for it (the overlap is then logged and recorded
+in the data report). A prepared site's manifest gives each reader its own split: train to
+train, val to select, test to test.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.config.schema import DataConfig
 from common.data.images import LoadedPatches, load_patches
-from common.data.patch_set import PatchSet
+from common.data.patch_set import PatchSet, show_patient
 from common.data.readers import read_patch_source
-from common.data.splits import assert_disjoint_patients, split_by_patient
+from common.data.splits import assert_disjoint_patients, shared_patients, split_by_patient
+
+log = logging.getLogger(__name__)
+OVERLAP_FIX = "; set data.allow_patient_overlap=true only to use an overlap on purpose"
 
 
 @dataclass
@@ -20,6 +27,7 @@ class RunPatchSets:
     train: PatchSet
     validation: PatchSet
     tests: dict[str, PatchSet]
+    overlap: dict[str, list[str]] = field(default_factory=dict)  # allowed: set pair -> patients
 
 
 @dataclass
@@ -27,10 +35,12 @@ class RunData:
     train: LoadedPatches
     validation: LoadedPatches
     tests: dict[str, LoadedPatches]
+    overlap: dict[str, list[str]] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         sets = {"train": self.train, "validation": self.validation, **self.tests}
-        return {
+        overlap = {"patient_overlap_allowed": self.overlap} if self.overlap else {}
+        return overlap | {
             name: {
                 **loaded.patch_set.counts(),
                 "manifest_sha256": loaded.patch_set.manifest_hash(),
@@ -42,7 +52,9 @@ class RunData:
 
 def read_run_patch_sets(data: DataConfig, include_tests: bool = True) -> RunPatchSets:
     """Read (not load pixels of) every configured set and check patient disjointness."""
-    real = read_patch_source(data.real) if data.real is not None and data.real.path else None
+    real = None
+    if data.real is not None and data.real.path:
+        real = read_patch_source(data.real, default_split="train")
     validation_cfg = data.validation
     if validation_cfg.holdout_fraction is not None:
         assert real is not None
@@ -51,22 +63,33 @@ def read_run_patch_sets(data: DataConfig, include_tests: bool = True) -> RunPatc
         )
     else:
         assert validation_cfg.source is not None
-        validation = read_patch_source(validation_cfg.source)
+        validation = read_patch_source(validation_cfg.source, default_split="val")
     parts: list[PatchSet] = []
     if "real" in data.train_on:
         assert real is not None
         parts.append(real)
     if "synthetic" in data.train_on:
         assert data.synthetic is not None
-        parts.append(read_patch_source(data.synthetic))
+        parts.append(read_patch_source(data.synthetic, default_split="train"))
     train = parts[0]
     for part in parts[1:]:
         train = train.concat(part, name="+".join(data.train_on))
     tests = {}
     if include_tests:
-        tests = {name: read_patch_source(source) for name, source in data.tests.items()}
-    assert_disjoint_patients({"train": train, "validation": validation, **tests})
-    return RunPatchSets(train, validation, tests)
+        tests = {
+            name: read_patch_source(source, default_split="test")
+            for name, source in data.tests.items()
+        }
+    sets = {"train": train, "validation": validation, **tests}
+    if not data.allow_patient_overlap:
+        assert_disjoint_patients(sets, fix=OVERLAP_FIX)
+        return RunPatchSets(train, validation, tests)
+    overlap: dict[str, list[str]] = {}
+    for patient, (first, second) in shared_patients(sets).items():
+        overlap.setdefault(f"{first}+{second}", []).append(show_patient(patient))
+    if overlap:
+        log.warning("data.allow_patient_overlap=true: patients shared by %s", sorted(overlap))
+    return RunPatchSets(train, validation, tests, overlap)
 
 
 def load_run_data(data: DataConfig, progress: bool = False) -> RunData:
@@ -76,4 +99,5 @@ def load_run_data(data: DataConfig, progress: bool = False) -> RunData:
         train=load_patches(sets.train, size, progress),
         validation=load_patches(sets.validation, size, progress),
         tests={name: load_patches(s, size, progress) for name, s in sets.tests.items()},
+        overlap=sets.overlap,
     )

@@ -39,6 +39,9 @@ def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str,
     for metrics in shared.get("tests", {}).values():
         for key in COUNT_KEYS:
             metrics.pop(key, None)
+    privacy = shared.get("privacy", {})
+    if privacy.get("delta_note"):  # its text names the exact N
+        privacy["delta_note"] = "delta above 1/(10 N) (N in site_only.json)"
     if "config" in shared:
         _redact_paths(shared["config"].get("data", {}))
         _redact_paths(shared["config"].get("model", {}))

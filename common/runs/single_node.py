@@ -19,6 +19,7 @@ from common.eval.predict import predict_probabilities
 from common.eval.records import save_model, write_json, write_predictions
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm, count_trainable
+from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
@@ -27,7 +28,6 @@ from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
 from common.runs.run_data import load_run_data
 from common.runs.shareable import shareable_record
-from common.site.budget import check_delta
 from common.training.fit import fit
 from common.training.settings import (
     DPSettings,
@@ -116,9 +116,10 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         )
     seed_everything(config.seed)
     data = load_run_data(config.data, progress)
-    records = RecordGroups.for_unit(config.privacy.unit, data.train.patch_set.patients)
-    if config.privacy.enabled:
-        check_delta(config.privacy.delta, records.records)  # before any use of the data
+    records = RecordGroups.for_unit(config.privacy.unit, data.train.patch_set.patient_keys)
+    delta_warning = None
+    if config.privacy.enabled:  # before any data use
+        delta_warning = check_delta(config.privacy.delta, records.records, records.unit)
     plan = plan_for(config, records.records)
     model = build_classifier(config.model)
     trainable = apply_trainable_policy(model, config.model.trainable)
@@ -190,6 +191,7 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
             "epsilon_at_selected_epoch": selected.epsilon if selected else None,
             "target_epsilon": plan.target_epsilon,
             "delta": plan.delta,
+            "delta_note": delta_warning,
             "max_grad_norm": plan.max_grad_norm,
             "accountant": plan.accountant,
             "unit": ledger.unit,

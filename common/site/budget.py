@@ -15,6 +15,7 @@ from pathlib import Path
 from common.atomic_io import atomic_write_text
 from common.config.federated_schema import FederatedRunConfig
 from common.errors import PrivacyError
+from common.privacy.delta import check_delta
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import plan_privacy
 
@@ -42,21 +43,11 @@ def site_budget(config: FederatedRunConfig, epsilon_cap: float | None) -> float:
     return min(target, epsilon_cap) if epsilon_cap is not None else target
 
 
-def check_delta(delta: float, dataset_size: int) -> None:
-    """delta must be below 1/N: at delta >= 1/N, releasing one record verbatim already meets the
-    (epsilon, delta) definition (Dwork & Roth 2014, section 2.3)."""
-    if delta * dataset_size >= 1.0:
-        raise PrivacyError(
-            f"privacy.delta={delta} >= 1/N with N={dataset_size} records: the guarantee would be "
-            "vacuous; lower privacy.delta below 1/N"
-        )
-
-
 def load_or_plan(
     path: Path, config: FederatedRunConfig, ledger: PrivacyLedger, n: int, budget: float
 ) -> SitePlan:
     """The saved plan of this state dir, or a new one (saved atomically) when there is none."""
-    check_delta(ledger.delta, n)
+    check_delta(ledger.delta, n, ledger.unit)  # n: records of the ledger's unit
     if path.is_file():
         plan = SitePlan(**json.loads(path.read_text()))
         if plan.dataset_size != n or plan.batch_size != config.train.batch_size:

@@ -26,11 +26,12 @@ from common.eval.metrics import point_metrics
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
+from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_store import LedgerStore
 from common.privacy.randomness import SEEDED_NOISE_NOTE
-from common.site.budget import SitePlan, check_delta, load_or_plan, site_budget
+from common.site.budget import SitePlan, load_or_plan, site_budget
 from common.site.data import SiteData, load_site_data
 from common.site.facts import SiteFacts
 from common.site.lock import site_lock
@@ -79,7 +80,8 @@ class SiteRuntime:
         if self.data is None:
             self.facts.state_dir.mkdir(parents=True, exist_ok=True)
             data = load_site_data(self.facts, self.config.site_data)
-            check_delta(self.config.privacy.delta, self._records(data))  # before any use
+            privacy = self.config.privacy
+            check_delta(privacy.delta, self._records(data), privacy.unit)  # before any use
             self.data = data
 
     def finalize(self) -> None:
@@ -99,7 +101,7 @@ class SiteRuntime:
 
     def _records(self, data: SiteData) -> int:
         """N for the privacy plan: training patches, or patients under patient-level DP."""
-        patients = data.train.patch_set.patients
+        patients = data.train.patch_set.patient_keys
         return RecordGroups.for_unit(self.config.privacy.unit, patients).records
 
     def _data(self) -> SiteData:

@@ -71,7 +71,7 @@ class CachedEngine(TrainableParameters):
         if settings.dp is not None:
             seed = settings.noise_seed
             self.sampling = private_generator("cpu", seed)
-            self.records = RecordGroups.for_unit(settings.dp.unit, train.patch_set.patients)
+            self.records = RecordGroups.for_unit(settings.dp.unit, train.patch_set.patient_keys)
             self.mechanism = GaussianMechanism(
                 noise_multiplier=settings.dp.noise_multiplier,
                 max_grad_norm=settings.dp.max_grad_norm,

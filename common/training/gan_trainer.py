@@ -28,6 +28,7 @@ from common.atomic_io import atomic_torch_save, atomic_write_png
 from common.config.gan_schema import GanConfig
 from common.errors import ConfigError, NonFiniteError, PrivacyError
 from common.models.mcgan import Discriminator, Generator, MCGANShape
+from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import expected_batch_size, poisson_indices
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.privacy.plan import PrivacyPlan, check_batch_fits, plan_privacy
@@ -104,6 +105,7 @@ class GanTrainer:
 
     def _make_private(self, n: int) -> None:
         dp = self.config.dp
+        check_delta(dp.delta, n, "patch", key="gan.dp.delta")  # D samples patches
         check_batch_fits(n, self.config.train.batch_size, key="gan.train.batch_size")
         self.plan = plan_privacy(
             dataset_size=n,

@@ -71,7 +71,7 @@ class NaiveEngine(TrainableParameters):
         self.settings = settings
         self.model = model.to(settings.device)
         self.pixels = torch.as_tensor(train.pixels)
-        self.patients = train.patch_set.patients
+        self.patients = train.patch_set.patient_keys  # identity: (site, patient)
         self.labels = train.labels
         self.eval_sets = eval_sets
         self.generator = torch.Generator().manual_seed(settings.seed)

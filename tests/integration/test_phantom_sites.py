@@ -74,3 +74,53 @@ def test_test_download_and_shape_knobs(tmp_path: Path) -> None:
     a = sorted((tmp_path / "a").rglob("1-1.dcm"))[0].read_bytes()
     b = sorted((tmp_path / "b").rglob("1-1.dcm"))[0].read_bytes()
     assert a != b
+
+
+def test_prepare_recovers_the_patches_the_generator_drew(tmp_path: Path) -> None:
+    """Regression: on a phantom download with Training and Test CSVs, prepare gives exactly
+    the lesions the generator of this commit drew (patient, official split, side, view, label,
+    box from the mask it wrote) and each patch equals the stored pixels, decoded here
+    independently of mammofl's reader, cut at that box."""
+    import cv2
+    import numpy as np
+    import pandas as pd
+
+    from common.data.mammogram_io import minmax_uint8
+    from common.data.patch_geometry import Box, extract_patch
+    from common.data.phantom.sites import write_phantom_site
+
+    root = tmp_path / "site-c"  # MONOCHROME1, 12 bits: the reader must invert
+    drawn = write_phantom_site(
+        root, "site-c", patients=4, long_side=500, seed=3, split="both", test_patients=2
+    )
+    assert {d.split for d in drawn} == {"train", "test"}
+    out = tmp_path / "out"
+    assert main(["prepare", "source=cbis-ddsm", f"root={root}", f"out_dir={out}"]) == 0
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    expected = sorted(
+        (d.patient_id, d.split, d.side, d.view, str(d.label), f"{b.x},{b.y},{b.w},{b.h}")
+        for d in drawn
+        for b in d.boxes
+    )
+    found = sorted(
+        (
+            r.patient_id,
+            "test" if r.split == "test" else "train",
+            r.laterality,
+            r.view,
+            r.label,
+            r.box,
+        )
+        for r in manifest.itertuples()
+    )
+    assert found == expected
+    for row in manifest.itertuples():
+        source = pydicom.dcmread(row.provenance_file)
+        stored = source.pixel_array.astype(np.float64)
+        display = minmax_uint8(
+            -stored if source.PhotometricInterpretation == "MONOCHROME1" else stored
+        )
+        box = Box(*(int(v) for v in row.box.split(",")))
+        patch = cv2.imread(str(out / row.path), cv2.IMREAD_UNCHANGED)
+        assert np.abs(patch.astype(int) - extract_patch(display, box).astype(int)).mean() <= 1.0
+        assert "MONOCHROME1" in row.pixel_steps

@@ -86,6 +86,7 @@ def _assert_shareable(result: Path, data_dir: Path) -> None:
     strings = _strings(shared)
     assert not [s for s in strings if str(data_dir) in s or "/phantom" in s]
     assert not [s for s in strings if HEX_DIGEST.search(s) and s != shared.get("git_commit")]
+    assert not [s for s in strings if re.search(r"N=\d", s)]  # e.g. in a delta note
     assert shared["git_commit"]
 
 

@@ -1,7 +1,12 @@
 """Phantom sites written exactly as a TCIA CBIS-DDSM download looks, so that ingestion runs on
 them with no phantom-specific branch: UID-named series in descriptively named folders, NBIA-style
-file names (1-1.dcm), an ROI series holding the cropped lesion and the full-size mask, and a
-`mass_case_description_train_set.csv` whose mask paths carry the embedded newline.
+file names (1-1.dcm), an ROI series holding the cropped lesion and the full-size mask, and
+TCIA's `mass_case_description_{train,test}_set.csv` (Mass-Training / Mass-Test folders, the
+official per-patient split) whose mask paths carry the embedded newline.
+
+`write_site` returns what it drew (`PhantomLesion`: patient, split, view, label, and the boxes
+that the reference mask rule gives on the mask it wrote), so a test can check that ingestion
+recovers exactly the patches the generator implies.
 
 Each site has its own acquisition style (film-like vs digital intensity curve, noise, blur,
 pixel spacing, bit depth, MONOCHROME1 or 2). Seeded and deterministic.
@@ -19,6 +24,8 @@ from pydicom.uid import generate_uid
 
 from common.atomic_io import atomic_write_text
 from common.data.dicom_writer import write_dicom
+from common.data.masks import mask_boxes
+from common.data.patch_geometry import Box
 from common.data.phantom.anatomy import breast_outline, make_mass, parenchyma
 from common.errors import ConfigError
 
@@ -32,6 +39,19 @@ SPLITS = {
     "train": ("Mass-Training", "mass_case_description_train_set.csv"),
     "test": ("Mass-Test", "mass_case_description_test_set.csv"),
 }
+
+
+@dataclass(frozen=True)
+class PhantomLesion:
+    """One lesion view as drawn: what `mammofl prepare` must recover from the files."""
+
+    patient_id: str
+    split: str  # train or test (the CSV it is listed in)
+    side: str
+    view: str
+    label: int  # 1 = malignant
+    boxes: tuple[Box, ...]  # the reference mask rule (`mask_boxes`) on the mask written
+    image_path: str  # the CSV's image file path (UID form)
 
 
 @dataclass(frozen=True)
@@ -139,8 +159,9 @@ def write_site(
     split: str = "train",
     first_patient: int = 1,
     conspicuity: float = 1.0,
-) -> int:
-    """One site's download; returns the number of CSV rows (lesion views).
+) -> list[PhantomLesion]:
+    """One split of a site's download (its folders and description CSV); returns the lesion
+    views drawn (one CSV row each).
 
     `ambiguity`: the share of patients whose mass looks like the other class (a circumscribed
     cancer, an irregular benign mass), as real masses sometimes do; it caps the AUROC any model
@@ -153,7 +174,8 @@ def write_site(
         raise ConfigError(f"phantom ambiguity={ambiguity}: use [0, 0.5)")
     rng = np.random.default_rng(seed)
     height, width = long_side, int(long_side * 0.65)
-    rows = []
+    rows: list[str] = []
+    drawn: list[PhantomLesion] = []
     for p in range(patients):
         patient = f"P_{p + first_patient:05d}"
         malignant = p % 2 == 1
@@ -229,6 +251,10 @@ def write_site(
                 roi_series,
             )
             mask_path = crop_path.replace("000000.dcm", "000001.dcm")
+            boxes = tuple(mask_boxes(mask, (height, width)))
+            drawn.append(
+                PhantomLesion(patient, split, side, view, int(malignant), boxes, image_path)
+            )
             rows.append(
                 f"{patient},{int(1 + density * 3)},{side},{view},1,mass,"
                 f"{'IRREGULAR' if malignant else 'OVAL'},"
@@ -237,7 +263,7 @@ def write_site(
                 f'{crop_path},"{mask_path}\n"\n'
             )
     atomic_write_text(root / SPLITS[split][1], CSV_HEADER + "".join(rows))
-    return len(rows)
+    return drawn
 
 
 def write_phantom_sites(
@@ -250,24 +276,30 @@ def write_phantom_sites(
     ambiguity: float = 0.0,
     split: str = "train",
     conspicuity: float = 1.0,
+    test_patients: int | None = None,
 ) -> dict[str, int]:
     """`sites` downloads in `out_dir/<site-name>` (one acquisition style each); returns the
-    number of lesion views per site. Test downloads (`split="test"`) number their patients from
-    100001, so they never share an id with a training download."""
+    number of lesion views per site. `split`: train, test, or both (a Training and a Test CSV
+    in one download, as TCIA ships CBIS-DDSM; `test_patients` of them in Test, default a
+    quarter). Test patients are numbered from 100001, so they never share an id with a
+    training patient."""
     if not 1 <= sites <= len(STYLES):
         raise ConfigError(f"sites={sites}: 1 to {len(STYLES)} built-in acquisition styles")
     if patients < 2 or long_side < 256:
         raise ConfigError("phantom: patients >= 2 and long_side >= 256")
     return {
-        style.name: write_phantom_site(
-            out_dir / style.name,
-            style.name,
-            patients=patients,
-            long_side=long_side,
-            seed=seed,
-            ambiguity=ambiguity,
-            split=split,
-            conspicuity=conspicuity,
+        style.name: len(
+            write_phantom_site(
+                out_dir / style.name,
+                style.name,
+                patients=patients,
+                long_side=long_side,
+                seed=seed,
+                ambiguity=ambiguity,
+                split=split,
+                conspicuity=conspicuity,
+                test_patients=test_patients,
+            )
         )
         for style in STYLES[:sites]
     }
@@ -283,21 +315,34 @@ def write_phantom_site(
     ambiguity: float = 0.0,
     split: str = "train",
     conspicuity: float = 1.0,
-) -> int:
+    test_patients: int | None = None,
+) -> list[PhantomLesion]:
     """One site's download in the named acquisition style, seeded as `write_phantom_sites` seeds
-    that style (so the same style and seed give the same site either way)."""
+    that style (so the same style and seed give the same site either way). `split="both"`
+    writes the Training split (`patients`) and the Test split (`test_patients`, default a
+    quarter of `patients`, at least 2) from separate seeds into the same download."""
     names = [s.name for s in STYLES]
     if style_name not in names:
         raise ConfigError(f"phantom style {style_name!r}: choose one of {names}")
+    if split not in (*SPLITS, "both"):
+        raise ConfigError(f"phantom split={split!r}: choose train, test or both")
     k = names.index(style_name)
-    return write_site(
-        root,
-        STYLES[k],
-        patients=patients,
-        long_side=long_side,
-        seed=seed + 1000 * k,
-        ambiguity=ambiguity,
-        split=split,
-        first_patient=1 if split == "train" else 100001,
-        conspicuity=conspicuity,
-    )
+    counts = {"train": patients, "test": patients}
+    if split == "both":
+        counts["test"] = test_patients if test_patients is not None else max(2, patients // 4)
+        if counts["test"] < 2:
+            raise ConfigError(f"phantom test_patients={counts['test']}: at least 2")
+    drawn: list[PhantomLesion] = []
+    for part in ("train", "test") if split == "both" else (split,):
+        drawn += write_site(
+            root,
+            STYLES[k],
+            patients=counts[part],
+            long_side=long_side,
+            seed=seed + 1000 * k + (500 if split == "both" and part == "test" else 0),
+            ambiguity=ambiguity,
+            split=part,
+            first_patient=1 if part == "train" else 100001,
+            conspicuity=conspicuity,
+        )
+    return drawn

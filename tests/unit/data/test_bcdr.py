@@ -12,6 +12,8 @@ import pytest
 from common.data.bcdr import read_bcdr_lesions
 from common.data.images import read_gray
 from common.data.lesions import write_lesion_patches
+from common.data.mammogram_io import read_mammogram_recorded
+from common.data.patch_set import write_manifest
 from common.errors import DataError
 
 HEADER = (
@@ -72,8 +74,10 @@ def test_bcdr_layout_to_patches(tmp_path: Path) -> None:
         and "lengths" in reasons
     )
     assert all(":" in where for where, _ in skipped)  # CSV file and line
-    patch_set = write_lesion_patches(lesions, read_gray, tmp_path / "patches")
+    patch_set = write_lesion_patches(lesions, read_mammogram_recorded, tmp_path / "patches")
     assert len(patch_set) == 3 and "duplicate" in patch_set.skipped[0][1]
+    assert patch_set.records[0].pixel_steps == "tiff:8-bit as stored"  # no min-max step
+    write_manifest(patch_set, tmp_path / "patches")
     manifest = pd.read_csv(tmp_path / "patches" / "manifest.csv")
     assert list(manifest["label"]) == [1, 0, 0] and manifest["box"][0] == "150,200,81,61"
     patch = read_gray(patch_set.records[0].path)
@@ -91,3 +95,22 @@ def test_missing_columns_name_the_file(tmp_path: Path) -> None:
 def test_no_subset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="BCDR-D01_dataset"):
         read_bcdr_lesions(tmp_path)
+
+
+def test_malformed_outline_rows_are_skipped_with_their_line(tmp_path: Path) -> None:
+    """Spaces after commas (header included) are kept out as before; an unquoted comma in one
+    row skips that row with file:line, the other rows are read."""
+    folder = tmp_path / "BCDR-D01_dataset"
+    _tif(folder / "patient_3" / "img_3_1_RCC.tif")
+    row = "3,1,1,1,1,1, patient_3/img_3_1_RCC.tif, 150 230, 200 260,0,1,2, Malign\n"
+    (folder / "bcdr_d01_outlines.csv").write_text(
+        HEADER.replace(",", ", ") + row + row.replace(" Malign", " Benign, oops") + row
+    )
+    lesions, skipped = read_bcdr_lesions(tmp_path)
+    assert [les.label for les in lesions] == [1, 1]
+    assert skipped == [
+        (
+            f"{folder / 'bcdr_d01_outlines.csv'}:3",
+            "row has 14 fields, header has 13: an unquoted comma? quote the field",
+        )
+    ]

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from common.data.dicom_writer import write_dicom as library_write_dicom
-from common.data.mammogram_io import minmax_uint8, read_mammogram
+from common.data.mammogram_io import (
+    image_shape,
+    minmax_uint8,
+    read_mammogram,
+    read_mammogram_recorded,
+)
 from common.errors import DataError
 
 
@@ -77,3 +82,35 @@ def test_jpeg2000_lossless_decodes(tmp_path: Path) -> None:
         == "JPEG 2000 Image Compression (Lossless Only)"
     )
     assert np.array_equal(read_mammogram(tmp_path / "j2k.dcm"), minmax_uint8(_ramp()))
+
+
+def test_raster_steps_are_recorded(tmp_path: Path) -> None:
+    eight = (np.arange(100).reshape(10, 10) * 2).astype(np.uint8)
+    sixteen = (np.arange(100).reshape(10, 10) * 300).astype(np.uint16)
+    color = np.dstack([eight, eight, eight])
+    cases = {
+        "a.png": (eight, "png:8-bit as stored"),
+        "a.tif": (eight, "tiff:8-bit as stored"),
+        "a.pgm": (eight, "pgm:8-bit as stored"),
+        "b.png": (sixteen, "png:16-bit minmax"),
+        "b.tiff": (sixteen, "tiff:16-bit minmax"),
+        "c.png": (color, "png:8-bit color->gray"),
+        "d.png": (np.dstack([sixteen] * 3), "png:16-bit color->gray minmax"),
+    }
+    for name, (pixels, expected) in cases.items():
+        cv2.imwrite(str(tmp_path / name), pixels)
+        image, steps = read_mammogram_recorded(tmp_path / name)
+        assert steps == expected and image.dtype == np.uint8 and image.shape == (10, 10)
+        assert image_shape(tmp_path / name) == (10, 10)
+    assert np.array_equal(read_mammogram_recorded(tmp_path / "c.png")[0], eight)
+
+
+def test_dicom_steps_are_recorded(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", _ramp(), rle=True)
+    image, steps = read_mammogram_recorded(tmp_path / "a.dcm")
+    assert np.array_equal(image, read_mammogram(tmp_path / "a.dcm"))
+    assert steps == (
+        "dicom;transfer=1.2.840.10008.1.2.5;bits_stored=12;padding=none;"
+        "modality_lut=rescale(1,0);voi=none;photometric=MONOCHROME2;minmax"
+    )
+    assert image_shape(tmp_path / "a.dcm") == (64, 48)

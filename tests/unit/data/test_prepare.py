@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 
 from simulations.cli import main
 from tests.unit.data.test_bcdr import _layout
@@ -31,9 +32,12 @@ def test_prepare_bcdr(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["all"] == {"total": 3, "malignant": 1, "benign": 2}
     assert len(report["skipped"]) == 4  # 3 bad rows + 1 duplicate lesion, each with a reason
-    split = pd.read_csv(out / "split.csv")
-    assert not split["patient_id"].duplicated().any() and set(split["split"]) == {"train", "test"}
-    assert len(pd.read_csv(out / "manifest.csv")) == 3
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 3 and set(manifest["split"]) <= {"train", "val", "test"}
+    assert manifest.groupby("patient_id")["split"].nunique().max() == 1  # per patient
+    assert "seeded per-patient split" in report["split_rule"]
+    assert report["skip_summary"]["unknown classification '...'"] == 1
+    assert report["skip_summary"]["image <file> named in the CSV not found"] == 1
 
 
 def test_prepare_manifest_with_a_bad_record(tmp_path: Path) -> None:
@@ -53,6 +57,7 @@ def test_prepare_manifest_with_a_bad_record(tmp_path: Path) -> None:
                 f"root={tmp_path / 'lesions.csv'}",
                 f"out_dir={out}",
                 "site=h1",
+                "val_fraction=0",
             ]
         )
         == 0
@@ -60,7 +65,7 @@ def test_prepare_manifest_with_a_bad_record(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["all"]["total"] == 8  # every good record written
     assert len(report["skipped"]) == 1 and "outside" in report["skipped"][0]["reason"]
-    assert report["patients"] == {"train": 6, "test": 2}
+    assert report["patients"] == {"train": 6, "val": 0, "test": 2}
 
 
 def test_prepare_cbis_ddsm(tmp_path: Path) -> None:
@@ -104,3 +109,46 @@ def test_prepare_resumes_and_runs_in_parallel(tmp_path: Path) -> None:
     assert pd.read_csv(out / "manifest.csv").equals(first)  # same records, same order
     assert all(p.stat().st_mtime_ns == stamp[p] for p in images[1:])  # kept, not rewritten
     assert images[0].is_file()
+
+
+def test_bad_settings_stop_before_any_file_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["prepare", "source=manifest", f"root={tmp_path / 'missing.csv'}", f"out_dir={tmp_path}"]
+    for bad, named in (
+        ("out_size=64", "out_size=64"),
+        ("split=official-ish", "split='official-ish'"),
+        ("abnormality=masses", "abnormality='masses'"),
+        ("test_fraction=abc", "test_fraction='abc'"),
+    ):
+        assert main([*base, bad]) == 2
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_prepare_maps_a_datasets_own_columns(tmp_path: Path) -> None:
+    """A public mass list with its own column names (center_col, center_row, radius, case_id)
+    is read with columns.<name>=<column>, no rewriting by hand."""
+    rng = np.random.default_rng(1)
+    rows = ["case_id,file,severity,center_col,center_row,radius"]
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"m{i}.png"), rng.integers(0, 255, (300, 300), dtype=np.uint8))
+        rows.append(f"mdb{i:03d},m{i}.png,{'M' if i % 2 else 'B'},150,140,30")
+    rows.append("mdb099,m0.png,M,,,")  # a widespread calcification: no position
+    (tmp_path / "masses.csv").write_text("\n".join(rows) + "\n")
+    mapping = [
+        "columns.patient_id=case_id",
+        "columns.image=file",
+        "columns.label=severity",
+        "columns.cx=center_col",
+        "columns.cy=center_row",
+    ]
+    out = tmp_path / "out"
+    args = ["prepare", "source=manifest", f"root={tmp_path / 'masses.csv'}", f"out_dir={out}"]
+    assert main([*args, *mapping, "val_fraction=0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["all"] == {"total": 6, "malignant": 3, "benign": 3}
+    (skip,) = report["skipped"]
+    assert skip["record"].endswith("masses.csv:8") and "empty" in skip["reason"]
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str)
+    assert set(manifest["box"]) == {"120,110,60,60"}

@@ -107,3 +107,30 @@ def test_model_input_and_flips() -> None:
     flipped = apply_flips(x.repeat(4, 1, 1, 1), torch.tensor([0, 1, 2, 3]))
     assert torch.equal(flipped[1], x[0].flip(-1)) and torch.equal(flipped[2], x[0].flip(-2))
     assert torch.equal(flipped[3], x[0].flip(-1).flip(-2)) and torch.equal(flipped[0], x[0])
+
+
+def test_manifest_malformed_rows_are_skipped_with_their_physical_line(tmp_path: Path) -> None:
+    """An unquoted comma skips that row only; a quoted newline earlier keeps lines physical."""
+    for name in ("a.png", "b.png", "c.png"):
+        _png(tmp_path / name)
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,patient_id,provenance_file\n"
+        'a.png,1,p1,"scan\nnotes"\n'
+        "b.png,0,p2,x,y\n"
+        "c.png,0,p3,z\n"
+    )
+    patch_set = read_patch_source(PatchSourceConfig(format="patchset", path=str(tmp_path)))
+    assert [r.patient_id for r in patch_set.records] == ["p1", "p3"]
+    assert patch_set.skipped == [
+        (
+            f"{tmp_path / 'manifest.csv'}:4",
+            "row has 5 fields, header has 4: an unquoted comma? quote the field",
+        )
+    ]
+
+
+def test_manifest_unclosed_quote_is_a_data_error(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    (tmp_path / "manifest.csv").write_text('path,label,patient_id\na.png,1,"p1\na.png,0,p2\n')
+    with pytest.raises(DataError, match=r"manifest\.csv:2: a quote opened on this line"):
+        read_patch_source(PatchSourceConfig(format="patchset", path=str(tmp_path)))

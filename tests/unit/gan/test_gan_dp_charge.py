@@ -4,6 +4,7 @@ would change the charge (other epochs, DP turned off or on) is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from functools import cache
@@ -15,7 +16,7 @@ from opacus.accountants import RDPAccountant
 
 from common.errors import PrivacyError
 from common.privacy.plan import PrivacyPlan, plan_privacy
-from tests.unit.gan.helpers import trainer
+from tests.unit.gan.helpers import tiny_config, tiny_data, trainer
 
 gan_trainer = importlib.import_module("common.training.gan_trainer")
 
@@ -92,3 +93,17 @@ def test_non_dp_gan_resume_with_dp_is_refused(tmp_path: Path) -> None:
     first.train_epoch()
     first.save_checkpoint()
     _refused(tmp_path, dp=True, epochs=2)
+
+
+def test_dp_gan_refuses_delta_at_or_above_one_over_n(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gan.dp.delta against the N=24 patches the discriminator samples, before any plan."""
+    config = tiny_config(dp=True)
+    config = dataclasses.replace(config, dp=dataclasses.replace(config.dp, delta=0.05))
+    pixels, labels = tiny_data()
+    planned: list[object] = []
+    monkeypatch.setattr(gan_trainer, "plan_privacy", lambda **kw: planned.append(kw))
+    with pytest.raises(PrivacyError, match=r"gan\.dp\.delta=0\.05 >= 1/N with N=24 patches"):
+        gan_trainer.GanTrainer(config, pixels, labels, tmp_path, torch.device("cpu"))
+    assert not planned and not any(tmp_path.iterdir())

@@ -13,7 +13,8 @@ from common.data.splits import read_prepared_split
 from common.errors import PrivacyError
 from common.federated import protocol as p
 from common.federated.model import initial_model
-from common.privacy.ledger import PrivacyBudgetExceeded
+from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
+from common.site.budget import load_or_plan
 from common.site.facts import simulated_site
 from common.site.runtime import SiteRuntime
 from common.training.engine import trainable_state
@@ -75,6 +76,38 @@ def test_delta_not_below_one_over_n_is_refused(tiny_workspace: Path, tmp_path: P
         runtime.initialize()
     with pytest.raises(PrivacyError, match="1/N"):
         runtime.synthesize(4)
+
+
+def test_delta_is_checked_against_the_units_n(
+    tiny_workspace: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under patient-level DP, N is the site's training patients: a delta refused per patch
+    (>= 1/patches) stands, with a warning, per patient (< 1/patients); 1/patients is refused.
+    The saved plan's own check (load_or_plan) uses the ledger's unit too."""
+    counted = _runtime(tiny_workspace, tmp_path / "count")
+    counted.initialize()
+    rows = counted._data().train.patch_set.patients
+    patches, patients = len(rows), len(set(rows))
+    assert patients < patches
+    between = (1 / patches + 1 / patients) / 2
+    per_patch = _runtime(tiny_workspace, tmp_path / "a", f"privacy.delta={between}")
+    with pytest.raises(PrivacyError, match=f"1/N with N={patches} patches"):
+        per_patch.initialize()
+    per_patient = _runtime(
+        tiny_workspace, tmp_path / "b", f"privacy.delta={between}", "privacy.unit=patient"
+    )
+    with caplog.at_level("WARNING", logger="common.privacy.delta"):
+        per_patient.initialize()
+    assert f"N={patients} patients" in caplog.text and "1/(10 N)" in caplog.text
+    refused = _runtime(
+        tiny_workspace, tmp_path / "c", f"privacy.delta={1 / patients}", "privacy.unit=patient"
+    )
+    with pytest.raises(PrivacyError, match=f"1/N with N={patients} patients"):
+        refused.initialize()
+    ledger = PrivacyLedger(delta=1 / patients, unit="patient")
+    with pytest.raises(PrivacyError, match=f"1/N with N={patients} patients"):
+        load_or_plan(tmp_path / "plan.json", refused.config, ledger, patients, 6.0)
+    assert not (tmp_path / "plan.json").exists()
 
 
 def test_exact_count_only_when_the_site_opted_in(tiny_workspace: Path, tmp_path: Path) -> None:

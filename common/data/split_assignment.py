@@ -1,0 +1,79 @@
+"""Which split each prepared patient belongs to: the source's official split, or a seeded one.
+
+CBIS-DDSM's description CSVs say which patients are Training and which Test: the per-patient
+split every paper uses, kept by default. A validation split is always carved from train only
+(seeded, per patient, label-stratified), never from test. When the source holds one split (a
+Training-only download, BCDR, a lesion manifest) or a random split is asked for, the test
+patients are a seeded per-patient split of all patients, and the rule says so.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from common.data.patch_set import PatchSet, show_patient
+from common.data.splits import split_by_patient
+from common.errors import ConfigError, DataError
+
+SPLIT_MODES = ("official", "random")
+
+
+def assign_splits(
+    patch_set: PatchSet, *, mode: str, test_fraction: float, val_fraction: float, seed: int
+) -> tuple[PatchSet, str]:
+    """The patch set with every record's `split` set to train, val or test, and the rule used
+    (for the report). Records may arrive with an official split ('train'/'test') or none.
+
+    Raises ConfigError for a bad mode or fraction, DataError when the official split puts a
+    patient on both sides (the ids are named; `split=random` re-splits on purpose).
+    """
+    if mode not in SPLIT_MODES:
+        raise ConfigError(f"split={mode!r}: choose one of {', '.join(SPLIT_MODES)}")
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name}={value}: use a fraction in [0, 1)")
+    official = {r.split for r in patch_set.records}
+    if mode == "official" and official == {"train", "test"}:
+        _refuse_patients_on_both_sides(patch_set)
+        train_idx = [i for i, r in enumerate(patch_set.records) if r.split == "train"]
+        test_idx = [i for i, r in enumerate(patch_set.records) if r.split == "test"]
+        train, test = patch_set.subset(train_idx), patch_set.subset(test_idx)
+        rule = "official split (the source's Training / Test rows)"
+    else:
+        train, test = _seeded(patch_set, test_fraction, seed)
+        why = (
+            "split=random asked for"
+            if mode == "random"
+            else f"the source holds one split ({', '.join(sorted(official - {''})) or 'none'})"
+        )
+        rule = f"seeded per-patient split, test_fraction {test_fraction}, seed {seed} ({why})"
+    train, val = _seeded(train, val_fraction, seed)
+    rule += f"; val: seeded per-patient {val_fraction} of train, seed {seed}"
+    records = [
+        replace(record, split=split)
+        for split, part in (("train", train), ("val", val), ("test", test))
+        for record in part.records
+    ]
+    return PatchSet(records, patch_set.skipped, patch_set.name), rule
+
+
+def _seeded(patch_set: PatchSet, fraction: float, seed: int) -> tuple[PatchSet, PatchSet]:
+    if fraction == 0.0 or len(patch_set) == 0:
+        return patch_set, patch_set.subset([])
+    return split_by_patient(patch_set, fraction, seed)
+
+
+def _refuse_patients_on_both_sides(patch_set: PatchSet) -> None:
+    sides: dict[str, set[str]] = defaultdict(set)
+    for record in patch_set.records:
+        sides[record.patient_key].add(record.split)
+    both = sorted(p for p, s in sides.items() if len(s) > 1)
+    if both:
+        shown = ", ".join(show_patient(p) for p in both[:10])
+        raise DataError(
+            f"{len(both)} patients are in both the official Training and Test rows ({shown}"
+            f"{', ...' if len(both) > 10 else ''}), as happens when mass and calc files are "
+            "combined: prepare one abnormality type (abnormality=mass), or re-split at random "
+            "on purpose with split=random"
+        )

@@ -1,0 +1,81 @@
+"""`mammofl prepare`: command-line options -> `common.data.prepare` (thin)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.data.prepare import PrepareOptions, prepare
+from common.errors import ConfigError
+from simulations.cli import split_options
+
+TEXT = (
+    "source",
+    "root",
+    "out_dir",
+    "split",
+    "mode",
+    "border",
+    "y_origin",
+    "site",
+    "csv",
+    "abnormality",
+)
+NUMBERS = {
+    "test_fraction": float,
+    "val_fraction": float,
+    "seed": int,
+    "out_size": int,
+    "workers": int,
+}
+FLAGS = ("allow_for_processing",)
+USAGE = (
+    "usage: mammofl prepare source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR "
+    "[split=official|random] [test_fraction=] [val_fraction=] [seed=] [abnormality=mass|calc|all] "
+    "[csv=] [site=] [columns.<name>=<your column>] [allow_for_processing=true] [mode=] "
+    "[out_size=] [border=] [y_origin=] [workers=]"
+)
+
+
+def prepare_options(args: Sequence[str]) -> PrepareOptions:
+    """Parse `name=value` options. `test_fraction=` without `split=` asks for a seeded random
+    split (as before the official split was kept); `columns.cx=center_col` maps a manifest's
+    own column names."""
+    columns = tuple(
+        (arg.partition("=")[0].removeprefix("columns."), arg.partition("=")[2])
+        for arg in args
+        if arg.startswith("columns.")
+    )
+    options, rest = split_options(
+        [a for a in args if not a.startswith("columns.")], (*TEXT, *NUMBERS, *FLAGS)
+    )
+    if rest or not {"source", "root", "out_dir"} <= set(options):
+        raise ConfigError(f"{USAGE}\n(not understood: {' '.join(rest) or 'missing options'})")
+    typed: dict[str, object] = {k: v for k, v in options.items() if k in TEXT}
+    typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
+    for key, kind in NUMBERS.items():
+        if key in options:
+            try:
+                typed[key] = kind(options[key])
+            except ValueError as error:
+                raise ConfigError(f"{key}={options[key]!r}: a number expected") from error
+    for key in FLAGS:
+        if key in options:
+            if options[key].lower() not in ("true", "false"):
+                raise ConfigError(f"{key}={options[key]!r}: true or false")
+            typed[key] = options[key].lower() == "true"
+    if "test_fraction" in options and "split" not in options:
+        typed["split"] = "random"
+    if columns:
+        if options["source"] != "manifest":
+            raise ConfigError("columns.<name>= maps a lesion manifest's columns (source=manifest)")
+        typed["columns"] = columns
+    return PrepareOptions(**typed)  # type: ignore[arg-type]
+
+
+def cmd_prepare(args: Sequence[str]) -> int:
+    report = prepare(prepare_options(args))
+    summary = {k: report[k] for k in ("split_rule", "counts", "patients")}
+    print(json.dumps(summary | {"skipped": report["skip_summary"]}, indent=2))
+    return 0
