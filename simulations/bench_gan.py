@@ -1,7 +1,7 @@
 """MCGAN training throughput, side by side: full paper size vs the reduced CPU model, with and
 without DP on the discriminator.
 
-    .venv/bin/python -m simulations.bench_gan [steps=10] [sizes=full,reduced] [dp=both]
+    .venv/bin/mammofl bench gan [steps=10] [sizes=full,reduced] [dp=both]
 
 Random 8-bit data (speed does not depend on content); one epoch of `steps` batches of 16.
 """

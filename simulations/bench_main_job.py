@@ -1,7 +1,7 @@
 """The README's first command, timed: wall time and peak memory of the whole process tree
 (launcher, Ray, the simulated ClientApps), machine named.
 
-    .venv/bin/python -m simulations.bench_main_job [out_dir=runs/bench_main_job] [<overrides>]
+    .venv/bin/mammofl bench main-job [out_dir=runs/bench_main_job] [<overrides>]
 
 Runs `mammofl federate` in a fresh out_dir as a subprocess and samples the resident memory of
 it and all its children every 0.5 s (psutil).

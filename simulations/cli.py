@@ -27,7 +27,8 @@ commands:
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N
             allow_patient_overlap=true]: score a saved model (a prepared set: its test rows;
             a test patient the model trained or selected on is refused)
-  table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR: run/resume the Table 1 grid
+  table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR [grid=true|false]: run/resume
+            the Table 1 grid (grid=true: compatible cached cells trained as one program)
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR [split=official|random
             abnormality=mass|calc|all columns.<name>=<col> ...]: patches + train/val/test split
   phantom   out_dir=DIR [sites=3 patients=30 test_patients=7 long_side=2000 seed=0 ambiguity=0
@@ -44,6 +45,8 @@ commands:
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
+  bench     dp-finetune|gan|main-job [options]: a benchmark, baseline and fast path side by
+            side in one run, machine named
   audit     <overrides> out_dir=DIR [seeds=[42,43,44] shadows=16 k=[50,100,200]
             confidence=0.95 canaries=real|mislabelled canary_count=M]: membership inference
             (LiRA, loss threshold) against the config's model trained on random halves, and a
@@ -138,16 +141,19 @@ def cmd_evaluate(args: Sequence[str]) -> int:
 def cmd_table1(args: Sequence[str]) -> int:
     from simulations.table1 import DEFAULT_ROWS, DEFAULT_SEEDS, run_table1
 
-    options, rest = split_options(args, ("rows", "seeds", "out_dir"))
+    options, rest = split_options(args, ("rows", "seeds", "out_dir", "grid"))
     if "out_dir" not in options:
         raise ConfigError("mammofl table1 needs out_dir=DIR")
+    grid = options.get("grid", "true").lower()
+    if grid not in ("true", "false"):
+        raise ConfigError(f"grid={grid!r}: true or false")
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
     seeds = (
         [int(s) for s in parse_list(options["seeds"])]
         if "seeds" in options
         else list(DEFAULT_SEEDS)
     )
-    paths = run_table1(Path(options["out_dir"]), rows, seeds, rest)
+    paths = run_table1(Path(options["out_dir"]), rows, seeds, rest, grid=grid == "true")
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -182,7 +188,13 @@ def cmd_phantom(args: Sequence[str]) -> int:
         raise ConfigError(
             f"mammofl phantom: {error}; ambiguity and conspicuity are numbers"
         ) from error
-    rows = write_phantom_sites(out_dir, **numbers, **shape, split=extra.get("split", "both"))
+    rows = write_phantom_sites(
+        out_dir,
+        **numbers,
+        ambiguity=shape.get("ambiguity", 0.0),
+        conspicuity=shape.get("conspicuity", 1.0),
+        split=extra.get("split", "both"),
+    )
     print(json.dumps({"out_dir": str(out_dir), "lesion_views_per_site": rows}, indent=2))
     return 0
 
@@ -254,7 +266,28 @@ def cmd_audit(args: Sequence[str]) -> int:
     return audit(args)
 
 
+BENCHMARKS = {
+    "dp-finetune": "simulations.bench_dp_finetune",
+    "gan": "simulations.bench_gan",
+    "main-job": "simulations.bench_main_job",
+}
+
+
+def cmd_bench(args: Sequence[str]) -> int:
+    """`mammofl bench <name> [options]`: one benchmark (baseline and fast path side by side)."""
+    import importlib
+
+    if not args or args[0] not in BENCHMARKS:
+        raise ConfigError(
+            f"usage: mammofl bench {'|'.join(BENCHMARKS)} [options] (each module's docstring "
+            "lists its options)"
+        )
+    result = importlib.import_module(BENCHMARKS[args[0]]).main(list(args[1:]))
+    return int(result or 0)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "bench": cmd_bench,
     "plan": cmd_plan,
     "train": cmd_train,
     "evaluate": cmd_evaluate,

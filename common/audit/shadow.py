@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.atomic_io import atomic_torch_save
 from common.audit.population import Population
 from common.config.schema import MammoflConfig
 from common.data.images import LoadedPatches
@@ -35,10 +33,7 @@ from common.runs.planning import plan_for
 from common.runs.single_node import engine_settings as cell_engine_settings
 from common.runs.single_node import seed_everything
 from common.training.features import (
-    backbone_checksum,
-    cache_key,
     cached_features,
-    source_segments,
 )
 from common.training.fit import fit
 from common.training.settings import (
@@ -85,28 +80,6 @@ def variants_of(config: MammoflConfig) -> tuple[int, ...]:
     return (0, 1, 2, 3) if config.train.flips else (0,)
 
 
-def prime_feature_cache(
-    model: Classifier,
-    subset: LoadedPatches,
-    features: torch.Tensor,
-    variants: tuple[int, ...],
-    cache_dir: str,
-) -> list[Path]:
-    """Write `features` [V, n, F] of `subset` where `cached_features` will look for them;
-    return the files written (the caller removes them after training)."""
-    checksum = backbone_checksum(model.backbone)
-    written = []
-    for start, stop in source_segments(subset):
-        segment = LoadedPatches(
-            subset.patch_set.subset(range(start, stop)), subset.pixels[start:stop]
-        )
-        path = Path(cache_dir) / f"features-{cache_key(checksum, segment, variants)}.pt"
-        if not path.is_file():
-            atomic_torch_save(path, features[:, start:stop].clone())
-            written.append(path)
-    return written
-
-
 @torch.no_grad()
 def head_logits(model: Classifier, features: torch.Tensor, device: torch.device) -> np.ndarray:
     model.head.eval()
@@ -145,30 +118,23 @@ def train_model(
     variants = variants_of(config)
     everyone = features(original, variants)
     indices = population.training_indices(included)
-    subset = population.subset(indices)
-    primed = prime_feature_cache(
-        model, subset, everyone[:, indices], variants, config.train.feature_cache_dir
-    )
+    subset = population.subset(indices)  # its features: in the bank since `everyone`
     if config.privacy.enabled:  # the audit's N: every model's expected training size
         check_delta(config.privacy.delta, population.expected_training_size, "patch")
     plan = plan_for(config, population.expected_training_size)  # not len(indices): see there
     ledger = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
-    try:
-        result = fit(
-            model,
-            config.train.engine,
-            subset,
-            validation,
-            engine_settings(config, model, plan, device),
-            epochs=config.train.epochs,
-            ledger=ledger,
-            selection_positive=config.train.selection_positive,
-            target_epsilon=plan.target_epsilon,
-            eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
-        )
-    finally:
-        for path in primed:
-            path.unlink(missing_ok=True)
+    result = fit(
+        model,
+        config.train.engine,
+        subset,
+        validation,
+        engine_settings(config, model, plan, device),
+        epochs=config.train.epochs,
+        ledger=ledger,
+        selection_positive=config.train.selection_positive,
+        target_epsilon=plan.target_epsilon,
+        eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
+    )
     if result.frozen_checksum_before != result.frozen_checksum_after:
         raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
     if result.mechanism_steps is not None and result.mechanism_steps != result.steps:

@@ -6,13 +6,15 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.config.schema import MammoflConfig
+from common.config.schema import DataConfig, MammoflConfig
 from common.errors import ConfigError, PrivacyError
 from common.eval.metrics import evaluate_scores
 from common.eval.predict import predict_probabilities
@@ -26,9 +28,9 @@ from common.privacy.plan import PrivacyPlan
 from common.privacy.randomness import noise_mode
 from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
-from common.runs.run_data import load_run_data
+from common.runs.run_data import RunData, load_run_data
 from common.runs.shareable import shareable_record
-from common.training.fit import fit
+from common.training.fit import FitResult, fit
 from common.training.settings import (
     DPSettings,
     EngineSettings,
@@ -104,10 +106,32 @@ def engine_settings(
     )
 
 
-def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train one cell and write to out_dir: result.json (shareable: no path, hash or exact
-    count of private data), site_only.json (the whole record), model.pt, predictions_<test>.csv.
-    Returns the whole record."""
+@dataclass
+class PreparedCell:
+    """One cell ready to train: its data, plan, model (policy applied), engine settings and a
+    fresh ledger; `fit_cell` trains it, `finish_cell` evaluates and writes its records."""
+
+    config: MammoflConfig
+    out_dir: Path
+    data: RunData
+    plan: PrivacyPlan
+    model: Classifier
+    trainable: list[str]
+    device: torch.device
+    settings: EngineSettings
+    ledger: PrivacyLedger
+    delta_warning: str | None
+    started: float
+
+
+def prepare_cell(
+    config: MammoflConfig,
+    out_dir: Path,
+    progress: bool = True,
+    load: Callable[[DataConfig, bool], RunData] = load_run_data,
+) -> PreparedCell:
+    """Everything before training: refusals (SynPre+RealFT without a start model, delta >= 1/N
+    of the unit), data, plan, model. `load` lets a grid share one loaded copy of equal data."""
     started = time.time()
     if config.paper_row.setting == "SynPre+RealFT" and not config.model.init_from:
         raise ConfigError(
@@ -115,7 +139,7 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
             "(mammofl table1 does this for you)"
         )
     seed_everything(config.seed)
-    data = load_run_data(config.data, progress)
+    data = load(config.data, progress)
     records = RecordGroups.for_unit(config.privacy.unit, data.train.patch_set.patient_keys)
     delta_warning = None
     if config.privacy.enabled:  # before any data use
@@ -125,22 +149,58 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
     trainable = apply_trainable_policy(model, config.model.trainable)
     device = resolve_device(config.train.device)
     settings = engine_settings(config, model, plan, device, progress=progress)
-    dp, noise_seed = settings.dp, settings.noise_seed
     ledger = PrivacyLedger(
         delta=config.privacy.delta, accountant=config.privacy.accountant, unit=config.privacy.unit
     )
-    result = fit(
+    return PreparedCell(
+        config,
+        out_dir,
+        data,
+        plan,
         model,
-        config.train.engine,
-        data.train,
-        data.validation,
+        trainable,
+        device,
         settings,
+        ledger,
+        delta_warning,
+        started,
+    )
+
+
+def fit_cell(cell: PreparedCell) -> FitResult:
+    config = cell.config
+    return fit(
+        cell.model,
+        config.train.engine,
+        cell.data.train,
+        cell.data.validation,
+        cell.settings,
         epochs=config.train.epochs,
-        ledger=ledger,
+        ledger=cell.ledger,
         selection_positive=config.train.selection_positive,
-        target_epsilon=plan.target_epsilon,
+        target_epsilon=cell.plan.target_epsilon,
         eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
     )
+
+
+def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train one cell and write to out_dir: result.json (shareable: no path, hash or exact
+    count of private data), site_only.json (the whole record), model.pt, predictions_<test>.csv.
+    Returns the whole record."""
+    cell = prepare_cell(config, out_dir, progress)
+    return finish_cell(cell, fit_cell(cell))
+
+
+def finish_cell(cell: PreparedCell, result: FitResult) -> dict[str, Any]:
+    """After training: the consistency checks, test scores, model and records (see run_cell)."""
+    config, out_dir, data, plan, model = cell.config, cell.out_dir, cell.data, cell.plan, cell.model
+    trainable, device, ledger, delta_warning = (
+        cell.trainable,
+        cell.device,
+        cell.ledger,
+        cell.delta_warning,
+    )
+    dp, noise_seed, started = cell.settings.dp, cell.settings.noise_seed, cell.started
     if result.frozen_checksum_before != result.frozen_checksum_after:
         raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
     if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
@@ -158,7 +218,7 @@ def run_cell(config: MammoflConfig, out_dir: Path, progress: bool = True) -> dic
         tests[name] = evaluate_scores(
             loaded.patch_set.labels,
             scores,
-            loaded.patch_set.patients,
+            loaded.patch_set.patient_keys,
             bootstrap=config.eval.bootstrap,
             confidence=config.eval.confidence,
             seed=config.seed,

@@ -7,6 +7,8 @@ gradient tensors, so 300 epochs take seconds on a CPU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,6 +29,14 @@ from common.training.head_gradients import clipped_gradient_sum
 from common.training.settings import EngineSettings
 
 
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Frozen-backbone features: train [variants, N, F] and each evaluation set's [N, F]."""
+
+    train: torch.Tensor
+    evaluation: dict[str, torch.Tensor]
+
+
 class CachedEngine(TrainableParameters):
     def __init__(
         self,
@@ -34,7 +44,10 @@ class CachedEngine(TrainableParameters):
         train: LoadedPatches,
         eval_sets: dict[str, LoadedPatches],
         settings: EngineSettings,
+        features: CachedFeatures | None = None,
     ) -> None:
+        """`features`: another engine's `features()` on the same backbone and sets (the grid
+        engine shares one copy across cells); None: computed (or read from the cache)."""
         backbone_trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
         if backbone_trainable:
             raise ConfigError(
@@ -47,7 +60,7 @@ class CachedEngine(TrainableParameters):
         variants = (0, 1, 2, 3) if settings.flips else (0,)
         extract = model.backbone.to(settings.device)
 
-        def features(loaded: LoadedPatches, chosen: tuple[int, ...]) -> torch.Tensor:
+        def compute(loaded: LoadedPatches, chosen: tuple[int, ...]) -> torch.Tensor:
             return cached_features(
                 extract,
                 loaded,
@@ -58,9 +71,12 @@ class CachedEngine(TrainableParameters):
                 settings.progress,
             ).to(settings.device)
 
-        self.train_features = features(train, variants)
+        if features is None:
+            self.train_features = compute(train, variants)
+            self.eval_features = {name: compute(s, (0,))[0] for name, s in eval_sets.items()}
+        else:
+            self.train_features, self.eval_features = features.train, dict(features.evaluation)
         self.train_labels = train.labels.to(settings.device)
-        self.eval_features = {name: features(s, (0,))[0] for name, s in eval_sets.items()}
         self.eval_labels = {name: s.labels.to(settings.device) for name, s in eval_sets.items()}
         self.parameters = [p for p in self.head.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -80,6 +96,9 @@ class CachedEngine(TrainableParameters):
                 generator=private_generator(settings.device, None if seed is None else seed + 1),
             )
         self.steps_done = 0
+
+    def features(self) -> CachedFeatures:
+        return CachedFeatures(self.train_features, self.eval_features)
 
     @property
     def dataset_size(self) -> int:

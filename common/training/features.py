@@ -1,22 +1,25 @@
 """Frozen-backbone features, computed once per image and flip variant, in eval mode, cached.
 
-The cache key covers everything that changes the numbers: backbone weights (checksum), image
-size, the patch set's manifest hash and the variants, so a stale cache cannot be reused.
+The cache (`feature_bank`) is keyed by what changes the numbers: the backbone's weights
+(checksum), the flip variants, the input format and each image's own pixels, so a stale
+feature cannot be reused and a known image is never recomputed.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.atomic_io import atomic_torch_save
 from common.data.images import LoadedPatches, apply_flips, to_model_input
+from common.training.feature_bank import FeatureBank, image_hashes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,39 @@ def backbone_checksum(backbone: nn.Module) -> str:
     return digest.hexdigest()
 
 
+FROZEN_GRAPH_MIN_IMAGES = 256  # below this, tracing costs more than it saves
+FROZEN_GRAPH_TOLERANCE = 1e-4  # relative to the largest feature, checked on the first batch
+
+
+def frozen_graph(
+    backbone: nn.Module, images: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A frozen TorchScript copy of an eval-mode float32 backbone on CPU (BatchNorm folded into
+    the convolutions, oneDNN kernels: about 1.8x eager channels-last for EfficientNet-Lite0
+    here), or None where it does not apply or does not reproduce eager features on `images`
+    (then the eager backbone is used)."""
+    if images.device.type != "cpu" or images.dtype != torch.float32:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings: the check below decides
+            graph = torch.jit.optimize_for_inference(
+                torch.jit.freeze(torch.jit.trace(copy.deepcopy(backbone).eval(), images[:2]))
+            )
+            expected, got = backbone(images), graph(images)
+    except Exception as error:  # an untraceable backbone: eager it is
+        log.debug("features: no frozen graph (%s)", error)
+        return None
+    scale = float(expected.abs().max()) or 1.0
+    if (
+        got.shape != expected.shape
+        or float((got - expected).abs().max()) > FROZEN_GRAPH_TOLERANCE * scale
+    ):
+        log.debug("features: the frozen graph differs from eager; eager is used")
+        return None
+    return graph
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module,
@@ -38,44 +74,29 @@ def extract_features(
     device: torch.device,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Features [len(variants), N, F] (float32) with the backbone in eval mode."""
+    """Features [len(variants), N, F] (float32) with the backbone in eval mode; on CPU through a
+    frozen graph when it reproduces eager features (`frozen_graph`)."""
     was_training = backbone.training
     backbone.eval().to(memory_format=torch.channels_last)  # 1.5-2x faster convs on CPU
     chunks: list[list[torch.Tensor]] = [[] for _ in variants]
     total = len(loaded.pixels)
     bar = tqdm(total=total * len(variants), disable=not progress, desc="features", unit="img")
+    run: Callable[[torch.Tensor], torch.Tensor] = backbone
     try:
         for start in range(0, total, batch_size):
             dtype = next(backbone.parameters()).dtype
             images = to_model_input(loaded.pixels[start : start + batch_size]).to(device, dtype)
             images = images.contiguous(memory_format=torch.channels_last)
+            if start == 0 and total * len(variants) >= FROZEN_GRAPH_MIN_IMAGES:
+                run = frozen_graph(backbone, images) or backbone
             for slot, variant in enumerate(variants):
                 flips = torch.full((images.shape[0],), variant, device=device)
-                chunks[slot].append(backbone(apply_flips(images, flips)).cpu())
+                chunks[slot].append(run(apply_flips(images, flips)).cpu())
                 bar.update(images.shape[0])
     finally:
         bar.close()
         backbone.train(was_training).to(memory_format=torch.contiguous_format)
     return torch.stack([torch.cat(c) for c in chunks])
-
-
-def source_segments(loaded: LoadedPatches) -> list[tuple[int, int]]:
-    """Contiguous runs of records from the same source (real, synthetic): cached separately, so
-    the real part of a Real+Syn set reuses the Real row's features."""
-    sources = [r.source for r in loaded.patch_set.records]
-    bounds = [0] + [i for i in range(1, len(sources)) if sources[i] != sources[i - 1]]
-    return list(zip(bounds, [*bounds[1:], len(sources)], strict=True))
-
-
-def cache_key(checksum: str, loaded: LoadedPatches, variants: tuple[int, ...]) -> str:
-    """File key of cached features: backbone checksum, manifest, flip variants and the pixels
-    themselves (24 hex digits; the file is `features-<key>.pt` in the cache dir)."""
-    digest = hashlib.sha256()
-    for part in (checksum, loaded.patch_set.manifest_hash(), ",".join(map(str, variants))):
-        digest.update(part.encode())
-    digest.update(str(loaded.pixels.shape).encode())
-    digest.update(np.ascontiguousarray(loaded.pixels).tobytes())  # content, not just names
-    return digest.hexdigest()[:24]
 
 
 def cached_features(
@@ -87,24 +108,19 @@ def cached_features(
     cache_dir: str | None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """`extract_features`, read from / written to `cache_dir` when given (atomic writes).
-
-    The key covers the backbone's weights, the records and their pixels, and the variants.
-    """
+    """`extract_features`, each image's features read from / added to the feature bank in
+    `cache_dir` when given (see `feature_bank`): only images the bank lacks go through the
+    backbone, whatever manifest, subset or order they arrive in."""
     if not cache_dir:
         return extract_features(backbone, loaded, variants, batch_size, device, progress)
-    checksum = backbone_checksum(backbone)
-    parts = []
-    for start, stop in source_segments(loaded):
-        segment = LoadedPatches(
-            loaded.patch_set.subset(range(start, stop)), loaded.pixels[start:stop]
-        )
-        path = Path(cache_dir) / f"features-{cache_key(checksum, segment, variants)}.pt"
-        if path.is_file():
-            log.debug("features from cache %s", path)
-            parts.append(torch.load(path, weights_only=True))
-            continue
-        features = extract_features(backbone, segment, variants, batch_size, device, progress)
-        atomic_torch_save(path, features)
-        parts.append(features)
-    return torch.cat(parts, dim=1)
+    bank = FeatureBank(Path(cache_dir), backbone_checksum(backbone), variants)
+    hashes = image_hashes(loaded.pixels)
+    found, missing = bank.lookup(hashes)
+    if missing:
+        log.debug("features: %d of %d images not in %s", len(missing), len(hashes), bank.folder)
+        new = LoadedPatches(loaded.patch_set.subset(missing), loaded.pixels[missing])
+        computed = extract_features(backbone, new, variants, batch_size, device, progress)
+        unique = {h: k for k, h in enumerate(hashes[i] for i in missing)}  # repeats stored once
+        bank.add(list(unique), computed[:, list(unique.values())])
+        found |= {position: computed[:, k] for k, position in enumerate(missing)}
+    return torch.stack([found[p] for p in range(len(hashes))], dim=1)

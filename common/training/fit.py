@@ -199,6 +199,49 @@ def check_finite(model: Classifier, train_loss: float | None, epoch: int, lr: fl
         )
 
 
+def epoch_record(
+    engine: TrainingEngine,
+    model: Classifier,
+    validation: LoadedPatches | None,
+    settings: EngineSettings,
+    ledger: PrivacyLedger,
+    before: list[LedgerEvent],
+    selector: EpochSelector | LastIterate,
+    epoch: int,
+    train_loss: float,
+    seconds: float,
+    selection_positive: str,
+) -> EpochRecord:
+    """After an epoch: check the weights, score validation, account epsilon (history `before`
+    plus the steps so far) and offer the epoch to the selector; returns its record."""
+    dp = settings.dp
+    check_finite(model, train_loss if dp is None else None, epoch, settings.lr)
+    score = val_loss = None
+    if validation is not None:
+        scores, val_loss = engine.predict("validation")
+        val_labels = validation.labels.numpy()
+        score = (
+            auprc(val_labels, scores, selection_positive)
+            if len(np.unique(val_labels)) > 1
+            else float("nan")
+        )
+    epsilon = None
+    if dp is not None:
+        spent = LedgerEvent(
+            noise_multiplier=dp.noise_multiplier,
+            sample_rate=dp.sample_rate,
+            steps=engine.steps_done,
+        )
+        epsilon = epsilon_of([*before, spent], ledger.delta, ledger.accountant)
+    # under DP the training loss is an un-noised statistic of private images: not recorded
+    logged_loss = train_loss if dp is None else None
+    record = EpochRecord(
+        epoch, logged_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
+    )
+    selector.offer(record, engine.model_state)
+    return record
+
+
 def _train_epochs(
     engine: TrainingEngine,
     model: Classifier,
@@ -223,31 +266,19 @@ def _train_epochs(
     for epoch in bar:
         started = time.perf_counter()
         train_loss = engine.train_epoch()
-        seconds = time.perf_counter() - started
-        check_finite(model, train_loss if dp is None else None, epoch, settings.lr)
-        score = val_loss = None
-        if validation is not None:
-            scores, val_loss = engine.predict("validation")
-            val_labels = validation.labels.numpy()
-            score = (
-                auprc(val_labels, scores, selection_positive)
-                if len(np.unique(val_labels)) > 1
-                else float("nan")
-            )
-        epsilon = None
-        if dp is not None:
-            spent = LedgerEvent(
-                noise_multiplier=dp.noise_multiplier,
-                sample_rate=dp.sample_rate,
-                steps=engine.steps_done,
-            )
-            epsilon = epsilon_of([*before, spent], ledger.delta, ledger.accountant)
-        # under DP the training loss is an un-noised statistic of private images: not recorded
-        logged_loss = train_loss if dp is None else None
-        record = EpochRecord(
-            epoch, logged_loss, val_loss, score, epsilon, selector.eligible(epsilon), seconds
+        record = epoch_record(
+            engine,
+            model,
+            validation,
+            settings,
+            ledger,
+            before,
+            selector,
+            epoch,
+            train_loss,
+            time.perf_counter() - started,
+            selection_positive,
         )
         history.append(record)
-        selector.offer(record, engine.model_state)
-        bar.set_postfix(val_auprc=score, eps=epsilon)
+        bar.set_postfix(val_auprc=record.val_auprc, eps=record.epsilon)
     return history, selector

@@ -1,0 +1,161 @@
+"""`fit` for a grid of cached-engine cells: one vectorised program, one result per cell.
+
+Every cell keeps what `fit` gives a single run: its budget checked before any step, its
+reservation in its own ledger, its own epoch records (validation AUPRC, epsilon of its own
+history), its own selection and its own settled event. Only the steps are taken together
+(`GridCachedEngine`). Wall time per epoch is recorded as the grid's time divided by the cells.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from common.data.images import LoadedPatches
+from common.errors import PrivacyError
+from common.models.classifier import Classifier
+from common.models.policies import check_no_per_window_gradients, frozen_checksum
+from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from common.training.cached_engine import CachedEngine
+from common.training.fit import FitResult, epoch_record, planned_event
+from common.training.grid_engine import GridCachedEngine
+from common.training.selection import EpochRecord, EpochSelector, LastIterate
+from common.training.settings import EngineSettings
+
+
+@dataclass
+class GridCell:
+    """One cell of a grid: its model (head trained in place), settings and ledger."""
+
+    model: Classifier
+    settings: EngineSettings
+    ledger: PrivacyLedger
+    target_epsilon: float | None = None
+    selection: str = "best"
+    selection_positive: str = "benign"
+    eligible: tuple[float, float] = (0.75, 1.05)
+
+
+def fit_grid(
+    cells: Sequence[GridCell],
+    train: LoadedPatches,
+    validation: LoadedPatches | None,
+    *,
+    epochs: int,
+    progress: bool = False,
+) -> list[FitResult]:
+    """Train every cell on `train` (the same records and features for all), select and charge
+    per cell, as `fit` with `train.engine=cached` would one cell at a time. Raises
+    `PrivacyBudgetExceeded` before any step if any DP cell's plan exceeds its budget, and
+    ConfigError (from the grid engine) for cells that cannot share one program."""
+    planned: list[LedgerEvent | None] = []
+    for cell in cells:
+        if cell.selection == "best" and validation is None:
+            raise ValueError("selection=best needs a validation set")
+        event = None
+        if cell.settings.dp is not None:
+            if cell.target_epsilon is None:
+                raise PrivacyError("a DP run needs a budget: set a target epsilon")
+            check_no_per_window_gradients(cell.model)
+            event = planned_event(cell.settings, epochs, None)
+            cell.ledger.check_within(event, cell.target_epsilon)
+        planned.append(event)
+    before_sums = [frozen_checksum(cell.model) for cell in cells]
+    eval_sets = {"validation": validation} if validation is not None else {}
+    engines = [CachedEngine(cells[0].model, train, eval_sets, cells[0].settings)]
+    shared = engines[0].features()
+    engines += [
+        CachedEngine(cell.model, train, eval_sets, cell.settings, features=shared)
+        for cell in cells[1:]
+    ]
+    try:
+        grid = GridCachedEngine(engines)
+        reservations = [
+            cell.ledger.reserve(event) if event is not None else None
+            for cell, event in zip(cells, planned, strict=True)
+        ]
+        histories, selectors = _train(grid, cells, validation, epochs, progress)
+        results = []
+        for k, cell in enumerate(cells):
+            results.append(
+                _settle(
+                    cell, engines[k], histories[k], selectors[k], reservations[k], before_sums[k]
+                )
+            )
+    finally:
+        for engine in engines:
+            engine.close()
+    return results
+
+
+def _train(
+    grid: GridCachedEngine,
+    cells: Sequence[GridCell],
+    validation: LoadedPatches | None,
+    epochs: int,
+    progress: bool,
+) -> tuple[list[list[EpochRecord]], list[EpochSelector | LastIterate]]:
+    selectors: list[EpochSelector | LastIterate] = [
+        LastIterate()
+        if cell.selection == "last"
+        else EpochSelector(cell.target_epsilon if cell.settings.dp else None, *cell.eligible)
+        for cell in cells
+    ]
+    # each ledger's last event is the reservation standing for this run's steps
+    befores = [c.ledger.events[:-1] if c.settings.dp else c.ledger.events for c in cells]
+    histories: list[list[EpochRecord]] = [[] for _ in cells]
+    for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="grid epochs"):
+        started = time.perf_counter()
+        losses = grid.train_epoch()
+        seconds = (time.perf_counter() - started) / len(cells)
+        for k, cell in enumerate(cells):
+            histories[k].append(
+                epoch_record(
+                    grid.engines[k],
+                    cell.model,
+                    validation,
+                    cell.settings,
+                    cell.ledger,
+                    befores[k],
+                    selectors[k],
+                    epoch,
+                    losses[k],
+                    seconds,
+                    cell.selection_positive,
+                )
+            )
+    return histories, selectors
+
+
+def _settle(
+    cell: GridCell,
+    engine: CachedEngine,
+    history: list[EpochRecord],
+    selector: EpochSelector | LastIterate,
+    reservation: int | None,
+    checksum_before: str,
+) -> FitResult:
+    note = "last iterate" if cell.selection == "last" else "best eligible epoch by validation AUPRC"
+    if cell.selection == "best" and selector.best is None:
+        note = "no eligible epoch; the last epoch is used"
+    if selector.best_state:
+        cell.model.load_state_dict({**cell.model.state_dict(), **selector.best_state})
+    event = None
+    if reservation is not None:
+        cell.ledger.settle(reservation, steps=engine.steps_done)
+        event = cell.ledger.events[reservation]
+    return FitResult(
+        best_epoch=selector.best.epoch if selector.best else None,
+        history=history,
+        steps=engine.steps_done,
+        epsilon_spent=cell.ledger.epsilon() if cell.settings.dp is not None else None,
+        selection_note=note,
+        frozen_checksum_before=checksum_before,
+        frozen_checksum_after=frozen_checksum(cell.model),
+        mechanism_steps=engine.mechanism_steps(),
+        ledger=cell.ledger,
+        event=event,
+    )

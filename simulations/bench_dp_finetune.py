@@ -1,0 +1,174 @@
+"""Benchmark `dp-finetune`: one Table 1 cell on the naive engine, the cached engine and the grid
+engine, at equal epsilon (same sigma, q and steps), side by side in one process.
+
+    .venv/bin/mammofl bench dp-finetune [model=efficientnet_lite0] [n=1104] [batch=128]
+        [epochs=300] [cells=12] [naive_steps=2] [measure_epochs=10] [size=<model's>]
+
+Random pixels and random weights (speed does not depend on either). Baselines that would take
+too long are measured over a few steps or epochs and projected to the full cell, and the output
+says so: naive over `naive_steps` steps, cached and grid over `measure_epochs` epochs plus the
+one-off feature pass. The grid trains `cells` cells (e.g. the 4 rows x 3 seeds of the release
+grid) as one program; its per-cell time is the grid's time divided by the cells.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config.compose import compose_config
+from common.data.images import LoadedPatches
+from common.data.patch_set import PatchRecord, PatchSet
+from common.models.classifier import Classifier, build_classifier
+from common.models.policies import apply_trainable_policy
+from common.privacy.ledger import LedgerEvent, epsilon_of
+from common.training.cached_engine import CachedEngine
+from common.training.grid_engine import GridCachedEngine
+from common.training.naive_engine import NaiveEngine
+from common.training.settings import DPSettings, EngineSettings
+
+DEFAULTS = {
+    "model": "efficientnet_lite0",
+    "n": "1104",
+    "batch": "128",
+    "epochs": "300",
+    "cells": "12",
+    "naive_steps": "2",
+    "measure_epochs": "10",
+}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _model(name: str) -> Classifier:
+    config = compose_config([f"model={name}", "model.weights=none", "model.drop_path_rate=0"])
+    model = build_classifier(config.model)
+    apply_trainable_policy(model, "head")
+    return model
+
+
+def _settings(n: int, batch: int, device: torch.device, seed: int) -> EngineSettings:
+    steps = -(-n // batch)
+    dp = DPSettings(
+        noise_multiplier=4.6, sample_rate=1 / steps, max_grad_norm=1.0, steps_per_epoch=steps
+    )
+    return EngineSettings(
+        batch_size=batch,
+        lr=1e-5,
+        weight_decay=1e-8,
+        label_smoothing=0.1,
+        flips=True,
+        seed=seed,
+        device=device,
+        backbone_train_mode=False,
+        feature_batch_size=64,
+        dp=dp,
+    )
+
+
+def main(argv: Sequence[str]) -> None:
+    options = DEFAULTS | dict(a.split("=", 1) for a in argv)
+    n, batch, epochs = int(options["n"]), int(options["batch"]), int(options["epochs"])
+    cells, measure = int(options["cells"]), int(options["measure_epochs"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = (
+        int(options.get("size", 0)) or compose_config([f"model={options['model']}"]).data.image_size
+    )
+    rng = np.random.default_rng(0)
+    records = [PatchRecord(f"/bench/{i}.png", i % 2, f"P{i}") for i in range(n)]
+    data = LoadedPatches(PatchSet(records), rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+    settings = _settings(n, batch, device, 0)
+    dp = settings.dp
+    assert dp is not None
+    steps = dp.steps_per_epoch * epochs
+    event = LedgerEvent(
+        noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate, steps=steps
+    )
+    epsilon = epsilon_of([event], 1e-4, "rdp")
+    machine = (
+        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    )
+    print(
+        f"dp-finetune on {device} ({machine}, {torch.get_num_threads()} threads): "
+        f"{options['model']} {size}px, N={n}, batch {batch}, {epochs} epochs = {steps} steps, "
+        f"sigma {dp.noise_multiplier}, q {dp.sample_rate:.4f}, epsilon {epsilon:.2f} (delta 1e-4) "
+        "for every engine"
+    )
+
+    naive = NaiveEngine(_model(options["model"]), data, {}, settings)
+    indices = torch.arange(min(batch, n))
+    naive._dp_step(indices)  # warm-up
+    started = time.perf_counter()
+    for _ in range(int(options["naive_steps"])):
+        naive._dp_step(indices)
+    naive_step = (time.perf_counter() - started) / int(options["naive_steps"])
+    naive.close()
+    naive_cell = naive_step * steps
+
+    started = time.perf_counter()
+    cached = CachedEngine(_model(options["model"]), data, {}, settings)
+    feature_pass = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(measure):
+        cached.train_epoch()
+    cached_epoch = (time.perf_counter() - started) / measure
+    cached_cell = feature_pass + cached_epoch * epochs
+
+    engines = [cached] + [
+        CachedEngine(
+            _model(options["model"]),
+            data,
+            {},
+            _settings(n, batch, device, seed),
+            features=cached.features(),
+        )
+        for seed in range(1, cells)
+    ]
+    grid = GridCachedEngine(engines)
+    grid.train_epoch()  # warm-up
+    started = time.perf_counter()
+    for _ in range(measure):
+        grid.train_epoch()
+    grid_epoch = (time.perf_counter() - started) / measure
+    grid_total = feature_pass + grid_epoch * epochs
+
+    header = ("engine", "one-off s", "s/epoch/cell", "cell s", f"{cells} cells s", "vs naive")
+    print("{:8} {:>10} {:>13} {:>9} {:>11} {:>9}".format(*header))
+    rows = (
+        ("naive", 0.0, naive_step * dp.steps_per_epoch, naive_cell, naive_cell * cells),
+        (
+            "cached",
+            feature_pass,
+            cached_epoch,
+            cached_cell,
+            feature_pass + cached_epoch * epochs * cells,
+        ),
+        ("grid", feature_pass, grid_epoch / cells, grid_total / cells, grid_total),
+    )
+    for name, setup, per_epoch, cell, total in rows:
+        speedup = naive_cell * cells / total
+        print(f"{name:8} {setup:10.1f} {per_epoch:13.4f} {cell:9.1f} {total:11.1f} {speedup:8.0f}x")
+    one_by_one = feature_pass + cached_epoch * epochs * cells
+    print(
+        f"projected from {options['naive_steps']} naive steps and {measure} cached/grid epochs; "
+        f"grid vs cached for {cells} cells: {one_by_one / grid_total:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
