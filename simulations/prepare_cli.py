@@ -29,12 +29,12 @@ NUMBERS = {
     "out_size": int,
     "workers": int,
 }
-FLAGS = ("allow_for_processing",)
+FLAGS = ("allow_for_processing", "fresh")
 USAGE = (
     "usage: mammofl prepare source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR "
     "[split=official|random] [test_fraction=] [val_fraction=] [seed=] [abnormality=mass|calc|all] "
-    "[csv=] [site=] [columns.<name>=<your column>] [allow_for_processing=true] [mode=] "
-    "[out_size=] [border=] [y_origin=] [workers=]"
+    "[csv=] [site=] [columns.<name>=<your column>] [allow_for_processing=true] [fresh=true] "
+    "[mode=] [out_size=] [border=] [y_origin=] [workers=]"
 )
 
 
@@ -50,8 +50,10 @@ def prepare_options(args: Sequence[str]) -> PrepareOptions:
     options, rest = split_options(
         [a for a in args if not a.startswith("columns.")], (*TEXT, *NUMBERS, *FLAGS)
     )
-    if rest or not {"source", "root", "out_dir"} <= set(options):
-        raise ConfigError(f"{USAGE}\n(not understood: {' '.join(rest) or 'missing options'})")
+    missing = [k for k in ("source", "root", "out_dir") if k not in options]
+    if rest or missing:
+        problem = f"not understood: {' '.join(rest)}" if rest else f"missing {', '.join(missing)}="
+        raise ConfigError(f"{USAGE}\n({problem})")
     typed: dict[str, object] = {k: v for k, v in options.items() if k in TEXT}
     typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
     for key, kind in NUMBERS.items():

@@ -64,6 +64,14 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
         obj = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"configuration error: {error}") from error
+    except (AttributeError, AssertionError) as error:
+        # omegaconf's own failure when an override reaches into a node that is null
+        raise ConfigError(
+            f"configuration error: an override sets a key inside a config node that is null "
+            f"in this preset ({type(error).__name__}: {error}). Choose a data/model group "
+            "that has the node (e.g. data=paper gives data.validation.source), then override "
+            "its keys one by one"
+        ) from error
     assert isinstance(obj, schema)
     return obj
 

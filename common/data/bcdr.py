@@ -9,6 +9,7 @@ grayscale without min-max scaling. Bad rows are reported with their CSV line, ne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
             if row["mammography_nodule"].strip() != "1":
                 continue  # not a mass (calcification, distortion, ...): not for this task
             try:
-                lesions.append(_lesion(row, csv.parent))
+                lesions.append(replace(_lesion(row, csv.parent), origin=where))
             except (DataError, ValueError) as error:
                 skipped.append((where, str(error)))
     return lesions, skipped

@@ -17,6 +17,7 @@ Mass-Test / Calc-Training / Calc-Test folders, the per-patient split every paper
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ def read_cbis_ddsm(
                         f"not a {' or '.join(ABNORMALITIES[abnormality])} ({kind} row); "
                         "abnormality=calc or all cuts calcifications"
                     )
-                lesions.extend(row_lesions(row, index, kind, official_split(row, csv)))
+                found = row_lesions(row, index, kind, official_split(row, csv))
+                lesions.extend(replace(les, origin=f"{csv}:{line}") for les in found)
             except DataError as error:
                 skipped.append((f"{csv}:{line}", str(error)))
     return lesions, skipped

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from common.data.csv_table import read_csv_table
@@ -74,7 +74,8 @@ def read_lesion_manifest(
     for row in table.rows:
         fields = {name: row.values[column] for name, column in mapping.items()}
         try:
-            lesions.extend(_row_lesions(fields, layout))
+            where = table.where(row)
+            lesions.extend(replace(les, origin=where) for les in _row_lesions(fields, layout))
         except (DataError, ValueError) as error:
             skipped.append((table.where(row), str(error)))
     skipped.sort(key=lambda item: int(item[0].rsplit(":", 1)[1]))

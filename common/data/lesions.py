@@ -10,6 +10,7 @@ still records it without decoding the image again.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ class Lesion:
     pixel_spacing: str = ""  # "row,column" mm, when the source records it
     abnormality: str = ""  # the lesion type the source names (mass, calcification), or ''
     official_split: str = ""  # train / test when the source says (CBIS-DDSM's CSVs), or ''
+    origin: str = ""  # where the source names it ("file:line"), for skip reports
+
+    @property
+    def where(self) -> str:
+        return self.origin or f"{self.image_path} {self.box}"
 
     @property
     def key(self) -> tuple[str, int, int, int, int]:
@@ -48,16 +54,27 @@ class Lesion:
 
 
 def drop_duplicates(lesions: Sequence[Lesion]) -> tuple[list[Lesion], list[tuple[str, str]]]:
-    """Keep the first of lesions with the same image and box; report the others."""
-    seen: set[tuple[str, int, int, int, int]] = set()
+    """Keep the first of lesions with the same image and box; report the others, naming the
+    kept one and any disagreement in label or patient (then a row is wrong: check both)."""
+    seen: dict[tuple[str, int, int, int, int], Lesion] = {}
     kept, skipped = [], []
     for lesion in lesions:
-        if lesion.key in seen:
-            skipped.append(
-                (f"{lesion.image_path} {lesion.box}", "duplicate lesion (same image and box)")
-            )
+        first = seen.get(lesion.key)
+        if first is not None:
+            conflicts = [
+                f"{what} {mine!r} vs {theirs!r}"
+                for what, mine, theirs in (
+                    ("label", lesion.label, first.label),
+                    ("patient", lesion.patient_id, first.patient_id),
+                )
+                if mine != theirs
+            ]
+            reason = f"duplicate lesion (same image and box as {first.where}; the first is kept)"
+            if conflicts:
+                reason += f" and they disagree: {', '.join(conflicts)}; fix the wrong row"
+            skipped.append((lesion.where, reason))
             continue
-        seen.add(lesion.key)
+        seen[lesion.key] = lesion
         kept.append(lesion)
     return kept, skipped
 
@@ -93,7 +110,7 @@ def run_patch_job(job: PatchJob) -> tuple[list[PatchRecord], list[tuple[str, str
                 )
                 atomic_write_png(target, patch)
         except (DataError, OSError, ValueError) as error:
-            skipped.append((f"{lesion.image_path} {lesion.box}", str(error)))
+            skipped.append((lesion.where, str(error)))
             continue
         assert steps is not None
         records.append(_record(target, lesion, steps))
@@ -133,13 +150,16 @@ def write_lesion_patches(
     """Cut every lesion's patch into `out_dir/images/*.png`; the records carry each lesion's
     official split (if any), which the caller turns into the manifest's split column.
 
-    One job per image, run by `workers` processes, in order; patch names depend only on the
-    lesion list, so a rerun after an interruption keeps what was written and does the rest.
+    One job per image, run by `workers` processes, in order. A patch's name holds a digest of
+    everything that decides its pixels (source file, its size and modification time, box,
+    mode, size, border), so a rerun after an interruption keeps exactly the patches that are
+    still right and cuts the rest: a changed box, setting or source file gives a new name.
     """
     unique, skipped = drop_duplicates(lesions)
     by_image: dict[str, list[tuple[str, Lesion]]] = {}
     for index, lesion in enumerate(unique):
-        name = f"{lesion.site}_{lesion.patient_id}_{index:06d}.png".replace("/", "_")
+        digest = patch_digest(lesion, mode, out_size, border)
+        name = f"{lesion.site}_{lesion.patient_id}_{index:06d}_{digest}.png".replace("/", "_")
         by_image.setdefault(lesion.image_path, []).append((name, lesion))
     jobs = [
         PatchJob(path, tuple(items), out_dir, read_image, mode, out_size, border)
@@ -157,6 +177,23 @@ def write_lesion_patches(
         records += job_records
         skipped += job_skipped
     return PatchSet(records, skipped, name=str(out_dir))
+
+
+def patch_digest(lesion: Lesion, mode: str, out_size: int, border: str) -> str:
+    """8 hex digits over what decides a patch's pixels (see write_lesion_patches)."""
+    try:
+        stat = Path(lesion.image_path).stat()
+        version = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        version = "missing"  # reading it will fail and say so
+    text = f"{lesion.image_path}|{version}|{lesion.box}|{mode}|{out_size}|{border}"
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def stale_patches(out_dir: Path, patch_set: PatchSet) -> list[Path]:
+    """PNGs in `out_dir/images` that the patch set does not name (an earlier run's)."""
+    named = {Path(r.path).name for r in patch_set.records}
+    return sorted(p for p in (out_dir / "images").glob("*.png") if p.name not in named)
 
 
 def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:

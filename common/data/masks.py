@@ -10,12 +10,22 @@ import numpy as np
 from common.data.patch_geometry import Box
 from common.errors import DataError
 
+# a mask of another size is resized to its image (CBIS-DDSM has such pairs); of another shape
+# (aspect ratio off by more than this) it belongs to another image
+ASPECT_TOLERANCE = 0.05
+
 
 def binary_mask(mask: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
     """uint8 0/1 at the image's size (nearest-neighbour resize); nonzero = lesion."""
     height, width = image_shape
     binary = (mask > 0).astype(np.uint8)
     if binary.shape != (height, width):
+        rows, columns = binary.shape
+        if abs(rows / columns - height / width) > ASPECT_TOLERANCE * (height / width):
+            raise DataError(
+                f"ROI mask of {rows}x{columns} px does not fit an image of {height}x{width} px "
+                "(another shape, not just another size): is it this image's mask?"
+            )
         binary = cv2.resize(binary, (width, height), interpolation=cv2.INTER_NEAREST)
     if not binary.any():
         raise DataError("empty ROI mask (no foreground pixel)")

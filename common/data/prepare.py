@@ -9,6 +9,7 @@ cuts no patch writes no manifest and raises DataError with the skip summary.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from common.atomic_io import atomic_write_text
 from common.data.bcdr import read_bcdr_lesions
 from common.data.cbis_ddsm import ABNORMALITIES, read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
-from common.data.lesions import write_lesion_patches
+from common.data.lesions import stale_patches, write_lesion_patches
 from common.data.mammogram_io import read_mammogram_recorded
 from common.data.patch_geometry import BORDERS
 from common.data.patch_set import SPLITS, PatchSet, write_manifest
@@ -28,6 +29,7 @@ from common.data.readers import read_released
 from common.data.split_assignment import SPLIT_MODES, assign_splits
 from common.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 SOURCES = ("cbis-ddsm", "bcdr", "manifest", "released")
 SOURCE_SITES = {"cbis-ddsm": "cbis-ddsm", "bcdr": "bcdr", "manifest": "site", "released": ""}
 
@@ -51,6 +53,7 @@ class PrepareOptions:
     csv: str = ""
     abnormality: str = "mass"  # cbis-ddsm: mass, calc or all
     allow_for_processing: bool = False  # DICOM "FOR PROCESSING" raw detector images
+    fresh: bool = False  # remove an earlier run's patches, manifest and report in out_dir first
     columns: tuple[tuple[str, str], ...] = ()  # manifest: (mammofl name, the file's column)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,10 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     Raises DataError, with the skip summary, when no patch could be cut (nothing is written
     then but the report and the patches' folder).
     """
+    if not options.root.exists():
+        raise DataError(f"root={options.root} not found: give the download folder or the CSV")
+    if options.fresh:
+        clear_outputs(options.out_dir)
     patch_set = patch_set_for(options, progress)
     skipped = [{"record": r, "reason": why} for r, why in patch_set.skipped]
     report: dict[str, Any] = {
@@ -129,9 +136,13 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     }
     if not patch_set.records:
         atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        why = (
+            f"all {len(skipped)} records were skipped ({format_summary(report['skip_summary'])})"
+            if skipped
+            else "the source names no lesion (an empty table, or no file where it looked)"
+        )
         raise DataError(
-            f"prepare cut no patch from {options.root}: all {len(skipped)} records were skipped "
-            f"({format_summary(report['skip_summary'])}); details in "
+            f"prepare cut no patch from {options.root}: {why}; details in "
             f"{options.out_dir / 'report.json'}"
         )
     patch_set, rule = assign_splits(
@@ -142,26 +153,46 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
         seed=options.seed,
     )
     write_manifest(patch_set, options.out_dir)
+    stale = stale_patches(options.out_dir, patch_set) if options.source != "released" else []
+    if stale:
+        log.warning(
+            "%d PNGs in %s are not in this manifest (an earlier run's); they are never read: "
+            "delete them, or prepare with fresh=true",
+            len(stale),
+            options.out_dir / "images",
+        )
     parts = {s: [r for r in patch_set.records if r.split == s] for s in SPLITS}
     report |= {
         "split_rule": rule,
         "counts": {"all": patch_set.counts()}
         | {s: PatchSet(records).counts() for s, records in parts.items()},
         "patients": {s: len({r.patient_key for r in records}) for s, records in parts.items()},
+        "stale_files": [p.name for p in stale],
     }
     atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
 def skip_summary(skipped: list[tuple[str, str]]) -> dict[str, int]:
-    """How many records were skipped for each kind of reason, most frequent first: paths and
-    quoted values become placeholders and the reason is cut at its first ':' or '(', so that
-    per-file details group together."""
+    """How many records were skipped for each kind of reason, most frequent first. A kind is
+    the reason up to its first ': ' or ' (' with quoted values, file paths and numbers made
+    placeholders, so that per-record details group together."""
     kinds: Counter[str] = Counter()
     for _, reason in skipped:
-        kind = re.sub(r"'[^']*'", "'...'", re.sub(r"\S*/\S*", "<file>", reason))
-        kinds[kind.split("(")[0].split(":")[0].strip()] += 1
+        kind = re.split(r": | \(", reason, maxsplit=1)[0]
+        kind = re.sub(r"'[^']*'", "'...'", kind)
+        kind = re.sub(r"(?<![\w/])/\S+|\S+/\S+\.\w+", "<file>", kind)
+        kinds[re.sub(r"\d+(\.\d+)?", "N", kind).strip()] += 1
     return dict(kinds.most_common())
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """fresh=true: remove what prepare writes (patches, their steps, manifest, report)."""
+    for name in ("manifest.csv", "report.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    for folder, pattern in (("images", "*.png"), (".pixel_steps", "*.txt")):
+        for path in (out_dir / folder).glob(pattern):
+            path.unlink()
 
 
 def format_summary(summary: dict[str, int]) -> str:

@@ -74,6 +74,6 @@ def _refuse_patients_on_both_sides(patch_set: PatchSet) -> None:
         raise DataError(
             f"{len(both)} patients are in both the official Training and Test rows ({shown}"
             f"{', ...' if len(both) > 10 else ''}), as happens when mass and calc files are "
-            "combined: prepare one abnormality type (abnormality=mass), or re-split at random "
-            "on purpose with split=random"
+            "combined: prepare one abnormality type (abnormality=mass or calc), or re-split at "
+            "random on purpose with split=random"
         )

@@ -198,3 +198,16 @@ def test_fit_refuses_per_window_dp_before_reserving(tmp_path: Path) -> None:
         )
     assert ledger.events == []
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_override_inside_a_null_node_is_a_config_error() -> None:
+    """omegaconf fails with AttributeError/AssertionError there: a one-line ConfigError with
+    the way out instead of a traceback."""
+    from common.config.compose import compose_config
+
+    for override in (
+        "data.validation.source.path=/tmp/x",
+        "data.validation.source={format:patchset,path:/tmp/x}",
+    ):
+        with pytest.raises(ConfigError, match="node that is null"):
+            compose_config(["experiment=tiny", override])

@@ -152,3 +152,85 @@ def test_prepare_maps_a_datasets_own_columns(tmp_path: Path) -> None:
     assert skip["record"].endswith("masses.csv:8") and "empty" in skip["reason"]
     manifest = pd.read_csv(out / "manifest.csv", dtype=str)
     assert set(manifest["box"]) == {"120,110,60,60"}
+
+
+def _lesion_table(folder: Path, box_x: int = 100) -> Path:
+    rng = np.random.default_rng(2)
+    rows = ["image,label,patient_id,x,y,w,h"]
+    for i in range(4):
+        cv2.imwrite(str(folder / f"r{i}.png"), rng.integers(0, 255, (300, 300), dtype=np.uint8))
+        rows.append(f"r{i}.png,{i % 2},P{i},{box_x},100,40,40")
+    table = folder / "lesions.csv"
+    table.write_text("\n".join(rows) + "\n")
+    return table
+
+
+def test_a_rerun_never_keeps_a_patch_its_inputs_no_longer_give(tmp_path: Path) -> None:
+    """Resume keeps only patches whose inputs and settings are unchanged: an edited box or
+    another mode cuts new patches; the earlier run's files are reported; fresh=true clears."""
+    out = tmp_path / "out"
+    args = ["prepare", "source=manifest", f"out_dir={out}", "val_fraction=0"]
+    assert main([*args, f"root={_lesion_table(tmp_path)}"]) == 0
+    first = pd.read_csv(out / "manifest.csv")
+    assert main([*args, f"root={_lesion_table(tmp_path, box_x=160)}"]) == 0  # boxes edited
+    second = pd.read_csv(out / "manifest.csv")
+    assert not set(first["path"]) & set(second["path"])  # every patch cut again
+    for row in second.itertuples():
+        patch = cv2.imread(str(out / row.path), cv2.IMREAD_UNCHANGED)
+        source = cv2.imread(str(tmp_path / Path(row.provenance_file).name), cv2.IMREAD_UNCHANGED)
+        from common.data.patch_geometry import Box, extract_patch
+
+        assert np.array_equal(patch, extract_patch(source, Box(160, 100, 40, 40)))
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["stale_files"]) == sorted(Path(p).name for p in first["path"])
+    assert main([*args, f"root={tmp_path / 'lesions.csv'}", "mode=compat"]) == 0
+    assert not set(pd.read_csv(out / "manifest.csv")["path"]) & set(second["path"])
+    assert main([*args, f"root={tmp_path / 'lesions.csv'}", "fresh=true"]) == 0
+    assert json.loads((out / "report.json").read_text())["stale_files"] == []
+    assert len(list((out / "images").glob("*.png"))) == 4
+
+
+def test_conflicting_duplicates_and_misfit_masks_are_reported_with_their_lines(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    cv2.imwrite(str(tmp_path / "a.png"), rng.integers(0, 255, (300, 300), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((20, 20), np.uint8))
+    mask = np.zeros((400, 300), np.uint8)
+    mask[100:150, 100:150] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    rows = [
+        "image,label,patient_id,x,y,w,h",
+        "a.png,1,P1,100,100,40,40",
+        "a.png,0,P2,100,100,40,40",  # the same lesion, another label and patient
+    ]
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    base = ["prepare", "source=manifest", f"out_dir={out}", "val_fraction=0", "test_fraction=0"]
+    assert main([*base, f"root={tmp_path / 'boxes.csv'}"]) == 0
+    (skip,) = json.loads((out / "report.json").read_text())["skipped"]
+    assert skip["record"].endswith("boxes.csv:3")
+    assert "boxes.csv:2" in skip["reason"] and "label 0 vs 1" in skip["reason"]
+    (tmp_path / "masks.csv").write_text("image,label,patient_id,mask\nsmall.png,1,P1,mask.png\n")
+    assert main([*base, f"root={tmp_path / 'masks.csv'}", f"out_dir={tmp_path / 'o2'}"]) == 2
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert "does not fit an image of 20x20" in report["skipped"][0]["reason"]
+
+
+def test_skip_summary_groups_kinds_without_paths_or_values() -> None:
+    from common.data.prepare import skip_summary
+
+    summary = skip_summary(
+        [
+            ("x:2", "unknown label 'maybe' (1/0, malignant/benign, BENIGN_WITHOUT_CALLBACK)"),
+            ("x:3", "unknown label 'sure' (1/0, malignant/benign, BENIGN_WITHOUT_CALLBACK)"),
+            ("x:4", "box Box(x=1, y=2, w=3, h=4) lies outside the 20x20 image"),
+            ("x:5", "image /data/a/b.png named in the CSV not found"),
+            ("x:6", "image imgs/c.png named in the CSV not found"),
+        ]
+    )
+    assert summary == {
+        "unknown label '...'": 2,
+        "image <file> named in the CSV not found": 2,
+        "box Box(x=N, y=N, w=N, h=N) lies outside the NxN image": 1,
+    }
