@@ -1,8 +1,10 @@
 """Run many single-node cells, training compatible ones as one grid (`fit_grid`).
 
 Cells are compatible when they train a whole head on the cached engine from the same data
-config, with the same optimisation settings and epochs and, under DP, the same sample rate,
-steps and the patch unit; they may differ in seed, target epsilon (noise multiplier) and start.
+config and the same frozen backbone (model, weights, start model), with the same optimisation
+settings and epochs and, under DP, the same sample rate, steps and the patch unit; they may
+differ in seed and target epsilon (noise multiplier). `fit_grid` checks the backbones' weights
+again before sharing one set of features.
 Every other cell runs alone through `fit`. Each cell's records are written exactly as
 `run_cell` writes them.
 """
@@ -45,8 +47,12 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
         repr(config.model.name),
         config.model.library,
         config.model.weights,
+        config.model.init_from,  # SynPre+RealFT: each seed's own SynPre backbone
+        repr(config.model.kwargs),
+        config.model.drop_path_rate,
         config.model.head,
         config.model.hidden,
+        train.device,
         train.epochs,
         train.batch_size,
         train.lr,

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
-from common.errors import PrivacyError
+from common.errors import ConfigError, PrivacyError
 from common.models.classifier import Classifier
 from common.models.policies import check_no_per_window_gradients, frozen_checksum
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.training.cached_engine import CachedEngine
+from common.training.features import backbone_checksum
 from common.training.fit import FitResult, epoch_record, planned_event
 from common.training.grid_engine import GridCachedEngine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
@@ -63,6 +64,12 @@ def fit_grid(
             event = planned_event(cell.settings, epochs, None)
             cell.ledger.check_within(event, cell.target_epsilon)
         planned.append(event)
+    backbones = {backbone_checksum(cell.model.backbone) for cell in cells}
+    if len(backbones) > 1:
+        raise ConfigError(
+            f"grid cells must share one frozen backbone (their features are computed once); "
+            f"found {len(backbones)} different backbones: run these cells one by one"
+        )
     before_sums = [frozen_checksum(cell.model) for cell in cells]
     eval_sets = {"validation": validation} if validation is not None else {}
     engines = [CachedEngine(cells[0].model, train, eval_sets, cells[0].settings)]

@@ -130,3 +130,35 @@ def test_cells_that_cannot_share_a_program_are_refused() -> None:
         GridCachedEngine(
             [base, CachedEngine(_models(1)[0], train, {}, patient, features=base.features())]
         )
+
+
+def test_cells_with_different_backbones_never_share_features() -> None:
+    """SynPre+RealFT cells start from each seed's own SynPre model (its backbone trained): one
+    set of features would be wrong for all but one of them."""
+    train = random_patches(24)
+    models = _models(2)
+    with torch.no_grad():
+        next(models[1].backbone.parameters()).add_(0.01)
+    cells = [
+        GridCell(m, _settings(k, None), PrivacyLedger(delta=1e-3)) for k, m in enumerate(models)
+    ]
+    with pytest.raises(ConfigError, match="one frozen backbone"):
+        fit_grid(cells, train, random_patches(8, seed=2), epochs=1)
+
+
+def test_grid_key_separates_start_models_and_devices() -> None:
+    from common.config.compose import compose_config
+    from common.runs.grid import grid_key
+
+    base = [
+        "experiment=table1/synpre_realft_eps6",
+        "model=efficientnet_lite0",
+        "train.engine=cached",
+    ]
+    keys = {
+        grid_key(compose_config([*base, f"model.init_from=/tmp/synpre{seed}/model.pt"]))
+        for seed in (42, 43)
+    }
+    assert len(keys) == 2
+    cpu = grid_key(compose_config([*base, "train.device=cpu"]))
+    assert cpu != grid_key(compose_config([*base, "train.device=auto"]))
