@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ EPSILON_NOTE = (
 )
 
 
+log = logging.getLogger(__name__)
+
 @dataclass(frozen=True)
 class TrainingRecords:
     """Who is in a training set, for planning: patches, patients, the largest patient."""
@@ -41,6 +45,12 @@ def training_records(config: MammoflConfig) -> TrainingRecords:
     try:
         train = read_run_patch_sets(config.data, include_tests=False).train
     except DataError as error:
+        # loud: a mistyped data path would otherwise plan (and check delta) on another N
+        log.warning(
+            "the configured training data is not readable (%s): planning with the preset's "
+            "paper sizes instead; fix the data paths for a plan of your own data",
+            error,
+        )
         sizes = config.data.paper_sizes
         real = "real" in config.data.train_on
         synthetic = sizes.synthetic if "synthetic" in config.data.train_on else 0

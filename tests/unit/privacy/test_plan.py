@@ -48,9 +48,13 @@ def test_presets_give_paper_sigmas(
     assert report["target_epsilon"] == epsilon and report["delta"] == 1e-4
 
 
-def test_plan_uses_paper_sizes_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_uses_paper_sizes_without_data(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("MAMMOFL_SHARED", "/nonexistent/shared")
-    report = plan_report(compose_config(["experiment=table1/real_syn_eps6"]))
+    with caplog.at_level("WARNING"):
+        report = plan_report(compose_config(["experiment=table1/real_syn_eps6"]))
+    assert "not readable" in caplog.text and "/nonexistent/shared" in caplog.text
     assert report["dataset_size"] == 4104
     assert report["dataset_size_source"].startswith("paper sizes")
     assert report["noise_multiplier"] == pytest.approx(2.344, rel=0.005)
