@@ -39,8 +39,9 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def load_run_config(run_dir: Path) -> MammoflConfig:
-    stored = run_record(run_dir)["config"]
+def load_run_config(run_dir: Path, record: dict[str, Any] | None = None) -> MammoflConfig:
+    """The run's config; `record` when the caller has read it already."""
+    stored = (record if record is not None else run_record(run_dir))["config"]
     merged = OmegaConf.merge(OmegaConf.structured(MammoflConfig), stored)
     config = OmegaConf.to_object(merged)
     assert isinstance(config, MammoflConfig)
@@ -57,10 +58,11 @@ def evaluate_run(
     allow_patient_overlap: bool = False,
 ) -> dict[str, Any]:
     folder = Path(run_dir)
-    config = load_run_config(folder)
+    stored = run_record(folder)
+    config = load_run_config(folder, stored)
     source = PatchSourceConfig(format=format, path=patches, split=split)
     test_set = read_patch_source(source, default_split="test")
-    if "federated_config" in run_record(folder):
+    if "federated_config" in stored:
         # the training patients stayed at the sites: no overlap check is possible here
         overlap: list[str] | str = (
             "not checked: a federated model's training data stay at the sites"

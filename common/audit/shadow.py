@@ -21,7 +21,6 @@ import torch
 from common.audit.population import Population
 from common.config.schema import MammoflConfig
 from common.data.images import LoadedPatches
-from common.errors import PrivacyError
 from common.eval.metrics import point_metrics
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy
@@ -35,7 +34,7 @@ from common.runs.single_node import seed_everything
 from common.training.features import (
     cached_features,
 )
-from common.training.fit import fit
+from common.training.fit import check_fit_consistency, fit
 from common.training.settings import (
     EngineSettings,
     resolve_device,
@@ -135,13 +134,7 @@ def train_model(
         target_epsilon=plan.target_epsilon,
         eligible=(config.privacy.eligible_low, config.privacy.eligible_high),
     )
-    if result.frozen_checksum_before != result.frozen_checksum_after:
-        raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
-    if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
-        raise PrivacyError(
-            f"the Gaussian mechanism ran {result.mechanism_steps} times, the ledger counts "
-            f"{result.steps} steps"
-        )
+    check_fit_consistency(result)
     test_auroc = {}
     for name, loaded in tests.items():
         logits = torch.from_numpy(head_logits(model, features(loaded, (0,))[0], device))

@@ -30,7 +30,7 @@ from common.runs.planning import plan_for
 from common.runs.provenance import git_commit, package_versions
 from common.runs.run_data import RunData, load_run_data
 from common.runs.shareable import shareable_record
-from common.training.fit import FitResult, fit
+from common.training.fit import FitResult, check_fit_consistency, fit
 from common.training.settings import (
     DPSettings,
     EngineSettings,
@@ -201,13 +201,7 @@ def finish_cell(cell: PreparedCell, result: FitResult) -> dict[str, Any]:
         cell.delta_warning,
     )
     dp, noise_seed, started = cell.settings.dp, cell.settings.noise_seed, cell.started
-    if result.frozen_checksum_before != result.frozen_checksum_after:
-        raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
-    if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
-        raise PrivacyError(
-            f"the Gaussian mechanism ran {result.mechanism_steps} times, the ledger counts "
-            f"{result.steps} steps"
-        )
+    check_fit_consistency(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     tests: dict[str, Any] = {}
     for name, loaded in data.tests.items():

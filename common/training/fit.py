@@ -132,9 +132,7 @@ def fit(
             target_epsilon if dp else None,
             eligible,
         )
-        note = "last iterate" if selection == "last" else "best eligible epoch by validation AUPRC"
-        if selection == "best" and selector.best is None:
-            note = "no eligible epoch; the last epoch is used"
+        note = selection_note(selection, selector)
         if selector.best_state:
             model.load_state_dict({**model.state_dict(), **selector.best_state})
         event = None
@@ -160,6 +158,27 @@ def fit(
         ledger=ledger,
         event=event,
     )
+
+
+def selection_note(selection: str, selector: EpochSelector | LastIterate) -> str:
+    """How the returned weights were chosen, for the record."""
+    if selection == "last":
+        return "last iterate"
+    if selector.best is None:
+        return "no eligible epoch; the last epoch is used"
+    return "best eligible epoch by validation AUPRC"
+
+
+def check_fit_consistency(result: FitResult) -> None:
+    """Raise PrivacyError when frozen weights changed or the mechanism's count of noisy steps
+    differs from the ledger's: bugs that would void the privacy record, never data faults."""
+    if result.frozen_checksum_before != result.frozen_checksum_after:
+        raise PrivacyError("frozen parameters or buffers changed during training: a bug, not data")
+    if result.mechanism_steps is not None and result.mechanism_steps != result.steps:
+        raise PrivacyError(
+            f"the Gaussian mechanism ran {result.mechanism_steps} times, the ledger counts "
+            f"{result.steps} steps"
+        )
 
 
 def _add_proximal_term(engine: TrainingEngine, model: Classifier, mu: float) -> Any:

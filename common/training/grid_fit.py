@@ -21,7 +21,7 @@ from common.models.policies import check_no_per_window_gradients, frozen_checksu
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.training.cached_engine import CachedEngine
 from common.training.features import backbone_checksum
-from common.training.fit import FitResult, epoch_record, planned_event
+from common.training.fit import FitResult, epoch_record, planned_event, selection_note
 from common.training.grid_engine import GridCachedEngine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
 from common.training.settings import EngineSettings
@@ -145,9 +145,7 @@ def _settle(
     reservation: int | None,
     checksum_before: str,
 ) -> FitResult:
-    note = "last iterate" if cell.selection == "last" else "best eligible epoch by validation AUPRC"
-    if cell.selection == "best" and selector.best is None:
-        note = "no eligible epoch; the last epoch is used"
+    note = selection_note(cell.selection, selector)
     if selector.best_state:
         cell.model.load_state_dict({**cell.model.state_dict(), **selector.best_state})
     event = None
