@@ -168,7 +168,10 @@ def test_table1_keeps_finished_cells_and_no_partial_one(phantom_dir: Path, tmp_p
 
     out = tmp_path / "table1"
     logs = tmp_path / "logs"
-    args = ["table1", "rows=[real_eps6]", "seeds=[42,43]", f"out_dir={out}", *TINY_CELL]
+    # 300 epochs (about 6 s a cell here): seed 43 is still training when SIGTERM arrives;
+    # 3 epochs take under a second and the signal could land after its result was written
+    cell = [*TINY_CELL, "train.epochs=300"]
+    args = ["table1", "rows=[real_eps6]", "seeds=[42,43]", f"out_dir={out}", *cell]
     process = _start(args, logs, {"MAMMOFL_PHANTOM": str(phantom_dir)})
     _wait_until(process, lambda: "seed 43: training" in (logs / "stderr").read_text())
     err = _terminate(process, logs)
@@ -180,7 +183,7 @@ def test_table1_keeps_finished_cells_and_no_partial_one(phantom_dir: Path, tmp_p
     _no_temporary_files(out)
     # a rerun skips the finished cell (same file, not retrained) and would redo seed 43
     stamp = done.stat().st_mtime_ns
-    assert run_one(out, "real_eps6", 42, TINY_CELL) == done.parent
+    assert run_one(out, "real_eps6", 42, cell) == done.parent
     assert done.stat().st_mtime_ns == stamp
 
 
