@@ -29,6 +29,9 @@ commands:
             a test patient the model trained or selected on is refused)
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR [grid=true|false]: run/resume
             the Table 1 grid (grid=true: compatible cached cells trained as one program)
+  tune      space=NAME out_dir=DIR [seeds=[42,43]] <overrides>: the recipe search of
+            configs/tune/NAME.yaml on the training data and its hold-out (no test set read);
+            resumable; tune.csv ranks the candidates by hold-out AUROC
   prepare   source=cbis-ddsm|bcdr|manifest|released root=PATH out_dir=DIR [split=official|random
             abnormality=mass|calc|all columns.<name>=<col> ...]: patches + train/val/test split
   phantom   out_dir=DIR [sites=3 patients=30 test_patients=7 long_side=2000 seed=0 ambiguity=0
@@ -260,6 +263,12 @@ def cmd_gan(args: Sequence[str]) -> int:
     return run_gan(args)
 
 
+def cmd_tune(args: Sequence[str]) -> int:
+    from simulations.tune import cmd_tune as tune
+
+    return tune(args)
+
+
 def cmd_audit(args: Sequence[str]) -> int:
     from simulations.audit_cli import cmd_audit as audit
 
@@ -301,6 +310,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "loopback": cmd_loopback,
     "certs": cmd_certs,
     "audit": cmd_audit,
+    "tune": cmd_tune,
 }
 
 

@@ -5,7 +5,9 @@ result.json is done and is not run again. SynPre+RealFT cells start from the Syn
 same seed, which runs first when missing. Frozen-backbone features are cached in DIR/_features.
 With `grid=true` (the default) cells that can share one program (cached engine, whole head,
 same data and optimisation; see `common.runs.grid`) are trained together as a grid, each with
-its own sampling, noise, selection and ledger; `grid=false` trains them one by one.
+its own sampling, noise, selection and ledger; `grid=false` trains them one by one. A row is a
+paper row (`real_eps6`: experiment table1/real_eps6) or a recipe preset run beside them
+(`recipe/dp_eps6`: experiment recipe/dp_eps6; docs/recipes.md).
 """
 
 from __future__ import annotations
@@ -49,13 +51,18 @@ def run_one(out_dir: Path, row: str, seed: int, overrides: Sequence[str]) -> Pat
     return target
 
 
+def row_experiment(row: str) -> str:
+    """The experiment of a row: a paper row's table1/<row>, or the named preset itself."""
+    return row if "/" in row else f"table1/{row}"
+
+
 def cell_config(out_dir: Path, row: str, seed: int, overrides: Sequence[str]) -> MammoflConfig:
     extra = [f"train.feature_cache_dir={out_dir / '_features'}"]
     if row.startswith("synpre_realft"):
         extra.append(f"model.init_from={cell_dir(out_dir, 'synpre', seed) / 'model.pt'}")
     return compose_config(
         [
-            f"experiment=table1/{row}",
+            f"experiment={row_experiment(row)}",
             f"seed={seed}",
             f"out_dir={cell_dir(out_dir, row, seed)}",
             *extra,
@@ -91,10 +98,15 @@ def run_table1(
     overrides: Sequence[str],
     grid: bool = True,
 ) -> dict[str, Path]:
-    known = {name.split("/", 1)[1] for name in experiment_names() if name.startswith("table1/")}
-    unknown = [r for r in rows if r not in known]
+    names = experiment_names()
+    known = {name.split("/", 1)[1] for name in names if name.startswith("table1/")}
+    recipes = {name for name in names if name.startswith("recipe/")}
+    unknown = [r for r in rows if r not in known and r not in recipes]
     if unknown:
-        raise ConfigError(f"unknown Table 1 rows {unknown}; choose from {sorted(known)}")
+        raise ConfigError(
+            f"unknown Table 1 rows {unknown}; choose from {sorted(known)} or a recipe "
+            f"{sorted(recipes)}"
+        )
     for bad in ("experiment=", "seed=", "out_dir="):
         if any(o.startswith(bad) for o in overrides):
             raise ConfigError(f"mammofl table1 sets {bad} per cell; use rows=, seeds=, out_dir=")

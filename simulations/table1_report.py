@@ -36,8 +36,14 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
         if not results:
             continue
         first = results[0]
-        setting = first["config"]["paper_row"]["setting"]
-        epsilon = first["config"]["paper_row"]["epsilon"]
+        config = first["config"]
+        # a recipe row names no paper row: its data and target say what it is
+        setting = config["paper_row"]["setting"] or (
+            "Real+Syn" if "synthetic" in config.get("data", {}).get("train_on", []) else "Real"
+        )
+        epsilon = config["paper_row"]["epsilon"]
+        if epsilon is None:
+            epsilon = config.get("privacy", {}).get("target_epsilon")
         model = first["config"]["model"]
         weights = "imagenet" if model["weights"] == "imagenet" else Path(model["weights"]).name
         backbone = (model["library"], model["name"], model["weights"])
@@ -51,6 +57,8 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
             line: dict[str, Any] = {
                 "row": row,
                 "setting": setting,
+                # paper rows and recipes of one setting are two curves, not one
+                "settings": "recipe" if row.startswith("recipe/") else "paper",
                 "epsilon": epsilon if epsilon is not None else math.inf,
                 "test_set": test_set,
                 "seeds": len(results),
@@ -156,7 +164,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     finite = frame["epsilon"].replace(math.inf, np.nan).dropna()
     inf_x = (finite.max() * 3) if len(finite) else 100.0
-    for (setting, test_set), part in frame.groupby(["setting", "test_set"]):
+    for (setting, settings, test_set), part in frame.groupby(["setting", "settings", "test_set"]):
         part = part.sort_values("epsilon")
         x = part["epsilon"].replace(math.inf, inf_x)
         line = ax.errorbar(
@@ -164,7 +172,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
             part["auroc_mean"],
             yerr=part["auroc_std"],
             capsize=3,
-            label=f"{setting} · {test_set}",
+            label=f"{setting} ({settings} settings) · {test_set}",
         )
         colour = line.lines[0].get_color()
         partial = open_markers(part)
@@ -180,7 +188,9 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("AUROC")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7)
-    ax.set_title("Privacy-utility (mean ± std; open marker: no formal guarantee for all of it)")
+    ax.set_title(
+        "Privacy-utility (mean ± std)\nopen marker: no formal guarantee for all of it", fontsize=10
+    )
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)

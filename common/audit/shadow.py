@@ -82,7 +82,7 @@ def variants_of(config: MammoflConfig) -> tuple[int, ...]:
 @torch.no_grad()
 def head_logits(model: Classifier, features: torch.Tensor, device: torch.device) -> np.ndarray:
     model.head.eval()
-    return model.head(features.to(device)).double().cpu().numpy()
+    return model.head_logits(features.to(device)).double().cpu().numpy()
 
 
 def train_model(

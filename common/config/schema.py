@@ -19,6 +19,8 @@ PATCHSET_SPLITS = ("train", "val", "test", "all")
 TRAIN_ON_CHOICES = ("real", "synthetic")
 ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
+OPTIMIZERS = ("adamw", "sgd")
+FEATURE_NORMS = ("none", "l2")
 POLICIES = ("head", "head_last", "norm_head", "all")
 ACCOUNTANTS = ("rdp", "prv")
 PRIVACY_UNITS = ("patch", "patient")
@@ -167,10 +169,26 @@ class ModelConfig:
     init_from: str | None = None
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # per-image feature scaling before the head: 'l2' divides each pooled feature vector by its
+    # own norm (no statistic of any data set, so nothing private; bounds ||a|| for clipping)
+    feature_norm: str = "none"
+    # predict with the mean probability over the 4 flips (test-time augmentation); in
+    # validation, test and federated evaluation alike (post-processing)
+    flip_averaging: bool = False
+    # timm stage indices (negative: from the end) whose global-average-pooled outputs join the
+    # final pooled features ([-2, -1] for EfficientNet-Lite0: 112 + 320 channels beside 1280;
+    # for Swin-T: 384 + 768 beside 768); a frozen backbone only
+    feature_stages: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.feature_stages and (self.library != "timm" or self.trainable != "head"):
+            raise ConfigError(
+                f"model.feature_stages={list(self.feature_stages)} needs a timm backbone and "
+                "model.trainable=head (a frozen backbone)"
+            )
         _choice("model.library", self.library, ("timm", "torchvision"))
         _choice("model.head", self.head, HEADS)
+        _choice("model.feature_norm", self.feature_norm, FEATURE_NORMS)
         _choice("model.trainable", self.trainable, POLICIES)
         if self.hidden < 1:
             raise ConfigError(f"model.hidden={self.hidden} must be positive")
@@ -191,9 +209,34 @@ class TrainConfig:
     feature_batch_size: int = 16
     feature_cache_dir: str | None = None
     num_workers: int = 0
+    # recipe knobs (docs/recipes.md); the defaults are the paper's
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    # DP steps: each sampled record's gradient is the mean over this many distinct flip
+    # variants, clipped once (De et al. 2022); 1 = one random flip, as the paper
+    augmentation_multiplicity: int = 1
+    # exponential moving average of the iterates, used for selection, evaluation and the
+    # saved model (post-processing of the DP iterates); null = off
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         _choice("train.engine", self.engine, ENGINES)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum={self.momentum} must be in [0, 1)")
+        if not 1 <= self.augmentation_multiplicity <= 4:
+            raise ConfigError(
+                f"train.augmentation_multiplicity={self.augmentation_multiplicity}: 1 to 4 "
+                "flip variants per record"
+            )
+        if self.augmentation_multiplicity > 1 and not self.flips:
+            raise ConfigError(
+                "train.augmentation_multiplicity > 1 averages flip variants: needs train.flips=true"
+            )
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(
+                f"train.ema_decay={self.ema_decay} must be in (0, 1) (e.g. 0.999), or null"
+            )
         _choice("train.selection_positive", self.selection_positive, POSITIVE_CLASSES)
         _choice("train.backbone_mode", self.backbone_mode, BACKBONE_MODES)
         _device("train.device", self.device)

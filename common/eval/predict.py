@@ -1,4 +1,5 @@
-"""Malignancy probabilities of a classifier on loaded patches (eval mode, no flips)."""
+"""Malignancy probabilities of a classifier on loaded patches (eval mode; the 4 flips averaged
+when the model says `flip_averaging`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import torch
 
 from common.data.images import LoadedPatches
-from common.models.classifier import Classifier
+from common.models.classifier import Classifier, prediction_variants, variant_mean_probability
 from common.training.features import cached_features
 
 
@@ -18,8 +19,9 @@ def predict_probabilities(
     batch_size: int = 64,
     cache_dir: str | None = None,
 ) -> np.ndarray:
-    """Backbone features (cached when `cache_dir` is set), then the head, all in eval mode."""
+    """Backbone features (cached when `cache_dir` is set), then the head, all in eval mode;
+    returns float [N] (mean over flip variants [V, N] with flip averaging)."""
     model.eval().to(device)
-    features = cached_features(model.backbone, loaded, (0,), batch_size, device, cache_dir)[0]
-    logits = model.head(features.to(device))
-    return torch.softmax(logits, 1)[:, 1].cpu().numpy()
+    variants = prediction_variants(model)
+    features = cached_features(model.backbone, loaded, variants, batch_size, device, cache_dir)
+    return variant_mean_probability(model.head_logits(features.to(device))).cpu().numpy()

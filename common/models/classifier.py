@@ -1,6 +1,8 @@
-"""A classifier is `backbone` (image -> pooled features) plus `head` (features -> 2 logits).
+"""A classifier is `backbone` (image -> pooled features), a fixed per-image feature scaling
+(`feature_norm`) and `head` (features -> 2 logits).
 
-Logit index 1 is malignant, 0 benign, everywhere.
+Logit index 1 is malignant, 0 benign, everywhere. `flip_averaging`: predictions are the mean
+malignancy probability over the 4 flips (see `common.eval.predict`).
 """
 
 from __future__ import annotations
@@ -13,15 +15,54 @@ from common.errors import ConfigError
 from common.models.weights import load_backbone_weights, load_classifier_checkpoint
 
 
+class L2Normalize(nn.Module):
+    """x / ||x|| per row ([B, F] -> [B, F]); no parameters, no data statistics."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(features, dim=-1)
+
+
+def build_feature_norm(kind: str) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "l2":
+        return L2Normalize()
+    raise ConfigError(f"model.feature_norm={kind!r}: choose none or l2")
+
+
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, num_features: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        num_features: int,
+        feature_norm: nn.Module | None = None,
+        flip_averaging: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.feature_norm = feature_norm if feature_norm is not None else nn.Identity()
         self.head = head
         self.num_features = num_features
+        self.flip_averaging = flip_averaging
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 2] from backbone features [B, F] (the cached engine's entry point)."""
+        return self.head(self.feature_norm(features))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        return self.head_logits(self.backbone(images))
+
+
+def prediction_variants(model: Classifier) -> tuple[int, ...]:
+    """The flip variants a prediction averages: all 4 with `flip_averaging`, else identity."""
+    return (0, 1, 2, 3) if model.flip_averaging else (0,)
+
+
+def variant_mean_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Malignancy probability [N] from logits [V, N, 2]: the mean over the V flip variants
+    (test-time augmentation averages probabilities, not logits)."""
+    return torch.softmax(logits, -1)[..., 1].mean(0)
 
 
 def build_head(kind: str, num_features: int, hidden: int) -> nn.Module:
@@ -33,6 +74,44 @@ def build_head(kind: str, num_features: int, hidden: int) -> nn.Module:
             nn.Linear(num_features, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2)
         )
     raise ConfigError(f"model.head={kind!r}: choose linear or mlp2")
+
+
+class MultiStagePooling(nn.Module):
+    """A timm backbone's pooled output concatenated with the global-average-pooled outputs of
+    some of its stages ([B, 3, H, W] -> [B, sum of channels + F]): mid-level texture and
+    margin features beside the last stage's (a frozen-feature probe; see docs/recipes.md)."""
+
+    def __init__(self, backbone: nn.Module, stages: list[int]) -> None:
+        super().__init__()
+        self.model = backbone
+        self.stages = list(stages)
+        # in the state dict, so the feature cache's backbone checksum tells stage sets apart
+        self.register_buffer("stage_indices", torch.tensor(self.stages, dtype=torch.long))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        final, maps = self.model.forward_intermediates(images, indices=self.stages)
+        pooled = [m.mean((2, 3)) for m in maps]
+        return torch.cat([*pooled, self.model.forward_head(final, pre_logits=True)], 1)
+
+
+def _with_stages(
+    backbone: nn.Module, num_features: int, config: ModelConfig
+) -> tuple[nn.Module, int]:
+    if not config.feature_stages:
+        return backbone, num_features
+    if not hasattr(backbone, "forward_intermediates"):
+        raise ConfigError(f"model.feature_stages: timm {config.name} has no forward_intermediates")
+    channels = [int(info["num_chs"]) for info in getattr(backbone, "feature_info", [])]
+    try:
+        widths = [channels[i] for i in config.feature_stages]
+    except IndexError as error:
+        raise ConfigError(
+            f"model.feature_stages={list(config.feature_stages)}: {config.name} cannot give them "
+            f"(stages 0..{len(channels) - 1}, or negative from the end)"
+        ) from error
+    wrapped = MultiStagePooling(backbone, config.feature_stages)
+    width = sum(widths) + num_features
+    return wrapped, width
 
 
 def _timm_backbone(config: ModelConfig) -> tuple[nn.Module, int]:
@@ -91,7 +170,14 @@ def build_classifier(config: ModelConfig) -> Classifier:
     else:
         backbone, num_features = _torchvision_backbone(config)
     load_backbone_weights(backbone, config)
-    model = Classifier(backbone, build_head(config.head, num_features, config.hidden), num_features)
+    backbone, num_features = _with_stages(backbone, num_features, config)
+    model = Classifier(
+        backbone,
+        build_head(config.head, num_features, config.hidden),
+        num_features,
+        build_feature_norm(config.feature_norm),
+        config.flip_averaging,
+    )
     if config.init_from:
         load_classifier_checkpoint(model, config.init_from)
     return model

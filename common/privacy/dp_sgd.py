@@ -13,6 +13,11 @@ The record i is a patch by default (the paper's guarantee). Under patient-level 
 all of a sampled patient's patches enter the batch, and g_i is the sum of their gradients,
 clipped once; so adding or removing one patient changes one sampled record and one clipped
 contribution of norm <= C, whatever the number of its patches.
+
+Augmentation multiplicity (De et al. 2022, "Unlocking high-accuracy differentially private image
+classification through scale", sec. 3.1; `augment_records`): each sampled record enters the
+batch as K flip variants whose gradients are averaged before the record's one clipping, so the
+record still contributes one vector of norm <= C and the privacy analysis is unchanged.
 """
 
 from __future__ import annotations
@@ -84,6 +89,48 @@ class RecordGroups:
             return sampled, None
         rows = torch.nonzero(torch.isin(self.record_of, sampled)).flatten()
         return rows, torch.searchsorted(sampled, self.record_of[rows])
+
+
+@dataclass(frozen=True)
+class AugmentedBatch:
+    """A Poisson batch with K augmented rows per sampled record.
+
+    `rows` / `flips` / `groups` / `weights`: long [B K] training-set row, long [B K] flip
+    variant, long [B K] record position (rows of one record are clipped together), float [B K]
+    loss weight 1/K (so a record's gradient is the mean over its variants; summed over a
+    patient's patches under patient-level DP).
+    """
+
+    rows: torch.Tensor
+    flips: torch.Tensor
+    groups: torch.Tensor
+    weights: torch.Tensor
+
+
+def augment_records(
+    indices: torch.Tensor,
+    groups: torch.Tensor | None,
+    multiplicity: int,
+    variants: int,
+    generator: torch.Generator,
+) -> AugmentedBatch:
+    """Expand a sampled batch (`RecordGroups.sample`'s output) to `multiplicity` distinct flip
+    variants per row, out of `variants` (4: identity, h, v, hv), drawn from `generator` (flips
+    are not part of the mechanism: any augmentation is allowed before clipping).
+
+    Raises ValueError when 1 <= multiplicity <= variants does not hold.
+    """
+    if not 1 <= multiplicity <= variants:
+        raise ValueError(f"augmentation multiplicity {multiplicity}: 1..{variants} flip variants")
+    count = len(indices)
+    positions = groups if groups is not None else torch.arange(count)
+    chosen = torch.rand((count, variants), generator=generator).argsort(1)[:, :multiplicity]
+    return AugmentedBatch(
+        rows=indices.repeat_interleave(multiplicity),
+        flips=chosen.reshape(-1),
+        groups=positions.repeat_interleave(multiplicity),
+        weights=torch.full((count * multiplicity,), 1.0 / multiplicity),
+    )
 
 
 def clip_factors(per_sample_norms: torch.Tensor, max_grad_norm: float) -> torch.Tensor:

@@ -42,6 +42,8 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
     train, privacy = config.train, config.privacy
     if train.engine != "cached" or config.model.trainable != "head" or privacy.unit != "patch":
         return None
+    if (train.optimizer, train.augmentation_multiplicity, train.ema_decay) != ("adamw", 1, None):
+        return None  # recipe knobs the grid engine does not vectorise: cell by cell
     return (
         repr(config.data),
         repr(config.model.name),
@@ -52,6 +54,8 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
         config.model.drop_path_rate,
         config.model.head,
         config.model.hidden,
+        config.model.feature_norm,
+        config.model.flip_averaging,
         train.device,
         train.epochs,
         train.batch_size,

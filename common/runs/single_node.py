@@ -34,6 +34,7 @@ from common.training.fit import FitResult, check_fit_consistency, fit
 from common.training.settings import (
     DPSettings,
     EngineSettings,
+    recipe_options,
     resolve_backbone_train_mode,
     resolve_device,
 )
@@ -103,6 +104,7 @@ def engine_settings(
         dp=dp,
         progress=progress,
         noise_seed=config.seed + 1 if config.privacy.seeded_noise else None,
+        **recipe_options(config.train),
     )
 
 

@@ -41,6 +41,7 @@ from common.training.fit import fit
 from common.training.settings import (
     DPSettings,
     EngineSettings,
+    recipe_options,
     resolve_backbone_train_mode,
     resolve_device,
 )
@@ -315,6 +316,7 @@ class SiteRuntime:
                 unit=config.privacy.unit,
             ),
             noise_seed=noise_seed,
+            **recipe_options(config.train),
         )
 
     # ---- local evaluation ----------------------------------------------------------------

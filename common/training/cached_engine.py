@@ -1,8 +1,10 @@
 """`cached` engine: frozen backbone features once (4 flip variants), then head-only steps.
 
 Each step draws a Poisson sample (rate q) and one flip variant per record, as the naive engine
-does with images; per-sample clipping is exact (see head_gradients) and needs no per-sample
-gradient tensors, so 300 epochs take seconds on a CPU.
+does with images (or, with augmentation multiplicity K, K distinct variants averaged per record
+before clipping); per-sample clipping is exact (see head_gradients) and needs no per-sample
+gradient tensors, so 300 epochs take seconds on a CPU. Features are the head's inputs: the
+backbone's output after the model's fixed `feature_norm`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from torch import nn
 
 from common.data.images import LoadedPatches
 from common.errors import ConfigError
-from common.models.classifier import Classifier
+from common.models.classifier import Classifier, prediction_variants, variant_mean_probability
 from common.privacy.dp_sgd import (
     GaussianMechanism,
     RecordGroups,
+    augment_records,
     clip_factors,
     expected_batch_size,
 )
@@ -26,12 +29,13 @@ from common.privacy.randomness import private_generator
 from common.training.engine import TrainableParameters
 from common.training.features import cached_features
 from common.training.head_gradients import clipped_gradient_sum
-from common.training.settings import EngineSettings
+from common.training.settings import EngineSettings, make_optimizer
 
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    """Frozen-backbone features: train [variants, N, F] and each evaluation set's [N, F]."""
+    """The head's inputs (frozen-backbone features after `feature_norm`): train
+    [variants, N, F] and each evaluation set's [V, N, F] (V = 4 with flip averaging, else 1)."""
 
     train: torch.Tensor
     evaluation: dict[str, torch.Tensor]
@@ -59,9 +63,10 @@ class CachedEngine(TrainableParameters):
         self.head = model.head.to(settings.device)
         variants = (0, 1, 2, 3) if settings.flips else (0,)
         extract = model.backbone.to(settings.device)
+        normalise = model.feature_norm.to(settings.device)
 
         def compute(loaded: LoadedPatches, chosen: tuple[int, ...]) -> torch.Tensor:
-            return cached_features(
+            raw = cached_features(
                 extract,
                 loaded,
                 chosen,
@@ -70,18 +75,19 @@ class CachedEngine(TrainableParameters):
                 settings.feature_cache_dir,
                 settings.progress,
             ).to(settings.device)
+            with torch.no_grad():
+                return normalise(raw)
 
         if features is None:
             self.train_features = compute(train, variants)
-            self.eval_features = {name: compute(s, (0,))[0] for name, s in eval_sets.items()}
+            shown = prediction_variants(model)
+            self.eval_features = {name: compute(s, shown) for name, s in eval_sets.items()}
         else:
             self.train_features, self.eval_features = features.train, dict(features.evaluation)
         self.train_labels = train.labels.to(settings.device)
         self.eval_labels = {name: s.labels.to(settings.device) for name, s in eval_sets.items()}
         self.parameters = [p for p in self.head.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        self.optimizer = make_optimizer(self.parameters, settings)
         self.generator = torch.Generator().manual_seed(settings.seed)  # flips, shuffling
         self.mechanism: GaussianMechanism | None = None
         if settings.dp is not None:
@@ -116,27 +122,40 @@ class CachedEngine(TrainableParameters):
         return self.train_features[fl, idx], self.train_labels[idx]
 
     def dp_clipped_sum(
-        self, features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Clipped per-record gradient sums of the trainable head parameters (no noise);
-        `groups` as in `clipped_gradient_sum` (patient-level DP)."""
+        `groups` as in `clipped_gradient_sum` (patient-level DP, augmentation multiplicity);
+        `weights` [rows]: each row's loss weight (1/K for K variants of a record)."""
         dp = self.settings.dp
         assert dp is not None
+
+        def loss(logits: torch.Tensor) -> torch.Tensor:
+            per_row = self.settings.per_sample_loss(logits, labels)
+            return per_row * weights.to(per_row) if weights is not None else per_row
+
         return clipped_gradient_sum(
-            self.head,
-            features,
-            lambda logits: self.settings.per_sample_loss(logits, labels),
-            lambda norms: clip_factors(norms, dp.max_grad_norm),
-            groups,
+            self.head, features, loss, lambda norms: clip_factors(norms, dp.max_grad_norm), groups
         )
 
     def _dp_step(
         self, indices: torch.Tensor, flips: torch.Tensor, groups: torch.Tensor | None = None
     ) -> float:
         assert self.mechanism is not None
+        weights = None
+        multiplicity = self.settings.augmentation_multiplicity
+        if multiplicity > 1 and len(indices):
+            batch = augment_records(
+                indices, groups, multiplicity, self.train_features.shape[0], self.generator
+            )
+            indices, flips, groups, weights = batch.rows, batch.flips, batch.groups, batch.weights
         features, labels = self.batch(indices, flips)
         if len(indices):
-            sums, _, losses = self.dp_clipped_sum(features, labels, groups)
+            sums, _, losses = self.dp_clipped_sum(features, labels, groups, weights)
         else:  # an empty Poisson batch: a noise-only step
             sums, losses = {}, torch.zeros(0)
         summed = [sums.get(p, torch.zeros_like(p)) for p in self.parameters]
@@ -160,7 +179,13 @@ class CachedEngine(TrainableParameters):
         if dp is not None:
             for _ in range(dp.steps_per_epoch):
                 indices, groups = self.records.sample(dp.sample_rate, self.sampling)
-                losses.append(self._dp_step(indices, self._draw_flips(len(indices)), groups))
+                # with multiplicity > 1 `_dp_step` draws the variants itself
+                flips = (
+                    self._draw_flips(len(indices))
+                    if self.settings.augmentation_multiplicity == 1
+                    else torch.zeros(len(indices), dtype=torch.long)
+                )
+                losses.append(self._dp_step(indices, flips, groups))
                 self.steps_done += 1
         else:
             order = torch.randperm(n, generator=self.generator)
@@ -172,9 +197,10 @@ class CachedEngine(TrainableParameters):
     @torch.no_grad()
     def predict(self, name: str) -> tuple[np.ndarray, float]:
         self.head.eval()
-        logits = self.head(self.eval_features[name])
-        loss = self.settings.per_sample_loss(logits, self.eval_labels[name]).mean()
-        return torch.softmax(logits, 1)[:, 1].cpu().numpy(), float(loss)
+        features, labels = self.eval_features[name], self.eval_labels[name]
+        logits = self.head(features)  # [V, N, 2]
+        loss = self.settings.per_sample_loss(logits.flatten(0, 1), labels.repeat(len(logits)))
+        return variant_mean_probability(logits).cpu().numpy(), float(loss.mean())
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {f"head.{k}": v.detach().cpu().clone() for k, v in self.head.state_dict().items()}

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from common.training.engine import TrainingEngine
 from common.training.naive_engine import NaiveEngine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
 from common.training.settings import EngineSettings
+from common.training.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 SELECTIONS = ("best", "last")
@@ -115,6 +117,15 @@ def fit(
     eval_sets = {"validation": validation} if validation is not None else {}
     engine = make_engine(engine_name, model, train, eval_sets, settings)
     proximal = _add_proximal_term(engine, model, proximal_mu) if proximal_mu > 0 else None
+    average = (
+        WeightAverage(
+            [p for p in model.parameters() if p.requires_grad],
+            settings.ema_decay,
+            engine.optimizer,
+        )
+        if settings.ema_decay is not None
+        else None
+    )
     try:
         if planned is not None:
             reservation = ledger.reserve(planned)
@@ -131,8 +142,11 @@ def fit(
             selection_positive,
             target_epsilon if dp else None,
             eligible,
+            average,
         )
         note = selection_note(selection, selector)
+        if average is not None:  # the model returned is the averaged one (last or selected)
+            average.copy_to_parameters()
         if selector.best_state:
             model.load_state_dict({**model.state_dict(), **selector.best_state})
         event = None
@@ -145,6 +159,8 @@ def fit(
     finally:
         if proximal is not None:
             proximal.remove()
+        if average is not None:
+            average.remove()
         engine.close()
     return FitResult(
         best_epoch=selector.best.epoch if selector.best else None,
@@ -272,7 +288,10 @@ def _train_epochs(
     selection_positive: str,
     target_epsilon: float | None,
     eligible: tuple[float, float],
+    average: WeightAverage | None = None,
 ) -> tuple[list[EpochRecord], EpochSelector | LastIterate]:
+    """Every epoch, then its record; with `average` the epoch is scored, checked and
+    snapshotted with the averaged weights (what the run would return)."""
     dp = settings.dp
     selector: EpochSelector | LastIterate = (
         LastIterate() if selection == "last" else EpochSelector(target_epsilon, *eligible)
@@ -285,19 +304,20 @@ def _train_epochs(
     for epoch in bar:
         started = time.perf_counter()
         train_loss = engine.train_epoch()
-        record = epoch_record(
-            engine,
-            model,
-            validation,
-            settings,
-            ledger,
-            before,
-            selector,
-            epoch,
-            train_loss,
-            time.perf_counter() - started,
-            selection_positive,
-        )
+        with average.applied() if average is not None else nullcontext():
+            record = epoch_record(
+                engine,
+                model,
+                validation,
+                settings,
+                ledger,
+                before,
+                selector,
+                epoch,
+                train_loss,
+                time.perf_counter() - started,
+                selection_positive,
+            )
         history.append(record)
         bar.set_postfix(val_auprc=record.val_auprc, eps=record.epsilon)
     return history, selector

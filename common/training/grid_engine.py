@@ -11,8 +11,9 @@ own sigma) and step count. Per-record clipping is the same exact ||g||·||a|| ru
 parameters is C independent AdamWs.
 
 Limits (refused with ConfigError, the cells then run one by one): patient-level DP (records
-of several rows), heads other than Linear / Linear-activation-Linear, cells that differ in
-anything but seed, noise multiplier and target (sample rate, steps, batch, lr, ...).
+of several rows), heads other than Linear / Linear-activation-Linear, recipe knobs other than
+the paper's (SGD, augmentation multiplicity, weight averaging), cells that differ in anything
+but seed, noise multiplier and target (sample rate, steps, batch, lr, ...).
 """
 
 from __future__ import annotations
@@ -212,8 +213,15 @@ def _layer_plan(head: nn.Module) -> list[nn.Module | None]:
 
 
 def _check_compatible(engines: Sequence[CachedEngine]) -> None:
-    """Cells may differ only in seed and noise multiplier (and so target epsilon)."""
+    """Cells may differ only in seed and noise multiplier (and so target epsilon); the paper's
+    optimisation only (AdamW, one flip per record, no weight averaging)."""
     first = engines[0].settings
+    recipes = {(e.settings.optimizer, e.settings.augmentation_multiplicity) for e in engines}
+    if recipes != {("adamw", 1)} or any(e.settings.ema_decay is not None for e in engines):
+        raise ConfigError(
+            "the grid engine runs AdamW with one flip per record and no weight averaging; "
+            "other recipes train cell by cell"
+        )
     for engine in engines[1:]:
         other = engine.settings
         same = (

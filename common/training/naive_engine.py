@@ -18,18 +18,19 @@ from torch import nn
 
 from common.data.images import LoadedPatches, apply_flips, to_model_input
 from common.errors import ConfigError, UnsupportedDPModelError
-from common.models.classifier import Classifier
+from common.models.classifier import Classifier, prediction_variants, variant_mean_probability
 from common.models.policies import WINDOW_ATTENTION_TYPES, backbone_has_batchnorm
 from common.privacy.dp_sgd import (
     GaussianMechanism,
     RecordGroups,
+    augment_records,
     check_per_record_rows,
     clipped_sum,
     expected_batch_size,
 )
 from common.privacy.randomness import private_generator
 from common.training.engine import TrainableParameters
-from common.training.settings import EngineSettings
+from common.training.settings import EngineSettings, make_optimizer
 
 
 def check_per_image_gradients(model: Classifier) -> None:
@@ -76,9 +77,7 @@ class NaiveEngine(TrainableParameters):
         self.eval_sets = eval_sets
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        self.optimizer = make_optimizer(self.parameters, settings)
         self.module: nn.Module = self.model
         self.mechanism: GaussianMechanism | None = None
         if settings.dp is not None:
@@ -122,12 +121,16 @@ class NaiveEngine(TrainableParameters):
         device = self.settings.device
         return images.to(device, self.dtype), self.labels[indices].to(device)
 
-    def _grad_samples(self, indices: torch.Tensor, flips: torch.Tensor) -> list[torch.Tensor]:
-        """Per-sample gradients (opacus hooks, sum reduction) of the trainable parameters."""
+    def _grad_samples(
+        self, indices: torch.Tensor, flips: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Per-sample gradients (opacus hooks, sum reduction) of the trainable parameters;
+        `weights` [rows]: each row's loss weight (1/K for K variants of one record)."""
         self._set_train_mode()
         images, labels = self.batch(indices, flips)
         losses = self.settings.per_sample_loss(self.module(images), labels)
-        losses.sum().backward()
+        weighted = losses * weights.to(losses) if weights is not None else losses
+        weighted.sum().backward()
         self.last_loss = float(losses.detach().mean())
         samples = [p.grad_sample.detach() for p in self.parameters]
         check_per_record_rows(samples, len(indices))
@@ -148,14 +151,20 @@ class NaiveEngine(TrainableParameters):
         return {names[id(p)]: g for p, g in zip(self.parameters, samples, strict=True)}
 
     def dp_clipped_sum(
-        self, indices: torch.Tensor, flips: torch.Tensor, groups: torch.Tensor | None = None
+        self,
+        indices: torch.Tensor,
+        flips: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The clipped per-record gradient sum for one batch (no noise, no update); `groups`
-        as in `clipped_sum` (patient-level DP)."""
+        as in `clipped_sum` (patient-level DP, augmentation multiplicity), `weights` as in
+        `_grad_samples`."""
         dp = self.settings.dp
         assert dp is not None
         names = {id(p): n for n, p in self.model.named_parameters()}
-        sums = clipped_sum(self._grad_samples(indices, flips), dp.max_grad_norm, groups)
+        samples = self._grad_samples(indices, flips, weights)
+        sums = clipped_sum(samples, dp.max_grad_norm, groups)
         return {names[id(p)]: s for p, s in zip(self.parameters, sums, strict=True)}
 
     def _draw_flips(self, count: int) -> torch.Tensor:
@@ -169,6 +178,13 @@ class NaiveEngine(TrainableParameters):
         loss = None
         if len(indices) == 0:  # an empty Poisson batch: a noise-only step
             sums = [torch.zeros_like(p) for p in self.parameters]
+        elif self.settings.augmentation_multiplicity > 1:
+            batch = augment_records(
+                indices, groups, self.settings.augmentation_multiplicity, 4, self.generator
+            )
+            samples = self._grad_samples(batch.rows, batch.flips, batch.weights)
+            sums = clipped_sum(samples, dp.max_grad_norm, batch.groups)
+            loss = self.last_loss
         else:
             samples = self._grad_samples(indices, self._draw_flips(len(indices)))
             sums = clipped_sum(samples, dp.max_grad_norm, groups)
@@ -213,14 +229,27 @@ class NaiveEngine(TrainableParameters):
         loaded = self.eval_sets[name]
         probabilities, losses = [], []
         size = self.settings.feature_batch_size
+        variants = torch.tensor(prediction_variants(self.model))
         for start in range(0, len(loaded.pixels), size):
-            images = to_model_input(loaded.pixels[start : start + size]).to(
-                self.settings.device, self.dtype
-            )
+            images = to_model_input(loaded.pixels[start : start + size])
             labels = loaded.labels[start : start + size].to(self.settings.device)
-            logits = self.model(images)
-            probabilities.append(torch.softmax(logits, 1)[:, 1].cpu())
-            losses.append(self.settings.per_sample_loss(logits, labels).cpu())
+            logits = torch.stack(
+                [
+                    self.model(
+                        apply_flips(images, variant.expand(len(images))).to(
+                            self.settings.device, self.dtype
+                        )
+                    )
+                    for variant in variants
+                ]
+            )
+            probabilities.append(variant_mean_probability(logits).cpu())
+            losses.append(
+                self.settings.per_sample_loss(logits.flatten(0, 1), labels.repeat(len(logits)))
+                .cpu()
+                .reshape(len(logits), -1)
+                .mean(0)
+            )
         return torch.cat(probabilities).numpy(), float(torch.cat(losses).mean())
 
     def model_state(self) -> dict[str, torch.Tensor]:

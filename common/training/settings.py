@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from common.config.schema import TrainConfig
 from common.errors import ConfigError
 
 
@@ -40,6 +43,12 @@ class EngineSettings:
     # None: Poisson sampling and DP noise from OS entropy (common.privacy.randomness); an int
     # is the explicit seeded research mode, marked in every record
     noise_seed: int | None = None
+    # the optimisation recipe (see `recipe_options`): optimiser, augmentation multiplicity
+    # (DP steps: K flip variants averaged per record before clipping), weight averaging
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    augmentation_multiplicity: int = 1
+    ema_decay: float | None = None
 
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -63,3 +72,31 @@ def resolve_backbone_train_mode(engine: str, mode: str, has_batchnorm: bool) -> 
     if mode == "auto":
         return not has_batchnorm
     return mode == "train"
+
+
+def recipe_options(train: TrainConfig) -> dict[str, Any]:
+    """The `EngineSettings` fields a recipe sets, from `train.*` (one place for every caller:
+    single-node cells, federated sites)."""
+    return {
+        "optimizer": train.optimizer,
+        "momentum": train.momentum,
+        "augmentation_multiplicity": train.augmentation_multiplicity,
+        "ema_decay": train.ema_decay,
+    }
+
+
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], settings: EngineSettings
+) -> torch.optim.Optimizer:
+    """AdamW (the paper's; Loshchilov & Hutter 2019) or SGD with heavy-ball momentum, both
+    applied to the (noisy, under DP) mean gradient: post-processing, no privacy cost."""
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+    raise ConfigError(f"train.optimizer={settings.optimizer!r}: choose adamw or sgd")

@@ -30,7 +30,8 @@ SUBSET = [
 def test_table1_subset_on_released_patches(
     release_dir: Path, effnet_weights: Path, tmp_path: Path
 ) -> None:
-    rows = ["real", "real_eps1", "real_eps6", "real_syn_eps6"]
+    # recipe presets run beside the paper's rows (docs/recipes.md)
+    rows = ["real", "real_eps1", "real_eps6", "real_syn_eps6", "recipe/dp_eps1", "recipe/no_dp"]
     paths = run_table1(tmp_path, rows, [42], SUBSET)
     table = pd.read_csv(paths["csv"])
     assert list(table["row"]) == rows and set(table["test_set"]) == {"cbis_ddsm_val"}
@@ -39,6 +40,7 @@ def test_table1_subset_on_released_patches(
         math.isnan(spent["real"])
         and 0.75 < spent["real_eps1"] <= 1.0
         and 4.5 < spent["real_eps6"] <= 6.0
+        and 0.75 < spent["recipe/dp_eps1"] <= 1.0
     )
     guarantee = dict(zip(table["row"], table["guarantee"], strict=True))
     assert guarantee == {
@@ -46,15 +48,21 @@ def test_table1_subset_on_released_patches(
         "real_eps1": "formal",
         "real_eps6": "formal",
         "real_syn_eps6": "partial",  # its synthetic patches come from a non-DP GAN
+        "recipe/dp_eps1": "formal",
+        "recipe/no_dp": "none (no DP)",
     }
+    settings = dict(zip(table["row"], table["settings"], strict=True))
+    assert settings["real_eps1"] == "paper" and settings["recipe/dp_eps1"] == "recipe"
+    assert dict(zip(table["row"], table["epsilon"], strict=True))["recipe/dp_eps1"] == 1
     markdown = paths["md"].read_text()
     assert "efficientnet_lite0" in markdown and "not the paper's" in markdown
     assert "data.real.limit=48" in markdown
     assert paths["plot"].stat().st_size > 1000
     # resume: a second call trains nothing and rewrites the same table
-    before = {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/*/result.json")}
+    before = {p: p.stat().st_mtime for p in tmp_path.glob("cells/**/result.json")}
     run_table1(tmp_path, rows, [42], SUBSET)
-    assert before == {p: p.stat().st_mtime for p in tmp_path.glob("cells/*/*/result.json")}
+    assert before == {p: p.stat().st_mtime for p in tmp_path.glob("cells/**/result.json")}
+    assert len(before) == len(rows)
 
 
 @pytest.mark.slow

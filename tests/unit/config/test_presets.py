@@ -25,8 +25,13 @@ SINGLE_NODE = [n for n in experiment_names() if not n.startswith("federated/")]
 FEDERATED = [n for n in experiment_names() if n.startswith("federated/")]
 
 
-def test_the_three_federated_presets_exist() -> None:
-    assert FEDERATED == ["federated/paper_sites", "federated/phantom", "federated/tiny"]
+def test_the_federated_presets_exist() -> None:
+    assert FEDERATED == [
+        "federated/paper_sites",
+        "federated/phantom",
+        "federated/phantom_recipe",  # the main job's federation with recipe/dp_eps6's rounds
+        "federated/tiny",
+    ]
 
 
 @pytest.mark.parametrize("name", FEDERATED)
@@ -48,7 +53,9 @@ def test_federated_default_is_phantom_and_a_typo_is_refused() -> None:
 @pytest.mark.parametrize("name", SINGLE_NODE)
 def test_preset_composes_and_overrides_base(name: str) -> None:
     base = compose_config([])
-    config = compose_config([f"experiment={name}"])
+    # recipe/no_dp pools several stages: a timm backbone (the same Swin-T, from timm)
+    model = ["model=swin_t_timm"] if name == "recipe/no_dp" else []
+    config = compose_config([f"experiment={name}", *model])
     assert isinstance(config, MammoflConfig)
     assert config.name != base.name == "run"  # the preset really overrides the base
     header = (config_dir() / "experiment" / f"{name}.yaml").read_text().splitlines()

@@ -130,6 +130,13 @@ def test_cells_that_cannot_share_a_program_are_refused() -> None:
         GridCachedEngine(
             [base, CachedEngine(_models(1)[0], train, {}, patient, features=base.features())]
         )
+    # recipe knobs the grid does not vectorise: the cells train one by one instead
+    for knob in ({"optimizer": "sgd"}, {"augmentation_multiplicity": 2}, {"ema_decay": 0.9}):
+        other = dataclasses.replace(first, **knob)
+        with pytest.raises(ConfigError, match="cell by cell"):
+            GridCachedEngine(
+                [base, CachedEngine(_models(1)[0], train, {}, other, features=base.features())]
+            )
 
 
 def test_cells_with_different_backbones_never_share_features() -> None:

@@ -1,0 +1,233 @@
+"""A bounded, rerunnable recipe search on the training data only (`mammofl tune`).
+
+A search space (configs/tune/<name>.yaml) names base overrides, axes (each value one or more
+hydra overrides) and how many candidates to draw: `trials` distinct points of the axes'
+product, drawn with `draw_seed` (random search, the procedure Papernot & Steinke 2022 analyse).
+Every candidate runs at its full epoch budget for each seed, on the config's training data with
+its selection hold-out; the score is the hold-out AUROC of the model the run returns. The
+config's test sets are dropped before any data is loaded, so a search never reads a test image.
+
+The hold-out also selects each run's epoch (as in every mammofl cell), so the scores are
+optimistic alike for every candidate; the search ranks candidates, it does not report utility.
+Each finished (candidate, seed) is written at once (atomic JSON), so an interrupted search
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from common.config.compose import compose_config
+from common.config.schema import MammoflConfig
+from common.errors import ConfigError
+from common.eval.metrics import point_metrics
+from common.eval.predict import predict_probabilities
+from common.eval.records import write_json
+from common.runs.grid import shared_loader
+from common.runs.single_node import fit_cell, prepare_cell
+from common.training.fit import check_fit_consistency
+
+log = logging.getLogger(__name__)
+SPACES_DIR = Path(__file__).resolve().parents[2] / "configs" / "tune"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """`axes`: override group name -> values, each value a space-separated list of overrides."""
+
+    name: str
+    base: tuple[str, ...]
+    axes: dict[str, tuple[str, ...]]
+    trials: int
+    seeds: tuple[int, ...]
+    draw_seed: int = 0
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.axes.values())
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """A search space by name (configs/tune/<name>.yaml) or path; ConfigError names the file
+    and field of any fault."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        raise ConfigError(f"search space {name_or_path!r}: no file {path}; known: {known}")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a mapping with base, axes, trials, seeds expected")
+    try:
+        axes = {str(k): tuple(str(v) for v in values) for k, values in raw["axes"].items()}
+        space = SearchSpace(
+            name=path.stem,
+            base=tuple(str(o) for o in raw.get("base", [])),
+            axes=axes,
+            trials=int(raw["trials"]),
+            seeds=tuple(int(s) for s in raw["seeds"]),
+            draw_seed=int(raw.get("draw_seed", 0)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: {error!r}; fields: base, axes, trials, seeds") from error
+    if not space.axes or any(not v for v in space.axes.values()) or space.trials < 1:
+        raise ConfigError(f"{path}: every axis needs values and trials must be >= 1")
+    if not space.seeds:
+        raise ConfigError(f"{path}: seeds must list at least one seed")
+    return space
+
+
+def candidates(space: SearchSpace) -> list[dict[str, str]]:
+    """`trials` distinct points of the axes' product (all of it when smaller), seeded."""
+    names = list(space.axes)
+    points = list(itertools.product(*(space.axes[n] for n in names)))
+    chosen = random.Random(space.draw_seed).sample(points, min(space.trials, len(points)))
+    return [dict(zip(names, point, strict=True)) for point in chosen]
+
+
+def candidate_overrides(candidate: dict[str, str]) -> list[str]:
+    return [o for value in candidate.values() for o in value.split()]
+
+
+def candidate_id(candidate: dict[str, str]) -> str:
+    text = json.dumps(candidate, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def trial_config(
+    space: SearchSpace, candidate: dict[str, str], seed: int, overrides: Sequence[str]
+) -> MammoflConfig:
+    """The cell of one (candidate, seed), with every test set removed."""
+    config = compose_config(
+        [*space.base, *candidate_overrides(candidate), *overrides, f"seed={seed}"]
+    )
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, tests={}))
+
+
+def run_trial(config: MammoflConfig, out_dir: Path, load: Any) -> dict[str, Any]:
+    """Train one cell and score its returned model on the selection hold-out."""
+    started = time.time()
+    cell = prepare_cell(config, out_dir, progress=False, load=load)
+    validation = cell.data.validation
+    if validation is None:
+        raise ConfigError("mammofl tune scores on the selection hold-out: set data.validation")
+    result = fit_cell(cell)
+    check_fit_consistency(result)
+    scores = predict_probabilities(
+        cell.model,
+        validation,
+        cell.device,
+        config.train.feature_batch_size,
+        config.train.feature_cache_dir,
+    )
+    metrics = point_metrics(validation.labels.numpy(), scores)
+    return {
+        "seed": config.seed,
+        "holdout_auroc": metrics["auroc"],
+        "holdout_auprc_benign": metrics["auprc_benign"],
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "epsilon_spent": result.epsilon_spent,
+        "target_epsilon": cell.plan.target_epsilon,
+        "noise_multiplier": cell.plan.noise_multiplier,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def run_search(
+    space: SearchSpace, overrides: Sequence[str], out_dir: Path, seeds: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) every (candidate, seed); write trials/<id>/seed<s>.json, tune.csv
+    (candidates ranked by mean hold-out AUROC) and tune.json; returns the summary."""
+    chosen_seeds = tuple(seeds) if seeds else space.seeds
+    if not any(o.startswith("train.feature_cache_dir=") for o in overrides):
+        overrides = [*overrides, f"train.feature_cache_dir={out_dir / '_features'}"]
+    load = shared_loader()
+    found = candidates(space)
+    log.info(
+        "%s: %d of %d candidates x %d seeds", space.name, len(found), space.size, len(chosen_seeds)
+    )
+    started, ran = time.time(), 0
+    rows = []
+    for number, candidate in enumerate(found, 1):
+        cid = candidate_id(candidate)
+        results = []
+        for seed in chosen_seeds:
+            target = out_dir / "trials" / cid / f"seed{seed}.json"
+            if target.is_file():
+                results.append(json.loads(target.read_text()))
+                continue
+            config = trial_config(space, candidate, seed, overrides)
+            record = {"candidate": candidate, **run_trial(config, target.parent, load)}
+            write_json(target, record)
+            results.append(record)
+            ran += 1
+            log.info(
+                "[%d/%d] %s seed %d: hold-out AUROC %.3f (eps %s, %.0f s)",
+                number,
+                len(found),
+                " ".join(candidate_overrides(candidate)),
+                seed,
+                record["holdout_auroc"],
+                record["epsilon_spent"],
+                record["seconds"],
+            )
+        aurocs = [r["holdout_auroc"] for r in results]
+        rows.append(
+            {
+                "candidate": cid,
+                **candidate,
+                "holdout_auroc_mean": float(np.mean(aurocs)),
+                "holdout_auroc_std": float(np.std(aurocs)),
+                "seeds": len(results),
+                "epsilon_spent_max": max((r["epsilon_spent"] or 0.0) for r in results),
+                "seconds": float(sum(r["seconds"] for r in results)),
+            }
+        )
+    return _write_summary(space, overrides, out_dir, rows, chosen_seeds, ran, started)
+
+
+def _write_summary(
+    space: SearchSpace,
+    overrides: Sequence[str],
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    seeds: Sequence[int],
+    ran: int,
+    started: float,
+) -> dict[str, Any]:
+    import pandas as pd
+
+    from common.atomic_io import atomic_write_text
+
+    ranked = sorted(rows, key=lambda r: -r["holdout_auroc_mean"])
+    atomic_write_text(out_dir / "tune.csv", pd.DataFrame(ranked).to_csv(index=False))
+    summary = {
+        "space": dataclasses.asdict(space),
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "candidates": len(rows),
+        "cell_runs": int(sum(r["seeds"] for r in rows)),
+        "cell_runs_this_call": ran,
+        "train_seconds_all_runs": round(sum(r["seconds"] for r in rows), 1),
+        "wall_seconds_this_call": round(time.time() - started, 1),
+        "score": "hold-out AUROC of the returned model (the hold-out also selected its epoch)",
+        "best": ranked[0] if ranked else None,
+    }
+    write_json(out_dir / "tune.json", summary)
+    return summary

@@ -1,0 +1,30 @@
+"""`mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>`: the recipe search.
+
+Runs (or resumes) the search space configs/tune/NAME.yaml (or a YAML path) on the config's
+training data and selection hold-out only (test sets are dropped), then prints the summary;
+tune.csv ranks the candidates by mean hold-out AUROC. See docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.errors import ConfigError
+from common.runs.tuning import load_space, run_search
+
+
+def cmd_tune(args: Sequence[str]) -> int:
+    from simulations.cli import parse_list, split_options
+
+    options, rest = split_options(args, ("space", "out_dir", "seeds"))
+    if "space" not in options or "out_dir" not in options:
+        raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
+    try:
+        seeds = [int(s) for s in parse_list(options["seeds"])] if "seeds" in options else None
+    except ValueError as error:
+        raise ConfigError(f"seeds={options['seeds']!r}: a list of integers") from error
+    summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
+    print(json.dumps({k: summary[k] for k in ("candidates", "cell_runs", "best")}, indent=2))
+    return 0

@@ -1,0 +1,82 @@
+"""`mammofl tune`: a bounded random search on the training data and its hold-out only.
+
+Tiny phantom cells (tiny Swin, 32 px, 2 epochs, cached features): the search draws distinct
+candidates, runs each for every seed, ranks them by hold-out AUROC, never opens a test set,
+resumes without retraining, and names a faulty space file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from common.errors import ConfigError
+from common.runs.tuning import candidates, load_space, run_search, trial_config
+
+BASE = [
+    "experiment=table1/real_eps6",
+    "data=phantom",
+    "model=tiny_swin",
+    "data.image_size=32",
+    "train.engine=cached",
+    "train.epochs=2",
+    "train.batch_size=16",
+]
+
+
+def _space(tmp_path: Path, **extra: object) -> Path:
+    space = {
+        "base": BASE,
+        "seeds": [42, 43],
+        "trials": 2,
+        "draw_seed": 3,
+        "axes": {
+            "lr": ["train.lr=1e-3", "train.lr=1e-2"],
+            "recipe": [
+                "model.head=linear",
+                "model.head=linear train.augmentation_multiplicity=4 train.ema_decay=0.9",
+            ],
+        },
+        **extra,
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_search_ranks_candidates_on_the_holdout_and_resumes(
+    phantom_env: Path, tmp_path: Path
+) -> None:
+    space = load_space(str(_space(tmp_path)))
+    chosen = candidates(space)
+    assert len(chosen) == 2 and chosen[0] != chosen[1]
+    assert candidates(space) == chosen  # the draw is seeded
+    # the test set exists in the config but is dropped before any data is loaded
+    config = trial_config(space, chosen[0], 42, [])
+    assert config.data.tests == {}
+    unreadable = ["data.tests.phantom_test.path=/nonexistent/test"]
+    out = tmp_path / "search"
+    summary = run_search(space, unreadable, out)
+    assert summary["cell_runs"] == 4 and summary["cell_runs_this_call"] == 4
+    table = pd.read_csv(out / "tune.csv")
+    assert len(table) == 2 and table["seeds"].tolist() == [2, 2]
+    assert table["holdout_auroc_mean"].is_monotonic_decreasing
+    for trial in (out / "trials").rglob("seed*.json"):
+        record = json.loads(trial.read_text())
+        assert 0 < record["epsilon_spent"] <= 6 and 0 <= record["holdout_auroc"] <= 1
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "trials").rglob("seed*.json")}
+    again = run_search(space, unreadable, out)
+    assert again["cell_runs_this_call"] == 0 and again["best"] == summary["best"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_faulty_space_names_its_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"space\.yaml"):
+        load_space(str(_space(tmp_path, trials="many")))
+    with pytest.raises(ConfigError, match="known"):
+        load_space("no_such_space")
+    assert load_space("dp_eps6").size == 384  # the shipped space parses
