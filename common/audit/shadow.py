@@ -22,7 +22,12 @@ from common.audit.population import Population
 from common.config.schema import MammoflConfig
 from common.data.images import LoadedPatches
 from common.eval.metrics import point_metrics
-from common.models.classifier import Classifier, build_classifier
+from common.models.classifier import (
+    Classifier,
+    build_classifier,
+    prediction_variants,
+    variant_mean_probability,
+)
 from common.models.policies import apply_trainable_policy
 from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import expected_batch_size
@@ -137,8 +142,10 @@ def train_model(
     check_fit_consistency(result)
     test_auroc = {}
     for name, loaded in tests.items():
-        logits = torch.from_numpy(head_logits(model, features(loaded, (0,))[0], device))
-        scores = torch.softmax(logits, 1)[:, 1].numpy()
+        # as every other evaluation: the 4 flips averaged when the model says so
+        views = features(loaded, prediction_variants(model))
+        scores = variant_mean_probability(torch.from_numpy(head_logits(model, views, device)))
+        scores = scores.numpy()
         test_auroc[name] = point_metrics(np.asarray(loaded.patch_set.labels), scores)["auroc"]
     return ModelOutcome(
         seed=config.seed,

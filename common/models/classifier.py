@@ -102,13 +102,14 @@ def _with_stages(
     if not hasattr(backbone, "forward_intermediates"):
         raise ConfigError(f"model.feature_stages: timm {config.name} has no forward_intermediates")
     channels = [int(info["num_chs"]) for info in getattr(backbone, "feature_info", [])]
-    try:
-        widths = [channels[i] for i in config.feature_stages]
-    except IndexError as error:
+    stages = list(config.feature_stages)
+    resolved = [i + len(channels) if i < 0 else i for i in stages]
+    if not all(0 <= i < len(channels) for i in resolved) or len(set(resolved)) != len(resolved):
         raise ConfigError(
-            f"model.feature_stages={list(config.feature_stages)}: {config.name} cannot give them "
-            f"(stages 0..{len(channels) - 1}, or negative from the end)"
-        ) from error
+            f"model.feature_stages={stages}: {config.name} cannot give them (distinct stages "
+            f"0..{len(channels) - 1}, or negative from the end)"
+        )
+    widths = [channels[i] for i in resolved]
     wrapped = MultiStagePooling(backbone, config.feature_stages)
     width = sum(widths) + num_features
     return wrapped, width

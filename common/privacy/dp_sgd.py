@@ -107,16 +107,31 @@ class AugmentedBatch:
     weights: torch.Tensor
 
 
+def draw_flips(
+    indices: torch.Tensor, dataset_size: int, variants: int, generator: torch.Generator
+) -> torch.Tensor:
+    """One flip variant (long [B]) for each sampled row.
+
+    A variant is drawn for every row of the training set at every step and read at the sampled
+    rows. So how much of the (possibly seeded) stream a step uses never depends on which records
+    were sampled, and one record's presence cannot change another record's flip. Augmenting
+    each record with randomness of its own, before its clipping, leaves the analysis unchanged.
+    """
+    return torch.randint(0, variants, (dataset_size,), generator=generator)[indices]
+
+
 def augment_records(
     indices: torch.Tensor,
     groups: torch.Tensor | None,
     multiplicity: int,
     variants: int,
     generator: torch.Generator,
+    dataset_size: int,
 ) -> AugmentedBatch:
     """Expand a sampled batch (`RecordGroups.sample`'s output) to `multiplicity` distinct flip
-    variants per row, out of `variants` (4: identity, h, v, hv), drawn from `generator` (flips
-    are not part of the mechanism: any augmentation is allowed before clipping).
+    variants per row, out of `variants` (4: identity, h, v, hv). As in `draw_flips`, variants
+    are drawn for all `dataset_size` rows and read at the sampled ones, so no record's presence
+    changes another record's augmentation.
 
     Raises ValueError when 1 <= multiplicity <= variants does not hold.
     """
@@ -124,7 +139,8 @@ def augment_records(
         raise ValueError(f"augmentation multiplicity {multiplicity}: 1..{variants} flip variants")
     count = len(indices)
     positions = groups if groups is not None else torch.arange(count)
-    chosen = torch.rand((count, variants), generator=generator).argsort(1)[:, :multiplicity]
+    order = torch.rand((dataset_size, variants), generator=generator).argsort(1)
+    chosen = order[indices, :multiplicity]
     return AugmentedBatch(
         rows=indices.repeat_interleave(multiplicity),
         flips=chosen.reshape(-1),

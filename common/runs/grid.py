@@ -56,6 +56,7 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
         config.model.hidden,
         config.model.feature_norm,
         config.model.flip_averaging,
+        tuple(config.model.feature_stages),
         train.device,
         train.epochs,
         train.batch_size,

@@ -33,7 +33,7 @@ import yaml
 
 from common.config.compose import compose_config
 from common.config.schema import MammoflConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, NonFiniteError
 from common.eval.metrics import point_metrics
 from common.eval.predict import predict_probabilities
 from common.eval.records import write_json
@@ -149,12 +149,32 @@ def run_trial(config: MammoflConfig, out_dir: Path, load: Any) -> dict[str, Any]
     }
 
 
+def _check_same_search(out_dir: Path, space: SearchSpace, overrides: Sequence[str]) -> None:
+    """A resumed search must be the same search: its trials are reused only then."""
+    stamp = {"base": list(space.base), "axes": {k: list(v) for k, v in space.axes.items()}}
+    stamp["overrides"] = [o for o in overrides if not o.startswith("train.feature_cache_dir=")]
+    path = out_dir / "search.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != stamp:
+            raise ConfigError(
+                f"{out_dir} holds another search (its search.json: base, axes or overrides "
+                "differ); use a new out_dir, or the same space and overrides to resume"
+            )
+    else:
+        write_json(path, stamp)
+
+
 def run_search(
     space: SearchSpace, overrides: Sequence[str], out_dir: Path, seeds: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """Run (or resume) every (candidate, seed); write trials/<id>/seed<s>.json, tune.csv
-    (candidates ranked by mean hold-out AUROC) and tune.json; returns the summary."""
+    (candidates ranked by mean hold-out AUROC; failed ones last) and tune.json; returns the
+    summary. A candidate that cannot run (a ConfigError such as a batch larger than the set)
+    or diverges (NonFiniteError) is recorded as failed, with the reason, and the search goes on.
+    Raises ConfigError when out_dir holds another search."""
     chosen_seeds = tuple(seeds) if seeds else space.seeds
+    _check_same_search(out_dir, space, overrides)
     if not any(o.startswith("train.feature_cache_dir=") for o in overrides):
         overrides = [*overrides, f"train.feature_cache_dir={out_dir / '_features'}"]
     load = shared_loader()
@@ -172,34 +192,51 @@ def run_search(
             if target.is_file():
                 results.append(json.loads(target.read_text()))
                 continue
-            config = trial_config(space, candidate, seed, overrides)
-            record = {"candidate": candidate, **run_trial(config, target.parent, load)}
+            started_trial = time.time()
+            try:
+                config = trial_config(space, candidate, seed, overrides)
+                outcome = run_trial(config, target.parent, load)
+            except (ConfigError, NonFiniteError) as error:
+                outcome = {"seed": seed, "failed": str(error), "holdout_auroc": math.nan}
+                outcome["seconds"] = round(time.time() - started_trial, 1)
+            record = {"candidate": candidate, **outcome}
             write_json(target, record)
             results.append(record)
             ran += 1
             log.info(
-                "[%d/%d] %s seed %d: hold-out AUROC %.3f (eps %s, %.0f s)",
+                "[%d/%d] %s seed %d: %s (%.0f s)",
                 number,
                 len(found),
                 " ".join(candidate_overrides(candidate)),
                 seed,
-                record["holdout_auroc"],
-                record["epsilon_spent"],
+                f"failed: {record['failed']}"
+                if "failed" in record
+                else f"hold-out AUROC {record['holdout_auroc']:.3f}, eps {record['epsilon_spent']}",
                 record["seconds"],
             )
-        aurocs = [r["holdout_auroc"] for r in results]
-        rows.append(
-            {
-                "candidate": cid,
-                **candidate,
-                "holdout_auroc_mean": float(np.mean(aurocs)),
-                "holdout_auroc_std": float(np.std(aurocs)),
-                "seeds": len(results),
-                "epsilon_spent_max": max((r["epsilon_spent"] or 0.0) for r in results),
-                "seconds": float(sum(r["seconds"] for r in results)),
-            }
-        )
+        rows.append(_candidate_row(cid, candidate, results))
     return _write_summary(space, overrides, out_dir, rows, chosen_seeds, ran, started)
+
+
+def _candidate_row(
+    cid: str, candidate: dict[str, str], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One line of tune.csv: mean and std over the seeds that ran (NaN AUROC: a failed seed,
+    or a one-class hold-out), the failures, the largest epsilon spent (empty without DP)."""
+    aurocs = np.array([float(r.get("holdout_auroc", math.nan)) for r in results])
+    spent = [r["epsilon_spent"] for r in results if r.get("epsilon_spent") is not None]
+    failed = [r["failed"] for r in results if "failed" in r]
+    ok = aurocs[~np.isnan(aurocs)]
+    return {
+        "candidate": cid,
+        **candidate,
+        "holdout_auroc_mean": float(ok.mean()) if len(ok) == len(aurocs) else math.nan,
+        "holdout_auroc_std": float(ok.std()) if len(ok) == len(aurocs) else math.nan,
+        "seeds": len(results),
+        "failed": "; ".join(sorted(set(failed))),
+        "epsilon_spent_max": max(spent) if spent else None,
+        "seconds": float(sum(r["seconds"] for r in results)),
+    }
 
 
 def _write_summary(
@@ -215,7 +252,11 @@ def _write_summary(
 
     from common.atomic_io import atomic_write_text
 
-    ranked = sorted(rows, key=lambda r: -r["holdout_auroc_mean"])
+    # a candidate with any failed (or undefined) seed ranks last: never "best"
+    ranked = sorted(
+        rows,
+        key=lambda r: (math.isnan(r["holdout_auroc_mean"]), -np.nan_to_num(r["holdout_auroc_mean"])),
+    )
     atomic_write_text(out_dir / "tune.csv", pd.DataFrame(ranked).to_csv(index=False))
     summary = {
         "space": dataclasses.asdict(space),
@@ -227,7 +268,8 @@ def _write_summary(
         "train_seconds_all_runs": round(sum(r["seconds"] for r in rows), 1),
         "wall_seconds_this_call": round(time.time() - started, 1),
         "score": "hold-out AUROC of the returned model (the hold-out also selected its epoch)",
-        "best": ranked[0] if ranked else None,
+        "failed_candidates": sum(bool(r["failed"]) for r in rows),
+        "best": ranked[0] if ranked and not math.isnan(ranked[0]["holdout_auroc_mean"]) else None,
     }
     write_json(out_dir / "tune.json", summary)
     return summary

@@ -23,6 +23,7 @@ from common.privacy.dp_sgd import (
     RecordGroups,
     augment_records,
     clip_factors,
+    draw_flips,
     expected_batch_size,
 )
 from common.privacy.randomness import private_generator
@@ -110,9 +111,8 @@ class CachedEngine(TrainableParameters):
     def dataset_size(self) -> int:
         return int(self.train_labels.shape[0])
 
-    def _draw_flips(self, count: int) -> torch.Tensor:
-        variants = self.train_features.shape[0]
-        return torch.randint(0, variants, (count,), generator=self.generator)
+    def _draw_flips(self, indices: torch.Tensor) -> torch.Tensor:
+        return draw_flips(indices, self.dataset_size, self.train_features.shape[0], self.generator)
 
     def batch(
         self, indices: torch.Tensor, flips: torch.Tensor
@@ -150,7 +150,12 @@ class CachedEngine(TrainableParameters):
         multiplicity = self.settings.augmentation_multiplicity
         if multiplicity > 1 and len(indices):
             batch = augment_records(
-                indices, groups, multiplicity, self.train_features.shape[0], self.generator
+                indices,
+                groups,
+                multiplicity,
+                self.train_features.shape[0],
+                self.generator,
+                self.dataset_size,
             )
             indices, flips, groups, weights = batch.rows, batch.flips, batch.groups, batch.weights
         features, labels = self.batch(indices, flips)
@@ -181,7 +186,7 @@ class CachedEngine(TrainableParameters):
                 indices, groups = self.records.sample(dp.sample_rate, self.sampling)
                 # with multiplicity > 1 `_dp_step` draws the variants itself
                 flips = (
-                    self._draw_flips(len(indices))
+                    self._draw_flips(indices)
                     if self.settings.augmentation_multiplicity == 1
                     else torch.zeros(len(indices), dtype=torch.long)
                 )
@@ -190,7 +195,7 @@ class CachedEngine(TrainableParameters):
         else:
             order = torch.randperm(n, generator=self.generator)
             for chunk in order.split(self.settings.batch_size):
-                losses.append(self._plain_step(chunk, self._draw_flips(len(chunk))))
+                losses.append(self._plain_step(chunk, self._draw_flips(chunk)))
                 self.steps_done += 1
         return float(np.nanmean(losses)) if losses else float("nan")
 

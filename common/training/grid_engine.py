@@ -89,7 +89,7 @@ class GridCachedEngine:
                     indices, groups = engine.records.sample(dp.sample_rate, engine.sampling)
                     if groups is not None:
                         raise ConfigError("the grid engine takes per-patch DP only")
-                    batches.append((indices, engine._draw_flips(len(indices))))
+                    batches.append((indices, engine._draw_flips(indices)))
                 for cell, loss in enumerate(self._dp_step(batches)):
                     losses[cell].append(loss)
         else:
@@ -97,9 +97,7 @@ class GridCachedEngine:
                 torch.randperm(first.dataset_size, generator=e.generator) for e in self.engines
             ]
             for chunks in zip(*(o.split(first.settings.batch_size) for o in orders), strict=True):
-                batches = [
-                    (c, e._draw_flips(len(c))) for c, e in zip(chunks, self.engines, strict=True)
-                ]
+                batches = [(c, e._draw_flips(c)) for c, e in zip(chunks, self.engines, strict=True)]
                 for cell, loss in enumerate(self._plain_step(batches)):
                     losses[cell].append(loss)
         for engine in self.engines:

@@ -26,6 +26,7 @@ from common.privacy.dp_sgd import (
     augment_records,
     check_per_record_rows,
     clipped_sum,
+    draw_flips,
     expected_batch_size,
 )
 from common.privacy.randomness import private_generator
@@ -167,10 +168,10 @@ class NaiveEngine(TrainableParameters):
         sums = clipped_sum(samples, dp.max_grad_norm, groups)
         return {names[id(p)]: s for p, s in zip(self.parameters, sums, strict=True)}
 
-    def _draw_flips(self, count: int) -> torch.Tensor:
+    def _draw_flips(self, indices: torch.Tensor) -> torch.Tensor:
         if not self.settings.flips:
-            return torch.zeros(count, dtype=torch.long)
-        return torch.randint(0, 4, (count,), generator=self.generator)
+            return torch.zeros(len(indices), dtype=torch.long)
+        return draw_flips(indices, len(self.labels), 4, self.generator)
 
     def _dp_step(self, indices: torch.Tensor, groups: torch.Tensor | None = None) -> float | None:
         dp, mechanism = self.settings.dp, self.mechanism
@@ -180,13 +181,18 @@ class NaiveEngine(TrainableParameters):
             sums = [torch.zeros_like(p) for p in self.parameters]
         elif self.settings.augmentation_multiplicity > 1:
             batch = augment_records(
-                indices, groups, self.settings.augmentation_multiplicity, 4, self.generator
+                indices,
+                groups,
+                self.settings.augmentation_multiplicity,
+                4,
+                self.generator,
+                len(self.labels),
             )
             samples = self._grad_samples(batch.rows, batch.flips, batch.weights)
             sums = clipped_sum(samples, dp.max_grad_norm, batch.groups)
             loss = self.last_loss
         else:
-            samples = self._grad_samples(indices, self._draw_flips(len(indices)))
+            samples = self._grad_samples(indices, self._draw_flips(indices))
             sums = clipped_sum(samples, dp.max_grad_norm, groups)
             loss = self.last_loss
         for parameter, gradient in zip(self.parameters, mechanism.privatize(sums), strict=True):
@@ -197,7 +203,7 @@ class NaiveEngine(TrainableParameters):
 
     def _plain_step(self, indices: torch.Tensor) -> float:
         self._set_train_mode()
-        images, labels = self.batch(indices, self._draw_flips(len(indices)))
+        images, labels = self.batch(indices, self._draw_flips(indices))
         loss = self.settings.per_sample_loss(self.module(images), labels).mean()
         loss.backward()
         self.optimizer.step()

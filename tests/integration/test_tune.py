@@ -72,6 +72,22 @@ def test_search_ranks_candidates_on_the_holdout_and_resumes(
     again = run_search(space, unreadable, out)
     assert again["cell_runs_this_call"] == 0 and again["best"] == summary["best"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # another search in the same folder would silently reuse these trials: refused
+    with pytest.raises(ConfigError, match="holds another search"):
+        run_search(space, [*unreadable, "train.epochs=3"], out)
+
+
+def test_a_candidate_that_cannot_run_is_recorded_and_ranked_last(
+    phantom_env: Path, tmp_path: Path
+) -> None:
+    axes = {"batch": ["train.batch_size=100000", "train.batch_size=16"]}
+    space = load_space(str(_space(tmp_path, axes=axes, seeds=[42])))
+    summary = run_search(space, [], tmp_path / "search")
+    table = pd.read_csv(tmp_path / "search" / "tune.csv")
+    assert table["batch"].tolist() == ["train.batch_size=16", "train.batch_size=100000"]
+    assert "larger than the training set" in table["failed"].iloc[1]
+    assert summary["failed_candidates"] == 1
+    assert summary["best"]["batch"] == "train.batch_size=16"
 
 
 def test_a_faulty_space_names_its_file(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from common.privacy.dp_sgd import augment_records, clip_factors
+from common.privacy.dp_sgd import augment_records, clip_factors, draw_flips
 from common.training.cached_engine import CachedEngine
 from common.training.naive_engine import NaiveEngine
 from tests.unit.training.helpers import loop_gradients, random_patches, settings, tiny_model
@@ -23,7 +23,7 @@ CLIP = 0.05  # small enough that every record here is clipped
 
 def test_each_record_gets_k_distinct_variants_weighted_one_over_k() -> None:
     indices = torch.tensor([3, 5, 9])
-    batch = augment_records(indices, None, 3, 4, torch.Generator().manual_seed(0))
+    batch = augment_records(indices, None, 3, 4, torch.Generator().manual_seed(0), 10)
     assert batch.rows.tolist() == [3, 3, 3, 5, 5, 5, 9, 9, 9]
     assert batch.groups.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert torch.allclose(batch.weights, torch.full((9,), 1 / 3))
@@ -32,12 +32,26 @@ def test_each_record_gets_k_distinct_variants_weighted_one_over_k() -> None:
         assert len(set(variants)) == 3 and set(variants) <= {0, 1, 2, 3}
     # patient-level records keep their patient positions: rows of one patient share one group
     patients = augment_records(
-        torch.tensor([0, 1, 4]), torch.tensor([0, 0, 1]), 4, 4, torch.Generator()
+        torch.tensor([0, 1, 4]), torch.tensor([0, 0, 1]), 4, 4, torch.Generator(), 10
     )
     assert patients.groups.tolist() == [0] * 8 + [1] * 4
     assert sorted(patients.flips[:4].tolist()) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=r"1\.\.4"):
-        augment_records(indices, None, 5, 4, torch.Generator())
+        augment_records(indices, None, 5, 4, torch.Generator(), 10)
+
+
+def test_a_records_flips_do_not_depend_on_which_others_were_sampled() -> None:
+    """With a seeded flip stream, a step that sampled one more record must not shift the flips
+    of the others (that would change many clipped terms, not one)."""
+    with_record, without = torch.tensor([1, 2, 5, 7]), torch.tensor([1, 5, 7])
+    for seed in range(20):
+        a = draw_flips(with_record, 9, 4, torch.Generator().manual_seed(seed))
+        b = draw_flips(without, 9, 4, torch.Generator().manual_seed(seed))
+        assert a[[0, 2, 3]].tolist() == b.tolist()
+        k_a = augment_records(with_record, None, 2, 4, torch.Generator().manual_seed(seed), 9)
+        k_b = augment_records(without, None, 2, 4, torch.Generator().manual_seed(seed), 9)
+        kept = torch.isin(k_a.rows, without)
+        assert k_a.flips[kept].tolist() == k_b.flips.tolist()
 
 
 def _reference(
@@ -70,7 +84,7 @@ def test_both_engines_average_variants_then_clip_once_per_record(unit: str) -> N
     dp = dataclasses.replace(dp, augmentation_multiplicity=4)
     indices = torch.tensor([0, 1, 3, 4, 7])
     groups = torch.tensor([0, 0, 1, 1, 2]) if unit == "patient" else None
-    batch = augment_records(indices, groups, 4, 4, torch.Generator().manual_seed(1))
+    batch = augment_records(indices, groups, 4, 4, torch.Generator().manual_seed(1), 8)
     naive = NaiveEngine(copy.deepcopy(model), data, {}, dp)
     cached = CachedEngine(copy.deepcopy(model), data, {}, dp)
     features, labels = cached.batch(batch.rows, batch.flips)
