@@ -18,6 +18,12 @@ from common.models.weights import load_backbone_weights, load_classifier_checkpo
 class L2Normalize(nn.Module):
     """x / ||x|| per row ([B, F] -> [B, F]); no parameters, no data statistics."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # a marker in the state dict: a checkpoint says whether its head saw normalised
+        # features, so loading it into a model with the other setting fails (strict load)
+        self.register_buffer("l2_normalised", torch.ones((), dtype=torch.bool))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(features, dim=-1)
 

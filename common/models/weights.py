@@ -109,5 +109,6 @@ def load_classifier_checkpoint(model: nn.Module, path: str | Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise WeightsError(
-            f"{path} is not a checkpoint of this classifier (model.name/head must match): {error}"
+            f"{path} is not a checkpoint of this classifier (model.name, head, feature_stages "
+            f"and feature_norm must match the run that saved it): {error}"
         ) from error

@@ -152,3 +152,21 @@ def test_multi_stage_features_are_pooled_stage_outputs_beside_the_final_ones() -
         ModelConfig(feature_stages=[-1], trainable="all")
     with pytest.raises(ConfigError, match="cannot give them"):
         build([7])
+
+
+def test_a_checkpoint_keeps_its_feature_normalisation(tmp_path) -> None:
+    """A head trained on raw features must not load silently into an l2 model (or back)."""
+    from common.errors import WeightsError
+    from common.models.classifier import build_classifier
+    from common.models.weights import load_classifier_checkpoint
+    from tests.unit.training.helpers import TINY_SWIN
+
+    def build(norm: str):
+        return build_classifier(ModelConfig(weights="none", kwargs=TINY_SWIN, feature_norm=norm))
+
+    for saved, loaded in (("none", "l2"), ("l2", "none")):
+        path = tmp_path / f"{saved}.pt"
+        torch.save(build(saved).state_dict(), path)
+        with pytest.raises(WeightsError, match="feature_norm"):
+            load_classifier_checkpoint(build(loaded), path)
+        load_classifier_checkpoint(build(saved), path)  # the same setting loads
