@@ -19,10 +19,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
-from client.sites import site_runtime
+from client.gpu_memory import cap_gpu_memory
+from client.sites import cached_runtimes, site_runtime
 from common.errors import ConfigError, DataError, PrivacyError
 from common.federated import protocol as p
 from common.federated.run_config import federated_config
+from common.federated.timing import TIMING_FILE, append_timing, message_record
 from common.fl_records import (
     error_reply,
     evaluate_reply_content,
@@ -69,14 +71,22 @@ def _handle(message: Message, context: Context, handler: Handler) -> Message:
     try:
         config = federated_config(context.run_config)
         torch.set_num_threads(max(1, int(config.simulation.num_cpus)))
+        held = cached_runtimes()
         runtime = site_runtime(context.node_config, config)
         name = runtime.facts.name
+        simulated = "site-name" not in context.node_config
+        cap_gpu_memory(config.simulation.num_gpus, runtime.device, simulated=simulated)
         reply = Message(handler(runtime, message.content), reply_to=message)
+        finished = time.monotonic()
+        kind = message.metadata.message_type
+        # the site's own seconds, kept in its state dir (never sent): `mammofl bench federated`
+        record = message_record(name, kind, started, finished, cold=cached_runtimes() > held)
+        append_timing(runtime.facts.state_dir / TIMING_FILE, record)
         logging.getLogger(f"mammofl.site.{name}").info(
             "%s answered in %.1f s (process up %.1f s before)",
-            message.metadata.message_type,
-            time.monotonic() - started,
-            time.time() - psutil.Process().create_time() - (time.monotonic() - started),
+            kind,
+            finished - started,
+            time.time() - psutil.Process().create_time() - (finished - started),
         )
         return reply
     except Exception as error:  # every failure becomes a reply; the details stay here

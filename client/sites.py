@@ -25,6 +25,11 @@ def site_facts(node_config: Mapping[str, object], config: FederatedRunConfig) ->
     )
 
 
+def cached_runtimes() -> int:
+    """How many site runtimes this process holds (a simulation actor holds every site it ran)."""
+    return len(_RUNTIMES)
+
+
 def site_runtime(node_config: Mapping[str, object], config: FederatedRunConfig) -> SiteRuntime:
     facts = site_facts(node_config, config)
     key = (str(facts.state_dir.resolve()), id(config))

@@ -26,6 +26,7 @@ from common.eval.central import CentralEvaluator
 from common.federated import protocol as p
 from common.federated.model import initial_model
 from common.federated.protocol import ReplySchemaError
+from common.federated.timing import TIMING_FILE, RoundClock
 from common.fl_records import (
     from_array_record,
     parse_evaluate_reply,
@@ -45,6 +46,9 @@ from server.pretrain import pool_synthetic, pretrain
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
 
 log = logging.getLogger("mammofl.server")
+# seconds between the simulation grid's checks for replies (Flower's InMemoryGrid: 0.1, which
+# adds up to 0.1 s to every exchange; a check is a dict lookup, so 10 ms costs next to nothing)
+SIMULATION_PULL_INTERVAL_S = 0.01
 
 
 class Federation:
@@ -61,6 +65,9 @@ class Federation:
         self.stale: set[int] = set()  # nodes whose ledger may hold what they did not report
         self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
+        self.clock = RoundClock(self.run_dir / "server" / TIMING_FILE)  # per-round wall times
+        if hasattr(grid, "pull_interval"):  # a simulation's in-memory grid (not a deployment's)
+            grid.pull_interval = SIMULATION_PULL_INTERVAL_S
 
     # ---- messaging -----------------------------------------------------------------------
     def wait_for_nodes(self) -> list[int]:
@@ -89,7 +96,9 @@ class Federation:
         and train for a round the server has already closed."""
         for message in messages:
             message.metadata.ttl = self.timeout
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        kind = messages[0].metadata.message_type if messages else "none"
+        with self.clock.phase(f"exchange:{kind}"):
+            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         for message in messages:  # ids are set when sent
             self.destination[message.metadata.message_id] = message.metadata.dst_node_id
         return replies
@@ -323,6 +332,7 @@ class Federation:
         self, state: ServerState, nodes: list[int], model: Classifier, evaluator: CentralEvaluator
     ) -> None:
         round_number = state.round + 1
+        self.clock.start_round(round_number)  # the round's wall time: from here to its checkpoint
         online = self.refresh_nodes(nodes, state)
         selectable = set(self.mirror.selectable())
         chosen = [n for n in nodes if n in online and self.sites[n] in selectable]
@@ -337,7 +347,8 @@ class Federation:
             return
         log.info("round %d: %s", round_number, ", ".join(self.sites[n] for n in chosen))
         try:
-            state.trainable, refused, trained = self.train_round(round_number, state, chosen)
+            with self.clock.phase("train"):
+                state.trainable, refused, trained = self.train_round(round_number, state, chosen)
         except PrivacyBudgetExhausted as error:
             state.ended = f"round {round_number}: client-level budget: {error}"
             log.info("run ends: %s", state.ended)
@@ -348,13 +359,17 @@ class Federation:
         self.mirror.close_round()
         if isinstance(self.strategy, ClientLevelDP):
             self.strategy.close_round()
+        with self.clock.phase("central_evaluation"):
+            central = evaluator.point_values(model)
+        sites: dict[str, dict[str, float]] = {}
+        with self.clock.phase("site_evaluation"):
+            if self.config.federation.site_evaluation:
+                sites = self.site_metrics(chosen, state)
         state.history["rounds"].append(
             {
                 "round": round_number,
-                "central": evaluator.point_values(model),
-                "sites": self.site_metrics(chosen, state)
-                if self.config.federation.site_evaluation
-                else {},
+                "central": central,
+                "sites": sites,
                 "trained": trained,
                 "refused": refused,
             }
@@ -362,7 +377,9 @@ class Federation:
         state.round = round_number
         state.strategy = strategy_state(self.strategy)
         state.ledgers = self.mirror.state_dict()
-        save_checkpoint(self.run_dir, state)
+        with self.clock.phase("checkpoint"):
+            save_checkpoint(self.run_dir, state)
+        self.clock.end_round(sites=len(chosen))
         if self.config.federation.kill_after_round == round_number:
             log.warning(
                 "fault drill: killing the ServerApp after round %d's checkpoint", round_number

@@ -28,7 +28,8 @@ commands:
             allow_patient_overlap=true]: score a saved model (a prepared set: its test rows;
             a test patient the model trained or selected on is refused)
   table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR [grid=true|false]: run/resume
-            the Table 1 grid (grid=true: compatible cached cells trained as one program)
+            the Table 1 grid (grid=true: compatible cached cells trained as one program);
+            rows=paper: the paper's 18 rows, rows=cpu: the same with SynPre's CPU variant
   tune      space=NAME out_dir=DIR [seeds=[42,43]] <overrides>: the recipe search of
             configs/tune/NAME.yaml on the training data and its hold-out (no test set read);
             resumable; tune.csv ranks the candidates by hold-out AUROC
@@ -48,8 +49,8 @@ commands:
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
-  bench     dp-finetune|gan|main-job [options]: a benchmark, baseline and fast path side by
-            side in one run, machine named
+  bench     dp-finetune|gan|main-job|federated [options]: a benchmark, baseline and fast path
+            side by side in one run, machine named
   audit     <overrides> out_dir=DIR [seeds=[42,43,44] shadows=16 k=[50,100,200]
             confidence=0.95 canaries=real|mislabelled canary_count=M]: membership inference
             (LiRA, loss threshold) against the config's model trained on random halves, and a
@@ -279,6 +280,7 @@ BENCHMARKS = {
     "dp-finetune": "simulations.bench_dp_finetune",
     "gan": "simulations.bench_gan",
     "main-job": "simulations.bench_main_job",
+    "federated": "simulations.bench_federated",
 }
 
 
