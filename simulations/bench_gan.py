@@ -1,74 +1,151 @@
-"""MCGAN training throughput, side by side: full paper size vs the reduced CPU model, with and
-without DP on the discriminator.
+"""MCGAN training speed, side by side in one process: the eager fp32 baseline, the fast path
+(fast loop + channels-last + bf16 autocast on CUDA, optionally torch.compile) and G GANs batched
+as one program, with and without DP on the discriminator, the device named.
 
-    .venv/bin/mammofl bench gan [steps=10] [sizes=full,reduced] [dp=both]
+    .venv/bin/mammofl bench gan [steps=10] [sizes=full,reduced] [dp=both|off|on]
+        [modes=eager,fast,batched] [gans=3] [batch=16] [compile=none|default|reduce-overhead]
+        [device=auto] [epochs=1400] [n=1104] [json=FILE]
 
-Random 8-bit data (speed does not depend on content); one epoch of `steps` batches of 16.
+Random 8-bit data (speed does not depend on content). Each row is timed over one epoch of
+`steps` steps after a warm-up epoch of as many. "steps/s/GAN" is how fast each GAN advances;
+"GAN-steps/s" adds up the GANs trained together. The last column projects the wall time of
+`gans` GANs of `epochs` epochs over `n` patches (the paper's 1.4k epochs of 1104 patches): one
+after another for eager and fast, together for batched. Under DP the fast path keeps fp32 and
+the contiguous layout (refused under DP) and there is no batched row (non-DP only).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
-import tempfile
-import time
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common.config.gan_schema import GanConfig, GanDPConfig, GanModelConfig, GanTrainConfig
-from common.training.gan_trainer import GanTrainer
+from common.config.gan_schema import GanModelConfig
+from common.training.gan_speed import (
+    MODES,
+    SpeedResult,
+    device_name,
+    measure,
+    steps_per_run,
+)
 from common.training.settings import resolve_device
 
 SIZES = {
     "full": GanModelConfig(),
     "reduced": GanModelConfig(image_size=64, generator_width=16, discriminator_width=16),
+    "tiny": GanModelConfig(
+        image_size=32,
+        latent_dim=16,
+        embedding_dim=8,
+        label_channels=8,
+        generator_width=8,
+        discriminator_width=8,
+    ),
 }
+DEFAULTS = {
+    "steps": "10",
+    "sizes": "full,reduced",
+    "dp": "both",
+    "modes": ",".join(MODES),
+    "gans": "3",
+    "batch": "16",
+    "compile": "none",
+    "device": "auto",
+    "epochs": "1400",
+    "n": "1104",
+}
+HEADER = "{:8} {:>4} {:>3}  {:52} {:>12} {:>8} {:>12} {:>8} {:>12}"
 
 
-def steps_per_second(model: GanModelConfig, dp: bool, steps: int, device: torch.device) -> float:
-    batch = 16
-    n = batch * steps
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (n, model.image_size, model.image_size), dtype=np.uint8)
-    config = GanConfig(
-        model=model, train=GanTrainConfig(epochs=1, batch_size=batch), dp=GanDPConfig(enabled=dp)
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        trainer = GanTrainer(config, pixels, np.arange(n) % 2, Path(folder), device)
-        trainer.train_epoch()  # warm-up (allocations, cudnn autotune)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        trainer.train_epoch()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return steps / (time.perf_counter() - start)
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.split("=", 1) for a in argv)
-    steps = int(options.get("steps", 10))
-    sizes = options.get("sizes", "full,reduced").split(",")
-    dps = {"both": [False, True], "off": [False], "on": [True]}[options.get("dp", "both")]
-    device = resolve_device(options.get("device", "auto"))
-    name = (
-        torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    options = DEFAULTS | dict(a.split("=", 1) for a in argv)
+    for noise in ("Full backward hook is firing", "Optimal order is the largest alpha"):
+        warnings.filterwarnings("ignore", message=noise)  # opacus, once per DP row
+    steps, gans, batch = int(options["steps"]), int(options["gans"]), int(options["batch"])
+    epochs, n = int(options["epochs"]), int(options["n"])
+    modes = options["modes"].split(",")
+    dps = {"both": [False, True], "off": [False], "on": [True]}[options["dp"]]
+    device = resolve_device(options["device"])
+    per_gan = steps_per_run(n, batch, epochs)
+    print(
+        f"device: {device} ({device_name(device)}), torch {torch.__version__}; batch {batch}; "
+        f"{steps} steps per measurement after a warm-up epoch of as many"
     )
-    print(f"device: {name}; batch 16; {steps} steps per measurement")
-    print(f"{'model':8} {'px':>4} {'DP':>4} {'steps/s':>9}")
-    rates = {}
-    for size in sizes:
+    print(
+        f"projection: {gans} GANs x {epochs} epochs of {n} patches = {per_gan} steps per GAN; "
+        "eager and fast one GAN after another, batched all together"
+    )
+    print(
+        HEADER.format(
+            "model",
+            "px",
+            "DP",
+            "path",
+            "steps/s/GAN",
+            "vs eager",
+            "GAN-steps/s",
+            "vs eager",
+            "projected",
+        )
+    )
+    results: list[dict[str, object]] = []
+    for size in options["sizes"].split(","):
+        model = SIZES[size]
         for dp in dps:
-            rates[(size, dp)] = steps_per_second(SIZES[size], dp, steps, device)
-            print(
-                f"{size:8} {SIZES[size].image_size:4d} {'yes' if dp else 'no':>4} "
-                f"{rates[(size, dp)]:9.2f}",
-                flush=True,
-            )
-    for size in sizes:
-        if (size, False) in rates and (size, True) in rates:
-            print(f"{size}: DP costs {rates[(size, False)] / rates[(size, True)]:.2f}x")
+            eager: SpeedResult | None = None
+            for mode in modes:
+                if mode == "batched" and dp:
+                    continue  # the batched program is non-DP only
+                result = measure(
+                    model,
+                    mode,
+                    steps=steps,
+                    device=device,
+                    dp=dp,
+                    gans=gans,
+                    batch=batch,
+                    compile_mode=options["compile"] if not dp else "none",
+                )
+                eager = result if mode == "eager" else eager
+                base = eager.steps_per_second if eager else float("nan")
+                projected = result.projected_seconds(gans, per_gan)
+                print(
+                    HEADER.format(
+                        size,
+                        model.image_size,
+                        "yes" if dp else "no",
+                        result.label(),
+                        f"{result.steps_per_second:.2f}",
+                        f"{result.steps_per_second / base:.2f}x",
+                        f"{result.gan_steps_per_second:.2f}",
+                        f"{result.gan_steps_per_second / base:.2f}x",
+                        _duration(projected),
+                    ),
+                    flush=True,
+                )
+                if result.compile_fallback:
+                    print(f"  compile fell back to eager: {result.compile_fallback}")
+                results.append(
+                    {"size": size, **dataclasses.asdict(result), "projected_s": projected}
+                )
+    if "json" in options:
+        summary = {
+            "device": str(device),
+            "device_name": device_name(device),
+            "torch": torch.__version__,
+            "options": options,
+            "steps_per_gan_projected": per_gan,
+            "results": results,
+        }
+        Path(options["json"]).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ commands:
   demo      generate phantom patches and train the tiny single-node preset
   gan       train|generate|score|memorisation: the MCGAN (mammofl gan for its usage)
   bench     dp-finetune|gan|main-job|federated [options]: a benchmark, baseline and fast path
-            side by side in one run, machine named
+            side by side in one run, machine named; gpu-check OUT: all of them, short, on a GPU
   audit     <overrides> out_dir=DIR [seeds=[42,43,44] shadows=16 k=[50,100,200]
             confidence=0.95 canaries=real|mislabelled canary_count=M]: membership inference
             (LiRA, loss threshold) against the config's model trained on random halves, and a
@@ -281,6 +281,7 @@ BENCHMARKS = {
     "gan": "simulations.bench_gan",
     "main-job": "simulations.bench_main_job",
     "federated": "simulations.bench_federated",
+    "gpu-check": "simulations.gpu_check",
 }
 
 

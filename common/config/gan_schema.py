@@ -63,9 +63,23 @@ class GanTrainConfig:
     checkpoint_every: int = 50
     samples_per_class: int = 8
     device: str = "auto"
+    # the fast path (issue #12; `gan_preset=fast`), each option on its own:
+    # fast_loop: an epoch's host-side draws made at its start in the baseline's order and sent
+    # to the device at once, losses kept on the device (no host sync per step; same numbers)
+    fast_loop: bool = False
+    channels_last: bool = False  # NHWC convolutions (refused under DP: see check_fast_with_dp)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CUDA only) | auto (bf16 where allowed)
+    compile: str = "none"  # none | default | reduce-overhead | max-autotune (torch.compile)
 
     def __post_init__(self) -> None:
         _device("gan.train.device", self.device)
+        _choice("gan.train.precision", self.precision, PRECISIONS)
+        _choice("gan.train.compile", self.compile, COMPILE_MODES)
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ConfigError(
+                "gan.train.precision=bf16 autocasts on CUDA only and gan.train.device=cpu: use "
+                "precision=fp32 (or auto, which is fp32 on CPU)"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.discriminator_steps < 1:
             raise ConfigError("gan.train: epochs, batch_size, discriminator_steps >= 1")
         for key in ("lr_generator", "lr_discriminator"):
@@ -86,6 +100,35 @@ class GanTrainConfig:
             raise ConfigError("gan.train.checkpoint_every >= 1")
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def check_fast_with_dp(train: GanTrainConfig, dp: GanDPConfig) -> None:
+    """Refuse the fast options that would not keep the DP discriminator's per-sample gradients
+    exact (the fast loop itself draws the same numbers and stays allowed)."""
+    if not dp.enabled:
+        return
+    if train.channels_last:
+        raise ConfigError(
+            "gan.train.channels_last=true with gan.dp.enabled=true: opacus 1.6 computes wrong "
+            "per-sample gradients for channels-last convolutions (tests/unit/gan/"
+            "test_gan_fast.py shows it), so the clipping would not bound each patch; set "
+            "gan.train.channels_last=false (gan.train.fast_loop=true stays exact)"
+        )
+    if train.precision == "bf16":
+        raise ConfigError(
+            "gan.train.precision=bf16 with gan.dp.enabled=true: per-sample gradients and their "
+            "norms would be computed in bf16, so the clipping bound is not exact; use "
+            "gan.train.precision=fp32 (auto resolves to fp32 under DP)"
+        )
+    if train.compile != "none":
+        raise ConfigError(
+            f"gan.train.compile={train.compile} with gan.dp.enabled=true: opacus' per-sample "
+            "hooks do not run inside a compiled graph; use gan.train.compile=none under DP"
+        )
+
+
 @dataclass
 class GanConfig:
     model: GanModelConfig = field(default_factory=GanModelConfig)
@@ -96,3 +139,6 @@ class GanConfig:
     seed: int = 42
     out_dir: str | None = None
     shared_dir: str = "../shared"
+
+    def __post_init__(self) -> None:
+        check_fast_with_dp(self.train, self.dp)

@@ -7,6 +7,9 @@ one seeded generator whose state is checkpointed with the networks, optimisers, 
 DP) the privacy ledger, so a killed run resumes exactly. On SIGTERM the last finished epoch is
 checkpointed before the run stops; NaN/inf losses or weights stop it with `NonFiniteError`, the
 earlier checkpoints intact.
+
+The fast path (`gan.train.fast_loop`, `channels_last`, `precision`, `compile`; `gan_fast`,
+`gan_draws`) draws the same numbers; `gan_grid` trains several GANs as one program.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ from common.privacy.randomness import SEEDED_NOISE_NOTE, private_generator
 from common.runs.termination import Terminated, note_saved
 from common.training.gan_augment import augment, to_signed_unit, to_uint8
 from common.training.gan_dp import PrivateDiscriminatorStep
+from common.training.gan_draws import StepDraws, apply_augment, draw_epoch, to_device
+from common.training.gan_fast import (
+    CompiledOrEager,
+    autocast,
+    configure_backends,
+    mark_step,
+    memory_format,
+    probe_compiled,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,11 @@ def bce(logits: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
         target = torch.full_like(logits, float(target))
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def _floats(values: list[torch.Tensor]) -> list[float]:
+    """Device scalars to floats in one transfer (the fast loop's one host sync per epoch)."""
+    return [float(v) for v in torch.stack(values).tolist()] if values else []
 
 
 def shape_of(config: GanConfig) -> MCGANShape:
@@ -74,9 +92,14 @@ class GanTrainer:
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
         torch.manual_seed(config.seed)
         shape = shape_of(config)
-        self.generator_net = Generator(shape).to(device)
-        self.discriminator = Discriminator(shape).to(device)
         t = config.train
+        self.precision = resolve_precision(t, config.dp.enabled, device)
+        configure_backends(t, device)
+        layout = memory_format(t.channels_last)
+        self.generator_net = Generator(shape).to(device, memory_format=layout)
+        self.discriminator = Discriminator(shape).to(device, memory_format=layout)
+        self._g = CompiledOrEager(self.generator_net, t.compile, "generator")
+        self._d = CompiledOrEager(self.discriminator, t.compile, "discriminator")
         self.opt_g = torch.optim.Adam(
             self.generator_net.parameters(), t.lr_generator, (t.beta1, t.beta2)
         )
@@ -102,6 +125,25 @@ class GanTrainer:
         self.private: PrivateDiscriminatorStep | None = None
         if config.dp.enabled:
             self._make_private(len(labels))
+        self._probe_pending = t.compile != "none"  # at the first epoch: a grid never needs it
+
+    @property
+    def compile_fallback(self) -> str | None:
+        """Why torch.compile fell back to eager, if it did."""
+        return self._g.fallback_reason or self._d.fallback_reason
+
+    def _probe_compiled(self) -> None:
+        self._probe_pending = False
+        model = self.config.model
+        probe_compiled(
+            self._g,
+            self._d,
+            leading=(self.config.train.batch_size,),
+            latent_dim=model.latent_dim,
+            image_size=model.image_size,
+            precision=self.precision,
+            device=self.device,
+        )
 
     def _make_private(self, n: int) -> None:
         dp = self.config.dp
@@ -145,17 +187,45 @@ class GanTrainer:
         targets = (low + (high - low) * torch.rand(len(idx), generator=self.rng)).to(self.device)
         return images, self.labels[idx.to(self.device)], targets
 
-    def _fake(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fake_inputs(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(count, self.config.model.latent_dim, generator=self.rng).to(self.device)
         labels = torch.randint(0, 2, (count,), generator=self.rng).to(self.device)
-        return self.generator_net(z, labels), labels
+        return z, labels
+
+    def _fake_count(self, idx: torch.Tensor) -> int:
+        return self.config.train.batch_size if self.private else len(idx)
+
+    def _generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            return self._g(z, labels)
+
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            logits = self._d(images, labels)
+        return logits.float() if self.precision == "bf16" else logits
 
     # ---- one step -------------------------------------------------------------------------
     def _discriminator_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The baseline step: draws made here, one host sync for the loss."""
         real, real_y, targets = self._real(idx)
-        fake_count = self.config.train.batch_size if self.private else len(idx)
-        fake, fake_y = self._fake(fake_count)
+        z, fake_y = self._fake_inputs(self._fake_count(idx))
+        fake, loss = self._discriminator_update(real, real_y, targets, z, fake_y)
+        return fake, fake_y, float("nan") if loss is None else float(loss)
+
+    def _discriminator_update(
+        self,
+        real: torch.Tensor,
+        real_y: torch.Tensor,
+        targets: torch.Tensor,
+        z: torch.Tensor,
+        fake_y: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One D update from given draws: the fakes and the loss (None under DP, where the
+        real-batch loss is private), kept on the device."""
+        mark_step(self.config.train.compile)
+        fake = self._generate(z, fake_y)
         self.opt_d.zero_grad(set_to_none=True)
+        loss: torch.Tensor | None = None
         if self.private is not None:
             grads = self.private.gradients(
                 lambda d: bce(d(real, real_y), targets),
@@ -163,39 +233,85 @@ class GanTrainer:
             )
             for p, g in zip(self.private.parameters, grads, strict=True):
                 p.grad = g
-            loss = float("nan")  # not logged: see train_epoch
         else:
-            real_loss = bce(self.discriminator(real, real_y), targets).mean() if len(idx) else 0.0
-            fake_loss = bce(self.discriminator(fake.detach(), fake_y), 0.0).mean()
+            real_loss = bce(self._discriminate(real, real_y), targets).mean() if len(real) else 0.0
+            fake_loss = bce(self._discriminate(fake.detach(), fake_y), 0.0).mean()
             total = real_loss + fake_loss
+            assert isinstance(total, torch.Tensor)
             total.backward()
-            loss = float(total.detach())
+            loss = total.detach()
         self.opt_d.step()
-        return fake, fake_y, loss
+        return fake, loss
 
     def _generator_step(self, fake: torch.Tensor, fake_y: torch.Tensor) -> float:
+        return float(self._generator_update(fake, fake_y))
+
+    def _generator_update(self, fake: torch.Tensor, fake_y: torch.Tensor) -> torch.Tensor:
         self.opt_g.zero_grad(set_to_none=True)
         if self.private is not None:
             with self.private.without_hooks():
                 loss = bce(self.discriminator(fake, fake_y), 1.0).mean()
                 loss.backward()
         else:
-            loss = bce(self.discriminator(fake, fake_y), 1.0).mean()
+            loss = bce(self._discriminate(fake, fake_y), 1.0).mean()
             loss.backward()
         self.opt_g.step()
         self.discriminator.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
-    def train_epoch(self) -> dict[str, float]:
-        self.generator_net.train()
-        self.discriminator.train()
+    def _baseline_epoch(self) -> tuple[list[float], list[float]]:
         d_losses, g_losses = [], []
         for step, idx in enumerate(self._batches(), start=1):
             fake, fake_y, d_loss = self._discriminator_step(idx)
             d_losses.append(d_loss)
             if step % self.config.train.discriminator_steps == 0:
                 g_losses.append(self._generator_step(fake, fake_y))
+        return d_losses, g_losses
+
+    def host_draws(self) -> list[StepDraws]:
+        """This epoch's batches and host-side draws, in the baseline's order (`gan_draws`)."""
+        latent = self.config.model.latent_dim
+        return draw_epoch(self._batches(), self.rng, self.config.train, latent, self._fake_count)
+
+    def _fast_epoch(self) -> tuple[list[float], list[float]]:
+        """The same updates from draws made at the epoch's start; one host sync at its end."""
+        t = self.config.train
+        d_losses: list[torch.Tensor] = []
+        g_losses: list[torch.Tensor] = []
+        for step, draws in enumerate(to_device(self.host_draws(), self.device), start=1):
+            real = apply_augment(
+                self.real[draws.indices],
+                draws.augment,
+                t.flip_probability,
+                (t.zoom_low, t.zoom_high),
+            )
+            real_y = self.labels[draws.indices]
+            fake, d_loss = self._discriminator_update(
+                real, real_y, draws.targets, draws.z, draws.fake_labels
+            )
+            if d_loss is not None:
+                d_losses.append(d_loss)
+            if step % t.discriminator_steps == 0:
+                g_losses.append(self._generator_update(fake, draws.fake_labels))
+        return _floats(d_losses), _floats(g_losses)
+
+    def train_epoch(self) -> dict[str, float]:
+        if self._probe_pending:
+            self._probe_compiled()
+        self.generator_net.train()
+        self.discriminator.train()
+        if self.config.train.fast_loop:
+            d_losses, g_losses = self._fast_epoch()
+        else:
+            d_losses, g_losses = self._baseline_epoch()
+        self.check_epoch(d_losses, g_losses)
+        return self.finish_epoch(d_losses, g_losses)
+
+    def check_epoch(self, d_losses: list[float], g_losses: list[float]) -> None:
         self._check_finite(g_losses if self.private else d_losses + g_losses)
+
+    def finish_epoch(self, d_losses: list[float], g_losses: list[float]) -> dict[str, float]:
+        """Count a checked epoch: its record (losses, epsilon under DP) and the ledger."""
         self.epoch += 1
         record: dict[str, float] = {"epoch": self.epoch}
         if self.private is None:  # under DP the real-batch loss is a private statistic

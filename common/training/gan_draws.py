@@ -1,0 +1,102 @@
+"""An MCGAN epoch's host-side randomness, drawn at its start in the baseline's order.
+
+The baseline trainer draws, step by step from its one generator: the real batch's augmentation
+(`augment`: rand(n, 3), nothing for an empty batch), the smoothed real targets (rand(n)), the
+fake batch's z (randn(count, latent)) and conditions (randint(0, 2, (count,))). Drawing them for
+the whole epoch first, in that order, gives the same numbers; sending them to the device in one
+pinned, non-blocking copy leaves no host sync inside the step loop (the fast loop's point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.config.gan_schema import GanTrainConfig
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """One step's draws (a leading GAN dimension when stacked by `stack_draws`)."""
+
+    indices: torch.Tensor  # [b] real records
+    augment: torch.Tensor  # [b, 3] flip-x, flip-y and zoom draws, as `augment` draws them
+    targets: torch.Tensor  # [b] smoothed real targets
+    z: torch.Tensor  # [f, latent]
+    fake_labels: torch.Tensor  # [f]
+
+
+def draw_step(
+    indices: torch.Tensor,
+    generator: torch.Generator,
+    train: GanTrainConfig,
+    latent_dim: int,
+    fake_count: int,
+) -> StepDraws:
+    """What the baseline's `_real` then `_fake` draw for one step, in their order."""
+    n = len(indices)
+    augment = torch.rand(n, 3, generator=generator) if n else torch.empty(0, 3)
+    low, high = train.real_target_low, train.real_target_high
+    targets = low + (high - low) * torch.rand(n, generator=generator)
+    z = torch.randn(fake_count, latent_dim, generator=generator)
+    fake_labels = torch.randint(0, 2, (fake_count,), generator=generator)
+    return StepDraws(indices, augment, targets, z, fake_labels)
+
+
+def draw_epoch(
+    batches: Sequence[torch.Tensor],
+    generator: torch.Generator,
+    train: GanTrainConfig,
+    latent_dim: int,
+    fake_count: Callable[[torch.Tensor], int],
+) -> list[StepDraws]:
+    return [draw_step(b, generator, train, latent_dim, fake_count(b)) for b in batches]
+
+
+def stack_draws(per_gan: Sequence[StepDraws]) -> StepDraws:
+    """G GANs' draws for one step, stacked on a leading GAN dimension (equal batch sizes)."""
+    fields = [f.name for f in dataclasses.fields(StepDraws)]
+    return StepDraws(**{k: torch.stack([getattr(d, k) for d in per_gan]) for k in fields})
+
+
+def to_device(steps: Sequence[StepDraws], device: torch.device) -> list[StepDraws]:
+    """All steps' draws in one pinned non-blocking copy per field (views on the device)."""
+    if device.type == "cpu":
+        return list(steps)
+    moved: dict[str, list[torch.Tensor]] = {}
+    for field in dataclasses.fields(StepDraws):
+        parts = [getattr(s, field.name) for s in steps]
+        flat = torch.cat([p.reshape(-1) for p in parts]) if parts else torch.empty(0)
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        on_device = flat.to(device, non_blocking=True)
+        sizes = [p.numel() for p in parts]
+        moved[field.name] = [
+            chunk.view(p.shape) for chunk, p in zip(on_device.split(sizes), parts, strict=True)
+        ]
+    return [StepDraws(**{k: v[i] for k, v in moved.items()}) for i in range(len(steps))]
+
+
+def apply_augment(
+    images: torch.Tensor, draws: torch.Tensor, flip_probability: float, zoom: tuple[float, float]
+) -> torch.Tensor:
+    """`gan_augment.augment` with its draws given (checked equal in the tests): flips and an
+    isotropic zoom with reflected borders, theta built where the draws are."""
+    n = images.shape[0]
+    if n == 0:
+        return images
+    sign_x = torch.where(draws[:, 0] < flip_probability, -1.0, 1.0)
+    sign_y = torch.where(draws[:, 1] < flip_probability, -1.0, 1.0)
+    scale = zoom[0] + (zoom[1] - zoom[0]) * draws[:, 2]
+    theta = torch.zeros(n, 2, 3, device=draws.device)
+    theta[:, 0, 0] = sign_x / scale
+    theta[:, 1, 1] = sign_y / scale
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
