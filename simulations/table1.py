@@ -2,7 +2,11 @@
 
 Each cell is `mammofl train` of one preset and seed in DIR/cells/<row>/seed<seed>; a cell with a
 result.json is done and is not run again. SynPre+RealFT cells start from the SynPre cell of the
-same seed, which runs first when missing. Frozen-backbone features are cached in DIR/_features.
+same seed, which runs first when missing: `synpre`, the paper's (all parameters, naive engine),
+or `synpre_cpu`, its CPU variant (last stage + head on cached trunk maps) when that row is in
+rows= and `synpre` is not. `rows=paper` names the paper's 18 rows, `rows=cpu` the same 18 with
+`synpre_cpu` (the complete Table 1 on CPU: docs/results.md). Frozen-backbone features are
+cached in DIR/_features.
 With `grid=true` (the default) cells that can share one program (cached engine, whole head,
 same data and optimisation; see `common.runs.grid`) are trained together as a grid, each with
 its own sampling, noise, selection and ledger; `grid=false` trains them one by one. A row is a
@@ -12,6 +16,7 @@ paper row (`real_eps6`: experiment table1/real_eps6) or a recipe preset run besi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,19 +40,83 @@ DEFAULT_ROWS = tuple(
 )
 
 
+CPU_ROWS = tuple("synpre_cpu" if row == "synpre" else row for row in DEFAULT_ROWS)
+ROW_SETS = {"paper": DEFAULT_ROWS, "cpu": CPU_ROWS}
+SYNPRE_ROWS = ("synpre", "synpre_cpu")
+
+
+def expand_rows(rows: Sequence[str]) -> list[str]:
+    """`paper` / `cpu` stand for their 18 rows; other names are kept, in order, once each."""
+    expanded = [name for row in rows for name in ROW_SETS.get(row, (row,))]
+    return list(dict.fromkeys(expanded))
+
+
+def start_row(rows: Sequence[str], out_dir: Path | None = None) -> str:
+    """The SynPre row the SynPre+RealFT rows fine-tune: the one in `rows`; with both, the
+    paper's `synpre`; with neither, the one `out_dir` already holds cells of (`synpre_cpu`
+    only when `synpre` has none), else `synpre`."""
+    named = [r for r in SYNPRE_ROWS if r in rows]
+    if named:
+        return named[0]
+    if out_dir is not None:
+        held = [r for r in SYNPRE_ROWS if any((out_dir / "cells" / r).glob("seed*/result.json"))]
+        if held == ["synpre_cpu"]:
+            return "synpre_cpu"
+    return "synpre"
+
+
+def is_finetune(row: str) -> bool:
+    return row.startswith("synpre_realft")
+
+
 def cell_dir(out_dir: Path, row: str, seed: int) -> Path:
     return out_dir / "cells" / row / f"seed{seed}"
 
 
-def run_one(out_dir: Path, row: str, seed: int, overrides: Sequence[str]) -> Path:
+def start_model(out_dir: Path, synpre: str, seed: int) -> Path:
+    return cell_dir(out_dir, synpre, seed) / "model.pt"
+
+
+def started_from(cell: Path) -> str:
+    """The SynPre row a finished SynPre+RealFT cell fine-tuned (its start model's row folder:
+    cells/<row>/seed<s>/model.pt), read from the cell's own site_only.json."""
+    record = cell / "site_only.json"
+    if not record.is_file():
+        raise ConfigError(
+            f"{cell} has a result.json but no site_only.json, so which SynPre model it "
+            f"fine-tuned is unknown: delete {cell} and run again"
+        )
+    started = json.loads(record.read_text())["config"]["model"]["init_from"]
+    return Path(started).parent.parent.name
+
+
+def cell_done(out_dir: Path, row: str, seed: int, synpre: str) -> bool:
+    """Whether the cell has its result; a finished SynPre+RealFT cell that started from another
+    SynPre row (e.g. `synpre` where `synpre_cpu` is asked for) is refused, not mixed in."""
     target = cell_dir(out_dir, row, seed)
-    if (target / "result.json").is_file():
+    if not (target / "result.json").is_file():
+        return False
+    if is_finetune(row) and (origin := started_from(target)) != synpre:
+        raise ConfigError(
+            f"{target} fine-tuned the {origin} row's model, not {synpre}'s: Table 1 would mix "
+            f"two SynPre variants. Name {origin} in rows= (e.g. rows="
+            f"{'cpu' if origin == 'synpre_cpu' else 'paper'}), use another out_dir=, or delete "
+            f"{target.parent}"
+        )
+    return True
+
+
+def run_one(
+    out_dir: Path, row: str, seed: int, overrides: Sequence[str], synpre: str = "synpre"
+) -> Path:
+    target = cell_dir(out_dir, row, seed)
+    if cell_done(out_dir, row, seed, synpre):
         log.info("%s seed %d: done already (%s)", row, seed, target)
         return target
-    if row.startswith("synpre_realft"):
-        run_one(out_dir, "synpre", seed, overrides)
+    if is_finetune(row):
+        run_one(out_dir, synpre, seed, overrides)
     log.info("%s seed %d: training", row, seed)
-    run_cell(cell_config(out_dir, row, seed, overrides), target)
+    run_cell(cell_config(out_dir, row, seed, overrides, synpre), target)
     return target
 
 
@@ -56,10 +125,12 @@ def row_experiment(row: str) -> str:
     return row if "/" in row else f"table1/{row}"
 
 
-def cell_config(out_dir: Path, row: str, seed: int, overrides: Sequence[str]) -> MammoflConfig:
+def cell_config(
+    out_dir: Path, row: str, seed: int, overrides: Sequence[str], synpre: str = "synpre"
+) -> MammoflConfig:
     extra = [f"train.feature_cache_dir={out_dir / '_features'}"]
-    if row.startswith("synpre_realft"):
-        extra.append(f"model.init_from={cell_dir(out_dir, 'synpre', seed) / 'model.pt'}")
+    if is_finetune(row):
+        extra.append(f"model.init_from={start_model(out_dir, synpre, seed)}")
     return compose_config(
         [
             f"experiment={row_experiment(row)}",
@@ -72,20 +143,24 @@ def cell_config(out_dir: Path, row: str, seed: int, overrides: Sequence[str]) ->
 
 
 def run_grid(
-    out_dir: Path, rows: Sequence[str], seeds: Sequence[int], overrides: Sequence[str]
+    out_dir: Path,
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    synpre: str = "synpre",
 ) -> None:
     """The cells not done yet, compatible ones as grids: SynPre first (the fine-tuned rows
     start from it), then everything else."""
     pending = [
-        (row, seed)
-        for row in rows
-        for seed in seeds
-        if not (cell_dir(out_dir, row, seed) / "result.json").is_file()
+        (row, seed) for row in rows for seed in seeds if not cell_done(out_dir, row, seed, synpre)
     ]
-    needs_synpre = {s for r, s in pending if r.startswith("synpre_realft")}
+    needs_synpre = {s for r, s in pending if is_finetune(r)}
     for seed in sorted(needs_synpre):
-        run_one(out_dir, "synpre", seed, overrides)
-    jobs = [(cell_config(out_dir, r, s, overrides), cell_dir(out_dir, r, s)) for r, s in pending]
+        run_one(out_dir, synpre, seed, overrides)
+    pending = [(r, s) for r, s in pending if not cell_done(out_dir, r, s, synpre)]
+    jobs = [
+        (cell_config(out_dir, r, s, overrides, synpre), cell_dir(out_dir, r, s)) for r, s in pending
+    ]
     if jobs:
         log.info("%d cells to train", len(jobs))
         run_cells(jobs)
@@ -98,22 +173,30 @@ def run_table1(
     overrides: Sequence[str],
     grid: bool = True,
 ) -> dict[str, Path]:
+    rows = expand_rows(rows)
     names = experiment_names()
     known = {name.split("/", 1)[1] for name in names if name.startswith("table1/")}
     recipes = {name for name in names if name.startswith("recipe/")}
     unknown = [r for r in rows if r not in known and r not in recipes]
     if unknown:
         raise ConfigError(
-            f"unknown Table 1 rows {unknown}; choose from {sorted(known)} or a recipe "
-            f"{sorted(recipes)}"
+            f"unknown Table 1 rows {unknown}; choose from {sorted(known)}, a recipe "
+            f"{sorted(recipes)}, or paper / cpu (all 18 rows)"
         )
     for bad in ("experiment=", "seed=", "out_dir="):
         if any(o.startswith(bad) for o in overrides):
             raise ConfigError(f"mammofl table1 sets {bad} per cell; use rows=, seeds=, out_dir=")
+    synpre = start_row(rows, out_dir)
+    for row in rows:  # refuse a mix of SynPre variants before anything trains
+        for seed in seeds:
+            cell_done(out_dir, row, seed, synpre)
     if grid:
-        run_grid(out_dir, rows, seeds, overrides)
+        run_grid(out_dir, rows, seeds, overrides, synpre)
     else:
         for row in rows:
             for seed in seeds:
-                run_one(out_dir, row, seed, overrides)
-    return write_reports(out_dir, rows, seeds, overrides)
+                run_one(out_dir, row, seed, overrides, synpre)
+    finetuned = [r for r in rows if is_finetune(r)]
+    notes = [f"SynPre+RealFT rows fine-tune each seed's `{synpre}` model"] if finetuned else []
+    variants = {"synpre_cpu", *(finetuned if synpre == "synpre_cpu" else [])}
+    return write_reports(out_dir, rows, seeds, overrides, notes, variants)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ def _load(out_dir: Path, row: str, seed: int) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+def summarise(
+    out_dir: Path,
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    cpu_variant_rows: Collection[str] = (),
+) -> pd.DataFrame:
+    """One line per row and test set; `cpu_variant_rows` (SynPre's CPU variant and the rows
+    fine-tuned from it) form their own "cpu variant" curves, apart from the paper's."""
     lines = []
     for row in rows:
         results = [r for r in (_load(out_dir, row, s) for s in seeds) if r is not None]
@@ -53,18 +60,20 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
             if r["privacy"]["epsilon_spent"] is not None
         ]
         guarantee = _guarantee(results)
+        variant = _variant(config)
         for test_set in first["tests"]:
             line: dict[str, Any] = {
                 "row": row,
                 "setting": setting,
-                # paper rows and recipes of one setting are two curves, not one
-                "settings": "recipe" if row.startswith("recipe/") else "paper",
+                # paper rows, CPU variants and recipes of one setting are separate curves
+                "settings": _settings(row, cpu_variant_rows),
                 "epsilon": epsilon if epsilon is not None else math.inf,
                 "test_set": test_set,
                 "seeds": len(results),
                 "backbone": f"{model['library']}:{model['name']} ({weights})",
                 "epsilon_spent": float(np.mean(spent)) if spent else None,
                 "unit": first["privacy"].get("unit", "patch") if spent else None,
+                "variant": variant,
                 **guarantee,
             }
             for metric in METRICS:
@@ -84,6 +93,25 @@ def summarise(out_dir: Path, rows: Sequence[str], seeds: Sequence[int]) -> pd.Da
     return pd.DataFrame(lines)
 
 
+def _settings(row: str, cpu_variant_rows: Collection[str]) -> str:
+    if row.startswith("recipe/"):
+        return "recipe"
+    return "cpu variant" if row in cpu_variant_rows else "paper"
+
+
+def _variant(config: dict[str, Any]) -> str:
+    """How a paper row was run differently from the paper, in words ('' when it was not)."""
+    model, train = config["model"], config.get("train", {})
+    if model.get("trainable") == "last_stage":
+        lr = f"{train['lr']:.0e}".replace("e-0", "e-")
+        return (
+            f"CPU variant: the backbone's last stage and the head trained on cached trunk maps, "
+            f"{train['epochs']} epochs, lr {lr} (the paper's SynPre trains all parameters for "
+            "300 epochs at lr 1e-5)"
+        )
+    return ""
+
+
 def _guarantee(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The row's guarantee: 'formal' only if every seed's cell has one; else why not."""
     privacy = [r["privacy"] for r in results]
@@ -101,7 +129,12 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]) -> str:
+def markdown(
+    frame: pd.DataFrame,
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    notes_about_rows: Sequence[str] = (),
+) -> str:
     out = [
         "# Table 1 (mammofl)",
         "",
@@ -137,6 +170,11 @@ def markdown(frame: pd.DataFrame, seeds: Sequence[int], overrides: Sequence[str]
         unit = r["unit"] if isinstance(r["unit"], str) else "—"
         cells += [spent, unit, guarantee, paper_a, paper_p]
         out.append(f"| {' | '.join(cells)} |")
+    variants = sorted({(r["row"], r["variant"]) for _, r in frame.iterrows() if r["variant"]})
+    if variants or notes_about_rows:
+        out += ["", "How rows were run:"]
+        out += [f"- {row}: {variant}" for row, variant in variants]
+        out += [f"- {note}" for note in notes_about_rows]
     if caveats:
         out += ["", "Rows whose epsilon does not cover everything they learnt from:"]
         out += [f"- {', '.join(sorted(rows))}: {note}" for note, rows in sorted(caveats.items())]
@@ -198,16 +236,70 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def plot_selection_curves(
+    out_dir: Path, rows: Sequence[str], seeds: Sequence[int], path: Path
+) -> bool:
+    """Per-epoch selection-set (hold-out) AUPRC and loss of the rows whose whole backbone or
+    last stage trains (SynPre and its CPU variant), one line per seed: whether the epoch count
+    let them converge. Returns False (no file) when no such row has results."""
+    curves: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        for seed in seeds:
+            record = _load(out_dir, row, seed)
+            if record and record["config"]["model"].get("trainable") in ("last_stage", "all"):
+                curves[(row, seed)] = record
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True)
+    for (row, seed), record in curves.items():
+        history = record["history"]
+        epochs = [h["epoch"] for h in history]
+        line = top.plot(epochs, [h["val_auprc"] for h in history], label=f"{row} seed {seed}")
+        bottom.plot(epochs, [h["val_loss"] for h in history], color=line[0].get_color())
+        chosen = [h for h in history if h["epoch"] == record["best_epoch"]]
+        top.scatter(
+            [h["epoch"] for h in chosen],
+            [h["val_auprc"] for h in chosen],
+            color=line[0].get_color(),
+        )
+    top.set_ylabel("selection AUPRC")
+    bottom.set_ylabel("selection loss")
+    bottom.set_xlabel("epoch")
+    top.legend(fontsize=7)
+    top.set_title("Selection-set curves of the SynPre rows (dot: the selected epoch)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
 def write_reports(
-    out_dir: Path, rows: Sequence[str], seeds: Sequence[int], overrides: Sequence[str]
+    out_dir: Path,
+    rows: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    notes_about_rows: Sequence[str] = (),
+    cpu_variant_rows: Collection[str] = (),
 ) -> dict[str, Path]:
-    frame = summarise(out_dir, rows, seeds)
+    frame = summarise(out_dir, rows, seeds, cpu_variant_rows)
     paths = {
         "csv": out_dir / "table1.csv",
         "md": out_dir / "table1.md",
         "plot": out_dir / "privacy_utility.png",
     }
     atomic_write_text(paths["csv"], frame.to_csv(index=False))
-    atomic_write_text(paths["md"], markdown(frame, seeds, overrides))
+    atomic_write_text(paths["md"], markdown(frame, seeds, overrides, notes_about_rows))
     plot(frame, paths["plot"])
+    curves = out_dir / "synpre_selection_curves.png"
+    if plot_selection_curves(out_dir, rows, seeds, curves):
+        paths["synpre_curves"] = curves
+    else:
+        curves.unlink(missing_ok=True)  # never a stale plot of an earlier run
     return paths

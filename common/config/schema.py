@@ -21,7 +21,7 @@ ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
 OPTIMIZERS = ("adamw", "sgd")
 FEATURE_NORMS = ("none", "l2")
-POLICIES = ("head", "head_last", "norm_head", "all")
+POLICIES = ("head", "head_last", "norm_head", "last_stage", "all")
 ACCOUNTANTS = ("rdp", "prv")
 PRIVACY_UNITS = ("patch", "patient")
 POSITIVE_CLASSES = ("benign", "malignant")
@@ -32,8 +32,9 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # dimension: per-sample gradients of their attention weights would be per window, not per image
 WINDOW_ATTENTION_MODELS = ("swin", "davit", "gcvit", "maxvit", "maxxvit", "sam2_hiera", "samvit")
 # policies that train attention weights (`norm_head` trains only norm layers, which sit outside
-# the windows, and the head: tests/unit/training/test_per_sample_gradients.py)
-POLICIES_TRAINING_ATTENTION = ("all",)
+# the windows, and the head: tests/unit/training/test_per_sample_gradients.py; `last_stage`
+# trains Swin's last stage, attention included)
+POLICIES_TRAINING_ATTENTION = ("last_stage", "all")
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -56,7 +57,8 @@ def _device(key: str, value: str) -> None:
 
 
 def check_dp_trainable(model: ModelConfig, dp: bool) -> None:
-    """Refuse, before any data is read, DP on a policy that trains window attention.
+    """Refuse, before any data is read, DP on a policy that trains window attention, and DP
+    on `last_stage` (whose engine has no per-sample clipping).
 
     Swin-style window attention runs on [batch x windows, tokens, channels]: hooks there give
     one "per-sample" gradient per window, so clipping would bound each window, not each image.
@@ -71,6 +73,12 @@ def check_dp_trainable(model: ModelConfig, dp: bool) -> None:
             "folds windows into the batch dimension, so per-sample gradients would be per "
             "window, not per image, and the guarantee would not hold. Use model.trainable="
             "head, head_last or norm_head, or train without DP (privacy.enabled=false)"
+        )
+    if dp and model.trainable == "last_stage":
+        raise ConfigError(
+            "model.trainable=last_stage under DP: the last-stage engine (SynPre's CPU variant) "
+            "has no per-sample clipping. Use model.trainable=head (or head_last) for DP, or "
+            "train without DP (privacy.enabled=false)"
         )
 
 
@@ -181,6 +189,12 @@ class ModelConfig:
     feature_stages: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.trainable == "last_stage" and self.library != "timm":
+            raise ConfigError(
+                f"model.trainable=last_stage needs a timm EfficientNet, ResNet or Swin backbone "
+                f"(model.library={self.library}); use model=efficientnet_lite0 or "
+                "model=swin_t_timm"
+            )
         if self.feature_stages and (self.library != "timm" or self.trainable != "head"):
             raise ConfigError(
                 f"model.feature_stages={list(self.feature_stages)} needs a timm backbone and "

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError, UnsupportedDPModelError
+from common.models.backbone_split import split_backbone
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 # attention modules that run on [batch x windows, tokens, channels] (timm, torchvision Swin;
@@ -22,7 +23,7 @@ WINDOW_ATTENTION_TYPES = (
 
 def trainable_parameter_names(model: nn.Module, policy: str) -> list[str]:
     """`head`: the whole head; `head_last`: its final Linear; `norm_head`: norm layers + head;
-    `all`: every parameter."""
+    `last_stage`: the backbone's last stage (`backbone_split`) + head; `all`: every parameter."""
     names = [name for name, _ in model.named_parameters()]
     head = [n for n in names if n.startswith("head.")]
     if policy == "all":
@@ -37,10 +38,18 @@ def trainable_parameter_names(model: nn.Module, policy: str) -> list[str]:
         ]
         last = linears[-1]
         return [n for n in names if n.rsplit(".", 1)[0] == last]
+    if policy == "last_stage":
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise ConfigError("model.trainable=last_stage needs a classifier with a backbone")
+        tail = tuple(f"backbone.{m}." for m in split_backbone(backbone).tail_modules)
+        return [n for n in names if n.startswith(tail) or n in head]
     if policy == "norm_head":
         norms = {m for m, mod in model.named_modules() if isinstance(mod, NORM_TYPES)}
         return [n for n in names if n.rsplit(".", 1)[0] in norms or n in head]
-    raise ConfigError(f"model.trainable={policy!r}: choose head, head_last, norm_head or all")
+    raise ConfigError(
+        f"model.trainable={policy!r}: choose head, head_last, norm_head, last_stage or all"
+    )
 
 
 def apply_trainable_policy(model: nn.Module, policy: str) -> list[str]:

@@ -56,8 +56,10 @@ class CachedEngine(TrainableParameters):
         backbone_trainable = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
         if backbone_trainable:
             raise ConfigError(
-                "train.engine=cached needs a frozen backbone (model.trainable=head or head_last); "
-                f"{len(backbone_trainable)} backbone parameters train. Use train.engine=naive"
+                "train.engine=cached needs a frozen backbone (model.trainable=head or head_last) "
+                "or one whose last stage alone trains (model.trainable=last_stage, without DP); "
+                f"{len(backbone_trainable)} backbone parameters train (e.g. "
+                f"{backbone_trainable[0]}). Use train.engine=naive"
             )
         self.model = model
         self.settings = settings

@@ -107,13 +107,17 @@ def cached_features(
     device: torch.device,
     cache_dir: str | None,
     progress: bool = False,
+    kind: str = "",
 ) -> torch.Tensor:
     """`extract_features`, each image's features read from / added to the feature bank in
     `cache_dir` when given (see `feature_bank`): only images the bank lacks go through the
-    backbone, whatever manifest, subset or order they arrive in."""
+    backbone, whatever manifest, subset or order they arrive in. `kind` names what `backbone`
+    outputs when it is not a whole backbone's pooled features (e.g. a trunk's maps): it is part
+    of the bank's key, so two kinds of output never share a bank."""
     if not cache_dir:
         return extract_features(backbone, loaded, variants, batch_size, device, progress)
-    bank = FeatureBank(Path(cache_dir), backbone_checksum(backbone), variants)
+    checksum = backbone_checksum(backbone) + (f"|{kind}" if kind else "")
+    bank = FeatureBank(Path(cache_dir), checksum, variants)
     hashes = image_hashes(loaded.pixels)
     found, missing = bank.lookup(hashes)
     if missing:

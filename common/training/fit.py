@@ -27,9 +27,8 @@ from common.eval.metrics import auprc
 from common.models.classifier import Classifier
 from common.models.policies import check_no_per_window_gradients, frozen_checksum
 from common.privacy.ledger import LedgerEvent, PrivacyLedger, epsilon_of
-from common.training.cached_engine import CachedEngine
 from common.training.engine import TrainingEngine
-from common.training.naive_engine import NaiveEngine
+from common.training.engines import make_engine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
 from common.training.settings import EngineSettings
 from common.training.weight_average import WeightAverage
@@ -50,17 +49,6 @@ class FitResult:
     mechanism_steps: int | None = None
     ledger: PrivacyLedger = field(default_factory=PrivacyLedger)
     event: LedgerEvent | None = None
-
-
-def make_engine(
-    name: str,
-    model: Classifier,
-    train: LoadedPatches,
-    eval_sets: dict[str, LoadedPatches],
-    settings: EngineSettings,
-) -> TrainingEngine:
-    engine_class = CachedEngine if name == "cached" else NaiveEngine
-    return engine_class(model, train, eval_sets, settings)
 
 
 def planned_event(settings: EngineSettings, epochs: int, round_number: int | None) -> LedgerEvent:

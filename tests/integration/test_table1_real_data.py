@@ -95,6 +95,40 @@ def test_synpre_then_realft_chain(release_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_complete_table_on_cpu(release_dir: Path, effnet_weights: Path, tmp_path: Path) -> None:
+    """`rows=cpu`: all 18 rows of the paper with SynPre's CPU variant (last stage + head on
+    cached trunk maps), which the SynPre+RealFT rows fine-tune; every row lists its spent
+    epsilon and guarantee (issue #11)."""
+    import json
+
+    from common.errors import ConfigError
+    from simulations.table1 import CPU_ROWS
+
+    paths = run_table1(tmp_path, ["cpu"], [42], SUBSET)
+    table = pd.read_csv(paths["csv"])
+    assert table["row"].tolist() == list(CPU_ROWS) and len(CPU_ROWS) == 18
+    rows = table.set_index("row")
+    for epsilon in (1, 6, 12, 20, 60):
+        for kind in ("real", "real_syn", "synpre_realft"):
+            row = rows.loc[f"{kind}_eps{epsilon}"]
+            assert 0.7 * epsilon < row["epsilon_spent"] <= epsilon
+        assert rows.loc[f"real_eps{epsilon}", "guarantee"] == "formal"
+        assert rows.loc[f"synpre_realft_eps{epsilon}", "guarantee"] == "partial"
+    assert rows.loc["synpre_cpu", "guarantee"] == "none (no DP)"
+    synpre = json.loads((tmp_path / "cells/synpre_cpu/seed42/result.json").read_text())
+    assert synpre["trainable_policy"] == "last_stage"
+    assert any(n.startswith("backbone.conv_head.") for n in synpre["trainable_parameters"])
+    site = json.loads((tmp_path / "cells/synpre_realft_eps1/seed42/site_only.json").read_text())
+    assert site["config"]["model"]["init_from"].endswith("synpre_cpu/seed42/model.pt")
+    markdown = paths["md"].read_text()
+    assert "- synpre_cpu: CPU variant" in markdown
+    assert "fine-tune each seed's `synpre_cpu` model" in markdown
+    # a fine-tuned cell never silently mixes with the other SynPre variant in one out_dir
+    with pytest.raises(ConfigError, match="two SynPre variants"):
+        run_table1(tmp_path, ["synpre", "synpre_realft_eps1"], [42], SUBSET)
+
+
+@pytest.mark.slow
 def test_grid_equals_cell_by_cell_in_seeded_mode(
     release_dir: Path, effnet_weights: Path, tmp_path: Path
 ) -> None:

@@ -18,7 +18,9 @@ TABLE1 = [f"table1/{n}" for n in ["real", "syn", "synpre"]] + [
 
 
 def test_all_18_table1_presets_exist() -> None:
-    assert sorted(n for n in experiment_names() if n.startswith("table1/")) == sorted(TABLE1)
+    # and synpre_cpu, SynPre's CPU variant (`mammofl table1 rows=cpu`)
+    found = sorted(n for n in experiment_names() if n.startswith("table1/"))
+    assert found == sorted([*TABLE1, "table1/synpre_cpu"])
 
 
 SINGLE_NODE = [n for n in experiment_names() if not n.startswith("federated/")]
@@ -53,8 +55,9 @@ def test_federated_default_is_phantom_and_a_typo_is_refused() -> None:
 @pytest.mark.parametrize("name", SINGLE_NODE)
 def test_preset_composes_and_overrides_base(name: str) -> None:
     base = compose_config([])
-    # recipe/no_dp pools several stages: a timm backbone (the same Swin-T, from timm)
-    model = ["model=swin_t_timm"] if name == "recipe/no_dp" else []
+    # recipe/no_dp pools several stages and synpre_cpu cuts the backbone: a timm backbone (the
+    # same Swin-T, from timm)
+    model = ["model=swin_t_timm"] if name in ("recipe/no_dp", "table1/synpre_cpu") else []
     config = compose_config([f"experiment={name}", *model])
     assert isinstance(config, MammoflConfig)
     assert config.name != base.name == "run"  # the preset really overrides the base

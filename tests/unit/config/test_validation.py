@@ -151,7 +151,7 @@ def test_valid_devices_pass(device: str) -> None:
 def test_cli_names_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "model.trainable=norm"]) == 2
     err = capsys.readouterr().err
-    assert "model.trainable='norm'" in err and "head, head_last, norm_head, all" in err
+    assert "model.trainable='norm'" in err and "head, head_last, norm_head, last_stage, all" in err
 
 
 # ---- per-window gradients --------------------------------------------------------------------
@@ -163,6 +163,11 @@ def test_dp_on_window_attention_is_refused_at_config_time(name: str) -> None:
     with pytest.raises(ConfigError, match="per window"):
         FederatedRunConfig(model=model, privacy=DP6)
     MammoflConfig(model=model)  # without DP (SynPre trains all of Swin): fine
+    # Swin's last stage holds window attention too (SynPre's CPU variant: no DP)
+    last = ModelConfig(name=name, trainable="last_stage")
+    with pytest.raises(ConfigError, match=r"model\.trainable=last_stage .*per window"):
+        MammoflConfig(model=last, privacy=DP6)
+    MammoflConfig(model=last)
     # norm layers sit outside the windows (per-image gradients: test_per_sample_gradients.py)
     for policy in ("head", "head_last", "norm_head"):
         MammoflConfig(model=ModelConfig(name=name, trainable=policy), privacy=DP6)

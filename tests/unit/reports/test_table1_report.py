@@ -57,3 +57,33 @@ def test_reports_name_each_rows_guarantee(tmp_path: Path) -> None:
     assert "- seeded: seeded noise: reproducible; no guarantee" in markdown
     assert open_markers(pd.read_csv(paths["csv"])).tolist() == [False, False, True, True]
     assert paths["plot"].stat().st_size > 1000
+    assert "synpre_curves" not in paths  # no SynPre row, no curve
+
+
+def test_a_cpu_variant_row_says_how_it_differs_from_the_paper(tmp_path: Path) -> None:
+    _cell(tmp_path, "synpre_cpu", "SynPre", None)
+    record_path = tmp_path / "cells" / "synpre_cpu" / "seed42" / "result.json"
+    record = json.loads(record_path.read_text())
+    record["config"]["model"]["trainable"] = "last_stage"
+    record["config"]["train"] = {"epochs": 30, "lr": 1e-4}
+    record["best_epoch"] = 2
+    record["history"] = [
+        {"epoch": e, "val_auprc": 0.6 + 0.01 * e, "val_loss": 0.7 - 0.01 * e} for e in (1, 2, 3)
+    ]
+    record_path.write_text(json.dumps(record))
+    _cell(tmp_path, "synpre_realft_eps6", "SynPre+RealFT", 6.0)
+    note = "SynPre+RealFT rows fine-tune each seed's `synpre_cpu` model"
+    rows = ["synpre_cpu", "synpre_realft_eps6"]
+    paths = write_reports(tmp_path, rows, [42], [], [note], cpu_variant_rows=rows)
+    markdown = paths["md"].read_text()
+    assert "- synpre_cpu: CPU variant: the backbone's last stage and the head" in markdown
+    assert "30 epochs, lr 1e-4" in markdown
+    assert f"- {note}" in markdown
+    assert "synpre_realft_eps6: CPU variant" not in markdown
+    assert paths["synpre_curves"].stat().st_size > 1000  # the selection-set curve of SynPre
+    settings = pd.read_csv(paths["csv"]).set_index("row")["settings"].to_dict()
+    assert settings == {"synpre_cpu": "cpu variant", "synpre_realft_eps6": "cpu variant"}
+    # rerun without SynPre rows: the curve of the earlier run does not linger
+    paths = write_reports(tmp_path, ["synpre_realft_eps6"], [42], [])
+    assert "synpre_curves" not in paths
+    assert not (tmp_path / "synpre_selection_curves.png").exists()

@@ -1,0 +1,76 @@
+"""`mammofl table1` rows: the `paper` / `cpu` row sets, which SynPre row the SynPre+RealFT rows
+fine-tune, and the refusal to mix the two SynPre variants in one out_dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.config.compose import compose_config, experiment_names
+from common.errors import ConfigError
+from simulations.table1 import (
+    CPU_ROWS,
+    DEFAULT_ROWS,
+    cell_dir,
+    cell_done,
+    expand_rows,
+    run_table1,
+    start_row,
+)
+
+
+def _finished(out_dir: Path, row: str, seed: int, init_from: Path | None = None) -> Path:
+    cell = cell_dir(out_dir, row, seed)
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text("{}")
+    config = {"model": {"init_from": str(init_from) if init_from else None}}
+    (cell / "site_only.json").write_text(json.dumps({"config": config}))
+    return cell
+
+
+def test_rows_cpu_are_the_paper_rows_with_the_cpu_synpre() -> None:
+    assert {f"table1/{r}" for r in DEFAULT_ROWS} | {"table1/synpre_cpu"} == {
+        n for n in experiment_names() if n.startswith("table1/")
+    }
+    assert [r for r in CPU_ROWS if r not in DEFAULT_ROWS] == ["synpre_cpu"]
+    assert len(CPU_ROWS) == 18 and "synpre" not in CPU_ROWS
+    assert expand_rows(["cpu", "recipe/dp_eps6", "real"]) == [*CPU_ROWS, "recipe/dp_eps6"]
+    synpre = compose_config(["experiment=table1/synpre_cpu", "model=efficientnet_lite0"])
+    assert (synpre.model.trainable, synpre.train.engine) == ("last_stage", "cached")
+    assert synpre.paper_row.setting == "SynPre" and not synpre.privacy.enabled
+
+
+def test_the_start_row_comes_from_rows_then_from_what_out_dir_holds(tmp_path: Path) -> None:
+    assert start_row(CPU_ROWS) == "synpre_cpu" and start_row(DEFAULT_ROWS) == "synpre"
+    assert start_row(["synpre", "synpre_cpu", "synpre_realft_eps6"]) == "synpre"
+    assert start_row(["synpre_realft_eps6"], tmp_path) == "synpre"  # nothing there yet
+    _finished(tmp_path, "synpre_cpu", 42)
+    assert start_row(["synpre_realft_eps6"], tmp_path) == "synpre_cpu"
+    _finished(tmp_path, "synpre", 42)
+    assert start_row(["synpre_realft_eps6"], tmp_path) == "synpre"
+
+
+def test_a_finetuned_cell_of_the_other_variant_is_refused_whatever_the_path(
+    tmp_path: Path,
+) -> None:
+    # stored as typed elsewhere (relative, another machine): the row folder decides
+    start = Path("elsewhere/runs/t1/cells/synpre_cpu/seed42/model.pt")
+    _finished(tmp_path, "synpre_realft_eps6", 42, start)
+    assert cell_done(tmp_path, "synpre_realft_eps6", 42, "synpre_cpu")
+    assert not cell_done(tmp_path, "synpre_realft_eps6", 43, "synpre_cpu")
+    with pytest.raises(ConfigError, match=r"synpre_cpu row's model, not synpre's.*rows=cpu"):
+        cell_done(tmp_path, "synpre_realft_eps6", 42, "synpre")
+    (cell_dir(tmp_path, "synpre_realft_eps6", 42) / "site_only.json").unlink()
+    with pytest.raises(ConfigError, match=r"no site_only\.json"):
+        cell_done(tmp_path, "synpre_realft_eps6", 42, "synpre_cpu")
+
+
+def test_the_mix_is_refused_before_anything_trains(tmp_path: Path) -> None:
+    start = tmp_path / "cells/synpre_cpu/seed42/model.pt"
+    _finished(tmp_path, "synpre_realft_eps1", 42, start)
+    for grid in (True, False):  # cell by cell too: refused before the paper SynPre would train
+        with pytest.raises(ConfigError, match="two SynPre variants"):
+            run_table1(tmp_path, ["synpre", "synpre_realft_eps1"], [42], [], grid=grid)
+    assert not (tmp_path / "cells" / "synpre").exists()
