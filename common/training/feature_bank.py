@@ -4,8 +4,9 @@ A Table 1 grid, a recipe search and an audit read the same images through differ
 (limits, hold-outs, random halves, Real vs Real+Syn): keyed by each image's own pixels, every
 image's features are computed once and reused by all of them. The bank is a folder per
 (backbone checksum, variants, input format) of shards: `shard-<id>.pt` holds [V, n, F]
-features and `shard-<id>.json` the n image hashes; the JSON is written last, so a shard whose
-JSON exists is complete (atomic writes; an interrupted run leaves no half shard in the index).
+features (or [V, n, ...] trunk maps, keyed apart by `features.cached_features(kind=...)`)
+and `shard-<id>.json` the n image hashes; the JSON is written last, so a shard whose JSON
+exists is complete (atomic writes; an interrupted run leaves no half shard in the index).
 """
 
 from __future__ import annotations
