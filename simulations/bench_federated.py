@@ -64,6 +64,7 @@ from common.site.facts import facts_from_entry
 from simulations.bench_dp_finetune import cpu_name
 from simulations.bench_federated_report import RunTiming, print_tables
 from simulations.bench_main_job import tree_rss
+from simulations.cli import split_options
 from simulations.federate import run_flower
 from simulations.federated_workspace import prepare_workspace
 
@@ -217,13 +218,8 @@ def describe(base: Sequence[str], count: int, shrunk: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    options, rest = dict(DEFAULTS), []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in DEFAULTS:
-            options[key] = value
-        else:
-            rest.append(arg)
+    given, rest = split_options(argv, tuple(DEFAULTS))
+    options = {**DEFAULTS, **given}
     counts, polls = parse_counts(options["sites"]), parse_polls(options["polls"])
     shrunk = phase1_overrides(options)
     base = [f"experiment={options['preset']}", *shrunk, *rest]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 EXCHANGES = ("train", "evaluate")  # the messages of a round, in order
 SERVER_WORK = ("central_evaluation", "checkpoint")
@@ -94,8 +94,32 @@ class ExchangeTiming:
         return self.wall - self.dispatch - self.collect - self.critical(workers)
 
 
+class _Timed(Protocol):
+    @property
+    def wall(self) -> float: ...
+
+    @property
+    def critical(self) -> float: ...
+
+    @property
+    def overhead(self) -> float: ...
+
+
+class OverheadRatio:
+    """Overhead = wall - critical-path compute, and its share of that compute, for a class
+    with `wall` and `critical` (fields or properties)."""
+
+    @property
+    def overhead(self: _Timed) -> float:
+        return self.wall - self.critical
+
+    @property
+    def ratio(self: _Timed) -> float:
+        return self.overhead / self.critical if self.critical > 0 else float("inf")
+
+
 @dataclass(frozen=True)
-class RoundOverhead:
+class RoundOverhead(OverheadRatio):
     round: int
     wall: float
     workers: int
@@ -113,14 +137,6 @@ class RoundOverhead:
     @property
     def critical(self) -> float:
         return sum(e.critical(self.workers) for e in self.exchanges)
-
-    @property
-    def overhead(self) -> float:
-        return self.wall - self.critical
-
-    @property
-    def ratio(self) -> float:
-        return self.overhead / self.critical if self.critical > 0 else float("inf")
 
     @property
     def messaging(self) -> float:
@@ -181,7 +197,7 @@ def round_overheads(
 
 
 @dataclass(frozen=True)
-class OverheadTotals:
+class OverheadTotals(OverheadRatio):
     """Several rounds added up (the ratio of the sums, not the mean of the ratios)."""
 
     rounds: int
@@ -191,14 +207,6 @@ class OverheadTotals:
     critical: float
     messaging: float
     server: Mapping[str, float]
-
-    @property
-    def overhead(self) -> float:
-        return self.wall - self.critical
-
-    @property
-    def ratio(self) -> float:
-        return self.overhead / self.critical if self.critical > 0 else float("inf")
 
     @property
     def other(self) -> float:

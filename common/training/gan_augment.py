@@ -34,10 +34,21 @@ def augment(
     if n == 0:
         return images
     draws = torch.rand(n, 3, generator=generator)
+    return apply_augment(images, draws, flip_probability, zoom)
+
+
+def apply_augment(
+    images: torch.Tensor, draws: torch.Tensor, flip_probability: float, zoom: tuple[float, float]
+) -> torch.Tensor:
+    """`augment` with its draws [N, 3] in [0, 1) given (x flip, y flip, zoom): theta is built
+    where the draws are, so an epoch's draws made up front (`gan_draws`) stay on the device."""
+    n = images.shape[0]
+    if n == 0:
+        return images
     sign_x = torch.where(draws[:, 0] < flip_probability, -1.0, 1.0)
     sign_y = torch.where(draws[:, 1] < flip_probability, -1.0, 1.0)
     scale = zoom[0] + (zoom[1] - zoom[0]) * draws[:, 2]
-    theta = torch.zeros(n, 2, 3)
+    theta = torch.zeros(n, 2, 3, device=draws.device)
     theta[:, 0, 0] = sign_x / scale
     theta[:, 1, 1] = sign_y / scale
     theta = theta.to(images.device, images.dtype)

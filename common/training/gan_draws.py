@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from common.config.gan_schema import GanTrainConfig
 
@@ -79,24 +78,3 @@ def to_device(steps: Sequence[StepDraws], device: torch.device) -> list[StepDraw
             chunk.view(p.shape) for chunk, p in zip(on_device.split(sizes), parts, strict=True)
         ]
     return [StepDraws(**{k: v[i] for k, v in moved.items()}) for i in range(len(steps))]
-
-
-def apply_augment(
-    images: torch.Tensor, draws: torch.Tensor, flip_probability: float, zoom: tuple[float, float]
-) -> torch.Tensor:
-    """`gan_augment.augment` with its draws given (checked equal in the tests): flips and an
-    isotropic zoom with reflected borders, theta built where the draws are."""
-    n = images.shape[0]
-    if n == 0:
-        return images
-    sign_x = torch.where(draws[:, 0] < flip_probability, -1.0, 1.0)
-    sign_y = torch.where(draws[:, 1] < flip_probability, -1.0, 1.0)
-    scale = zoom[0] + (zoom[1] - zoom[0]) * draws[:, 2]
-    theta = torch.zeros(n, 2, 3, device=draws.device)
-    theta[:, 0, 0] = sign_x / scale
-    theta[:, 1, 1] = sign_y / scale
-    theta = theta.to(images.device, images.dtype)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(
-        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-    )

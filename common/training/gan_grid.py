@@ -27,7 +27,8 @@ from common.atomic_io import atomic_torch_save
 from common.errors import ConfigError
 from common.models.mcgan_stack import StackedDiscriminator, StackedGenerator, StackedMCGAN
 from common.runs.termination import Terminated, note_saved
-from common.training.gan_draws import StepDraws, apply_augment, stack_draws, to_device
+from common.training.gan_augment import apply_augment
+from common.training.gan_draws import StepDraws, stack_draws, to_device
 from common.training.gan_fast import (
     CompiledOrEager,
     autocast,

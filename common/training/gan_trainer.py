@@ -37,9 +37,9 @@ from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.privacy.plan import PrivacyPlan, check_batch_fits, plan_privacy
 from common.privacy.randomness import SEEDED_NOISE_NOTE, private_generator
 from common.runs.termination import Terminated, note_saved
-from common.training.gan_augment import augment, to_signed_unit, to_uint8
+from common.training.gan_augment import apply_augment, augment, to_signed_unit, to_uint8
 from common.training.gan_dp import PrivateDiscriminatorStep
-from common.training.gan_draws import StepDraws, apply_augment, draw_epoch, to_device
+from common.training.gan_draws import StepDraws, draw_epoch, to_device
 from common.training.gan_fast import (
     CompiledOrEager,
     autocast,

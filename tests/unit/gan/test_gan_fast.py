@@ -24,9 +24,8 @@ from common.config.gan_schema import GanConfig, GanTrainConfig
 from common.errors import ConfigError
 from common.models.mcgan import Discriminator, MCGANShape
 from common.privacy.plan import PrivacyPlan, plan_privacy
-from common.training.gan_augment import augment
+from common.training.gan_augment import apply_augment, augment
 from common.training.gan_dp import PrivateDiscriminatorStep
-from common.training.gan_draws import apply_augment
 from common.training.gan_fast import resolve_precision
 from common.training.gan_trainer import GanTrainer, bce
 from tests.unit.gan.helpers import configured, gan, max_difference, tiny_data
