@@ -122,6 +122,9 @@ def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
     arrays = from_array_record(content.array_records[p.ARRAYS])
     config = content.config_records[p.CONFIG]
     weighting = str(config.get(p.WEIGHTING, "equal"))
+    evaluation = None
+    if bool(config.get(p.EVALUATE_RECEIVED, False)):  # the previous round's global model
+        evaluation = runtime.evaluate(arrays, str(config[p.BASE_SHA]))
     result = runtime.train_round(
         int(str(config[p.ROUND])),
         arrays,
@@ -136,6 +139,7 @@ def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
         epsilon=result.epsilon,
         event=result.event,
         weighting=weighting,
+        evaluation=evaluation,
     )
 
 

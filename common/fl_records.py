@@ -49,20 +49,24 @@ def train_reply_content(
     epsilon: float,
     event: Mapping[str, Any],
     weighting: str,
+    evaluation: Mapping[str, float] | None = None,
 ) -> RecordDict:
+    """The trained weights, the round's ledger event and, when the message asked for it
+    (`protocol.EVALUATE_RECEIVED`), the scores of the weights received, as an evaluate reply's."""
     metrics = {p.WEIGHT: float(weight), "epsilon": float(epsilon)}
     flat_event = {k: event[k] for k in p.EVENT_KEYS}
     flat_event["round"] = -1 if flat_event["round"] is None else int(flat_event["round"])
     p.check_trainable(arrays, expected)
     p.check_train_metrics(metrics, weighting)
     p.check_event({**flat_event})
-    return RecordDict(
-        {
-            p.ARRAYS: to_array_record(arrays),
-            p.METRICS: MetricRecord(metrics),
-            p.EVENT: ConfigRecord(flat_event),
-        }
-    )
+    records: dict[str, Any] = {
+        p.ARRAYS: to_array_record(arrays),
+        p.METRICS: MetricRecord(metrics),
+        p.EVENT: ConfigRecord(flat_event),
+    }
+    if evaluation is not None:
+        records[p.EVALUATION] = _evaluation_record(evaluation)
+    return RecordDict(records)
 
 
 def parse_train_reply(
@@ -71,7 +75,7 @@ def parse_train_reply(
     p.check_keys(
         "train reply",
         content.keys(),
-        frozenset({p.ARRAYS, p.METRICS, p.EVENT}),
+        frozenset({p.ARRAYS, p.METRICS, p.EVENT, p.EVALUATION}),
         frozenset({p.ARRAYS, p.METRICS, p.EVENT}),
     )
     arrays = from_array_record(content.array_records[p.ARRAYS])
@@ -84,18 +88,34 @@ def parse_train_reply(
     return arrays, metrics, event
 
 
+def parse_train_evaluation(content: RecordDict) -> dict[str, float] | None:
+    """The scores a train reply carries of the weights it received (allow-listed as an
+    evaluate reply's), or None when the message did not ask for them."""
+    if p.EVALUATION not in content.metric_records:
+        return None
+    return _parse_evaluation(content.metric_records[p.EVALUATION])
+
+
 # ---- evaluate ----------------------------------------------------------------------------
-def evaluate_reply_content(metrics: Mapping[str, float]) -> RecordDict:
+def _evaluation_record(metrics: Mapping[str, float]) -> MetricRecord:
     clean = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
     clean[p.WEIGHT] = 1.0
     p.check_evaluate_metrics(clean)
-    return RecordDict({p.METRICS: MetricRecord(clean)})
+    return MetricRecord(clean)
+
+
+def _parse_evaluation(record: MetricRecord) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in record.items()}
+    p.check_evaluate_metrics(metrics)
+    return metrics
+
+
+def evaluate_reply_content(metrics: Mapping[str, float]) -> RecordDict:
+    return RecordDict({p.METRICS: _evaluation_record(metrics)})
 
 
 def parse_evaluate_reply(content: RecordDict) -> dict[str, float]:
-    metrics = {k: float(v) for k, v in content.metric_records[p.METRICS].items()}
-    p.check_evaluate_metrics(metrics)
-    return metrics
+    return _parse_evaluation(content.metric_records[p.METRICS])
 
 
 # ---- synthetic patches -------------------------------------------------------------------

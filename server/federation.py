@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from common.fl_records import (
     parse_evaluate_reply,
     parse_status,
     parse_synthetic_reply,
+    parse_train_evaluation,
     parse_train_reply,
     to_array_record,
 )
@@ -49,6 +51,17 @@ log = logging.getLogger("mammofl.server")
 # seconds between the simulation grid's checks for replies (Flower's InMemoryGrid: 0.1, which
 # adds up to 0.1 s to every exchange; a check is a dict lookup, so 10 ms costs next to nothing)
 SIMULATION_PULL_INTERVAL_S = 0.01
+
+
+@dataclass
+class TrainOutcome:
+    """A train exchange's result: the aggregated trainable weights, why sites were refused,
+    the sites that trained, and the scores of the weights sent that the replies carried."""
+
+    trainable: dict[str, np.ndarray]
+    refused: dict[str, str]
+    trained: list[str]
+    evaluations: dict[str, dict[str, float]]
 
 
 class Federation:
@@ -178,10 +191,16 @@ class Federation:
 
     # ---- phase 2 -------------------------------------------------------------------------
     def train_round(
-        self, round_number: int, state: ServerState, nodes: list[int]
-    ) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+        self, round_number: int, state: ServerState, nodes: list[int], *, evaluate: bool = False
+    ) -> TrainOutcome:
+        """One train exchange; `evaluate`: each site also scores the weights it receives (the
+        previous round's global model) before training on them."""
         config = ConfigRecord(
-            {p.BASE_SHA: state.base_sha, p.WEIGHTING: self.config.federation.weighting}
+            {
+                p.BASE_SHA: state.base_sha,
+                p.WEIGHTING: self.config.federation.weighting,
+                p.EVALUATE_RECEIVED: evaluate,
+            }
         )
         if isinstance(self.strategy, ClientLevelDP):
             # configure_train raises PrivacyBudgetExhausted before anything is sent
@@ -195,6 +214,7 @@ class Federation:
         replies = self.send(list(messages))
         expected = {k: tuple(v.shape) for k, v in state.trainable.items()}
         valid, refused, trained = [], {}, []
+        evaluations: dict[str, dict[str, float]] = {}
         for reply in replies:
             site = self.site_of(reply)
             if reply.has_error():
@@ -214,6 +234,7 @@ class Federation:
                 _, _, event = parse_train_reply(
                     reply.content, expected, self.config.federation.weighting
                 )
+                scores = parse_train_evaluation(reply.content)
             except ReplySchemaError as error:
                 refused[site] = f"reply rejected by the allow-list: {error}"
                 self.mirror.exclude(site, "sent a reply outside the allow-list")
@@ -227,6 +248,9 @@ class Federation:
             self.mirror.record_round(site, event, plan)
             valid.append(reply)
             trained.append(site)
+            if scores is not None:
+                evaluations[site] = {k: v for k, v in scores.items() if k != p.WEIGHT}
+                del reply.content[p.EVALUATION]  # Flower aggregates one MetricRecord a reply
         missing = set(self.sites[n] for n in nodes) - set(refused) - set(trained)
         for node in nodes:
             if self.sites[node] in missing:  # lost mid-round: presume it spent the round
@@ -237,7 +261,12 @@ class Federation:
                     self.mirror.exclude(self.sites[node], f"no reply in round {round_number}")
         aggregated, _ = self.strategy.aggregate_train(round_number, valid)
         trainable = state.trainable if aggregated is None else from_array_record(aggregated)
-        return {k: v.astype(np.float32) for k, v in trainable.items()}, refused, sorted(trained)
+        return TrainOutcome(
+            {k: v.astype(np.float32) for k, v in trainable.items()},
+            refused,
+            sorted(trained),
+            evaluations,
+        )
 
     def _clipped(self, reply: Message, state: ServerState) -> bool:
         """Under client-level DP the guarantee needs every update (sent weights to returned
@@ -297,6 +326,7 @@ class Federation:
             if config.federation.stop_after_round == state.round:
                 log.info("stopped after round %d (federation.stop_after_round)", state.round)
                 break
+        self.finish_site_evaluation(state, nodes)
         # the sites' own ledgers once more: what a site charged but never reported (a reply
         # lost or rejected, a round that failed after settling) reaches ledger.json too
         online = set(self.grid.get_node_ids())
@@ -346,15 +376,21 @@ class Federation:
             save_checkpoint(self.run_dir, state)
             return
         log.info("round %d: %s", round_number, ", ".join(self.sites[n] for n in chosen))
+        pending = self.pending_site_evaluation(state)
         try:
             with self.clock.phase("train"):
-                state.trainable, refused, trained = self.train_round(round_number, state, chosen)
+                outcome = self.train_round(
+                    round_number, state, chosen, evaluate=pending is not None
+                )
         except PrivacyBudgetExhausted as error:
             state.ended = f"round {round_number}: client-level budget: {error}"
             log.info("run ends: %s", state.ended)
             state.ledgers = self.mirror.state_dict()
             save_checkpoint(self.run_dir, state)
             return
+        if pending is not None:
+            pending["sites"] = outcome.evaluations
+        state.trainable, refused, trained = outcome.trainable, outcome.refused, outcome.trained
         load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
         self.mirror.close_round()
         if isinstance(self.strategy, ClientLevelDP):
@@ -363,7 +399,7 @@ class Federation:
             central = evaluator.point_values(model)
         sites: dict[str, dict[str, float]] = {}
         with self.clock.phase("site_evaluation"):
-            if self.config.federation.site_evaluation:
+            if self.evaluates_now(round_number):
                 sites = self.site_metrics(chosen, state)
         state.history["rounds"].append(
             {
@@ -385,6 +421,40 @@ class Federation:
                 "fault drill: killing the ServerApp after round %d's checkpoint", round_number
             )
             os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---- the sites' scores of each round's global model ----------------------------------
+    def evaluates_now(self, round_number: int) -> bool:
+        """Whether round `round_number`'s own exchange scores its global model at the sites:
+        always without `evaluate_with_train`, else only in the run's planned last round (the
+        next round's train message carries the others)."""
+        federation = self.config.federation
+        if not federation.site_evaluation:
+            return False
+        last = round_number in (federation.rounds, federation.stop_after_round)
+        return last or not federation.evaluate_with_train
+
+    def pending_site_evaluation(self, state: ServerState) -> dict[str, Any] | None:
+        """The previous round's record when its global model still awaits the sites' scores
+        (which this round's train message then asks for), else None."""
+        federation = self.config.federation
+        rounds = state.history["rounds"]
+        if not (federation.site_evaluation and federation.evaluate_with_train and rounds):
+            return None
+        previous: dict[str, Any] = rounds[-1]
+        return None if previous["sites"] or not previous["trained"] else previous
+
+    def finish_site_evaluation(self, state: ServerState, nodes: list[int]) -> None:
+        """A run that ended before its planned last round (budgets, too few sites) still
+        has its last global model scored: by the sites that trained it, if online."""
+        pending = self.pending_site_evaluation(state)
+        if pending is None:
+            return
+        online = set(self.grid.get_node_ids())
+        trained = set(pending["trained"])
+        chosen = [n for n in nodes if n in online and self.sites.get(n) in trained]
+        if chosen:
+            pending["sites"] = self.site_metrics(chosen, state)
+            save_checkpoint(self.run_dir, state)
 
     def refresh_nodes(self, nodes: list[int], state: ServerState) -> set[int]:
         """The nodes online now. A site back after a failure (same node id: its key is

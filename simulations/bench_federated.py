@@ -1,14 +1,14 @@
 """Benchmark `federated`: the orchestration overhead of `federated/phantom`'s DP rounds at 3 to
-10 simulated sites, against the sites' own local compute; Flower's default reply polling (the
+10 simulated sites, against the sites' own local compute; Flower's default orchestration (the
 before) and mammofl's (the after) side by side in one process.
 
-    .venv/bin/mammofl bench federated [sites=3,5,10] [polls=0.1,0.01] [gan_epochs=5]
+    .venv/bin/mammofl bench federated [sites=3,5,10] [modes=flower,mammofl] [gan_epochs=5]
         [synpre_epochs=1] [preset=federated/phantom] [out_dir=runs/bench_federated] [<overrides>]
 
-Each site count, at each poll interval, is its own Flower simulation of the preset with that
+Each site count, in each mode, is its own Flower simulation of the preset with that
 many phantom sites (the preset's three acquisition styles in turn, each site its own patients),
 in a shared workspace (`out_dir`: raw downloads, prepared patches, the central test set; all
-prepared before the first timed run) and a fresh run dir (`out_dir/n<sites>_poll<s>`). The
+prepared before the first timed run) and a fresh run dir (`out_dir/n<sites>_<mode>`). The
 comparison arms of `mammofl federate` do not run.
 
 Phase 1 (each site's MCGAN, SynPre at the server) is shrunk by default to `gan_epochs=5` and
@@ -20,8 +20,8 @@ What is measured (exact definitions: `common/federated/overhead.py`):
 - local compute t_i: the seconds a site's ClientApp spent on a round's message, timed inside
   the site (`state_dir/timing.jsonl`, never sent); per round its sum, its max, and the critical
   path C: the best schedule of the round's jobs on the P ClientApps that run at once (Ray
-  actors; 1 CPU each by default, so P = 2 on a 2-core machine), over its two exchanges (train,
-  evaluate), each a barrier;
+  actors; 1 CPU each by default, so P = 2 on a 2-core machine), over its exchanges (train,
+  and evaluate where the round has one), each a barrier;
 - round wall W: the server's round, from selecting its sites to its checkpoint written
   (`run_dir/server/timing.jsonl`); overhead = W - C, ratio = overhead / C;
 - where the overhead goes: messaging (exchange time beyond C: dispatch, the wait for the first
@@ -32,8 +32,15 @@ What is measured (exact definitions: `common/federated/overhead.py`):
 - memory: each ClientApp process's peak resident memory (ru_maxrss; a Ray actor runs several
   simulated sites and keeps them all) and the whole process tree's peak (psutil, every 0.5 s).
 
-`polls`: the server's reply poll intervals to compare: 0.1 s is Flower's InMemoryGrid default,
-0.01 s mammofl's (`server.federation.SIMULATION_PULL_INTERVAL_S`).
+`modes`: the orchestrations to compare (`MODES`):
+- `flower`: Flower's defaults: the server looks for replies every 0.1 s (InMemoryGrid), the
+  simulation engine hands out messages every 0.1 s (`simulation_dispatch`), and every round
+  has a train and an evaluate exchange (`federation.evaluate_with_train=false`);
+- `mammofl`: what `mammofl federate` runs: 0.01 s polls
+  (`server.federation.SIMULATION_PULL_INTERVAL_S`), 0.01 s dispatch
+  (`common.federated.simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S`), and one exchange a
+  round (the sites score the previous round's model on the train message; the last round's
+  evaluate exchange is its own).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -53,6 +61,7 @@ import server.federation
 from common.config.compose import compose_federated_config
 from common.config.federated_schema import PHANTOM_STYLES
 from common.errors import ConfigError
+from common.federated import simulation_dispatch
 from common.federated.overhead import (
     round_overheads,
     totals,
@@ -71,7 +80,7 @@ from simulations.federated_workspace import prepare_workspace
 DEFAULTS = {
     "preset": "federated/phantom",
     "sites": "3,5,10",
-    "polls": "0.1,0.01",
+    "modes": "flower,mammofl",
     "gan_epochs": "5",
     "synpre_epochs": "1",
     "out_dir": "runs/bench_federated",
@@ -90,15 +99,38 @@ def parse_counts(value: str, *, low: int = 2) -> list[int]:
     return counts
 
 
-def parse_polls(value: str) -> list[float]:
-    """`0.1,0.01` -> [0.1, 0.01]: reply poll intervals in seconds, each > 0."""
-    try:
-        polls = [float(v) for v in value.strip("[]").split(",") if v.strip()]
-    except ValueError as error:
-        raise ConfigError(f"polls={value}: seconds, e.g. polls=0.1,0.01") from error
-    if not polls or min(polls) <= 0:
-        raise ConfigError(f"polls={value}: each > 0")
-    return polls
+@dataclass(frozen=True)
+class Orchestration:
+    """How a simulation moves its messages: what `modes` compares."""
+
+    name: str
+    reply_poll_s: float  # the server's look for replies (simulation grid)
+    dispatch_s: float  # the simulation engine's look for messages to hand out
+    evaluate_with_train: bool  # federation.evaluate_with_train
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"federation.evaluate_with_train={str(self.evaluate_with_train).lower()}"]
+
+
+MODES = {
+    "flower": Orchestration("flower", 0.1, simulation_dispatch.FLOWER_DISPATCH_INTERVAL_S, False),
+    "mammofl": Orchestration(
+        "mammofl",
+        server.federation.SIMULATION_PULL_INTERVAL_S,
+        simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S,
+        True,
+    ),
+}
+
+
+def parse_modes(value: str) -> list[Orchestration]:
+    """`flower,mammofl` -> those orchestrations, in that order, each once."""
+    names = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+    unknown = [n for n in names if n not in MODES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ConfigError(f"modes={value}: distinct names of {', '.join(MODES)}")
+    return [MODES[n] for n in names]
 
 
 def phase1_overrides(options: dict[str, str]) -> list[str]:
@@ -146,15 +178,22 @@ def tree_peak_sampler(interval: float = 0.5) -> Iterator[list[int]]:
 
 
 @contextmanager
-def pull_interval(seconds: float) -> Iterator[None]:
-    """The server's reply poll interval for the runs in this block (the ServerApp of a
-    simulation runs in this process)."""
-    before = server.federation.SIMULATION_PULL_INTERVAL_S
-    server.federation.SIMULATION_PULL_INTERVAL_S = seconds
+def intervals(mode: Orchestration) -> Iterator[None]:
+    """The server's reply poll and the engine's dispatch interval for the runs in this block
+    (the ServerApp and the simulation engine run in this process)."""
+    before = (
+        server.federation.SIMULATION_PULL_INTERVAL_S,
+        simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S,
+    )
+    server.federation.SIMULATION_PULL_INTERVAL_S = mode.reply_poll_s
+    simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S = mode.dispatch_s
     try:
         yield
     finally:
-        server.federation.SIMULATION_PULL_INTERVAL_S = before
+        (
+            server.federation.SIMULATION_PULL_INTERVAL_S,
+            simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S,
+        ) = before
 
 
 def prepare_sites(base: Sequence[str], count: int, out_dir: Path) -> None:
@@ -167,13 +206,14 @@ def prepare_sites(base: Sequence[str], count: int, out_dir: Path) -> None:
         ensure_prepared(facts, config.site_data)
 
 
-def run_one(base: Sequence[str], count: int, poll: float, out_dir: Path) -> RunTiming:
-    """One Flower simulation of `count` sites at reply poll `poll`, in a fresh run dir."""
-    run_dir = out_dir / f"n{count}_poll{poll:g}"
+def run_one(base: Sequence[str], count: int, mode: Orchestration, out_dir: Path) -> RunTiming:
+    """One Flower simulation of `count` sites orchestrated as `mode`, in a fresh run dir."""
+    run_dir = out_dir / f"n{count}_{mode.name}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [*base, f"out_dir={out_dir}", f"run_dir={run_dir}", site_table(count)]
+    overrides = [*base, *mode.overrides, f"out_dir={out_dir}", f"run_dir={run_dir}"]
+    overrides.append(site_table(count))
     config = compose_federated_config(overrides)
-    with pull_interval(poll), tree_peak_sampler() as peak:
+    with intervals(mode), tree_peak_sampler() as peak:
         launched = time.monotonic()
         run_flower(config, overrides)
         returned = time.monotonic()
@@ -185,7 +225,7 @@ def run_one(base: Sequence[str], count: int, poll: float, out_dir: Path) -> RunT
     first = min(r["start"] for r in site_records)
     return RunTiming(
         sites=count,
-        poll=poll,
+        mode=mode.name,
         workers=workers,
         rounds=rounds,
         total=totals(rounds),
@@ -220,7 +260,7 @@ def describe(base: Sequence[str], count: int, shrunk: Sequence[str]) -> str:
 def main(argv: Sequence[str]) -> int:
     given, rest = split_options(argv, tuple(DEFAULTS))
     options = {**DEFAULTS, **given}
-    counts, polls = parse_counts(options["sites"]), parse_polls(options["polls"])
+    counts, modes = parse_counts(options["sites"]), parse_modes(options["modes"])
     shrunk = phase1_overrides(options)
     base = [f"experiment={options['preset']}", *shrunk, *rest]
     print(describe(base, max(counts), shrunk))
@@ -230,9 +270,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"workspace: {max(counts)} phantom sites prepared in {time.monotonic() - started:.0f} s")
     runs = []
     for count in counts:
-        for poll in polls:
-            print(f"running {count} sites, reply poll {poll:g} s ...", flush=True)
-            runs.append(run_one(base, count, poll, out_dir))
+        for mode in modes:
+            print(f"running {count} sites, {mode.name} orchestration ...", flush=True)
+            runs.append(run_one(base, count, mode, out_dir))
     print_tables(runs)
     return 0
 

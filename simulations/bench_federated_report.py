@@ -13,7 +13,7 @@ GIB = 2**30
 @dataclass
 class RunTiming:
     sites: int
-    poll: float
+    mode: str  # bench_federated.MODES
     workers: int
     rounds: list[RoundOverhead]
     total: OverheadTotals
@@ -33,16 +33,16 @@ def print_table(title: str, head: Sequence[str], rows: Sequence[Sequence[str]]) 
 
 SERVER_COLUMNS = ("central_evaluation", "aggregation", "checkpoint")
 TOTALS_HEAD = (
-    *("sites", "poll", "P", "rounds", "wall", "local sum", "local max", "critical"),
+    *("sites", "mode", "P", "rounds", "wall", "local sum", "local max", "critical"),
     *("overhead", "overhead %", "% rounds 2+", "messaging", "central eval", "aggregation"),
     *("checkpoint", "other"),
 )
 ROUND_HEAD = (
-    *("sites", "poll", "round", "wall", "critical", "overhead %"),
+    *("sites", "mode", "round", "wall", "critical", "overhead %"),
     *("train: dispatch", "sched", "collect", "evaluate: dispatch", "sched", "collect"),
 )
 OUTSIDE_HEAD = (
-    *("sites", "poll", "start-up", "set-up", "end", "workers", "sites/worker"),
+    *("sites", "mode", "start-up", "set-up", "end", "workers", "sites/worker"),
     *("peak RSS/worker GiB", "tree peak GiB"),
 )
 
@@ -52,7 +52,7 @@ def totals_row(run: RunTiming) -> list[str]:
     # round 1 also holds each ClientApp process's one-off warm-up and the sites' feature pass
     warm = f"{100 * totals(run.rounds[1:]).ratio:.0f}" if len(run.rounds) > 1 else "-"
     return [
-        *(str(run.sites), f"{run.poll:g}", str(run.workers), str(t.rounds), f"{t.wall:.2f}"),
+        *(str(run.sites), run.mode, str(run.workers), str(t.rounds), f"{t.wall:.2f}"),
         *(f"{t.compute_sum:.2f}", f"{t.compute_max:.2f}", f"{t.critical:.2f}"),
         *(f"{t.overhead:.2f}", f"{100 * t.ratio:.0f}", warm, f"{t.messaging:.2f}"),
         *(f"{t.server.get(k, 0.0):.3f}" for k in SERVER_COLUMNS),
@@ -61,7 +61,7 @@ def totals_row(run: RunTiming) -> list[str]:
 
 
 def round_row(run: RunTiming, r: RoundOverhead) -> list[str]:
-    cells = [str(run.sites), f"{run.poll:g}", str(r.round), f"{r.wall:.2f}"]
+    cells = [str(run.sites), run.mode, str(r.round), f"{r.wall:.2f}"]
     cells += [f"{r.critical:.2f}", f"{100 * r.ratio:.0f}"]
     for e in r.exchanges:
         cells += [f"{e.dispatch:.3f}", f"{e.scheduling(r.workers):.3f}", f"{e.collect:.3f}"]
@@ -71,7 +71,7 @@ def round_row(run: RunTiming, r: RoundOverhead) -> list[str]:
 def outside_row(run: RunTiming) -> list[str]:
     peak = max(m.peak_rss for m in run.memory) / GIB
     return [
-        *(str(run.sites), f"{run.poll:g}", f"{run.startup:.1f}", f"{run.setup:.1f}"),
+        *(str(run.sites), run.mode, f"{run.startup:.1f}", f"{run.setup:.1f}"),
         *(f"{run.end:.1f}", str(len(run.memory))),
         *("/".join(str(len(m.sites)) for m in run.memory), f"{peak:.2f}"),
         f"{run.tree_peak / GIB:.2f}",

@@ -20,7 +20,9 @@ from common.atomic_io import atomic_write_text
 from common.config.compose import compose_federated_config
 from common.config.federated_schema import FederatedRunConfig
 from common.errors import ConfigError
+from common.federated import simulation_dispatch
 from common.federated.run_config import SPEC_ENV, write_spec
+from common.federated.simulation_dispatch import dispatch_interval
 from server.checkpoint import checkpoint_path
 from simulations.federated_arms import run_site_alone
 from simulations.federated_summary import comparison_table
@@ -54,12 +56,13 @@ def run_flower(config: FederatedRunConfig, overrides: list[str], verbose: bool =
         "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
     }
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=len(config.sites),
-            backend_config=backend,  # type: ignore[arg-type]
-        )
+        with dispatch_interval(simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(config.sites),
+                backend_config=backend,  # type: ignore[arg-type]
+            )
     finally:
         flwr_logger.setLevel(level)
         if previous is None:

@@ -156,6 +156,10 @@ class FederationConfig:
     # each round the sites score the global model on their local validation patients and send
     # AUROC/AUPRC: a use of private data without DP (recorded in their ledgers); false: never
     site_evaluation: bool = True
+    # the sites score round r's global model when round r+1's train message brings it, in the
+    # same exchange (the last round's: an evaluate exchange of its own), so a round costs one
+    # exchange, not two; false: an evaluate exchange after every round (Flower's pattern)
+    evaluate_with_train: bool = True
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
     # fault drill: the ServerApp kills itself (SIGKILL) right after round N's checkpoint is
     # written and before round N+1 is dispatched; `federation.resume=true` then continues

@@ -31,6 +31,7 @@ METRICS = "metrics"
 EVENT = "ledger-event"
 STATUS_JSON = "status-json"
 PROVENANCE = "provenance"
+EVALUATION = "evaluation"  # a train reply's scores of the weights it received (optional)
 SYNTHETIC_PREFIX = "synthetic-"
 SYNTHETIC_CHUNK = 256
 
@@ -40,6 +41,9 @@ BASE_SHA = "base-model-sha256"
 PROXIMAL_MU = "proximal-mu"  # Flower's FedProx key
 WEIGHTING = "weighting"
 COUNT = "count"
+# a train message asks the site to score the weights it brings (the previous round's global
+# model) on its validation patients before training on them: one exchange a round, not two
+EVALUATE_RECEIVED = "evaluate-received"
 
 WEIGHT = "aggregation-weight"
 TRAIN_METRICS = frozenset({WEIGHT, "epsilon"})

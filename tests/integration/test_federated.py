@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from common.federated.timing import read_run_timings
 from simulations.evaluate import evaluate_run
 from simulations.federate import run_federate
 
@@ -60,6 +61,12 @@ def test_every_output_and_the_budget_after_every_round(full_run: Path) -> None:
         assert [e["round"] for e in site["events"]] == [1, 2, 3]
         assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
         assert site["gan_epsilon"] is None
+    # one exchange a round: rounds 2 and 3's train messages carry the scores of rounds 1 and 2,
+    # and only the last round has an evaluate exchange of its own
+    _, messages = read_run_timings(full_run)
+    for site in ("site-a", "site-b", "site-c"):
+        kinds = [m["message"] for m in messages if m["site"] == site]
+        assert kinds.count("train") == 3 and kinds.count("evaluate") == 1, (site, kinds)
     result = _read(full_run / "result.json")
     assert result["rounds_completed"] == 3 and result["git_commit"]
     summary = (full_run / "summary.md").read_text()
@@ -96,7 +103,10 @@ def test_stopped_and_resumed_equals_uninterrupted(full_run: Path, tiny_workspace
     resumed = _read(run_dir / "result.json")
     assert resumed["rounds_completed"] == 3 and resumed["stopped_after_round"] is None
     assert _events(run_dir) == _events(full_run)
-    assert [r["round"] for r in _read(run_dir / "metrics.json")["rounds"]] == [1, 2, 3]
+    rounds = _read(run_dir / "metrics.json")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    # round 2 ended the first run, so its own exchange scored it; round 1's came with round 2
+    assert all(set(r["sites"]) == {"site-a", "site-b", "site-c"} for r in rounds)
 
     # asked for a 4th round the sites never planned: they refuse, nothing is charged, and the
     # server ends the run cleanly once too few sites have budget left

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import server.federation
 from common.config.compose import compose_federated_config
 from common.errors import ConfigError
+from common.federated import simulation_dispatch
 from common.federated.overhead import (
     EXACT_UP_TO,
     critical_path,
@@ -28,8 +30,9 @@ from common.federated.timing import (
 )
 from simulations.bench_federated import (
     DEFAULTS,
+    MODES,
     parse_counts,
-    parse_polls,
+    parse_modes,
     phase1_overrides,
     site_table,
 )
@@ -166,15 +169,26 @@ def test_timing_files_round_trip(tmp_path: Path) -> None:
     assert read_timings(tmp_path / "missing.jsonl") == []
 
 
-def test_counts_and_polls_parse() -> None:
+def test_counts_and_modes_parse() -> None:
     assert parse_counts("3,5,10") == [3, 5, 10] and parse_counts("[4]") == [4]
-    assert parse_polls("0.1,0.01") == [0.1, 0.01]
+    assert [m.name for m in parse_modes("mammofl,flower")] == ["mammofl", "flower"]
     for bad in ("1,3", "3,3", "three", ""):
         with pytest.raises(ConfigError):
             parse_counts(bad)
-    for bad in ("0", "-0.1", "fast"):
+    for bad in ("", "fast", "flower,flower"):
         with pytest.raises(ConfigError):
-            parse_polls(bad)
+            parse_modes(bad)
+
+
+def test_the_modes_compared_are_flowers_defaults_and_mammofls() -> None:
+    flower, ours = MODES["flower"], MODES["mammofl"]
+    assert (flower.reply_poll_s, flower.dispatch_s, flower.evaluate_with_train) == (0.1, 0.1, False)
+    assert ours.reply_poll_s == server.federation.SIMULATION_PULL_INTERVAL_S
+    assert ours.dispatch_s == simulation_dispatch.SIMULATION_DISPATCH_INTERVAL_S
+    default = compose_federated_config(["experiment=federated/phantom"]).federation
+    assert ours.evaluate_with_train == default.evaluate_with_train is True
+    evaluated = compose_federated_config(["experiment=federated/phantom", *flower.overrides])
+    assert evaluated.federation.evaluate_with_train is False
 
 
 def test_phase1_overrides() -> None:

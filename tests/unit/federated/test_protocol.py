@@ -7,11 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from flwr.app import MetricRecord
 
 from common.federated import protocol as p
 from common.federated.protocol import ReplySchemaError
 from common.fl_records import (
     parse_synthetic_reply,
+    parse_train_evaluation,
     parse_train_reply,
     status_content,
     synthetic_reply_content,
@@ -59,6 +61,40 @@ def test_a_valid_train_reply_round_trips() -> None:
 def test_trainable_arrays_outside_the_allow_list_are_refused(change) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ReplySchemaError):
         _reply(change(_arrays()))
+
+
+def test_a_train_reply_carries_the_scores_of_the_weights_received() -> None:
+    scores = {"auroc": 0.7, "auprc_malignant": 0.6, "auprc_benign": float("nan")}
+    content = train_reply_content(
+        _arrays(),
+        EXPECTED,
+        weight=1.0,
+        epsilon=2.0,
+        event=EVENT,
+        weighting="equal",
+        evaluation=scores,
+    )
+    parse_train_reply(content, EXPECTED, "equal")  # the optional record is allow-listed
+    # as an evaluate reply's: named scores only, no count, non-finite ones left out
+    assert parse_train_evaluation(content) == {"auroc": 0.7, "auprc_malignant": 0.6, p.WEIGHT: 1.0}
+    assert parse_train_evaluation(_reply(_arrays())) is None  # not asked for, not sent
+
+
+def test_scores_outside_the_allow_list_are_refused_in_a_train_reply() -> None:
+    with pytest.raises(ReplySchemaError, match="not allowed"):
+        train_reply_content(
+            _arrays(),
+            EXPECTED,
+            weight=1.0,
+            epsilon=2.0,
+            event=EVENT,
+            weighting="equal",
+            evaluation={"auroc": 0.7, "patients": 41.0},
+        )
+    content = _reply(_arrays())  # a site that adds the record by hand is refused on receipt
+    content[p.EVALUATION] = MetricRecord({"auroc": 0.7, p.WEIGHT: 52.0})
+    with pytest.raises(ReplySchemaError):
+        parse_train_evaluation(content)
 
 
 def test_no_exact_count_under_equal_weighting() -> None:

@@ -16,6 +16,7 @@ from common.federated.run_config import SPEC_ENV, write_spec
 from common.fl_records import (
     parse_status,
     parse_synthetic_reply,
+    parse_train_evaluation,
     parse_train_reply,
     to_array_record,
 )
@@ -70,6 +71,7 @@ def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-unt
                         p.ROUND: round_number,
                         p.BASE_SHA: state_fingerprint(base),
                         p.WEIGHTING: "equal",
+                        p.EVALUATE_RECEIVED: round_number == 2,
                     }
                 ),
             }
@@ -78,6 +80,11 @@ def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-unt
         if round_number <= 3:
             arrays, metrics, event = parse_train_reply(reply.content, expected, "equal")
             assert metrics[p.WEIGHT] == 1.0 and event["round"] == round_number
+            scores = parse_train_evaluation(reply.content)
+            if round_number == 2:  # round 1's model, scored in round 2's exchange
+                assert scores is not None and set(scores) >= {"auroc", p.WEIGHT}
+            else:
+                assert scores is None
             trainable = arrays
         else:  # beyond the site's plan: an error reply, not a crash, and nothing charged
             assert reply.has_error() and reply.error.code == p.ErrorCode.BUDGET_EXCEEDED
