@@ -8,13 +8,16 @@ Random pixels and random weights (speed does not depend on either). Baselines th
 too long are measured over a few steps or epochs and projected to the full cell, and the output
 says so: naive over `naive_steps` steps, cached and grid over `measure_epochs` epochs plus the
 one-off feature pass. The grid trains `cells` cells (e.g. the 4 rows x 3 seeds of the release
-grid) as one program; its per-cell time is the grid's time divided by the cells.
+grid) as one program; its per-cell time is the grid's time divided by the cells. On a CPU with
+several cores, `grid/N` trains the same cells as N grids side by side on N threads (the lanes
+of `mammofl table1`, `common.runs.grid_lanes`).
 """
 
 from __future__ import annotations
 
 import platform
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,7 @@ from common.data.patch_set import PatchRecord, PatchSet
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy
 from common.privacy.ledger import LedgerEvent, epsilon_of
+from common.runs.grid_lanes import default_lanes, run_lanes
 from common.training.cached_engine import CachedEngine
 from common.training.grid_engine import GridCachedEngine
 from common.training.naive_engine import NaiveEngine
@@ -147,6 +151,23 @@ def main(argv: Sequence[str]) -> None:
     grid_epoch = (time.perf_counter() - started) / measure
     grid_total = feature_pass + grid_epoch * epochs
 
+    lanes = min(2, default_lanes(cells, [device]))
+    lanes_epoch = grid_epoch
+    if lanes > 1:  # the same cells as `lanes` grids side by side (common.runs.grid_lanes)
+        parts = [engines[k::lanes] for k in range(lanes)]
+        lane_grids = [GridCachedEngine(part) for part in parts]
+
+        def train(part: list[GridCachedEngine], stop: threading.Event) -> list[None]:
+            for _ in range(measure):
+                part[0].train_epoch()
+            return [None]
+
+        run_lanes([[g] for g in lane_grids], lanes, lambda g, _: [g[0].train_epoch()], _none)
+        started = time.perf_counter()
+        run_lanes([[g] for g in lane_grids], lanes, train, _none)
+        lanes_epoch = (time.perf_counter() - started) / measure
+    lanes_total = feature_pass + lanes_epoch * epochs
+
     header = ("engine", "one-off s", "s/epoch/cell", "cell s", f"{cells} cells s", "vs naive")
     print("{:8} {:>10} {:>13} {:>9} {:>11} {:>9}".format(*header))
     rows = (
@@ -160,6 +181,10 @@ def main(argv: Sequence[str]) -> None:
         ),
         ("grid", feature_pass, grid_epoch / cells, grid_total / cells, grid_total),
     )
+    if lanes > 1:
+        rows += (
+            (f"grid/{lanes}", feature_pass, lanes_epoch / cells, lanes_total / cells, lanes_total),
+        )
     for name, setup, per_epoch, cell, total in rows:
         speedup = naive_cell * cells / total
         print(f"{name:8} {setup:10.1f} {per_epoch:13.4f} {cell:9.1f} {total:11.1f} {speedup:8.0f}x")
@@ -168,6 +193,16 @@ def main(argv: Sequence[str]) -> None:
         f"projected from {options['naive_steps']} naive steps and {measure} cached/grid epochs; "
         f"grid vs cached for {cells} cells: {one_by_one / grid_total:.1f}x"
     )
+    if lanes > 1:
+        print(
+            f"lanes: grid/{lanes} is the {cells} cells as {lanes} grids side by side on {lanes} "
+            f"threads, one intra-op thread each (mammofl table1's lanes): "
+            f"{grid_epoch / lanes_epoch:.2f}x one grid's training"
+        )
+
+
+def _none(grid: list[GridCachedEngine], results: list[None]) -> None:
+    """Nothing to write after a benchmark's lane."""
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ commands:
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N
             allow_patient_overlap=true]: score a saved model (a prepared set: its test rows;
             a test patient the model trained or selected on is refused)
-  table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR [grid=true|false]: run/resume
-            the Table 1 grid (grid=true: compatible cached cells trained as one program);
-            rows=paper: the paper's 18 rows, rows=cpu: the same with SynPre's CPU variant
+  table1    rows=[real,real_eps6] seeds=[42,43,44] out_dir=DIR [grid=true|false]
+            [lanes=auto|N]: run/resume the Table 1 grid (grid=true: compatible cached cells
+            trained as one program; lanes: grids trained at once on CPU threads, auto: one per
+            core); rows=paper: the paper's 18 rows, rows=cpu: the same with SynPre's CPU variant
   tune      space=NAME out_dir=DIR [seeds=[42,43]] <overrides>: the recipe search of
             configs/tune/NAME.yaml on the training data and its hold-out (no test set read);
             resumable; tune.csv ranks the candidates by hold-out AUROC
@@ -145,7 +146,7 @@ def cmd_evaluate(args: Sequence[str]) -> int:
 def cmd_table1(args: Sequence[str]) -> int:
     from simulations.table1 import DEFAULT_ROWS, DEFAULT_SEEDS, run_table1
 
-    options, rest = split_options(args, ("rows", "seeds", "out_dir", "grid"))
+    options, rest = split_options(args, ("rows", "seeds", "out_dir", "grid", "lanes"))
     if "out_dir" not in options:
         raise ConfigError("mammofl table1 needs out_dir=DIR")
     grid = options.get("grid", "true").lower()
@@ -157,7 +158,17 @@ def cmd_table1(args: Sequence[str]) -> int:
         if "seeds" in options
         else list(DEFAULT_SEEDS)
     )
-    paths = run_table1(Path(options["out_dir"]), rows, seeds, rest, grid=grid == "true")
+    lanes = options.get("lanes", "auto")
+    if lanes != "auto" and not (lanes.isdigit() and int(lanes) >= 1):
+        raise ConfigError(f"lanes={lanes!r}: auto, or a whole number >= 1")
+    paths = run_table1(
+        Path(options["out_dir"]),
+        rows,
+        seeds,
+        rest,
+        grid=grid == "true",
+        lanes=None if lanes == "auto" else int(lanes),
+    )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 

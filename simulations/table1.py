@@ -9,7 +9,9 @@ rows= and `synpre` is not. `rows=paper` names the paper's 18 rows, `rows=cpu` th
 cached in DIR/_features.
 With `grid=true` (the default) cells that can share one program (cached engine, whole head,
 same data and optimisation; see `common.runs.grid`) are trained together as a grid, each with
-its own sampling, noise, selection and ledger; `grid=false` trains them one by one. A row is a
+its own sampling, noise, selection and ledger; `grid=false` trains them one by one. On CPU the
+grids train side by side on `lanes` threads (`common.runs.grid_lanes`; `lanes=1`: one after
+another). A row is a
 paper row (`real_eps6`: experiment table1/real_eps6) or a recipe preset run beside them
 (`recipe/dp_eps6`: experiment recipe/dp_eps6; docs/recipes.md).
 """
@@ -148,9 +150,10 @@ def run_grid(
     seeds: Sequence[int],
     overrides: Sequence[str],
     synpre: str = "synpre",
+    lanes: int | None = None,
 ) -> None:
     """The cells not done yet, compatible ones as grids: SynPre first (the fine-tuned rows
-    start from it), then everything else."""
+    start from it), then everything else (`lanes`: see `common.runs.grid.run_cells`)."""
     pending = [
         (row, seed) for row in rows for seed in seeds if not cell_done(out_dir, row, seed, synpre)
     ]
@@ -163,7 +166,7 @@ def run_grid(
     ]
     if jobs:
         log.info("%d cells to train", len(jobs))
-        run_cells(jobs)
+        run_cells(jobs, lanes=lanes)
 
 
 def run_table1(
@@ -172,6 +175,7 @@ def run_table1(
     seeds: Sequence[int],
     overrides: Sequence[str],
     grid: bool = True,
+    lanes: int | None = None,
 ) -> dict[str, Path]:
     rows = expand_rows(rows)
     names = experiment_names()
@@ -191,7 +195,7 @@ def run_table1(
         for seed in seeds:
             cell_done(out_dir, row, seed, synpre)
     if grid:
-        run_grid(out_dir, rows, seeds, overrides, synpre)
+        run_grid(out_dir, rows, seeds, overrides, synpre, lanes)
     else:
         for row in rows:
             for seed in seeds:

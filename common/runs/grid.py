@@ -12,14 +12,22 @@ Every other cell runs alone through `fit`. Each cell's records are written exact
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from common.config.schema import DataConfig, MammoflConfig
+from common.runs.grid_lanes import NON_DP_STEP_COST, balance, default_lanes, run_lanes
 from common.runs.run_data import RunData, load_run_data
 from common.runs.single_node import PreparedCell, finish_cell, fit_cell, prepare_cell
-from common.training.grid_fit import GridCell, fit_grid
+from common.training.cached_engine import CachedFeatures
+from common.training.fit import FitResult
+from common.training.grid_fit import GridCell, fit_grid, grid_features
+from common.training.settings import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -73,35 +81,105 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
 
 
 def run_cells(
-    jobs: Sequence[tuple[MammoflConfig, Path]], progress: bool = True
+    jobs: Sequence[tuple[MammoflConfig, Path]], progress: bool = True, lanes: int | None = None
 ) -> list[dict[str, Any]]:
-    """Train every (config, out_dir) and write its records; returns the records in order."""
+    """Train every (config, out_dir) and write its records; returns the records in order.
+
+    `lanes`: grids trained at once on CPU threads (`grid_lanes`); None: one per core, at most
+    one per grid cell, 1 on an accelerator; 1: one grid after another."""
     load = shared_loader()
     groups: dict[Any, list[int]] = {}
     for index, (config, _) in enumerate(jobs):
         key = grid_key(config)
         groups.setdefault(key if key is not None else ("alone", index), []).append(index)
     records: dict[int, dict[str, Any]] = {}
+    index_of: dict[int, int] = {}
+
+    def finish(group: list[PreparedCell], results: list[FitResult]) -> None:
+        for cell, result in zip(group, results, strict=True):
+            records[index_of[id(cell)]] = finish_cell(cell, result)
+
+    if lanes is None:
+        grid_groups = [m for k, m in groups.items() if k[0] != "alone" and len(m) > 1]
+        devices = [resolve_device(jobs[m[0]][0].train.device) for m in grid_groups]
+        lanes = default_lanes(sum(len(m) for m in grid_groups), devices)
+    if lanes == 1:  # prepare, train and write each group in turn (the least memory)
+        for members in groups.values():
+            cells = [prepare_cell(jobs[i][0], jobs[i][1], progress, load) for i in members]
+            index_of.update({id(cell): i for cell, i in zip(cells, members, strict=True)})
+            for group in _same_plan_shape(cells):
+                finish(group, _fit_group(group, progress))
+        return [records[i] for i in range(len(jobs))]
+
+    plans: list[list[PreparedCell]] = []
     for members in groups.values():
         cells = [prepare_cell(jobs[i][0], jobs[i][1], progress, load) for i in members]
-        index_of = {id(cell): i for cell, i in zip(cells, members, strict=True)}
-        for group in _same_plan_shape(cells):
-            names = ", ".join(f"{c.config.name} seed {c.config.seed}" for c in group)
-            log.info("%s: training%s", names, " as one grid" if len(group) > 1 else "")
-            results = (
-                fit_grid(
-                    [_grid_cell(c) for c in group],
-                    group[0].data.train,
-                    group[0].data.validation,
-                    epochs=group[0].config.train.epochs,
-                    progress=progress,
-                )
-                if len(group) > 1
-                else [fit_cell(group[0])]
-            )
-            for cell, result in zip(group, results, strict=True):
-                records[index_of[id(cell)]] = finish_cell(cell, result)
+        index_of.update({id(cell): i for cell, i in zip(cells, members, strict=True)})
+        plans += _same_plan_shape(cells)
+    for group in plans:
+        if len(group) == 1:
+            finish(group, _fit_group(group, progress))
+    grids = [group for group in plans if len(group) > 1]
+    if grids:
+        _fit_in_lanes(grids, lanes, progress, finish)
     return [records[i] for i in range(len(jobs))]
+
+
+def _fit_group(
+    group: list[PreparedCell],
+    progress: bool,
+    features: CachedFeatures | None = None,
+    stop: threading.Event | None = None,
+) -> list[FitResult]:
+    names = ", ".join(f"{c.config.name} seed {c.config.seed}" for c in group)
+    log.info("%s: training%s", names, " as one grid" if len(group) > 1 else "")
+    if len(group) == 1 and stop is None:  # in a lane even one cell is a grid: it can stop
+        return [fit_cell(group[0])]
+    return fit_grid(
+        [_grid_cell(c) for c in group],
+        group[0].data.train,
+        group[0].data.validation,
+        epochs=group[0].config.train.epochs,
+        progress=progress,
+        features=features,
+        stop=stop,
+    )
+
+
+def _fit_in_lanes(
+    grids: list[list[PreparedCell]],
+    lanes: int,
+    progress: bool,
+    finish: Callable[[list[PreparedCell], list[FitResult]], None],
+) -> None:
+    """Features for every grid first (all threads), then the grids in `lanes` threads."""
+    features: dict[int, CachedFeatures] = {}  # by cell: a grid's split parts share its features
+    for group in grids:
+        first = group[0]
+        computed = grid_features(_grid_cell(first), first.data.train, first.data.validation)
+        features.update({id(cell): computed for cell in group})
+    scheduled = balance(grids, lanes, _cell_cost)
+    log.info(
+        "%d grids (%d cells) on %d lanes, %d intra-op thread(s) each",
+        len(scheduled),
+        sum(len(g) for g in scheduled),
+        lanes,
+        max(1, torch.get_num_threads() // lanes),
+    )
+
+    def train(group: list[PreparedCell], stop: threading.Event) -> list[FitResult]:
+        return _fit_group(group, False, features[id(group[0])], stop)
+
+    run_lanes(scheduled, lanes, train, finish)
+
+
+def _cell_cost(cell: PreparedCell) -> float:
+    """A cell's steps, a plain (non-DP) step counted as NON_DP_STEP_COST of a DP one."""
+    dp, epochs = cell.settings.dp, cell.config.train.epochs
+    if dp is not None:
+        return float(dp.steps_per_epoch * epochs)
+    steps = math.ceil(len(cell.data.train.pixels) / cell.settings.batch_size)
+    return NON_DP_STEP_COST * steps * epochs
 
 
 def _same_plan_shape(cells: list[PreparedCell]) -> list[list[PreparedCell]]:

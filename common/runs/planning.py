@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ EPSILON_NOTE = (
 
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainingRecords:

@@ -6,8 +6,17 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("mammofl", "torch", "torchvision", "timm", "opacus", "numpy", "scikit-learn",
-            "hydra-core", "opencv-python-headless")
+PACKAGES = (
+    "mammofl",
+    "torch",
+    "torchvision",
+    "timm",
+    "opacus",
+    "numpy",
+    "scikit-learn",
+    "hydra-core",
+    "opencv-python-headless",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -28,7 +37,10 @@ def git_commit(folder: Path | None = None) -> str:
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder, capture_output=True, text=True, timeout=10,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from common.config.schema import DataConfig, MammoflConfig
-from common.errors import ConfigError, PrivacyError
+from common.errors import ConfigError
 from common.eval.metrics import evaluate_scores
 from common.eval.predict import predict_probabilities
 from common.eval.records import save_model, write_json, write_predictions

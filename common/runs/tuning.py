@@ -255,7 +255,10 @@ def _write_summary(
     # a candidate with any failed (or undefined) seed ranks last: never "best"
     ranked = sorted(
         rows,
-        key=lambda r: (math.isnan(r["holdout_auroc_mean"]), -np.nan_to_num(r["holdout_auroc_mean"])),
+        key=lambda r: (
+            math.isnan(r["holdout_auroc_mean"]),
+            -np.nan_to_num(r["holdout_auroc_mean"]),
+        ),
     )
     atomic_write_text(out_dir / "tune.csv", pd.DataFrame(ranked).to_csv(index=False))
     summary = {

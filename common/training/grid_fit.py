@@ -8,6 +8,7 @@ history), its own selection and its own settled event. Only the steps are taken 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +20,18 @@ from common.errors import ConfigError, PrivacyError
 from common.models.classifier import Classifier
 from common.models.policies import check_no_per_window_gradients, frozen_checksum
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
-from common.training.cached_engine import CachedEngine
+from common.training.cached_engine import CachedEngine, CachedFeatures
 from common.training.features import backbone_checksum
 from common.training.fit import FitResult, epoch_record, planned_event, selection_note
 from common.training.grid_engine import GridCachedEngine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
 from common.training.settings import EngineSettings
+
+
+class GridStopped(BaseException):
+    """A grid stopped at an epoch boundary because its `stop` event was set (another thread
+    took SIGTERM or Ctrl-C); like `Terminated`, no `except Exception` swallows it. Its cells'
+    reservations stay in their ledgers, charged in full, as for any interrupted run."""
 
 
 @dataclass
@@ -47,9 +54,13 @@ def fit_grid(
     *,
     epochs: int,
     progress: bool = False,
+    features: CachedFeatures | None = None,
+    stop: threading.Event | None = None,
 ) -> list[FitResult]:
     """Train every cell on `train` (the same records and features for all), select and charge
-    per cell, as `fit` with `train.engine=cached` would one cell at a time. Raises
+    per cell, as `fit` with `train.engine=cached` would one cell at a time. `features`: the
+    cells' features computed beforehand (`grid_features`), else computed here; `stop`: set by
+    another thread to stop at the next epoch (raises `GridStopped`). Raises
     `PrivacyBudgetExceeded` before any step if any DP cell's plan exceeds its budget, and
     ConfigError (from the grid engine) for cells that cannot share one program."""
     planned: list[LedgerEvent | None] = []
@@ -72,7 +83,7 @@ def fit_grid(
         )
     before_sums = [frozen_checksum(cell.model) for cell in cells]
     eval_sets = {"validation": validation} if validation is not None else {}
-    engines = [CachedEngine(cells[0].model, train, eval_sets, cells[0].settings)]
+    engines = [CachedEngine(cells[0].model, train, eval_sets, cells[0].settings, features)]
     shared = engines[0].features()
     engines += [
         CachedEngine(cell.model, train, eval_sets, cell.settings, features=shared)
@@ -84,7 +95,7 @@ def fit_grid(
             cell.ledger.reserve(event) if event is not None else None
             for cell, event in zip(cells, planned, strict=True)
         ]
-        histories, selectors = _train(grid, cells, validation, epochs, progress)
+        histories, selectors = _train(grid, cells, validation, epochs, progress, stop)
         results = []
         for k, cell in enumerate(cells):
             results.append(
@@ -98,12 +109,26 @@ def fit_grid(
     return results
 
 
+def grid_features(
+    cell: GridCell, train: LoadedPatches, validation: LoadedPatches | None
+) -> CachedFeatures:
+    """The features `fit_grid` would compute for these cells (their shared backbone on the
+    training and validation patches, from the feature bank where it has them)."""
+    eval_sets = {"validation": validation} if validation is not None else {}
+    engine = CachedEngine(cell.model, train, eval_sets, cell.settings)
+    try:
+        return engine.features()
+    finally:
+        engine.close()
+
+
 def _train(
     grid: GridCachedEngine,
     cells: Sequence[GridCell],
     validation: LoadedPatches | None,
     epochs: int,
     progress: bool,
+    stop: threading.Event | None = None,
 ) -> tuple[list[list[EpochRecord]], list[EpochSelector | LastIterate]]:
     selectors: list[EpochSelector | LastIterate] = [
         LastIterate()
@@ -115,6 +140,8 @@ def _train(
     befores = [c.ledger.events[:-1] if c.settings.dp else c.ledger.events for c in cells]
     histories: list[list[EpochRecord]] = [[] for _ in cells]
     for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="grid epochs"):
+        if stop is not None and stop.is_set():
+            raise GridStopped(f"grid stopped before epoch {epoch}")
         started = time.perf_counter()
         losses = grid.train_epoch()
         seconds = (time.perf_counter() - started) / len(cells)

@@ -141,7 +141,8 @@ def test_grid_equals_cell_by_cell_in_seeded_mode(
 
     rows, seeds = ["real", "real_eps1", "real_eps6"], [42, 43]
     seeded = [*SUBSET, "train.epochs=3", "privacy.seeded_noise=true"]
-    run_table1(tmp_path / "grid", rows, seeds, seeded, grid=True)
+    # lanes=2: the 2 grids (non-DP; DP, split in two) train side by side on threads
+    run_table1(tmp_path / "grid", rows, seeds, seeded, grid=True, lanes=2)
     run_table1(tmp_path / "alone", rows, seeds, seeded, grid=False)
     for row in rows:
         for seed in seeds:

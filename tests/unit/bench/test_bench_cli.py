@@ -1,6 +1,8 @@
-"""`mammofl bench dp-finetune` runs its three engines side by side and prints the ratios."""
+"""`mammofl bench dp-finetune` runs its engines side by side and prints the ratios."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -15,10 +17,13 @@ def test_dp_finetune_benchmark_prints_the_three_engines(capsys: pytest.CaptureFi
     table = {
         line.split()[0]: line.split()
         for line in out.splitlines()
-        if line[:6] in ("naive ", "cached", "grid  ")
+        if line[:6] in ("naive ", "cached", "grid  ", "grid/2")
     }
-    assert set(table) == {"naive", "cached", "grid"}
+    # on 2+ cores also the cells as 2 grids side by side (mammofl table1's lanes)
+    lanes = {"grid/2"} if (os.cpu_count() or 1) >= 2 else set()
+    assert set(table) == {"naive", "cached", "grid", *lanes}
     assert all(row[-1].endswith("x") for row in table.values())
+    assert bool(lanes) == ("one grid's training" in out)
 
 
 def test_unknown_benchmark_names_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
