@@ -122,16 +122,16 @@ def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
     arrays = from_array_record(content.array_records[p.ARRAYS])
     config = content.config_records[p.CONFIG]
     weighting = str(config.get(p.WEIGHTING, "equal"))
-    evaluation = None
-    if bool(config.get(p.EVALUATE_RECEIVED, False)):  # the previous round's global model
-        evaluation = runtime.evaluate(arrays, str(config[p.BASE_SHA]))
-    result = runtime.train_round(
+    result = runtime.train_round(  # first: its budget check and lock refuse before any work
         int(str(config[p.ROUND])),
         arrays,
         str(config[p.BASE_SHA]),
         proximal_mu=float(str(config.get(p.PROXIMAL_MU, 0.0))),
         weighting=weighting,
     )
+    evaluation = None
+    if bool(config.get(p.EVALUATE_RECEIVED, False)):  # the weights received: last round's model
+        evaluation = _scores_or_none(runtime, arrays, str(config[p.BASE_SHA]))
     return train_reply_content(
         result.trainable,
         {k: tuple(np.shape(v)) for k, v in arrays.items()},
@@ -141,6 +141,20 @@ def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
         weighting=weighting,
         evaluation=evaluation,
     )
+
+
+def _scores_or_none(
+    runtime: SiteRuntime, arrays: dict[str, np.ndarray], base_sha: str
+) -> dict[str, float] | None:
+    """The scores a train reply carries; a scoring failure costs only them (logged here), never
+    the round the site has trained and charged."""
+    try:
+        return runtime.evaluate(arrays, base_sha)
+    except Exception:
+        logging.getLogger(f"mammofl.site.{runtime.facts.name}").exception(
+            "scoring the weights received failed; the train reply carries no scores"
+        )
+        return None
 
 
 def _evaluate(runtime: SiteRuntime, content: RecordDict) -> RecordDict:

@@ -88,11 +88,16 @@ def parse_train_reply(
     return arrays, metrics, event
 
 
-def parse_train_evaluation(content: RecordDict) -> dict[str, float] | None:
+def parse_train_evaluation(content: RecordDict, requested: bool = True) -> dict[str, float] | None:
     """The scores a train reply carries of the weights it received (allow-listed as an
-    evaluate reply's), or None when the message did not ask for them."""
-    if p.EVALUATION not in content.metric_records:
+    evaluate reply's), or None when it carries none (not asked for, or scoring failed at the
+    site). Raises ReplySchemaError for scores not asked for or not a MetricRecord."""
+    if p.EVALUATION not in content:
         return None
+    if not requested:
+        raise p.ReplySchemaError(f"train reply: {p.EVALUATION} was not asked for")
+    if p.EVALUATION not in content.metric_records:
+        raise p.ReplySchemaError(f"train reply: {p.EVALUATION} must be a MetricRecord")
     return _parse_evaluation(content.metric_records[p.EVALUATION])
 
 

@@ -234,7 +234,7 @@ class Federation:
                 _, _, event = parse_train_reply(
                     reply.content, expected, self.config.federation.weighting
                 )
-                scores = parse_train_evaluation(reply.content)
+                scores = parse_train_evaluation(reply.content, requested=evaluate)
             except ReplySchemaError as error:
                 refused[site] = f"reply rejected by the allow-list: {error}"
                 self.mirror.exclude(site, "sent a reply outside the allow-list")
@@ -390,6 +390,8 @@ class Federation:
             return
         if pending is not None:
             pending["sites"] = outcome.evaluations
+            with self.clock.phase("site_evaluation"):  # state.trainable: still the pending model
+                self.evaluate_the_rest(pending, nodes, online, state)
         state.trainable, refused, trained = outcome.trainable, outcome.refused, outcome.trained
         load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
         self.mirror.close_round()
@@ -442,6 +444,21 @@ class Federation:
             return None
         previous: dict[str, Any] = rounds[-1]
         return None if previous["sites"] or not previous["trained"] else previous
+
+    def evaluate_the_rest(
+        self, pending: dict[str, Any], nodes: list[int], online: set[int], state: ServerState
+    ) -> None:
+        """The sites that trained the pending round but did not score its model on this round's
+        train message (not chosen now: budget spent, offline; or their train failed) score it
+        in an evaluate exchange of their own, if online."""
+        trained = set(pending["trained"]) - set(pending["sites"])
+        rest = [
+            n
+            for n in nodes  # a node that failed this round's train is stale now: not asked
+            if n in online and n not in self.stale and self.sites.get(n) in trained
+        ]
+        if rest:
+            pending["sites"].update(self.site_metrics(rest, state))
 
     def finish_site_evaluation(self, state: ServerState, nodes: list[int]) -> None:
         """A run that ended before its planned last round (budgets, too few sites) still

@@ -158,7 +158,8 @@ class FederationConfig:
     site_evaluation: bool = True
     # the sites score round r's global model when round r+1's train message brings it, in the
     # same exchange (the last round's: an evaluate exchange of its own), so a round costs one
-    # exchange, not two; false: an evaluate exchange after every round (Flower's pattern)
+    # exchange, not two (reply_timeout_s then covers scoring and training); false: an evaluate
+    # exchange after every round (Flower's pattern)
     evaluate_with_train: bool = True
     client_dp: ClientDPConfig = field(default_factory=ClientDPConfig)
     # fault drill: the ServerApp kills itself (SIGKILL) right after round N's checkpoint is

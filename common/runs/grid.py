@@ -26,7 +26,7 @@ from common.runs.run_data import RunData, load_run_data
 from common.runs.single_node import PreparedCell, finish_cell, fit_cell, prepare_cell
 from common.training.cached_engine import CachedFeatures
 from common.training.fit import FitResult
-from common.training.grid_fit import GridCell, fit_grid, grid_features
+from common.training.grid_fit import GridCell, check_shared_backbone, fit_grid, grid_features
 from common.training.settings import resolve_device
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ def _fit_in_lanes(
     features: dict[int, CachedFeatures] = {}  # by cell: a grid's split parts share its features
     for group in grids:
         first = group[0]
+        # split parts share these features: the whole grid must share the backbone
+        check_shared_backbone([_grid_cell(c) for c in group])
         computed = grid_features(_grid_cell(first), first.data.train, first.data.validation)
         features.update({id(cell): computed for cell in group})
     scheduled = balance(grids, lanes, _cell_cost)

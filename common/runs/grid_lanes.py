@@ -42,7 +42,14 @@ def default_lanes(cells: int, devices: Sequence[torch.device]) -> int:
     there)."""
     if any(device.type != "cpu" for device in devices):
         return 1
-    return max(1, min(cells, os.cpu_count() or 1))
+    return max(1, min(cells, usable_cores()))
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity (a cgroup's cpuset, `taskset`) and
+    PyTorch's thread count (`OMP_NUM_THREADS`, `torch.set_num_threads`), not the host's count."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(torch.get_num_threads(), affinity or os.cpu_count() or 1))
 
 
 def balance(
@@ -104,7 +111,9 @@ def run_lanes(
                     failure = future.exception()
                     if failure is None:
                         finish(futures[future], future.result())
-                    elif error is None:
+                        continue
+                    log.error("a grid failed: %s", failure)
+                    if error is None:
                         error = failure
                         for other in remaining:
                             other.cancel()  # not started: never will; running: let it end

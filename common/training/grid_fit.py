@@ -75,12 +75,7 @@ def fit_grid(
             event = planned_event(cell.settings, epochs, None)
             cell.ledger.check_within(event, cell.target_epsilon)
         planned.append(event)
-    backbones = {backbone_checksum(cell.model.backbone) for cell in cells}
-    if len(backbones) > 1:
-        raise ConfigError(
-            f"grid cells must share one frozen backbone (their features are computed once); "
-            f"found {len(backbones)} different backbones: run these cells one by one"
-        )
+    check_shared_backbone(cells)
     before_sums = [frozen_checksum(cell.model) for cell in cells]
     eval_sets = {"validation": validation} if validation is not None else {}
     engines = [CachedEngine(cells[0].model, train, eval_sets, cells[0].settings, features)]
@@ -107,6 +102,17 @@ def fit_grid(
         for engine in engines:
             engine.close()
     return results
+
+
+def check_shared_backbone(cells: Sequence[GridCell]) -> None:
+    """Grid cells share one set of features, so they must share one frozen backbone (weights
+    checked, not names). Raises ConfigError otherwise."""
+    backbones = {backbone_checksum(cell.model.backbone) for cell in cells}
+    if len(backbones) > 1:
+        raise ConfigError(
+            f"grid cells must share one frozen backbone (their features are computed once); "
+            f"found {len(backbones)} different backbones: run these cells one by one"
+        )
 
 
 def grid_features(

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import MetricRecord
+from flwr.app import ConfigRecord, MetricRecord
 
 from common.federated import protocol as p
 from common.federated.protocol import ReplySchemaError
@@ -94,6 +94,13 @@ def test_scores_outside_the_allow_list_are_refused_in_a_train_reply() -> None:
     content = _reply(_arrays())  # a site that adds the record by hand is refused on receipt
     content[p.EVALUATION] = MetricRecord({"auroc": 0.7, p.WEIGHT: 52.0})
     with pytest.raises(ReplySchemaError):
+        parse_train_evaluation(content)
+    content[p.EVALUATION] = MetricRecord({"auroc": 0.7, p.WEIGHT: 1.0})
+    with pytest.raises(ReplySchemaError, match="not asked for"):
+        parse_train_evaluation(content, requested=False)
+    content = _reply(_arrays())
+    content[p.EVALUATION] = ConfigRecord({"auroc": 0.7})  # another kind of record
+    with pytest.raises(ReplySchemaError, match="MetricRecord"):
         parse_train_evaluation(content)
 
 

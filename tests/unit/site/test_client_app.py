@@ -108,3 +108,42 @@ def test_errors_never_carry_private_paths(site, tmp_path: Path) -> None:  # type
     assert str(tmp_path) not in reply.error.reason
     log = (tmp_path / "sites" / "site-a" / "state" / "site.log").read_text()
     assert "base model" in log  # the full message stays at the site
+
+
+def test_scores_come_after_training_and_their_failure_costs_only_them(
+    site, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from common.site.runtime import SiteRuntime
+
+    context, config = site
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    expected = {k: v.shape for k, v in trainable.items()}
+    calls: list[int] = []
+
+    def failing(self: SiteRuntime, arrays: object, sha: str) -> dict[str, float]:
+        calls.append(len(self._ledger().events))  # the round is charged before scoring
+        raise OSError("validation patches unreadable")
+
+    monkeypatch.setattr(SiteRuntime, "evaluate", failing)
+    for round_number in (1, 2, 3, 4):
+        config_record = ConfigRecord(
+            {
+                p.ROUND: round_number,
+                p.BASE_SHA: state_fingerprint(base),
+                p.WEIGHTING: "equal",
+                p.EVALUATE_RECEIVED: True,
+            }
+        )
+        content = RecordDict({p.ARRAYS: to_array_record(trainable), p.CONFIG: config_record})
+        reply = _ask(context, p.TRAIN, content)
+        if round_number <= 3:  # trained and charged; only the scores are missing
+            arrays, _, event = parse_train_reply(reply.content, expected, "equal")
+            assert event["round"] == round_number and parse_train_evaluation(reply.content) is None
+            trainable = arrays
+        else:  # beyond the plan: refused before any scoring
+            assert reply.has_error() and reply.error.code == p.ErrorCode.BUDGET_EXCEEDED
+    assert calls == [1, 2, 3]

@@ -15,7 +15,7 @@ from common.privacy.ledger import PrivacyLedger
 from common.training.cached_engine import CachedEngine
 from common.training.fit import fit
 from common.training.grid_engine import GridCachedEngine
-from common.training.grid_fit import GridCell, fit_grid
+from common.training.grid_fit import GridCell, check_shared_backbone, fit_grid
 from common.training.settings import DPSettings, EngineSettings
 from tests.unit.training.helpers import random_patches, tiny_model
 
@@ -151,6 +151,11 @@ def test_cells_with_different_backbones_never_share_features() -> None:
     ]
     with pytest.raises(ConfigError, match="one frozen backbone"):
         fit_grid(cells, train, random_patches(8, seed=2), epochs=1)
+    # nor when the grid is split over lanes: each part alone passes fit_grid's own check, so
+    # the whole grid is checked before its features are computed once for all parts
+    with pytest.raises(ConfigError, match="one frozen backbone"):
+        check_shared_backbone(cells)
+    check_shared_backbone(cells[:1])
 
 
 def test_grid_key_separates_start_models_and_devices() -> None:
