@@ -103,19 +103,19 @@ def run_cells(
         grid_groups = [m for k, m in groups.items() if k[0] != "alone" and len(m) > 1]
         devices = [resolve_device(jobs[m[0]][0].train.device) for m in grid_groups]
         lanes = default_lanes(sum(len(m) for m in grid_groups), devices)
+
+    def prepare(members: list[int]) -> list[list[PreparedCell]]:
+        cells = [prepare_cell(jobs[i][0], jobs[i][1], progress, load) for i in members]
+        index_of.update({id(cell): i for cell, i in zip(cells, members, strict=True)})
+        return _same_plan_shape(cells)
+
     if lanes == 1:  # prepare, train and write each group in turn (the least memory)
         for members in groups.values():
-            cells = [prepare_cell(jobs[i][0], jobs[i][1], progress, load) for i in members]
-            index_of.update({id(cell): i for cell, i in zip(cells, members, strict=True)})
-            for group in _same_plan_shape(cells):
+            for group in prepare(members):
                 finish(group, _fit_group(group, progress))
         return [records[i] for i in range(len(jobs))]
 
-    plans: list[list[PreparedCell]] = []
-    for members in groups.values():
-        cells = [prepare_cell(jobs[i][0], jobs[i][1], progress, load) for i in members]
-        index_of.update({id(cell): i for cell, i in zip(cells, members, strict=True)})
-        plans += _same_plan_shape(cells)
+    plans = [group for members in groups.values() for group in prepare(members)]
     for group in plans:
         if len(group) == 1:
             finish(group, _fit_group(group, progress))

@@ -36,9 +36,20 @@ def _arrays() -> dict[str, np.ndarray]:
     return {k: np.zeros(s, np.float32) for k, s in EXPECTED.items()}
 
 
-def _reply(arrays: dict[str, np.ndarray], weight: float = 1.0, weighting: str = "equal"):  # type: ignore[no-untyped-def]
+def _reply(  # type: ignore[no-untyped-def]
+    arrays: dict[str, np.ndarray],
+    weight: float = 1.0,
+    weighting: str = "equal",
+    evaluation: dict[str, float] | None = None,
+):
     return train_reply_content(
-        arrays, EXPECTED, weight=weight, epsilon=2.0, event=EVENT, weighting=weighting
+        arrays,
+        EXPECTED,
+        weight=weight,
+        epsilon=2.0,
+        event=EVENT,
+        weighting=weighting,
+        evaluation=evaluation,
     )
 
 
@@ -65,15 +76,7 @@ def test_trainable_arrays_outside_the_allow_list_are_refused(change) -> None:  #
 
 def test_a_train_reply_carries_the_scores_of_the_weights_received() -> None:
     scores = {"auroc": 0.7, "auprc_malignant": 0.6, "auprc_benign": float("nan")}
-    content = train_reply_content(
-        _arrays(),
-        EXPECTED,
-        weight=1.0,
-        epsilon=2.0,
-        event=EVENT,
-        weighting="equal",
-        evaluation=scores,
-    )
+    content = _reply(_arrays(), evaluation=scores)
     parse_train_reply(content, EXPECTED, "equal")  # the optional record is allow-listed
     # as an evaluate reply's: named scores only, no count, non-finite ones left out
     assert parse_train_evaluation(content) == {"auroc": 0.7, "auprc_malignant": 0.6, p.WEIGHT: 1.0}
@@ -82,15 +85,7 @@ def test_a_train_reply_carries_the_scores_of_the_weights_received() -> None:
 
 def test_scores_outside_the_allow_list_are_refused_in_a_train_reply() -> None:
     with pytest.raises(ReplySchemaError, match="not allowed"):
-        train_reply_content(
-            _arrays(),
-            EXPECTED,
-            weight=1.0,
-            epsilon=2.0,
-            event=EVENT,
-            weighting="equal",
-            evaluation={"auroc": 0.7, "patients": 41.0},
-        )
+        _reply(_arrays(), evaluation={"auroc": 0.7, "patients": 41.0})
     content = _reply(_arrays())  # a site that adds the record by hand is refused on receipt
     content[p.EVALUATION] = MetricRecord({"auroc": 0.7, p.WEIGHT: 52.0})
     with pytest.raises(ReplySchemaError):
