@@ -19,7 +19,9 @@ from common.errors import ConfigError
 
 GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value ...]
   train         <hydra overrides: gan_preset=tiny|reduced|dp, train.epochs=, data.path=> out_dir=DIR
-                (resumes from DIR/checkpoints when present)
+                [seeds=[42,43,44]: one MCGAN per seed in DIR/seed<k>, trained as one batched
+                program without DP, one after another with DP]
+                (resumes from DIR/checkpoints, or each DIR/seed<k>/checkpoints, when present)
   generate      checkpoint=PATH out_dir=DIR [n=3000 | malignant=N benign=M] [seed=0]
   score         real=PATH synthetic=PATH [real_format=released real_split=train
                 synthetic_format=patchset|released_synthetic backbone=efficientnet_lite0
@@ -68,7 +70,23 @@ def backbone_features(
     }
 
 
+def parse_seeds(value: str) -> list[int]:
+    """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
+    items = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",")]
+    try:
+        seeds = [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"seeds={value}: give integers, e.g. seeds=[42,43,44]") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={value}: each seed once")
+    return seeds
+
+
 def cmd_train(args: Sequence[str]) -> int:
+    seeds = [a for a in args if a.startswith("seeds=")]
+    if seeds:
+        rest = [a for a in args if not a.startswith("seeds=")]
+        return train_seeds(rest, parse_seeds(seeds[-1].partition("=")[2]))
     from common.config.compose import compose_gan_config
     from common.training.gan_trainer import GanTrainer
     from common.training.settings import resolve_device
@@ -100,6 +118,52 @@ def cmd_train(args: Sequence[str]) -> int:
             indent=2,
         )
     )
+    return 0
+
+
+def train_seeds(args: Sequence[str], seeds: list[int]) -> int:
+    """One MCGAN per seed on the same patches, in out_dir/seed<k>: a grid's GANs (the paper
+    trains one per Table 1 seed). Without DP they train as one batched program (`GanGrid`:
+    stacked networks, each GAN its own draws, Adam state and checkpoints); with DP one after
+    another (the stacked discriminator has no exact per-sample clipping)."""
+    from common.config.compose import compose_gan_config
+    from common.training.gan_grid import GanGrid
+    from common.training.gan_trainer import GanTrainer
+    from common.training.settings import resolve_device
+
+    if any(a.startswith("seed=") for a in args):
+        raise ConfigError("give seeds=[...] or seed=, not both")
+    base = compose_gan_config(args)
+    if not base.out_dir:
+        raise ConfigError("mammofl gan train needs out_dir=DIR")
+    loaded = load_patches(
+        read_patch_source(base.data, default_split="train"), base.model.image_size
+    )
+    labels = np.asarray(loaded.patch_set.labels)
+    device = resolve_device(base.train.device)
+    trainers = []
+    for seed in seeds:
+        config = compose_gan_config([*args, f"seed={seed}"])
+        out = Path(base.out_dir) / f"seed{seed}"
+        trainer = GanTrainer(config, loaded.pixels, labels, out, device)
+        trainer.resume_latest()
+        trainers.append(trainer)
+    if base.dp.enabled:
+        last = [t.fit() for t in trainers]
+    else:  # one program per epoch reached (a seed added later, a kill between checkpoints)
+        by_epoch: dict[int, list[int]] = {}
+        for index, trainer in enumerate(trainers):
+            by_epoch.setdefault(trainer.epoch, []).append(index)
+        last = [None] * len(trainers)
+        for indices in by_epoch.values():
+            paths = GanGrid([trainers[i] for i in indices]).fit()
+            for index, path in zip(indices, paths, strict=True):
+                last[index] = path
+    summary = [
+        {"seed": s, "epoch": t.epoch, "checkpoint": str(c), "epsilon": t.epsilon()}
+        for s, t, c in zip(seeds, trainers, last, strict=True)
+    ]
+    print(json.dumps({"gans": summary, "skipped": loaded.patch_set.skipped[:20]}, indent=2))
     return 0
 
 

@@ -19,6 +19,7 @@ from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 
 T = TypeVar("T")
+_MISSING = object()
 SCHEMA_NAMES: dict[type, str] = {
     MammoflConfig: "mammofl_schema",
     GanConfig: "mammofl_gan_schema",
@@ -52,15 +53,42 @@ def check_presets(overrides: Sequence[str], federated: bool) -> None:
             )
 
 
+def split_emptying(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(overrides for hydra, keys to empty). Hydra merges a dict value into the node, so
+    `data.tests={}` would change nothing and keep every test set; an empty dict can only
+    mean "none", so mammofl sets those nodes to {} after composing instead."""
+    kept: list[str] = []
+    emptied: list[str] = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and value.strip() == "{}" and not key.startswith("~"):
+            emptied.append(key.strip().lstrip("+"))
+        else:
+            kept.append(override)
+    for key in emptied:
+        inside = [o for o in kept if o.lstrip("+~").startswith(f"{key}.")]
+        if inside:
+            raise ConfigError(
+                f"{key}={{}} empties {key}, so {inside[0]} would be lost: drop one of the two"
+            )
+    return kept, emptied
+
+
 def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -> T:
     """Compose `configs/<config_name>.yaml` (whose defaults start with the schema registered
-    here) with hydra overrides, and convert it once to the typed dataclass."""
+    here) with hydra overrides, and convert it once to the typed dataclass. `key={}` empties
+    the dict at `key` (hydra alone would merge nothing into it)."""
     if schema is not GanConfig:
         check_presets(overrides, federated=schema is FederatedRunConfig)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
+    kept, emptied = split_emptying(overrides)
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            composed = compose(config_name=config_name, overrides=list(overrides))
+            composed = compose(config_name=config_name, overrides=kept)
+        for key in emptied:
+            if OmegaConf.select(composed, key, default=_MISSING) is _MISSING:
+                raise ConfigError(f"override {key}={{}}: there is no {key} in this config")
+            OmegaConf.update(composed, key, {}, merge=False)
         obj = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"configuration error: {error}") from error

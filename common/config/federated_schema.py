@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config.gan_schema import GanDPConfig, GanModelConfig, GanTrainConfig
+from common.config.gan_schema import (
+    GanDPConfig,
+    GanModelConfig,
+    GanTrainConfig,
+    check_fast_with_dp,
+)
 from common.config.schema import (
     EvalConfig,
     ModelConfig,
@@ -97,6 +102,8 @@ class SiteGanConfig:
     def __post_init__(self) -> None:
         if self.per_site < 2:
             raise ConfigError("gan.per_site >= 2 (one per class)")
+        # refused when the federation is composed, not rounds later at the site's GAN step
+        check_fast_with_dp(self.train, self.dp)
 
 
 @dataclass

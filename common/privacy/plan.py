@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import ConfigError, PrivacyError
 from common.privacy.ledger import LedgerEvent, epsilon_of
+from common.privacy.rdp_analysis import largest_order_quiet
 
 
 def sample_rate_for(dataset_size: int, batch_size: int) -> float:
@@ -113,16 +114,17 @@ def _opacus_noise_multiplier(
     call for thousands of steps: cached)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant,
-            epsilon_tolerance=tolerance,
+    with largest_order_quiet():
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=tolerance,
+            )
         )
-    )
 
 
 def noise_multiplier_for(

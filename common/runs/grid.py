@@ -26,6 +26,7 @@ from common.runs.run_data import RunData, load_run_data
 from common.runs.single_node import PreparedCell, finish_cell, fit_cell, prepare_cell
 from common.training.cached_engine import CachedFeatures
 from common.training.fit import FitResult
+from common.training.grid_engine import vectorised_optimisation
 from common.training.grid_fit import GridCell, check_shared_backbone, fit_grid, grid_features
 from common.training.settings import resolve_device
 
@@ -50,7 +51,9 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
     train, privacy = config.train, config.privacy
     if train.engine != "cached" or config.model.trainable != "head" or privacy.unit != "patch":
         return None
-    if (train.optimizer, train.augmentation_multiplicity, train.ema_decay) != ("adamw", 1, None):
+    if not vectorised_optimisation(
+        train.optimizer, train.augmentation_multiplicity, train.ema_decay
+    ):
         return None  # recipe knobs the grid engine does not vectorise: cell by cell
     return (
         repr(config.data),

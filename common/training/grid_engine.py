@@ -210,12 +210,25 @@ def _layer_plan(head: nn.Module) -> list[nn.Module | None]:
     return plan
 
 
+def vectorised_optimisation(
+    optimizer: str, augmentation_multiplicity: int, ema_decay: float | None
+) -> bool:
+    """Whether the grid engine runs this optimisation: the paper's only (AdamW, one flip per
+    record, no weight averaging). The one rule for grid membership (`runs.grid.grid_key`)
+    and for the engine's own refusal."""
+    return (optimizer, augmentation_multiplicity, ema_decay) == ("adamw", 1, None)
+
+
 def _check_compatible(engines: Sequence[CachedEngine]) -> None:
     """Cells may differ only in seed and noise multiplier (and so target epsilon); the paper's
-    optimisation only (AdamW, one flip per record, no weight averaging)."""
+    optimisation only (`vectorised_optimisation`)."""
     first = engines[0].settings
-    recipes = {(e.settings.optimizer, e.settings.augmentation_multiplicity) for e in engines}
-    if recipes != {("adamw", 1)} or any(e.settings.ema_decay is not None for e in engines):
+    if not all(
+        vectorised_optimisation(
+            e.settings.optimizer, e.settings.augmentation_multiplicity, e.settings.ema_decay
+        )
+        for e in engines
+    ):
         raise ConfigError(
             "the grid engine runs AdamW with one flip per record and no weight averaging; "
             "other recipes train cell by cell"

@@ -120,3 +120,43 @@ def test_score_reports_fig2_rows(release_dir: Path, effnet_weights: Path, tmp_pa
     assert 0 <= report["precision_recall_coverage"]["coverage"] <= 1
     assert 0 <= report["conditional"]["auroc"] <= 1
     assert "not installed" in report["frd"] and "inception_weights" in report["fid_inception"]
+
+
+@pytest.mark.slow
+def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
+    release_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mammofl gan train seeds=[..]`: one GAN per seed in out_dir/seed<k>, trained as one
+    batched program without DP, each resumable on its own checkpoints like a single GAN; a
+    seed added later trains on its own from its own epoch."""
+    import torch
+
+    from common.training.gan_grid import GanGrid
+
+    programs: list[int] = []
+    fit = GanGrid.fit
+
+    def counted(grid: GanGrid, progress: bool = True) -> list[Path | None]:
+        programs.append(len(grid.trainers))
+        return fit(grid, progress)
+
+    monkeypatch.setattr(GanGrid, "fit", counted)
+    out = tmp_path / "grid"
+    assert main(["gan", "train", *TINY_GAN, "seeds=[1,2]", f"out_dir={out}"]) == 0
+    assert programs == [2]  # both seeds in one program
+    first_epoch = [out / f"seed{s}" / "checkpoints" / "epoch_00001.pt" for s in (1, 2)]
+    states = [torch.load(path, weights_only=False) for path in first_epoch]
+    first, second = (s["generator"] for s in states)
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # seeds differ
+    written = [path.stat().st_mtime_ns for path in first_epoch]
+    # more epochs and a third seed: 1 and 2 resume from epoch 1, 3 starts from scratch
+    more = [a.replace("train.epochs=1", "train.epochs=2") for a in TINY_GAN]
+    assert main(["gan", "train", *more, "seeds=[1,2,3]", f"out_dir={out}"]) == 0
+    assert sorted(programs[1:]) == [1, 2]
+    assert [path.stat().st_mtime_ns for path in first_epoch] == written  # resumed, not redone
+    for s in (1, 2, 3):
+        state = torch.load(out / f"seed{s}" / "checkpoints" / "epoch_00002.pt", weights_only=False)
+        assert state["epoch"] == 2
+    assert (out / "seed3" / "checkpoints" / "epoch_00001.pt").is_file()
+    assert main(["gan", "train", *TINY_GAN, "seeds=[1,x]", f"out_dir={out}"]) == 2

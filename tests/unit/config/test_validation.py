@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.config.compose import compose_config
 from common.config.federated_schema import (
     ClientDPConfig,
     FederatedRunConfig,
@@ -208,11 +209,32 @@ def test_fit_refuses_per_window_dp_before_reserving(tmp_path: Path) -> None:
 def test_an_override_inside_a_null_node_is_a_config_error() -> None:
     """omegaconf fails with AttributeError/AssertionError there: a one-line ConfigError with
     the way out instead of a traceback."""
-    from common.config.compose import compose_config
-
     for override in (
         "data.validation.source.path=/tmp/x",
         "data.validation.source={format:patchset,path:/tmp/x}",
     ):
         with pytest.raises(ConfigError, match="node that is null"):
             compose_config(["experiment=tiny", override])
+
+
+def test_an_empty_dict_override_empties_the_node() -> None:
+    from common.config.compose import compose_config
+
+    """Hydra merges `key={}` into the dict (a no-op): `data.tests={}` kept every test set, so
+    a tuning run meant to read no test set still scored one. It now means "none"."""
+    assert compose_config(["data=release_dev"]).data.tests  # the preset has a test set
+    assert compose_config(["data=release_dev", "data.tests={}"]).data.tests == {}
+    assert compose_config(["data=release_dev", "data.tests= {} "]).data.tests == {}
+    with pytest.raises(ConfigError, match=r"no data\.nothere"):
+        compose_config(["data=release_dev", "data.nothere={}"])
+
+
+def test_a_federated_site_gan_refuses_inexact_fast_options_under_dp_at_compose_time() -> None:
+    """The site GAN's DP refusals hold when `mammofl federate` composes its config, before any
+    round: the same rule as `mammofl gan` (gan_schema.check_fast_with_dp)."""
+    from common.config.compose import compose_federated_config
+
+    for option in ("gan.train.channels_last=true", "gan.train.precision=bf16"):
+        with pytest.raises(ConfigError, match=option.split("=")[0]):
+            compose_federated_config(["gan.dp.enabled=true", option])
+    assert compose_federated_config(["gan.train.channels_last=true"]).gan.train.channels_last

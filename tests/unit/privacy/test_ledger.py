@@ -141,3 +141,38 @@ def test_standalone_rdp_analysis_is_opacus_own() -> None:
     ledger = PrivacyLedger(delta=1e-5)
     ledger.events = [LedgerEvent(noise_multiplier=1.1, sample_rate=0.1, steps=7)]
     assert ledger.epsilon() == accountant.get_epsilon(delta=1e-5)
+
+
+def test_a_short_history_is_accounted_without_opacus_warning_every_epoch() -> None:
+    """A run's first epoch is tightest past opacus' largest order: the bound stays valid (and
+    looser), and the warning no longer repeats once per epoch; other warnings still show."""
+    import warnings
+
+    from common.privacy.ledger import epsilon_of
+    from common.privacy.rdp_analysis import largest_order_quiet
+
+    first_epoch = [LedgerEvent(noise_multiplier=21.5625, sample_rate=0.125, steps=8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 0 < epsilon_of(first_epoch, 1e-4, "rdp") < epsilon_of(first_epoch * 2, 1e-4, "rdp")
+        with pytest.warns(UserWarning, match="other"), largest_order_quiet():
+            warnings.warn("other", UserWarning, stacklevel=1)
+
+
+def test_a_prv_epsilon_is_opacus_own_and_computed_once_per_history() -> None:
+    """PRV costs 0.15-0.3 s an evaluation and a run evaluates its ledger every epoch: each
+    history is computed once, and the value is opacus' PRV accountant's (an upper bound)."""
+    from opacus.accountants import PRVAccountant
+
+    from common.privacy.ledger import _accountant_epsilon, epsilon_of
+
+    events = [LedgerEvent(noise_multiplier=4.277, sample_rate=0.125, steps=800)]
+    reference = PRVAccountant()
+    reference.history = [(4.277, 0.125, 800)]
+    before = _accountant_epsilon.cache_info()
+    assert epsilon_of(events, 1e-4, "prv") == reference.get_epsilon(delta=1e-4)
+    assert epsilon_of(list(events), 1e-4, "prv") == reference.get_epsilon(delta=1e-4)
+    after = _accountant_epsilon.cache_info()
+    assert after.hits >= before.hits + 1 and after.misses <= before.misses + 1
+    longer = [LedgerEvent(noise_multiplier=4.277, sample_rate=0.125, steps=1600)]
+    assert epsilon_of(longer, 1e-4, "prv") > epsilon_of(events, 1e-4, "prv")  # not stale
