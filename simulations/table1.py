@@ -18,9 +18,11 @@ paper row (`real_eps6`: experiment table1/real_eps6) or a recipe preset run besi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 from common.config.compose import compose_config, experiment_names
@@ -71,6 +73,21 @@ def is_finetune(row: str) -> bool:
     return row.startswith("synpre_realft")
 
 
+@cache
+def declared_start(row: str, overrides: tuple[str, ...] = ()) -> str | None:
+    """The row a recipe preset says it starts from (`start_from_row`), if any, as composed
+    with the run's overrides (a preset may need them, e.g. recipe/no_dp a timm backbone)."""
+    if "/" not in row:
+        return None
+    return compose_config([f"experiment={row_experiment(row)}", *overrides]).start_from_row
+
+
+def start_of(row: str, synpre: str, overrides: Sequence[str] = ()) -> str | None:
+    """The row whose model (same seed) `row` starts from: the SynPre row for SynPre+RealFT, a
+    recipe's `start_from_row` (recipe/dp_synhead_eps6: recipe/syn_head), else None."""
+    return synpre if is_finetune(row) else declared_start(row, tuple(overrides))
+
+
 def cell_dir(out_dir: Path, row: str, seed: int) -> Path:
     return out_dir / "cells" / row / f"seed{seed}"
 
@@ -79,44 +96,110 @@ def start_model(out_dir: Path, synpre: str, seed: int) -> Path:
     return cell_dir(out_dir, synpre, seed) / "model.pt"
 
 
-def started_from(cell: Path) -> str:
-    """The SynPre row a finished SynPre+RealFT cell fine-tuned (its start model's row folder:
-    cells/<row>/seed<s>/model.pt), read from the cell's own site_only.json."""
+def started_from(cell: Path) -> Path | None:
+    """The start model a finished cell was trained from (cells/<row>/seed<s>/model.pt, as
+    typed at the time), read from the cell's own site_only.json; None for a fresh start."""
     record = cell / "site_only.json"
     if not record.is_file():
         raise ConfigError(
-            f"{cell} has a result.json but no site_only.json, so which SynPre model it "
-            f"fine-tuned is unknown: delete {cell} and run again"
+            f"{cell} has a result.json but no site_only.json, so how it was trained is "
+            f"unknown: delete {cell} and run again"
         )
     started = json.loads(record.read_text())["config"]["model"]["init_from"]
-    return Path(started).parent.parent.name
+    return Path(started) if started else None
 
 
-def cell_done(out_dir: Path, row: str, seed: int, synpre: str) -> bool:
-    """Whether the cell has its result; a finished SynPre+RealFT cell that started from another
-    SynPre row (e.g. `synpre` where `synpre_cpu` is asked for) is refused, not mixed in."""
+# settings that do not change what a cell computes: where things are, and how fast
+UNCOMPARED = {
+    "train.feature_cache_dir",
+    "train.device",
+    "train.num_workers",
+    "train.feature_batch_size",
+    "model.weights",
+    "model.init_from",
+}
+
+
+def changed_settings(cell: Path, config: MammoflConfig) -> list[str]:
+    """`key: was -> now` for each training, model or privacy setting (and data.train_on) that
+    the finished cell's site_only.json records otherwise than `config` (keys an older record
+    lacks are not compared)."""
+    recorded = json.loads((cell / "site_only.json").read_text()).get("config", {})
+    now = dataclasses.asdict(config)
+    changes = []
+    for section in ("train", "model", "privacy"):
+        for key, was in recorded.get(section, {}).items():
+            dotted = f"{section}.{key}"
+            if dotted not in UNCOMPARED and key in now[section] and now[section][key] != was:
+                changes.append(f"{dotted}: {was!r} -> {now[section][key]!r}")
+    was_on = recorded.get("data", {}).get("train_on")
+    if was_on is not None and list(was_on) != list(config.data.train_on):
+        changes.append(f"data.train_on: {was_on!r} -> {list(config.data.train_on)!r}")
+    return changes
+
+
+def cell_done(
+    out_dir: Path, row: str, seed: int, synpre: str, overrides: Sequence[str] | None = None
+) -> bool:
+    """Whether the cell has its result. Refused, not mixed in: a finished cell that started
+    from another row's model than the row's start (e.g. SynPre+RealFT from `synpre` where
+    `synpre_cpu` is asked for) or another seed's; with `overrides`, a cell whose recorded
+    settings differ from what the row composes to now (a preset changed since)."""
     target = cell_dir(out_dir, row, seed)
     if not (target / "result.json").is_file():
         return False
-    if is_finetune(row) and (origin := started_from(target)) != synpre:
+    start = start_of(row, synpre, overrides or ())
+    started = started_from(target)
+    if (
+        start is not None
+        and not is_finetune(row)
+        and (started is None or started.parent.parent.name != Path(start).name)
+    ):
+        raise ConfigError(
+            f"{target} did not start from the {start} row's model, as {row} does now: delete "
+            f"{target.parent} or use another out_dir="
+        )
+    if is_finetune(row) and (origin := started.parent.parent.name if started else "") != synpre:
         raise ConfigError(
             f"{target} fine-tuned the {origin} row's model, not {synpre}'s: Table 1 would mix "
             f"two SynPre variants. Name {origin} in rows= (e.g. rows="
             f"{'cpu' if origin == 'synpre_cpu' else 'paper'}), use another out_dir=, or delete "
             f"{target.parent}"
         )
+    if start is not None and started is not None and started.parent.name != f"seed{seed}":
+        raise ConfigError(
+            f"{target} started from {started.parent.name}'s model, not seed{seed}'s: delete "
+            f"{target} and run again"
+        )
+    if overrides is not None:
+        changes = changed_settings(target, cell_config(out_dir, row, seed, overrides, synpre))
+        if changes:
+            raise ConfigError(
+                f"{target} was trained with other settings than {row} composes to now "
+                f"({'; '.join(changes[:3])}): Table 1 would mix them. Delete {target.parent} "
+                "to rerun the row, or use another out_dir="
+            )
     return True
 
 
 def run_one(
-    out_dir: Path, row: str, seed: int, overrides: Sequence[str], synpre: str = "synpre"
+    out_dir: Path,
+    row: str,
+    seed: int,
+    overrides: Sequence[str],
+    synpre: str = "synpre",
+    chain: tuple[str, ...] = (),
 ) -> Path:
+    """Train the cell unless done, after the cell it starts from (`chain`: the rows that wait
+    on this one, to refuse a preset that starts from itself)."""
+    if row in chain:
+        raise ConfigError(f"start_from_row loops: {' -> '.join([*chain, row])}")
     target = cell_dir(out_dir, row, seed)
-    if cell_done(out_dir, row, seed, synpre):
+    if cell_done(out_dir, row, seed, synpre, overrides):
         log.info("%s seed %d: done already (%s)", row, seed, target)
         return target
-    if is_finetune(row):
-        run_one(out_dir, synpre, seed, overrides)
+    if (start := start_of(row, synpre, overrides)) is not None:
+        run_one(out_dir, start, seed, overrides, synpre, (*chain, row))
     log.info("%s seed %d: training", row, seed)
     run_cell(cell_config(out_dir, row, seed, overrides, synpre), target)
     return target
@@ -131,8 +214,8 @@ def cell_config(
     out_dir: Path, row: str, seed: int, overrides: Sequence[str], synpre: str = "synpre"
 ) -> MammoflConfig:
     extra = [f"train.feature_cache_dir={out_dir / '_features'}"]
-    if is_finetune(row):
-        extra.append(f"model.init_from={start_model(out_dir, synpre, seed)}")
+    if (start := start_of(row, synpre, overrides)) is not None:
+        extra.append(f"model.init_from={start_model(out_dir, start, seed)}")
     return compose_config(
         [
             f"experiment={row_experiment(row)}",
@@ -152,15 +235,21 @@ def run_grid(
     synpre: str = "synpre",
     lanes: int | None = None,
 ) -> None:
-    """The cells not done yet, compatible ones as grids: SynPre first (the fine-tuned rows
-    start from it), then everything else (`lanes`: see `common.runs.grid.run_cells`)."""
+    """The cells not done yet, compatible ones as grids: the start rows first (SynPre, a
+    recipe's `start_from_row`: the fine-tuned rows start from their models), then everything
+    else (`lanes`: see `common.runs.grid.run_cells`)."""
     pending = [
-        (row, seed) for row in rows for seed in seeds if not cell_done(out_dir, row, seed, synpre)
+        (row, seed)
+        for row in rows
+        for seed in seeds
+        if not cell_done(out_dir, row, seed, synpre, overrides)
     ]
-    needs_synpre = {s for r, s in pending if is_finetune(r)}
-    for seed in sorted(needs_synpre):
-        run_one(out_dir, synpre, seed, overrides)
-    pending = [(r, s) for r, s in pending if not cell_done(out_dir, r, s, synpre)]
+    starts = {
+        (start, s, r) for r, s in pending if (start := start_of(r, synpre, overrides)) is not None
+    }
+    for start, seed, row in sorted(starts):
+        run_one(out_dir, start, seed, overrides, synpre, (row,))
+    pending = [(r, s) for r, s in pending if not cell_done(out_dir, r, s, synpre, overrides)]
     jobs = [
         (cell_config(out_dir, r, s, overrides, synpre), cell_dir(out_dir, r, s)) for r, s in pending
     ]
@@ -187,13 +276,16 @@ def run_table1(
             f"unknown Table 1 rows {unknown}; choose from {sorted(known)}, a recipe "
             f"{sorted(recipes)}, or paper / cpu (all 18 rows)"
         )
-    for bad in ("experiment=", "seed=", "out_dir="):
-        if any(o.startswith(bad) for o in overrides):
-            raise ConfigError(f"mammofl table1 sets {bad} per cell; use rows=, seeds=, out_dir=")
+    for bad in ("experiment=", "seed=", "out_dir=", "model.init_from=", "start_from_row="):
+        if any(o.lstrip("+~").startswith(bad) for o in overrides):
+            raise ConfigError(
+                f"mammofl table1 sets {bad} per cell (a row's start model is its start row's, "
+                "same seed); use rows=, seeds=, out_dir="
+            )
     synpre = start_row(rows, out_dir)
-    for row in rows:  # refuse a mix of SynPre variants before anything trains
+    for row in rows:  # refuse mixed cells (SynPre variants, changed settings) before training
         for seed in seeds:
-            cell_done(out_dir, row, seed, synpre)
+            cell_done(out_dir, row, seed, synpre, overrides)
     if grid:
         run_grid(out_dir, rows, seeds, overrides, synpre, lanes)
     else:
@@ -202,5 +294,10 @@ def run_table1(
                 run_one(out_dir, row, seed, overrides, synpre)
     finetuned = [r for r in rows if is_finetune(r)]
     notes = [f"SynPre+RealFT rows fine-tune each seed's `{synpre}` model"] if finetuned else []
+    notes += [
+        f"`{r}` starts from each seed's `{start}` model (cells/{start})"
+        for r in rows
+        if not is_finetune(r) and (start := start_of(r, synpre, overrides)) is not None
+    ]
     variants = {"synpre_cpu", *(finetuned if synpre == "synpre_cpu" else [])}
     return write_reports(out_dir, rows, seeds, overrides, notes, variants)

@@ -44,9 +44,13 @@ def summarise(
             continue
         first = results[0]
         config = first["config"]
-        # a recipe row names no paper row: its data and target say what it is
+        # a recipe row names no paper row: its data, start and target say what it is
         setting = config["paper_row"]["setting"] or (
-            "Real+Syn" if "synthetic" in config.get("data", {}).get("train_on", []) else "Real"
+            "Real+Syn"
+            if "synthetic" in config.get("data", {}).get("train_on", [])
+            else "SynHead+RealFT"  # fine-tunes a head pretrained on synthetic patches
+            if config.get("start_from_row")
+            else "Real"
         )
         epsilon = config["paper_row"]["epsilon"]
         if epsilon is None:

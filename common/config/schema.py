@@ -20,7 +20,7 @@ TRAIN_ON_CHOICES = ("real", "synthetic")
 ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
 OPTIMIZERS = ("adamw", "sgd")
-FEATURE_NORMS = ("none", "l2")
+FEATURE_NORMS = ("none", "l2", "rms_blocks")
 POLICIES = ("head", "head_last", "norm_head", "last_stage", "all")
 ACCOUNTANTS = ("rdp", "prv")
 PRIVACY_UNITS = ("patch", "patient")
@@ -178,7 +178,9 @@ class ModelConfig:
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     # per-image feature scaling before the head: 'l2' divides each pooled feature vector by its
-    # own norm (no statistic of any data set, so nothing private; bounds ||a|| for clipping)
+    # own norm (no statistic of any data set, so nothing private; bounds ||a|| for clipping);
+    # 'rms_blocks' divides each feature block (every pooled stage, and the final features) by
+    # its own root mean square, so no block dominates the clipped gradient by its raw scale
     feature_norm: str = "none"
     # predict with the mean probability over the 4 flips (test-time augmentation); in
     # validation, test and federated evaluation alike (post-processing)
@@ -336,6 +338,10 @@ class MammoflConfig:
     seed: int = 42
     out_dir: str | None = None
     shared_dir: str = "../shared"
+    # a preset that fine-tunes another row's model (e.g. recipe/dp_synhead_eps6 starts from
+    # recipe/syn_head): `mammofl table1` trains that row first for the same seed and passes its
+    # model.pt as model.init_from; a run without model.init_from is refused
+    start_from_row: str | None = None
 
     def __post_init__(self) -> None:
         check_dp_trainable(self.model, self.privacy.enabled)

@@ -28,12 +28,41 @@ class L2Normalize(nn.Module):
         return nn.functional.normalize(features, dim=-1)
 
 
-def build_feature_norm(kind: str) -> nn.Module:
+class BlockRMSNormalize(nn.Module):
+    """RMS normalisation (Zhang & Sennrich 2019, without gain) of each feature block on its
+    own: a block of width w (one pooled stage, or the final features) becomes x / rms(x), so
+    every coordinate has mean square 1 and each block's share of ||a|| is sqrt(w) whatever its
+    raw scale ([B, F] -> [B, F]). Per image, no statistic of any data set, so nothing private.
+
+    Why: EfficientNet-Lite0's pooled stage outputs are 2x the final features' norm (22-25 vs
+    12.5 on the released patches), so without it they take most of each clipped gradient and
+    the final features' signal drowns in the DP noise (docs/recipes.md)."""
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        if not widths or min(widths) < 1:
+            raise ConfigError(f"feature block widths {widths}: each must be positive")
+        self.widths = list(widths)
+        # in the state dict: a checkpoint says which blocks its head saw (strict load)
+        self.register_buffer("block_widths", torch.tensor(self.widths, dtype=torch.long))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        blocks = torch.split(features, self.widths, dim=-1)
+        scaled = [b * torch.rsqrt(b.pow(2).mean(-1, keepdim=True) + 1e-12) for b in blocks]
+        return torch.cat(scaled, -1)
+
+
+def build_feature_norm(kind: str, widths: list[int] | None = None) -> nn.Module:
+    """`widths`: the feature blocks (pooled stages, then final), needed by `rms_blocks`."""
     if kind == "none":
         return nn.Identity()
     if kind == "l2":
         return L2Normalize()
-    raise ConfigError(f"model.feature_norm={kind!r}: choose none or l2")
+    if kind == "rms_blocks":
+        if widths is None:
+            raise ConfigError("model.feature_norm=rms_blocks: the feature block widths are unknown")
+        return BlockRMSNormalize(widths)
+    raise ConfigError(f"model.feature_norm={kind!r}: choose none, l2 or rms_blocks")
 
 
 class Classifier(nn.Module):
@@ -102,9 +131,10 @@ class MultiStagePooling(nn.Module):
 
 def _with_stages(
     backbone: nn.Module, num_features: int, config: ModelConfig
-) -> tuple[nn.Module, int]:
+) -> tuple[nn.Module, list[int]]:
+    """The backbone giving the configured feature blocks, and their widths (stages, final)."""
     if not config.feature_stages:
-        return backbone, num_features
+        return backbone, [num_features]
     if not hasattr(backbone, "forward_intermediates"):
         raise ConfigError(f"model.feature_stages: timm {config.name} has no forward_intermediates")
     channels = [int(info["num_chs"]) for info in getattr(backbone, "feature_info", [])]
@@ -115,10 +145,9 @@ def _with_stages(
             f"model.feature_stages={stages}: {config.name} cannot give them (distinct stages "
             f"0..{len(channels) - 1}, or negative from the end)"
         )
-    widths = [channels[i] for i in resolved]
+    widths = [channels[i] for i in sorted(resolved)]  # forward_intermediates: network order
     wrapped = MultiStagePooling(backbone, config.feature_stages)
-    width = sum(widths) + num_features
-    return wrapped, width
+    return wrapped, [*widths, num_features]
 
 
 def _timm_backbone(config: ModelConfig) -> tuple[nn.Module, int]:
@@ -177,12 +206,13 @@ def build_classifier(config: ModelConfig) -> Classifier:
     else:
         backbone, num_features = _torchvision_backbone(config)
     load_backbone_weights(backbone, config)
-    backbone, num_features = _with_stages(backbone, num_features, config)
+    backbone, widths = _with_stages(backbone, num_features, config)
+    num_features = sum(widths)
     model = Classifier(
         backbone,
         build_head(config.head, num_features, config.hidden),
         num_features,
-        build_feature_norm(config.feature_norm),
+        build_feature_norm(config.feature_norm, widths),
         config.flip_averaging,
     )
     if config.init_from:

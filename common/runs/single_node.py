@@ -56,7 +56,7 @@ def guarantee_caveats(config: MammoflConfig) -> list[str]:
             "synthetic patches come from a GAN trained on real data without DP: "
             "no formal guarantee covers them"
         )
-    if config.model.init_from:
+    if config.model.init_from or config.start_from_row:
         caveats.append(
             "starts from a model (model.init_from) trained without a formal guarantee "
             "(e.g. on non-DP synthetic data)"
@@ -139,6 +139,12 @@ def prepare_cell(
         raise ConfigError(
             "SynPre+RealFT fine-tunes the SynPre model: pass model.init_from=<SynPre model.pt> "
             "(mammofl table1 does this for you)"
+        )
+    if config.start_from_row and not config.model.init_from:
+        raise ConfigError(
+            f"{config.name} starts from the model of the {config.start_from_row} row (same "
+            f"seed): run it with mammofl table1, which trains that row first, or pass "
+            f"model.init_from=<that row's model.pt>"
         )
     seed_everything(config.seed)
     data = load(config.data, progress)

@@ -66,6 +66,38 @@ def test_table1_subset_on_released_patches(
 
 
 @pytest.mark.slow
+def test_a_recipe_starts_from_the_row_it_names(
+    release_dir: Path, effnet_weights: Path, tmp_path: Path
+) -> None:
+    """recipe/dp_synhead_eps6 fine-tunes each seed's recipe/syn_head model (trained first,
+    without DP, on the synthetic patches): its record claims no formal guarantee."""
+    import json
+
+    from common.config.compose import compose_config
+    from common.errors import ConfigError
+    from common.runs.single_node import run_cell
+
+    row = "recipe/dp_synhead_eps6"
+    paths = run_table1(tmp_path, [row], [42], SUBSET)
+    head = json.loads((tmp_path / "cells/recipe/syn_head/seed42/result.json").read_text())
+    assert head["config"]["data"]["train_on"] == ["synthetic"] and not head["privacy"]["enabled"]
+    cell = tmp_path / "cells" / row / "seed42"
+    site = json.loads((cell / "site_only.json").read_text())
+    assert site["config"]["model"]["init_from"].endswith("recipe/syn_head/seed42/model.pt")
+    record = json.loads((cell / "result.json").read_text())
+    assert not record["privacy"]["formal_guarantee"] and "starts from" in record["privacy"]["note"]
+    table = pd.read_csv(paths["csv"])
+    assert table["row"].tolist() == [row] and table["guarantee"].tolist() == ["partial"]
+    assert "starts from each seed's `recipe/syn_head` model" in paths["md"].read_text()
+    before = {p: p.stat().st_mtime for p in tmp_path.glob("cells/**/result.json")}
+    run_table1(tmp_path, [row], [42], SUBSET)  # resume: nothing trains again
+    assert before == {p: p.stat().st_mtime for p in tmp_path.glob("cells/**/result.json")}
+    alone = compose_config([f"experiment={row}", *SUBSET, f"out_dir={tmp_path / 'alone'}"])
+    with pytest.raises(ConfigError, match="starts from the model of the recipe/syn_head row"):
+        run_cell(alone, tmp_path / "alone", progress=False)
+
+
+@pytest.mark.slow
 def test_synpre_then_realft_chain(release_dir: Path, tmp_path: Path) -> None:
     """SynPre (all parameters, synthetic only) feeds SynPre+RealFT (head only, DP)."""
     overrides = [

@@ -9,7 +9,16 @@ import pytest
 from common.config.compose import compose_config, compose_federated_config
 from common.runs.single_node import guarantee_caveats
 
-RECIPES = ["dp_eps1", "dp_eps6", "dp_syn_eps1", "dp_syn_eps6", "no_dp"]
+RECIPES = [
+    "dp_eps1",
+    "dp_eps6",
+    "dp_syn_eps1",
+    "dp_syn_eps6",
+    "dp_synhead_eps1",
+    "dp_synhead_eps6",
+    "no_dp",
+    "syn_head",
+]
 BACKBONE = "model=efficientnet_lite0"  # the model group is the caller's too
 
 
@@ -20,18 +29,24 @@ def test_a_recipe_sets_training_never_the_data_group(recipe: str) -> None:
     assert paper.data.tests != dev.data.tests  # the data group is the caller's
     assert (paper.train, paper.privacy, paper.model) == (dev.train, dev.privacy, dev.model)
     assert paper.train.engine == "cached"
-    if recipe == "no_dp":
+    if recipe in ("no_dp", "syn_head"):
         assert not paper.privacy.enabled
+        assert (paper.data.train_on == ["synthetic"]) == (recipe == "syn_head")
         return
     epsilon = float(recipe.rsplit("eps", 1)[1])
     assert paper.privacy.enabled and paper.privacy.target_epsilon == epsilon
+    assert paper.privacy.accountant == "prv"  # stage 4 of the search: less noise, same guarantee
     synthetic = "synthetic" in paper.data.train_on
-    assert synthetic == recipe.startswith("dp_syn")
-    # formal guarantee for the real-only family; the dp_syn family is marked
+    assert synthetic == recipe.startswith("dp_syn_")
+    pretrained = paper.start_from_row == "recipe/syn_head"
+    assert pretrained == recipe.startswith("dp_synhead")
+    # formal guarantee for the real-only family; both synthetic families are marked
     caveats = guarantee_caveats(paper)
-    assert bool(caveats) == synthetic
+    assert bool(caveats) == (synthetic or pretrained)
     if synthetic:
         assert "no formal guarantee covers them" in caveats[0]
+    if pretrained:
+        assert "starts from a model" in caveats[0]
 
 
 def test_multi_stage_features_name_what_they_need() -> None:
@@ -52,3 +67,17 @@ def test_a_federated_preset_names_a_recipe_for_its_rounds() -> None:
     assert federated.privacy.target_epsilon == 6
     assert federated.train.batch_size == 16  # the phantom sites' batch, not the recipe's 128
     assert federated.name == "federated_phantom_recipe"
+
+
+def test_every_shipped_search_space_composes_every_candidate() -> None:
+    """The searches behind the presets (docs/recipes.md) can be rerun as documented: each space
+    in configs/tune loads and each of its candidates composes, without any test set."""
+    from common.runs.tuning import SPACES_DIR, candidates, load_space, trial_config
+
+    names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    assert {"dp_eps6", "dp_eps1", "blocks_eps6", "blocks_eps1", "recipes_prv"} <= set(names)
+    for name in names:
+        space = load_space(name)
+        for candidate in candidates(space):
+            config = trial_config(space, candidate, 42, [])
+            assert config.data.tests == {} and config.privacy.enabled

@@ -16,7 +16,9 @@ from simulations.table1 import (
     cell_dir,
     cell_done,
     expand_rows,
+    run_one,
     run_table1,
+    start_of,
     start_row,
 )
 
@@ -74,3 +76,44 @@ def test_the_mix_is_refused_before_anything_trains(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="two SynPre variants"):
             run_table1(tmp_path, ["synpre", "synpre_realft_eps1"], [42], [], grid=grid)
     assert not (tmp_path / "cells" / "synpre").exists()
+
+
+def test_a_recipe_cell_must_have_started_from_the_row_it_names(tmp_path: Path) -> None:
+    assert start_of("recipe/dp_synhead_eps6", "synpre") == "recipe/syn_head"
+    assert start_of("synpre_realft_eps1", "synpre_cpu") == "synpre_cpu"
+    assert start_of("recipe/dp_eps6", "synpre") is None and start_of("real", "synpre") is None
+    head = Path("elsewhere/cells/recipe/syn_head/seed42/model.pt")
+    _finished(tmp_path, "recipe/dp_synhead_eps6", 42, head)
+    assert cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre")
+    _finished(tmp_path, "recipe/dp_synhead_eps1", 42, None)  # trained from a fresh head
+    with pytest.raises(ConfigError, match=r"did not start from the recipe/syn_head row's model"):
+        cell_done(tmp_path, "recipe/dp_synhead_eps1", 42, "synpre")
+    other_seed = Path("elsewhere/cells/recipe/syn_head/seed43/model.pt")
+    _finished(tmp_path, "recipe/dp_synhead_eps6", 44, other_seed)
+    with pytest.raises(ConfigError, match="started from seed43's model, not seed44's"):
+        cell_done(tmp_path, "recipe/dp_synhead_eps6", 44, "synpre")
+    with pytest.raises(ConfigError, match="start_from_row loops"):
+        run_one(
+            tmp_path, "recipe/syn_head", 42, [], chain=("recipe/dp_synhead_eps6", "recipe/syn_head")
+        )
+    for bad in ("model.init_from=x.pt", "start_from_row=real"):
+        with pytest.raises(ConfigError, match="per cell"):
+            run_table1(tmp_path, ["recipe/dp_synhead_eps6"], [42], [bad])
+
+
+def test_a_cell_trained_with_other_settings_is_refused_not_mixed_in(tmp_path: Path) -> None:
+    """A preset changed since the cell ran (here the recipes' accountant, RDP -> PRV): the
+    table would mix two settings in one row, so the rerun names the change and stops."""
+    cell = _finished(tmp_path, "recipe/dp_eps6", 42)
+    record = json.loads((cell / "site_only.json").read_text())
+    record["config"]["privacy"] = {"accountant": "rdp", "target_epsilon": 6.0}
+    record["config"]["train"] = {"lr": 1e-3, "feature_cache_dir": "/somewhere/else"}
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre")  # without overrides: not compared
+    with pytest.raises(ConfigError, match=r"privacy\.accountant: 'rdp' -> 'prv'"):
+        cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre", [])
+    record["config"]["privacy"]["accountant"] = "prv"  # the cache folder is not a setting
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre", [])
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.001 -> 0\.003"):
+        cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre", ["train.lr=3e-3"])

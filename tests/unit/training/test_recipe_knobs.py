@@ -154,6 +154,37 @@ def test_multi_stage_features_are_pooled_stage_outputs_beside_the_final_ones() -
         build([7])
 
 
+def test_rms_blocks_scales_each_feature_block_by_its_own_root_mean_square() -> None:
+    """Each pooled stage and the final features get mean square 1 per coordinate, whatever
+    their raw scale, each image on its own (no statistic across images)."""
+    from common.models.classifier import build_classifier
+    from tests.unit.training.helpers import TINY_SWIN
+
+    config = ModelConfig(
+        weights="none", kwargs=TINY_SWIN, feature_stages=[-1, 0], feature_norm="rms_blocks"
+    )
+    model = build_classifier(config).eval()
+    assert model.feature_norm.widths == [16, 32, 32]  # the stages' order in the features
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.backbone(images)
+        _, maps = model.backbone.model.forward_intermediates(images, indices=[0, 1])
+    torch.testing.assert_close(features[:, :16], maps[0].mean((2, 3)))  # stage 0 comes first
+    torch.testing.assert_close(features[:, 16:48], maps[1].mean((2, 3)))
+    raw = torch.randn(3, 80) * torch.cat([torch.full((16,), 25.0), torch.full((64,), 0.5)])
+    raw[0] *= 7.0  # one image's scale does not touch another's
+    scaled = model.feature_norm(raw)
+    for block in torch.split(scaled, [16, 32, 32], dim=1):
+        torch.testing.assert_close(block.pow(2).mean(1), torch.ones(3))
+    torch.testing.assert_close(model.feature_norm(raw[1:]), scaled[1:])
+    want = raw[:, 16:48] / raw[:, 16:48].pow(2).mean(1, keepdim=True).sqrt()
+    torch.testing.assert_close(scaled[:, 16:48], want)
+    with pytest.raises(ConfigError, match="widths"):
+        from common.models.classifier import build_feature_norm
+
+        build_feature_norm("rms_blocks")
+
+
 def test_a_checkpoint_keeps_its_feature_normalisation(tmp_path) -> None:
     """A head trained on raw features must not load silently into an l2 model (or back)."""
     from common.errors import WeightsError
@@ -164,7 +195,12 @@ def test_a_checkpoint_keeps_its_feature_normalisation(tmp_path) -> None:
     def build(norm: str):
         return build_classifier(ModelConfig(weights="none", kwargs=TINY_SWIN, feature_norm=norm))
 
-    for saved, loaded in (("none", "l2"), ("l2", "none")):
+    for saved, loaded in (
+        ("none", "l2"),
+        ("l2", "none"),
+        ("rms_blocks", "l2"),
+        ("none", "rms_blocks"),
+    ):
         path = tmp_path / f"{saved}.pt"
         torch.save(build(saved).state_dict(), path)
         with pytest.raises(WeightsError, match="feature_norm"):
