@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from common.training.gan_trainer import GanTrainer
 
 GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value ...]
   train         <hydra overrides: gan_preset=tiny|reduced|dp, train.epochs=, data.path=> out_dir=DIR
@@ -72,14 +75,27 @@ def backbone_features(
 
 def parse_seeds(value: str) -> list[int]:
     """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
-    items = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",")]
+    inner = value.strip().removeprefix("[").removesuffix("]").strip()
+    if not inner:
+        raise ConfigError(f"seeds={value}: give at least one seed, e.g. seeds=[42,43,44]")
     try:
-        seeds = [int(v) for v in items]
+        seeds = [int(v.strip()) for v in inner.split(",")]
     except ValueError:
         raise ConfigError(f"seeds={value}: give integers, e.g. seeds=[42,43,44]") from None
+    if min(seeds) < 0:
+        raise ConfigError(f"seeds={value}: seeds are integers >= 0 (numpy refuses others)")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={value}: each seed once")
     return seeds
+
+
+def latest_checkpoint(trainer: GanTrainer, saved: Path | None) -> str | None:
+    """The checkpoint this call saved last, else the one it resumed from (a run already at
+    gan.train.epochs saves nothing), else None."""
+    if saved is not None:
+        return str(saved)
+    path = trainer.checkpoint_path(trainer.epoch)
+    return str(path) if path.is_file() else None
 
 
 def cmd_train(args: Sequence[str]) -> int:
@@ -111,7 +127,7 @@ def cmd_train(args: Sequence[str]) -> int:
         json.dumps(
             {
                 "epoch": trainer.epoch,
-                "checkpoint": str(last),
+                "checkpoint": latest_checkpoint(trainer, last),
                 "epsilon": trainer.epsilon(),
                 "skipped": loaded.patch_set.skipped[:20],
             },
@@ -160,7 +176,7 @@ def train_seeds(args: Sequence[str], seeds: list[int]) -> int:
             for index, path in zip(indices, paths, strict=True):
                 last[index] = path
     summary = [
-        {"seed": s, "epoch": t.epoch, "checkpoint": str(c), "epsilon": t.epsilon()}
+        {"seed": s, "epoch": t.epoch, "checkpoint": latest_checkpoint(t, c), "epsilon": t.epsilon()}
         for s, t, c in zip(seeds, trainers, last, strict=True)
     ]
     print(json.dumps({"gans": summary, "skipped": loaded.patch_set.skipped[:20]}, indent=2))

@@ -258,6 +258,34 @@ def run_grid(
         run_cells(jobs, lanes=lanes)
 
 
+def check_cells(
+    out_dir: Path, rows: Sequence[str], seeds: Sequence[int], synpre: str, overrides: Sequence[str]
+) -> None:
+    """Before anything trains: every row has a test set, and no finished cell (of a row or of
+    a row it starts from) would be mixed in (`cell_done`); one ConfigError lists them all."""
+    refusals: dict[str, None] = {}
+    for row in rows:
+        if not compose_config([f"experiment={row_experiment(row)}", *overrides]).data.tests:
+            raise ConfigError(
+                f"{row}: no test set (data.tests is empty); Table 1 reports test-set metrics, "
+                "so keep at least one (e.g. data=release_dev's cbis_ddsm_val)"
+            )
+        needed, start = [row], start_of(row, synpre, overrides)
+        while start is not None and start not in needed:
+            needed.append(start)
+            start = start_of(start, synpre, overrides)
+        for name in needed:
+            for seed in seeds:
+                try:
+                    cell_done(out_dir, name, seed, synpre, overrides)
+                except ConfigError as error:
+                    refusals[str(error)] = None
+    if refusals:
+        listed = list(refusals)
+        more = f"\n(and {len(listed) - 5} more)" if len(listed) > 5 else ""
+        raise ConfigError("\n".join(listed[:5]) + more)
+
+
 def run_table1(
     out_dir: Path,
     rows: Sequence[str],
@@ -283,9 +311,7 @@ def run_table1(
                 "same seed); use rows=, seeds=, out_dir="
             )
     synpre = start_row(rows, out_dir)
-    for row in rows:  # refuse mixed cells (SynPre variants, changed settings) before training
-        for seed in seeds:
-            cell_done(out_dir, row, seed, synpre, overrides)
+    check_cells(out_dir, rows, seeds, synpre, overrides)
     if grid:
         run_grid(out_dir, rows, seeds, overrides, synpre, lanes)
     else:

@@ -61,7 +61,7 @@ def split_emptying(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     emptied: list[str] = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        if sep and value.strip() == "{}" and not key.startswith("~"):
+        if sep and "".join(value.split()) == "{}" and not key.startswith("~"):
             emptied.append(key.strip().lstrip("+"))
         else:
             kept.append(override)

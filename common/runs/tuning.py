@@ -149,17 +149,29 @@ def run_trial(config: MammoflConfig, out_dir: Path, load: Any) -> dict[str, Any]
     }
 
 
+def comparable_overrides(overrides: Sequence[str]) -> list[str]:
+    """Overrides as compared between a search and its resume: the feature cache is where, not
+    what; order does not matter when no key repeats (a repeated key: the last one wins)."""
+    kept = [o for o in overrides if not o.startswith("train.feature_cache_dir=")]
+    keys = [o.partition("=")[0].lstrip("+~") for o in kept]
+    return sorted(kept) if len(set(keys)) == len(keys) else kept
+
+
 def _check_same_search(out_dir: Path, space: SearchSpace, overrides: Sequence[str]) -> None:
-    """A resumed search must be the same search: its trials are reused only then."""
+    """A resumed search must be the same search: its trials are reused only then. Raises
+    ConfigError naming what differs."""
     stamp = {"base": list(space.base), "axes": {k: list(v) for k, v in space.axes.items()}}
-    stamp["overrides"] = [o for o in overrides if not o.startswith("train.feature_cache_dir=")]
+    stamp["overrides"] = comparable_overrides(overrides)
     path = out_dir / "search.json"
     if path.is_file():
         before = json.loads(path.read_text())
-        if before != stamp:
+        before["overrides"] = comparable_overrides(before.get("overrides", []))
+        differ = [k for k in stamp if before.get(k) != stamp[k]]
+        if differ:
+            shown = "; ".join(f"{k}: {before.get(k)} -> {stamp[k]}" for k in differ)
             raise ConfigError(
-                f"{out_dir} holds another search (its search.json: base, axes or overrides "
-                "differ); use a new out_dir, or the same space and overrides to resume"
+                f"{out_dir} holds another search ({shown}); use a new out_dir, or the same "
+                "space and overrides to resume"
             )
     else:
         write_json(path, stamp)

@@ -65,6 +65,28 @@ def _floats(values: list[torch.Tensor]) -> list[float]:
     return [float(v) for v in torch.stack(values).tolist()] if values else []
 
 
+# what a resume may change: how long, how often it saves, where and how fast it runs
+RESUMABLE_TRAIN_KEYS = frozenset(
+    {"epochs", "checkpoint_every", "device", "fast_loop", "channels_last", "precision", "compile"}
+)
+
+
+def changed_training(recorded: dict[str, Any], config: GanConfig) -> list[str]:
+    """`key: was -> now` for each gan.model / gan.train setting (and the seed) that a
+    checkpoint's recorded config has otherwise, bar RESUMABLE_TRAIN_KEYS; keys an older
+    checkpoint lacks are not compared."""
+    now = dataclasses.asdict(config)
+    changes = []
+    for section in ("model", "train"):
+        for key, was in recorded.get(section, {}).items():
+            skip = section == "train" and key in RESUMABLE_TRAIN_KEYS
+            if not skip and key in now[section] and now[section][key] != was:
+                changes.append(f"gan.{section}.{key}: {was!r} -> {now[section][key]!r}")
+    if "seed" in recorded and recorded["seed"] != config.seed:
+        changes.append(f"seed: {recorded['seed']!r} -> {config.seed!r}")
+    return changes
+
+
 def shape_of(config: GanConfig) -> MCGANShape:
     """The networks' shape; DP needs GroupNorm in the discriminator (no per-sample BatchNorm)."""
     norm = "group" if config.dp.enabled else "batch"
@@ -378,6 +400,12 @@ class GanTrainer:
         if state["data_sha256"] != self.data_hash:
             raise ConfigError(
                 "this checkpoint was trained on other data; resume with the same data"
+            )
+        changed = changed_training(state.get("config", {}), self.config)
+        if changed:
+            raise ConfigError(
+                f"this checkpoint was trained with other settings ({'; '.join(changed)}); "
+                "resume with the original ones, or train into a new out_dir"
             )
         if (state["ledger"] is None) != (self.ledger is None):
             raise PrivacyError("cannot resume a DP run without DP or the reverse")

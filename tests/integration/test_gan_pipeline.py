@@ -124,7 +124,10 @@ def test_score_reports_fig2_rows(release_dir: Path, effnet_weights: Path, tmp_pa
 
 @pytest.mark.slow
 def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
-    release_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    release_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`mammofl gan train seeds=[..]`: one GAN per seed in out_dir/seed<k>, trained as one
     batched program without DP, each resumable on its own checkpoints like a single GAN; a
@@ -159,4 +162,15 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
         state = torch.load(out / f"seed{s}" / "checkpoints" / "epoch_00002.pt", weights_only=False)
         assert state["epoch"] == 2
     assert (out / "seed3" / "checkpoints" / "epoch_00001.pt").is_file()
-    assert main(["gan", "train", *TINY_GAN, "seeds=[1,x]", f"out_dir={out}"]) == 2
+    capsys.readouterr()
+    # nothing left to train: the output names the checkpoints it resumed from
+    assert main(["gan", "train", *more, "seeds=[1,2,3]", f"out_dir={out}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [g["checkpoint"] for g in printed["gans"]] == [
+        str(out / f"seed{s}" / "checkpoints" / "epoch_00002.pt") for s in (1, 2, 3)
+    ]
+    # a resume with other training settings is refused, naming them
+    assert main(["gan", "train", *more, "train.batch_size=4", "seeds=[1]", f"out_dir={out}"]) == 2
+    assert "gan.train.batch_size: 8 -> 4" in capsys.readouterr().err
+    for bad in ("seeds=[1,x]", "seeds=[]", "seeds=[-1]"):
+        assert main(["gan", "train", *TINY_GAN, bad, f"out_dir={out}"]) == 2

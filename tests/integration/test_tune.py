@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from common.errors import ConfigError
-from common.runs.tuning import candidates, load_space, run_search, trial_config
+from common.runs.tuning import (
+    candidates,
+    comparable_overrides,
+    load_space,
+    run_search,
+    trial_config,
+)
 
 BASE = [
     "experiment=table1/real_eps6",
@@ -72,8 +78,11 @@ def test_search_ranks_candidates_on_the_holdout_and_resumes(
     again = run_search(space, unreadable, out)
     assert again["cell_runs_this_call"] == 0 and again["best"] == summary["best"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    # another search in the same folder would silently reuse these trials: refused
-    with pytest.raises(ConfigError, match="holds another search"):
+    # where the feature cache lives is not part of the search
+    elsewhere = run_search(space, ["train.feature_cache_dir=/x", *unreadable], out)
+    assert elsewhere["cell_runs_this_call"] == 0
+    # another search in the same folder would silently reuse these trials: refused, by name
+    with pytest.raises(ConfigError, match=r"holds another search \(overrides: .*train\.epochs=3"):
         run_search(space, [*unreadable, "train.epochs=3"], out)
 
 
@@ -96,3 +105,11 @@ def test_a_faulty_space_names_its_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="known"):
         load_space("no_such_space")
     assert load_space("dp_eps6").size == 384  # the shipped space parses
+
+
+def test_a_resume_compares_overrides_as_a_set_unless_a_key_repeats() -> None:
+    assert comparable_overrides(["b=1", "a=2", "train.feature_cache_dir=/c"]) == ["a=2", "b=1"]
+    assert comparable_overrides(["a=1", "b=2"]) == comparable_overrides(["b=2", "a=1"])
+    assert comparable_overrides(["a=1", "a=2"]) != comparable_overrides(
+        ["a=2", "a=1"]
+    )  # the last one wins

@@ -225,6 +225,10 @@ def test_an_empty_dict_override_empties_the_node() -> None:
     assert compose_config(["data=release_dev"]).data.tests  # the preset has a test set
     assert compose_config(["data=release_dev", "data.tests={}"]).data.tests == {}
     assert compose_config(["data=release_dev", "data.tests= {} "]).data.tests == {}
+    assert compose_config(["data=release_dev", "data.tests={ }"]).data.tests == {}
+    assert compose_config(["data=release_dev", "++data.tests={}"]).data.tests == {}
+    with pytest.raises(ConfigError, match="would be lost"):
+        compose_config(["data=release_dev", "data.tests={}", "data.tests.cbis_ddsm_val.limit=3"])
     with pytest.raises(ConfigError, match=r"no data\.nothere"):
         compose_config(["data=release_dev", "data.nothere={}"])
 

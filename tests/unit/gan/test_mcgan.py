@@ -150,3 +150,31 @@ def test_dp_discriminator_update_with_zero_noise() -> None:
         torch.testing.assert_close(
             got[k], clipped / expected_batch + fake_grads[k], rtol=1e-6, atol=1e-12
         )
+
+
+def test_a_resume_may_change_only_how_long_and_how_fast_it_trains() -> None:
+    """A checkpoint records its gan.model, gan.train and seed: a resume with another batch,
+    learning rate, architecture or seed would continue a different run under the same name."""
+    import dataclasses
+
+    from common.training.gan_trainer import changed_training
+    from tests.unit.gan.helpers import tiny_config
+
+    config = tiny_config()
+    recorded = dataclasses.asdict(config)
+    assert changed_training(recorded, config) == []
+    longer = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, epochs=99, checkpoint_every=7)
+    )
+    assert changed_training(recorded, longer) == []
+    other = dataclasses.replace(
+        config, seed=config.seed + 1, train=dataclasses.replace(config.train, batch_size=3)
+    )
+    assert changed_training(recorded, other) == [
+        f"gan.train.batch_size: {config.train.batch_size!r} -> 3",
+        f"seed: {config.seed!r} -> {config.seed + 1!r}",
+    ]
+    older = {"model": recorded["model"], "train": {"batch_size": 3}}  # keys it lacks: skipped
+    assert changed_training(older, config) == [
+        f"gan.train.batch_size: 3 -> {config.train.batch_size!r}"
+    ]

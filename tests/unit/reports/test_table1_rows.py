@@ -117,3 +117,18 @@ def test_a_cell_trained_with_other_settings_is_refused_not_mixed_in(tmp_path: Pa
     assert cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre", [])
     with pytest.raises(ConfigError, match=r"train\.lr: 0\.001 -> 0\.003"):
         cell_done(tmp_path, "recipe/dp_eps6", 42, "synpre", ["train.lr=3e-3"])
+
+
+def test_every_stale_cell_is_named_at_once_and_a_table_needs_a_test_set(tmp_path: Path) -> None:
+    for seed in (42, 43):
+        cell = _finished(tmp_path, "recipe/dp_eps6", seed)
+        record = json.loads((cell / "site_only.json").read_text())
+        record["config"]["privacy"] = {"accountant": "rdp"}
+        (cell / "site_only.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError) as refused:
+        run_table1(tmp_path, ["recipe/dp_eps6"], [42, 43], ["data=release_dev"])
+    assert "dp_eps6/seed42 was trained" in str(refused.value)
+    assert "dp_eps6/seed43 was trained" in str(refused.value)
+    with pytest.raises(ConfigError, match="no test set"):
+        run_table1(tmp_path / "other", ["real"], [42], ["data=release_dev", "data.tests={}"])
+    assert not (tmp_path / "other").exists()
