@@ -151,10 +151,13 @@ def run_trial(config: MammoflConfig, out_dir: Path, load: Any) -> dict[str, Any]
 
 def comparable_overrides(overrides: Sequence[str]) -> list[str]:
     """Overrides as compared between a search and its resume: the feature cache is where, not
-    what; order does not matter when no key repeats (a repeated key: the last one wins)."""
+    what; order does not matter unless a key repeats or holds another (hydra applies value
+    overrides in order; config-group choices are placed by the defaults list)."""
     kept = [o for o in overrides if not o.startswith("train.feature_cache_dir=")]
     keys = [o.partition("=")[0].lstrip("+~") for o in kept]
-    return sorted(kept) if len(set(keys)) == len(keys) else kept
+    # a key that repeats, or one inside another (data.real= and data.real.path=): order counts
+    nested = len(set(keys)) < len(keys) or any(b.startswith(f"{a}.") for a in keys for b in keys)
+    return kept if nested else sorted(kept)
 
 
 def _check_same_search(out_dir: Path, space: SearchSpace, overrides: Sequence[str]) -> None:

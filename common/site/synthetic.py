@@ -68,7 +68,9 @@ def train_site_gan(
         facts.state_dir / "gan",
         resolve_device(facts.device),
     )
-    resumed = trainer.resume_latest()
+    # a site reuses its own MCGAN (and its charge) across runs, whatever a later run's seed or
+    # gan.train settings: only its data and, under DP, its plan must be the same
+    resumed = trainer.resume_latest(check_settings=False)
     done = trainer.epoch >= gan_config.train.epochs
     reservation = None
     if trainer.plan is not None:

@@ -65,9 +65,22 @@ def _floats(values: list[torch.Tensor]) -> list[float]:
     return [float(v) for v in torch.stack(values).tolist()] if values else []
 
 
-# what a resume may change: how long, how often it saves, where and how fast it runs
+# what a resume may change: how long (without DP: under DP the plan fixes it), how often it
+# saves and shows samples, where and how fast it runs, and the learning rates (set after the
+# optimiser state is loaded: the way out of a divergence, see NonFiniteError)
 RESUMABLE_TRAIN_KEYS = frozenset(
-    {"epochs", "checkpoint_every", "device", "fast_loop", "channels_last", "precision", "compile"}
+    {
+        "epochs",
+        "checkpoint_every",
+        "samples_per_class",
+        "device",
+        "fast_loop",
+        "channels_last",
+        "precision",
+        "compile",
+        "lr_generator",
+        "lr_discriminator",
+    }
 )
 
 
@@ -396,12 +409,15 @@ class GanTrainer:
             "data_sha256": self.data_hash,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], check_settings: bool = True) -> None:
+        """Resume from a checkpoint. `check_settings`: refuse other gan.model / gan.train
+        settings or seed (`changed_training`); a site reusing its own MCGAN across runs passes
+        False (common.site.synthetic). Same data, and under DP the same plan, always."""
         if state["data_sha256"] != self.data_hash:
             raise ConfigError(
                 "this checkpoint was trained on other data; resume with the same data"
             )
-        changed = changed_training(state.get("config", {}), self.config)
+        changed = changed_training(state.get("config", {}), self.config) if check_settings else []
         if changed:
             raise ConfigError(
                 f"this checkpoint was trained with other settings ({'; '.join(changed)}); "
@@ -418,6 +434,12 @@ class GanTrainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        # the configured learning rates, not the checkpoint's (lowering them is the way to
+        # resume after a divergence)
+        for group in self.opt_g.param_groups:
+            group["lr"] = self.config.train.lr_generator
+        for group in self.opt_d.param_groups:
+            group["lr"] = self.config.train.lr_discriminator
         self.epoch = int(state["epoch"])
         self.rng.set_state(state["rng"])
         if state.get("private_rng") is not None and self.noise_seed is not None:
@@ -448,12 +470,13 @@ class GanTrainer:
         )
         atomic_write_png(path, grid)
 
-    def resume_latest(self) -> bool:
+    def resume_latest(self, check_settings: bool = True) -> bool:
         checkpoints = sorted((self.out_dir / "checkpoints").glob("epoch_*.pt"))
         if not checkpoints:
             return False
         self.load_state_dict(
-            torch.load(checkpoints[-1], weights_only=False, map_location=self.device)
+            torch.load(checkpoints[-1], weights_only=False, map_location=self.device),
+            check_settings,
         )
         log.info("resumed from %s (epoch %d)", checkpoints[-1], self.epoch)
         return True

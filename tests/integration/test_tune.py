@@ -113,3 +113,6 @@ def test_a_resume_compares_overrides_as_a_set_unless_a_key_repeats() -> None:
     assert comparable_overrides(["a=1", "a=2"]) != comparable_overrides(
         ["a=2", "a=1"]
     )  # the last one wins
+    # a dict value merges into the node: data.real.path= before or after data.real= differs
+    nested = ["data.real.path=b", "data.real={format:patchset,path:a}"]
+    assert comparable_overrides(nested) != comparable_overrides(list(reversed(nested)))

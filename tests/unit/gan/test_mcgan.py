@@ -178,3 +178,26 @@ def test_a_resume_may_change_only_how_long_and_how_fast_it_trains() -> None:
     assert changed_training(older, config) == [
         f"gan.train.batch_size: 3 -> {config.train.batch_size!r}"
     ]
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_resume_takes_the_configured_learning_rates_and_refuses_other_settings(
+    tmp_path: Path, dp: bool
+) -> None:
+    """The divergence message says: lower the learning rates and resume. The optimiser state
+    comes from the checkpoint, its learning rates from the config; a batch change is refused,
+    unless the caller is a site reusing its own MCGAN (check_settings=False)."""
+    from common.errors import ConfigError
+
+    first = trainer(tmp_path, dp=dp)
+    first.train_epoch()
+    first.save_checkpoint()
+    slower = trainer(tmp_path, dp=dp, lr_generator=1e-5, lr_discriminator=2e-5)
+    assert slower.resume_latest() and slower.epoch == 1
+    assert {g["lr"] for g in slower.opt_g.param_groups} == {1e-5}
+    assert {g["lr"] for g in slower.opt_d.param_groups} == {2e-5}
+    if not dp:  # under DP the plan (batch, steps) refuses it first, as before
+        other = trainer(tmp_path, dp=dp, discriminator_steps=2)
+        with pytest.raises(ConfigError, match="discriminator_steps: 1 -> 2"):
+            other.resume_latest()
+        assert trainer(tmp_path, dp=dp, discriminator_steps=2).resume_latest(check_settings=False)

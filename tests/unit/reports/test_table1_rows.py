@@ -3,6 +3,7 @@ fine-tune, and the refusal to mix the two SynPre variants in one out_dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -132,3 +133,26 @@ def test_every_stale_cell_is_named_at_once_and_a_table_needs_a_test_set(tmp_path
     with pytest.raises(ConfigError, match="no test set"):
         run_table1(tmp_path / "other", ["real"], [42], ["data=release_dev", "data.tests={}"])
     assert not (tmp_path / "other").exists()
+
+
+def test_data_and_evaluation_settings_count_but_where_the_data_lives_does_not(
+    tmp_path: Path,
+) -> None:
+    from simulations.table1 import cell_config
+
+    cell = _finished(tmp_path, "real", 42)
+    config = cell_config(tmp_path, "real", 42, ["data=release_dev"])
+    record = json.loads((cell / "site_only.json").read_text())
+    record["config"] = dataclasses.asdict(config)
+    record["config"]["data"]["real"]["path"] = "/moved/elsewhere"  # a path: not a setting
+    record["config"]["data"]["tests"]["cbis_ddsm_val"]["path"] = "/moved/too"
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "real", 42, "synpre", ["data=release_dev"])
+    with pytest.raises(ConfigError, match=r"data\.image_size: 224 -> 128"):
+        cell_done(tmp_path, "real", 42, "synpre", ["data=release_dev", "data.image_size=128"])
+    with pytest.raises(ConfigError, match=r"data\.validation: .*holdout_seed"):
+        cell_done(
+            tmp_path, "real", 42, "synpre", ["data=release_dev", "data.validation.holdout_seed=7"]
+        )
+    with pytest.raises(ConfigError, match=r"eval\.bootstrap"):
+        cell_done(tmp_path, "real", 42, "synpre", ["data=release_dev", "eval.bootstrap=7"])

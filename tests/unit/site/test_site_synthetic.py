@@ -78,3 +78,30 @@ def test_a_dp_mcgan_retrained_from_scratch_is_charged_again(
     runtime.synthesize(4)
     kinds = [e["kind"] for e in runtime.status()["ledger"]["events"]]
     assert kinds == ["dp-gan", "dp-gan"]
+
+
+def test_a_later_run_with_another_seed_reuses_the_sites_mcgan_and_its_charge(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A site's MCGAN is its own: a later run (another seed, other GAN learning rates) loads
+    it and its charge, never refuses it (a new state dir would reset the site's ledger)."""
+    first = tiny_federated_config(
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",
+    )
+    SiteRuntime(simulated_site(first, 0), first).synthesize(4)
+    later = tiny_federated_config(
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",
+        f"seed={first.seed + 1}",
+        "gan.train.lr_generator=5e-5",
+    )
+    runtime = SiteRuntime(simulated_site(later, 0), later)
+    runtime.synthesize(4)
+    assert [e["kind"] for e in runtime.status()["ledger"]["events"]] == ["dp-gan"]
