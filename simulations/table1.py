@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config.compose import compose_config, experiment_names
+from common.config.recorded_diff import changed_sections
 from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 from common.runs.grid import run_cells
@@ -135,25 +136,28 @@ def changed_settings(cell: Path, config: MammoflConfig) -> list[str]:
     setting that the finished cell's site_only.json records otherwise than `config` (keys an
     older record lacks are not compared)."""
     recorded = json.loads((cell / "site_only.json").read_text()).get("config", {})
-    now = dataclasses.asdict(config)
-    changes = []
-    for section in ("train", "model", "privacy", "data", "eval"):
-        for key, was in recorded.get(section, {}).items():
-            dotted = f"{section}.{key}"
-            if dotted in UNCOMPARED or key not in now[section]:
-                continue
-            if _without_paths(now[section][key]) != _without_paths(was):
-                changes.append(f"{dotted}: {was!r} -> {now[section][key]!r}")
-    return changes
+    return changed_sections(
+        recorded,
+        dataclasses.asdict(config),
+        ("train", "model", "privacy", "data", "eval"),
+        skip=UNCOMPARED,
+        normalise=_without_paths,
+    )
 
 
 def cell_done(
-    out_dir: Path, row: str, seed: int, synpre: str, overrides: Sequence[str] | None = None
+    out_dir: Path,
+    row: str,
+    seed: int,
+    synpre: str,
+    overrides: Sequence[str] | None = None,
+    compare_settings: bool | None = None,
 ) -> bool:
     """Whether the cell has its result. Refused, not mixed in: a finished cell that started
     from another row's model than the row's start (e.g. SynPre+RealFT from `synpre` where
-    `synpre_cpu` is asked for) or another seed's; with `overrides`, a cell whose recorded
-    settings differ from what the row composes to now (a preset changed since)."""
+    `synpre_cpu` is asked for) or another seed's; with `compare_settings` (default: when
+    `overrides` are given), a cell whose recorded settings differ from what the row composes
+    to now (a preset changed since; a compose each, so `check_cells` does it once a run)."""
     target = cell_dir(out_dir, row, seed)
     if not (target / "result.json").is_file():
         return False
@@ -180,7 +184,8 @@ def cell_done(
             f"{target} started from {started.parent.name}'s model, not seed{seed}'s: delete "
             f"{target} and run again"
         )
-    if overrides is not None:
+    if compare_settings if compare_settings is not None else overrides is not None:
+        assert overrides is not None, "comparing settings needs the run's overrides"
         changes = changed_settings(target, cell_config(out_dir, row, seed, overrides, synpre))
         if changes:
             raise ConfigError(
@@ -204,7 +209,7 @@ def run_one(
     if row in chain:
         raise ConfigError(f"start_from_row loops: {' -> '.join([*chain, row])}")
     target = cell_dir(out_dir, row, seed)
-    if cell_done(out_dir, row, seed, synpre, overrides):
+    if cell_done(out_dir, row, seed, synpre, overrides, compare_settings=False):  # checked
         log.info("%s seed %d: done already (%s)", row, seed, target)
         return target
     if (start := start_of(row, synpre, overrides)) is not None:
@@ -247,18 +252,17 @@ def run_grid(
     """The cells not done yet, compatible ones as grids: the start rows first (SynPre, a
     recipe's `start_from_row`: the fine-tuned rows start from their models), then everything
     else (`lanes`: see `common.runs.grid.run_cells`)."""
-    pending = [
-        (row, seed)
-        for row in rows
-        for seed in seeds
-        if not cell_done(out_dir, row, seed, synpre, overrides)
-    ]
+
+    def done(row: str, seed: int) -> bool:  # settings: compared once by check_cells
+        return cell_done(out_dir, row, seed, synpre, overrides, compare_settings=False)
+
+    pending = [(row, seed) for row in rows for seed in seeds if not done(row, seed)]
     starts = {
         (start, s, r) for r, s in pending if (start := start_of(r, synpre, overrides)) is not None
     }
     for start, seed, row in sorted(starts):
         run_one(out_dir, start, seed, overrides, synpre, (row,))
-    pending = [(r, s) for r, s in pending if not cell_done(out_dir, r, s, synpre, overrides)]
+    pending = [(r, s) for r, s in pending if not done(r, s)]
     jobs = [
         (cell_config(out_dir, r, s, overrides, synpre), cell_dir(out_dir, r, s)) for r, s in pending
     ]

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.atomic_io import atomic_torch_save, atomic_write_png
 from common.config.gan_schema import GanConfig
+from common.config.recorded_diff import changed_sections
 from common.errors import ConfigError, NonFiniteError, PrivacyError
 from common.models.mcgan import Discriminator, Generator, MCGANShape
 from common.privacy.delta import check_delta
@@ -69,7 +70,8 @@ def _floats(values: list[torch.Tensor]) -> list[float]:
 # saves and shows samples, where and how fast it runs, and the learning rates (set after the
 # optimiser state is loaded: the way out of a divergence, see NonFiniteError)
 RESUMABLE_TRAIN_KEYS = frozenset(
-    {
+    f"train.{key}"
+    for key in (
         "epochs",
         "checkpoint_every",
         "samples_per_class",
@@ -80,7 +82,7 @@ RESUMABLE_TRAIN_KEYS = frozenset(
         "compile",
         "lr_generator",
         "lr_discriminator",
-    }
+    )
 )
 
 
@@ -88,13 +90,13 @@ def changed_training(recorded: dict[str, Any], config: GanConfig) -> list[str]:
     """`key: was -> now` for each gan.model / gan.train setting (and the seed) that a
     checkpoint's recorded config has otherwise, bar RESUMABLE_TRAIN_KEYS; keys an older
     checkpoint lacks are not compared."""
-    now = dataclasses.asdict(config)
-    changes = []
-    for section in ("model", "train"):
-        for key, was in recorded.get(section, {}).items():
-            skip = section == "train" and key in RESUMABLE_TRAIN_KEYS
-            if not skip and key in now[section] and now[section][key] != was:
-                changes.append(f"gan.{section}.{key}: {was!r} -> {now[section][key]!r}")
+    changes = changed_sections(
+        recorded,
+        dataclasses.asdict(config),
+        ("model", "train"),
+        skip=RESUMABLE_TRAIN_KEYS,
+        prefix="gan.",
+    )
     if "seed" in recorded and recorded["seed"] != config.seed:
         changes.append(f"seed: {recorded['seed']!r} -> {config.seed!r}")
     return changes
