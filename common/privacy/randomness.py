@@ -10,6 +10,8 @@ installed here; a CSPRNG-seeded Mersenne Twister is the same choice opacus makes
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -35,3 +37,22 @@ def private_generator(
 def noise_mode(seed: int | None) -> str:
     """How a record names its randomness: 'os-entropy' or the seeded note."""
     return "os-entropy" if seed is None else SEEDED_NOISE_NOTE
+
+
+@contextmanager
+def private_stochastic_layers(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Dropout and stochastic-depth masks inside the block drawn from `generator` (a
+    `private_generator`), the global RNG restored after it.
+
+    Why: such a layer draws one mask per row of the batch from torch's global RNG, which a run
+    seeds with its seed (known to the server). A record's presence in a Poisson batch would then
+    shift every later record's mask, so neighbouring datasets would differ in more than one
+    clipped term; with masks from hidden randomness the other records' masks have the same
+    distribution either way. Under the seeded research mode the masks are reproducible (and
+    the run is marked as such).
+    """
+    seed = int(torch.randint(0, (1 << 63) - 1, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield

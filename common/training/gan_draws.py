@@ -5,6 +5,12 @@ The baseline trainer draws, step by step from its one generator: the real batch'
 fake batch's z (randn(count, latent)) and conditions (randint(0, 2, (count,))). Drawing them for
 the whole epoch first, in that order, gives the same numbers; sending them to the device in one
 pinned, non-blocking copy leaves no host sync inside the step loop (the fast loop's point).
+
+Under DP (`population` given) the per-record draws are made for every record and indexed at the
+Poisson batch, and the fake batch has a fixed size, so each step takes the same count of numbers
+from the stream: whether one record is sampled then changes no other record's augmentation or
+target, nor the fakes (the subsampled Gaussian's analysis assumes neighbouring datasets differ
+in one clipped term; the stream's seed is the run's, known to the server).
 """
 
 from __future__ import annotations
@@ -35,12 +41,19 @@ def draw_step(
     train: GanTrainConfig,
     latent_dim: int,
     fake_count: int,
+    population: int | None = None,
 ) -> StepDraws:
-    """What the baseline's `_real` then `_fake` draw for one step, in their order."""
-    n = len(indices)
-    augment = torch.rand(n, 3, generator=generator) if n else torch.empty(0, 3)
+    """One step's draws: the real batch's augmentation and smoothed targets, then the fakes' z
+    and conditions. `population` (the record count N, under DP): per-record draws for all N
+    rows, indexed at `indices`, so the stream's use does not depend on the batch."""
     low, high = train.real_target_low, train.real_target_high
-    targets = low + (high - low) * torch.rand(n, generator=generator)
+    if population is None:
+        n = len(indices)
+        augment = torch.rand(n, 3, generator=generator) if n else torch.empty(0, 3)
+        targets = low + (high - low) * torch.rand(n, generator=generator)
+    else:
+        augment = torch.rand(population, 3, generator=generator)[indices]
+        targets = (low + (high - low) * torch.rand(population, generator=generator))[indices]
     z = torch.randn(fake_count, latent_dim, generator=generator)
     fake_labels = torch.randint(0, 2, (fake_count,), generator=generator)
     return StepDraws(indices, augment, targets, z, fake_labels)
@@ -52,8 +65,9 @@ def draw_epoch(
     train: GanTrainConfig,
     latent_dim: int,
     fake_count: Callable[[torch.Tensor], int],
+    population: int | None = None,
 ) -> list[StepDraws]:
-    return [draw_step(b, generator, train, latent_dim, fake_count(b)) for b in batches]
+    return [draw_step(b, generator, train, latent_dim, fake_count(b), population) for b in batches]
 
 
 def stack_draws(per_gan: Sequence[StepDraws]) -> StepDraws:

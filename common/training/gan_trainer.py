@@ -29,18 +29,18 @@ from tqdm import tqdm
 
 from common.atomic_io import atomic_torch_save, atomic_write_png
 from common.config.gan_schema import GanConfig
-from common.config.recorded_diff import changed_sections
-from common.errors import ConfigError, NonFiniteError, PrivacyError
+from common.errors import ConfigError, NonFiniteError
 from common.models.mcgan import Discriminator, Generator, MCGANShape
 from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import expected_batch_size, poisson_indices
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 from common.privacy.plan import PrivacyPlan, check_batch_fits, plan_privacy
-from common.privacy.randomness import SEEDED_NOISE_NOTE, private_generator
+from common.privacy.randomness import private_generator
 from common.runs.termination import Terminated, note_saved
-from common.training.gan_augment import apply_augment, augment, to_signed_unit, to_uint8
+from common.training.gan_augment import apply_augment, to_signed_unit, to_uint8
+from common.training.gan_checkpoint import restore_trainer, trainer_state
 from common.training.gan_dp import PrivateDiscriminatorStep
-from common.training.gan_draws import StepDraws, draw_epoch, to_device
+from common.training.gan_draws import StepDraws, draw_epoch, draw_step, to_device
 from common.training.gan_fast import (
     CompiledOrEager,
     autocast,
@@ -64,42 +64,6 @@ def bce(logits: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
 def _floats(values: list[torch.Tensor]) -> list[float]:
     """Device scalars to floats in one transfer (the fast loop's one host sync per epoch)."""
     return [float(v) for v in torch.stack(values).tolist()] if values else []
-
-
-# what a resume may change: how long (without DP: under DP the plan fixes it), how often it
-# saves and shows samples, where and how fast it runs, and the learning rates (set after the
-# optimiser state is loaded: the way out of a divergence, see NonFiniteError)
-RESUMABLE_TRAIN_KEYS = frozenset(
-    f"train.{key}"
-    for key in (
-        "epochs",
-        "checkpoint_every",
-        "samples_per_class",
-        "device",
-        "fast_loop",
-        "channels_last",
-        "precision",
-        "compile",
-        "lr_generator",
-        "lr_discriminator",
-    )
-)
-
-
-def changed_training(recorded: dict[str, Any], config: GanConfig) -> list[str]:
-    """`key: was -> now` for each gan.model / gan.train setting (and the seed) that a
-    checkpoint's recorded config has otherwise, bar RESUMABLE_TRAIN_KEYS; keys an older
-    checkpoint lacks are not compared."""
-    changes = changed_sections(
-        recorded,
-        dataclasses.asdict(config),
-        ("model", "train"),
-        skip=RESUMABLE_TRAIN_KEYS,
-        prefix="gan.",
-    )
-    if "seed" in recorded and recorded["seed"] != config.seed:
-        changes.append(f"seed: {recorded['seed']!r} -> {config.seed!r}")
-    return changes
 
 
 def shape_of(config: GanConfig) -> MCGANShape:
@@ -215,19 +179,29 @@ class GanTrainer:
             ]
         return list(torch.randperm(n, generator=self.rng).split(self.config.train.batch_size))
 
-    def _real(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = self.config.train
-        images = augment(
-            self.real[idx.to(self.device)], self.rng, t.flip_probability, (t.zoom_low, t.zoom_high)
-        )
-        low, high = t.real_target_low, t.real_target_high
-        targets = (low + (high - low) * torch.rand(len(idx), generator=self.rng)).to(self.device)
-        return images, self.labels[idx.to(self.device)], targets
+    def _draw_population(self) -> int | None:
+        """Under DP, per-record draws are made for all N records (`gan_draws.draw_step`)."""
+        return len(self.labels) if self.private is not None else None
 
-    def _fake_inputs(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.randn(count, self.config.model.latent_dim, generator=self.rng).to(self.device)
-        labels = torch.randint(0, 2, (count,), generator=self.rng).to(self.device)
-        return z, labels
+    def _step_draws(self, idx: torch.Tensor) -> StepDraws:
+        latent = self.config.model.latent_dim
+        return draw_step(
+            idx,
+            self.rng,
+            self.config.train,
+            latent,
+            self._fake_count(idx),
+            self._draw_population(),
+        )
+
+    def _real(self, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The augmented real batch, its labels and smoothed targets, on the device."""
+        t = self.config.train
+        idx = draws.indices.to(self.device)
+        images = apply_augment(
+            self.real[idx], draws.augment, t.flip_probability, (t.zoom_low, t.zoom_high)
+        )
+        return images, self.labels[idx], draws.targets.to(self.device)
 
     def _fake_count(self, idx: torch.Tensor) -> int:
         return self.config.train.batch_size if self.private else len(idx)
@@ -244,8 +218,9 @@ class GanTrainer:
     # ---- one step -------------------------------------------------------------------------
     def _discriminator_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The baseline step: draws made here, one host sync for the loss."""
-        real, real_y, targets = self._real(idx)
-        z, fake_y = self._fake_inputs(self._fake_count(idx))
+        draws = self._step_draws(idx)
+        real, real_y, targets = self._real(draws)
+        z, fake_y = draws.z.to(self.device), draws.fake_labels.to(self.device)
         fake, loss = self._discriminator_update(real, real_y, targets, z, fake_y)
         return fake, fake_y, float("nan") if loss is None else float(loss)
 
@@ -308,7 +283,14 @@ class GanTrainer:
     def host_draws(self) -> list[StepDraws]:
         """This epoch's batches and host-side draws, in the baseline's order (`gan_draws`)."""
         latent = self.config.model.latent_dim
-        return draw_epoch(self._batches(), self.rng, self.config.train, latent, self._fake_count)
+        return draw_epoch(
+            self._batches(),
+            self.rng,
+            self.config.train,
+            latent,
+            self._fake_count,
+            self._draw_population(),
+        )
 
     def _fast_epoch(self) -> tuple[list[float], list[float]]:
         """The same updates from draws made at the epoch's start; one host sync at its end."""
@@ -316,13 +298,7 @@ class GanTrainer:
         d_losses: list[torch.Tensor] = []
         g_losses: list[torch.Tensor] = []
         for step, draws in enumerate(to_device(self.host_draws(), self.device), start=1):
-            real = apply_augment(
-                self.real[draws.indices],
-                draws.augment,
-                t.flip_probability,
-                (t.zoom_low, t.zoom_high),
-            )
-            real_y = self.labels[draws.indices]
+            real, real_y, _ = self._real(draws)
             fake, d_loss = self._discriminator_update(
                 real, real_y, draws.targets, draws.z, draws.fake_labels
             )
@@ -390,66 +366,11 @@ class GanTrainer:
         return self.ledger.epsilon() if self.ledger is not None else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator_net.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "epoch": self.epoch,
-            "rng": self.rng.get_state(),
-            # private generators are stored only in the seeded research mode
-            "private_rng": (
-                (self.sampling_rng.get_state(), self.noise_rng.get_state())
-                if self.noise_seed is not None
-                else None
-            ),
-            "noise": "os-entropy" if self.noise_seed is None else SEEDED_NOISE_NOTE,
-            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
-            "plan": self.plan.to_dict() if self.plan is not None else None,
-            "history": self.history,
-            "config": dataclasses.asdict(self.config),
-            "data_sha256": self.data_hash,
-        }
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any], check_settings: bool = True) -> None:
-        """Resume from a checkpoint. `check_settings`: refuse other gan.model / gan.train
-        settings or seed (`changed_training`); a site reusing its own MCGAN across runs passes
-        False (common.site.synthetic). Same data, and under DP the same plan, always."""
-        if state["data_sha256"] != self.data_hash:
-            raise ConfigError(
-                "this checkpoint was trained on other data; resume with the same data"
-            )
-        changed = changed_training(state.get("config", {}), self.config) if check_settings else []
-        if changed:
-            raise ConfigError(
-                f"this checkpoint was trained with other settings ({'; '.join(changed)}); "
-                "resume with the original ones, or train into a new out_dir"
-            )
-        if (state["ledger"] is None) != (self.ledger is None):
-            raise PrivacyError("cannot resume a DP run without DP or the reverse")
-        if self.plan is not None and state["plan"] != self.plan.to_dict():
-            raise PrivacyError(
-                "the privacy plan changed since the checkpoint (epochs, batch, data or epsilon): "
-                "resume with the original settings"
-            )
-        self.generator_net.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        # the configured learning rates, not the checkpoint's (lowering them is the way to
-        # resume after a divergence)
-        for group in self.opt_g.param_groups:
-            group["lr"] = self.config.train.lr_generator
-        for group in self.opt_d.param_groups:
-            group["lr"] = self.config.train.lr_discriminator
-        self.epoch = int(state["epoch"])
-        self.rng.set_state(state["rng"])
-        if state.get("private_rng") is not None and self.noise_seed is not None:
-            self.sampling_rng.set_state(state["private_rng"][0])
-            self.noise_rng.set_state(state["private_rng"][1])
-        self.history = list(state["history"])
-        if self.ledger is not None:
-            self.ledger = PrivacyLedger.from_state_dict(state["ledger"])
+        """Resume from a checkpoint (`gan_checkpoint.restore_trainer`)."""
+        restore_trainer(self, state, check_settings)
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.out_dir / "checkpoints" / f"epoch_{epoch:05d}.pt"

@@ -29,7 +29,7 @@ from common.privacy.dp_sgd import (
     draw_flips,
     expected_batch_size,
 )
-from common.privacy.randomness import private_generator
+from common.privacy.randomness import private_generator, private_stochastic_layers
 from common.training.engine import TrainableParameters
 from common.training.settings import EngineSettings, make_optimizer
 
@@ -98,6 +98,8 @@ class NaiveEngine(TrainableParameters):
         )
         seed = self.settings.noise_seed
         self.sampling = private_generator("cpu", seed)
+        # masks of the backbone's stochastic depth (train mode), see private_stochastic_layers
+        self.layer_rng = private_generator("cpu", None if seed is None else seed + 2)
         self.records = RecordGroups.for_unit(dp.unit, self.patients)
         self.mechanism = GaussianMechanism(
             noise_multiplier=dp.noise_multiplier,
@@ -129,7 +131,12 @@ class NaiveEngine(TrainableParameters):
         `weights` [rows]: each row's loss weight (1/K for K variants of one record)."""
         self._set_train_mode()
         images, labels = self.batch(indices, flips)
-        losses = self.settings.per_sample_loss(self.module(images), labels)
+        if self.mechanism is not None:
+            with private_stochastic_layers(self.layer_rng, self.settings.device):
+                logits = self.module(images)
+        else:
+            logits = self.module(images)
+        losses = self.settings.per_sample_loss(logits, labels)
         weighted = losses * weights.to(losses) if weights is not None else losses
         weighted.sum().backward()
         self.last_loss = float(losses.detach().mean())

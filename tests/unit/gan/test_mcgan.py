@@ -72,7 +72,7 @@ def test_conditioning_changes_the_output_distribution(tmp_path: Path) -> None:
 
 def test_real_targets_are_smoothed_in_range(tmp_path: Path) -> None:
     t = trainer(tmp_path)
-    targets = torch.cat([t._real(torch.arange(24))[2] for _ in range(20)])
+    targets = torch.cat([t._real(t._step_draws(torch.arange(24)))[2] for _ in range(20)])
     assert 0.7 <= float(targets.min()) < 0.72 and 1.18 < float(targets.max()) <= 1.2
     logits = torch.randn(len(targets))
     assert torch.isfinite(bce(logits, targets)).all()  # the logits form accepts targets above 1
@@ -157,7 +157,7 @@ def test_a_resume_may_change_only_how_long_and_how_fast_it_trains() -> None:
     learning rate, architecture or seed would continue a different run under the same name."""
     import dataclasses
 
-    from common.training.gan_trainer import changed_training
+    from common.training.gan_checkpoint import changed_training
     from tests.unit.gan.helpers import tiny_config
 
     config = tiny_config()

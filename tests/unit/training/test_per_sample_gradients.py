@@ -12,7 +12,13 @@ from common.privacy.dp_sgd import clip_factors
 from common.training.cached_engine import CachedEngine
 from common.training.head_gradients import clipped_gradient_sum
 from common.training.naive_engine import NaiveEngine
-from tests.unit.training.helpers import loop_gradients, random_patches, settings, tiny_model
+from tests.unit.training.helpers import (
+    TINY_SWIN,
+    loop_gradients,
+    random_patches,
+    settings,
+    tiny_model,
+)
 
 INDICES = torch.tensor([0, 3, 4, 7])
 FLIPS = torch.tensor([0, 1, 2, 3])
@@ -155,3 +161,35 @@ def test_generic_guard_catches_window_folding_that_names_do_not() -> None:
     with pytest.raises(UnsupportedDPModelError, match="rows for a batch"):
         engine.train_epoch()
     assert torch.equal(model.head.weight, before)
+
+
+def test_dp_stochastic_depth_masks_come_from_private_randomness() -> None:
+    """Under DP, a train-mode backbone's stochastic-depth masks are drawn from OS entropy, not
+    from the run's seeded global RNG (which the server knows): two engines built from the same
+    seed give other per-sample gradients for the same batch, and the global RNG is untouched."""
+    from common.config.schema import ModelConfig
+    from common.models.classifier import build_classifier
+    from common.models.policies import apply_trainable_policy
+
+    def engine() -> NaiveEngine:
+        torch.manual_seed(0)
+        config = ModelConfig(
+            name="swin_tiny_patch4_window7_224",
+            weights="none",
+            head="linear",
+            kwargs=TINY_SWIN,
+            drop_path_rate=0.5,
+        )
+        model = build_classifier(config).double()
+        apply_trainable_policy(model, "head")
+        return NaiveEngine(model, random_patches(6), {}, settings(True))
+
+    idx, flips = torch.arange(6), torch.zeros(6, dtype=torch.long)
+    first, second = engine(), engine()
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    a = first.per_sample_gradients(idx, flips)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(1)
+    b = second.per_sample_gradients(idx, flips)
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
