@@ -237,10 +237,12 @@ class Federation:
                 scores = parse_train_evaluation(reply.content, requested=evaluate)
             except ReplySchemaError as error:
                 refused[site] = f"reply rejected by the allow-list: {error}"
+                self.mirror.presume_round(site, round_number)  # it may have spent the round
                 self.mirror.exclude(site, "sent a reply outside the allow-list")
                 continue
             if isinstance(self.strategy, ClientLevelDP) and not self._clipped(reply, state):
                 refused[site] = "update not clipped to the client-level DP norm"
+                self.mirror.presume_round(site, round_number)
                 self.mirror.exclude(site, "sent an unclipped update under client-level DP")
                 continue
             plan = {k: event[k] for k in ("noise_multiplier", "sample_rate")}

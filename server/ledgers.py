@@ -30,6 +30,10 @@ class SiteMirror:
     # rounds the site was sent but never answered: presumed spent at its plan until the site
     # reports its own ledger again (which then replaces them)
     unconfirmed: list[dict[str, Any]] = field(default_factory=list)
+    # rounds the site was sent, never answered, before it had reported a plan: nothing to
+    # count them at, so until it reports again its spending is bounded only by its budget
+    # (the site checks its budget before it spends)
+    unplanned_rounds: list[int] = field(default_factory=list)
 
     def ledger(self) -> PrivacyLedger:
         return PrivacyLedger(
@@ -40,10 +44,17 @@ class SiteMirror:
         )
 
     def epsilon(self, kind: str | None = None) -> float:
-        return self.ledger().epsilon(kind=kind)
+        """Epsilon spent as the server knows it; with unplanned rounds, the site's budget (an
+        upper bound: never understated)."""
+        spent = self.ledger().epsilon(kind=kind)
+        if self.unplanned_rounds and kind != "dp-gan":
+            return max(spent, self.budget)
+        return spent
 
     def next_round_fits(self) -> bool:
         """Whether one more round at the site's reported plan stays within its budget."""
+        if self.unplanned_rounds:
+            return False  # its spending is unknown until it reports its ledger
         if self.plan is None:
             return True  # unknown until the first round: the site itself checks
         event = LedgerEvent(
@@ -57,9 +68,13 @@ class SiteMirror:
 BASE_MODEL_MISSING = "does not hold the base model"
 PRESUMED = "presumed by the server: the round was sent, no reply came"
 BUDGET_SPENT = "budget spent: one more round would exceed it"
+UNACCOUNTED = (
+    "a round was sent before the site reported a plan and no reply came: its spending is "
+    "unknown (at most its budget) until it reports its ledger"
+)
 # cleared when the site reports again (e.g. on resume, or back after a crash: its own ledger
 # may show less spent than the rounds the server presumed)
-TRANSIENT = (BASE_MODEL_MISSING, BUDGET_SPENT)
+TRANSIENT = (BASE_MODEL_MISSING, BUDGET_SPENT, UNACCOUNTED)
 
 
 class MirroredLedgers:
@@ -95,8 +110,10 @@ class MirroredLedgers:
         """A site got round `round_number` but never replied: count the round at its plan
         (the conservative view) until it reports its ledger again."""
         mirror = self.sites[site]
-        if mirror.plan is None:
-            return  # nothing known to presume; the site's own ledger will tell
+        if mirror.plan is None:  # nothing to count it at: bounded by the budget (UNACCOUNTED)
+            mirror.unplanned_rounds.append(round_number)
+            mirror.excluded = mirror.excluded or UNACCOUNTED
+            return
         event = LedgerEvent(
             noise_multiplier=float(mirror.plan["noise_multiplier"]),
             sample_rate=float(mirror.plan["sample_rate"]),
@@ -157,6 +174,8 @@ class MirroredLedgers:
                 "gan_epsilon": mirror.epsilon(kind="dp-gan") if gan else None,
                 "non_dp_uses": mirror.non_dp_uses,
                 "excluded": mirror.excluded or None,
+                # epsilon above is then the budget, an upper bound (UNACCOUNTED)
+                "unplanned_rounds": mirror.unplanned_rounds,
             }
         return sites
 

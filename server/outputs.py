@@ -64,7 +64,7 @@ def write_outputs(
     site's sample-level ledger, when `federation.client_dp` is on."""
     final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
     sites = mirror.report()
-    noise = SEEDED_NOISE_NOTE if config.privacy.seeded_noise else "os-entropy"
+    noise = SEEDED_NOISE_NOTE if config.seeded_noise else "os-entropy"
     ledgers: dict[str, Any] = {
         "sites": sites,
         "unit": config.privacy.unit,

@@ -231,6 +231,13 @@ class FederatedRunConfig:
     def run_path(self) -> Path:
         return Path(self.run_dir or self.out_dir)
 
+    @property
+    def seeded_noise(self) -> bool:
+        """Whether any DP mechanism of the run (DP-SGD rounds or the sites' DP-MCGAN) uses the
+        seeded research mode: its records then carry SEEDED_NOISE_NOTE."""
+        gan = self.gan
+        return self.privacy.seeded_noise or (gan.enabled and gan.dp.enabled and gan.dp.seeded_noise)
+
     def __post_init__(self) -> None:
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):

@@ -8,6 +8,7 @@ the history would then be composed under different rules.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.atomic_io import atomic_write_text
@@ -16,12 +17,26 @@ from common.privacy.ledger import PrivacyLedger
 
 
 class LedgerStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, spending_traces: Sequence[Path] = ()) -> None:
+        """`spending_traces`: files or folders that exist only once the ledger was written
+        (e.g. a saved privacy plan, MCGAN checkpoints): with one of them present, a missing
+        ledger was lost, not never kept."""
         self.path = path
+        self.spending_traces = tuple(spending_traces)
 
     def load(self, *, delta: float, accountant: str, unit: str) -> PrivacyLedger:
-        """The stored ledger, or a new empty one when none exists yet."""
+        """The stored ledger, or a new empty one when none exists yet. Raises PrivacyError for
+        an unreadable ledger, one kept under other rules, or a missing one beside traces of
+        spending (an empty ledger would understate what was spent)."""
         if not self.path.is_file():
+            traces = [str(t) for t in self.spending_traces if _present(t)]
+            if traces:
+                raise PrivacyError(
+                    f"ledger {self.path} is missing, but {', '.join(traces)} show this state "
+                    "dir has trained before: restore the ledger from a backup (a site without "
+                    "its ledger cannot know what it spent), or, if nothing was ever trained "
+                    "here, remove those and start again"
+                )
             return PrivacyLedger(delta=delta, accountant=accountant, unit=unit)
         try:
             state = json.loads(self.path.read_text())
@@ -41,3 +56,10 @@ class LedgerStore:
 
     def save(self, ledger: PrivacyLedger) -> None:
         atomic_write_text(self.path, json.dumps(ledger.state_dict(), indent=2) + "\n")
+
+
+def _present(path: Path) -> bool:
+    """A file, or a folder holding at least one file."""
+    if path.is_dir():
+        return any(p.is_file() for p in path.rglob("*"))
+    return path.is_file()

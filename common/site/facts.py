@@ -112,11 +112,7 @@ def facts_from_entry(entry: SiteEntry, config: FederatedRunConfig, state_dir: Pa
         share_exact_count=entry.share_exact_count,
         allow_non_dp_synthetic=entry.allow_non_dp_synthetic,
         # a simulation's researcher is every party: its seeded mode is the launcher's choice
-        noise_seed=(
-            config.seed + zlib.crc32(entry.name.encode())
-            if config.privacy.seeded_noise or config.gan.dp.seeded_noise
-            else None
-        ),
+        noise_seed=(config.seed + zlib.crc32(entry.name.encode()) if config.seeded_noise else None),
     )
 
 

@@ -65,7 +65,10 @@ class SiteRuntime:
     def __init__(self, facts: SiteFacts, config: FederatedRunConfig) -> None:
         self.facts = facts
         self.config = config
-        self.store = LedgerStore(facts.state_dir / "ledger.json")
+        state = facts.state_dir
+        # written only after the ledger was: with either there, a missing ledger was lost
+        traces = (state / "dp_plan.json", state / "gan" / "checkpoints")
+        self.store = LedgerStore(state / "ledger.json", spending_traces=traces)
         self.device = resolve_device(facts.device)
         self.data: SiteData | None = None
         self.model: Classifier | None = None
@@ -116,6 +119,8 @@ class SiteRuntime:
     def plan(self, ledger: PrivacyLedger | None = None) -> SitePlan:
         """The site's saved plan, or a new one over what `ledger` (default: as on disk) holds."""
         ledger = ledger if ledger is not None else self._ledger()
+        if not self.store.path.is_file():
+            self._persist(ledger)  # on disk before the plan, a trace of spending, is
         return load_or_plan(
             self.facts.state_dir / "dp_plan.json",
             self.config,
@@ -147,7 +152,7 @@ class SiteRuntime:
             "epsilon_dp_sgd": ledger.epsilon(kind="dp-sgd"),
             "gan_epsilon": ledger.epsilon(kind="dp-gan") if gan else None,
             "synthetic_guarantee": synthetic,
-            "noise": SEEDED_NOISE_NOTE if self.config.privacy.seeded_noise else "os-entropy",
+            "noise": SEEDED_NOISE_NOTE if self.config.seeded_noise else "os-entropy",
             "plan": None
             if plan is None
             else {

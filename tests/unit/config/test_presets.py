@@ -130,3 +130,14 @@ def test_unknown_presets_are_refused_with_the_known_ones(compose, name: str) -> 
         compose([f"experiment={name}"])
     known = FEDERATED if compose is compose_federated_config else SINGLE_NODE
     assert all(k in str(error.value) for k in known)
+
+
+def test_a_seeded_dp_mcgan_alone_marks_the_federated_run_seeded() -> None:
+    """The run's records say "seeded noise" when any DP mechanism of it is seeded, the sites'
+    DP-MCGAN included (it was marked only by privacy.seeded_noise)."""
+    from common.config.compose import compose_federated_config
+
+    assert not compose_federated_config([]).seeded_noise
+    gan_only = compose_federated_config(["gan.dp.enabled=true", "gan.dp.seeded_noise=true"])
+    assert gan_only.seeded_noise and not gan_only.privacy.seeded_noise
+    assert compose_federated_config(["privacy.seeded_noise=true"]).seeded_noise

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.privacy.ledger import LedgerEvent
-from server.ledgers import PRESUMED, MirroredLedgers
+from server.ledgers import PRESUMED, UNACCOUNTED, MirroredLedgers
 
 PLAN = {"noise_multiplier": 1.2, "sample_rate": 0.25, "steps_per_round": 8}
 
@@ -79,3 +79,21 @@ def test_a_budget_exclusion_from_presumed_rounds_is_lifted_by_the_sites_ledger()
     assert mirror.selectable() == []  # r1 + presumed r2 + r3 would exceed it
     mirror.adopt_status({**status, "ledger": {**status["ledger"], "events": [_event(1)]}})
     assert mirror.selectable() == ["site-c"]  # it never reserved r2: one more round fits
+
+
+def test_a_site_lost_before_it_reported_a_plan_is_reported_at_its_budget() -> None:
+    """Round 1 sent, no reply, no plan known yet (the plan is made inside round 1): the server
+    cannot count the round, so it reports the budget (an upper bound, never 0) and does not
+    select the site until it reports its ledger."""
+    mirror = MirroredLedgers()
+    mirror.adopt_status({**_status([]), "plan": None})
+    mirror.presume_round("site-c", 1)
+    mirror.close_round()
+    report = mirror.report()["site-c"]
+    assert report["epsilon"] == 6.0 and report["epsilon_after_round"] == [6.0]
+    assert report["unplanned_rounds"] == [1] and report["excluded"] == UNACCOUNTED
+    assert mirror.selectable() == []
+    mirror.adopt_status(_status([_event(1)]))  # back: it had spent round 1
+    site = mirror.sites["site-c"]
+    assert site.unplanned_rounds == [] and not site.excluded
+    assert 0 < site.epsilon() < 6.0 and mirror.selectable() == ["site-c"]

@@ -170,3 +170,22 @@ def test_one_operation_at_a_time_per_site(tiny_workspace: Path, tmp_path: Path) 
     with site_lock(runtime.facts.state_dir, wait=False), pytest.raises(PrivacyError, match="still"):
         runtime.train_round(1, trainable, sha)
     assert runtime.train_round(1, trainable, sha).event["round"] == 1
+
+
+def test_a_lost_ledger_beside_traces_of_training_is_refused(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A state dir that trained (a saved plan) but lost ledger.json must not start again from
+    an empty ledger: that would understate what the site spent."""
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    state = runtime.facts.state_dir
+    runtime.plan()  # the first plan writes the (empty) ledger before itself
+    assert (state / "ledger.json").is_file() and (state / "dp_plan.json").is_file()
+    runtime.train_round(1, trainable, sha)
+    (state / "ledger.json").unlink()
+    again = _runtime(tiny_workspace, tmp_path)
+    with pytest.raises(PrivacyError, match=r"ledger.json is missing, but .*dp_plan.json"):
+        again.initialize()
+    (state / "dp_plan.json").unlink()  # nothing left that says it trained: a new ledger
+    assert again.initialize()["epsilon"] == 0.0
