@@ -120,13 +120,19 @@ def _guarantee(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The row's guarantee: 'formal' only if every seed's cell has one; else why not."""
     privacy = [r["privacy"] for r in results]
     if not any(p["enabled"] for p in privacy):
-        return {"guarantee": "none (no DP)", "guarantee_note": "", "noise": ""}
+        return {"guarantee": "none (no DP)", "guarantee_note": "", "noise": "", "tuning_note": ""}
     notes = sorted({p.get("note", "") for p in privacy if p.get("note")})
     noise = sorted({p.get("noise") or "" for p in privacy})
+    tuning = sorted({p.get("tuning_note", "") for p in privacy if p.get("tuning_note")})
     formal = all(p.get("formal_guarantee") for p in privacy)
     seeded = [n for n in noise if n != "os-entropy"]
     label = "formal" if formal and not seeded else ("seeded noise" if formal else "partial")
-    return {"guarantee": label, "guarantee_note": "; ".join(notes), "noise": "; ".join(noise)}
+    return {
+        "guarantee": label,
+        "guarantee_note": "; ".join(notes),
+        "noise": "; ".join(noise),
+        "tuning_note": "; ".join(tuning),
+    }
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -151,6 +157,7 @@ def markdown(
     ]
     notes = set()
     caveats: dict[str, set[str]] = {}
+    tuned: dict[str, set[str]] = {}
     for _, r in frame.iterrows():
         paper_a = paper_p = "—"
         if "paper_auroc" in r and not pd.isna(r.get("paper_auroc")):
@@ -171,6 +178,9 @@ def markdown(
             caveats.setdefault(r["guarantee_note"], set()).add(r["row"])
         if r["guarantee"] == "seeded noise":
             caveats.setdefault(r["noise"], set()).add(r["row"])
+        if isinstance(r.get("tuning_note"), str) and r["tuning_note"]:
+            guarantee += " †"
+            tuned.setdefault(r["tuning_note"], set()).add(r["row"])
         unit = r["unit"] if isinstance(r["unit"], str) else "—"
         cells += [spent, unit, guarantee, paper_a, paper_p]
         out.append(f"| {' | '.join(cells)} |")
@@ -182,6 +192,9 @@ def markdown(
     if caveats:
         out += ["", "Rows whose epsilon does not cover everything they learnt from:"]
         out += [f"- {', '.join(sorted(rows))}: {note}" for note, rows in sorted(caveats.items())]
+    if tuned:
+        out += ["", "† Rows whose hyperparameters were tuned on records:"]
+        out += [f"- {', '.join(sorted(rows))}: {note}" for note, rows in sorted(tuned.items())]
     if notes:
         out += [
             "",

@@ -281,6 +281,9 @@ class PrivacyConfig:
     # the record DP protects: one patch (the paper's guarantee), or one patient (all of a
     # patient's patches sampled together and their summed gradient clipped once)
     unit: str = "patch"
+    # the records a preset's hyperparameters were tuned on (recipe presets): a run's epsilon
+    # covers that run, not the search, so records on that data say so (`tuning_note`)
+    tuned_on: str = ""
 
     def __post_init__(self) -> None:
         _choice("privacy.accountant", self.accountant, ACCOUNTANTS)

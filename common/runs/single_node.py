@@ -64,6 +64,18 @@ def guarantee_caveats(config: MammoflConfig) -> list[str]:
     return caveats
 
 
+def tuning_note(config: MammoflConfig) -> str:
+    """What the epsilon leaves out when the preset's hyperparameters were tuned on records
+    (`privacy.tuned_on`): the search itself (Papernot & Steinke, ICLR 2022)."""
+    tuned_on = config.privacy.tuned_on
+    if not tuned_on:
+        return ""
+    return (
+        f"hyperparameters tuned on {tuned_on}: on those records epsilon covers this run, "
+        "not the search (docs/recipes.md)"
+    )
+
+
 def engine_settings(
     config: MammoflConfig,
     model: Classifier,
@@ -245,6 +257,7 @@ def finish_cell(cell: PreparedCell, result: FitResult) -> dict[str, Any]:
             "note": "; ".join(caveats),
             "selection_data_note": "validation patients used to select the epoch are not "
             "covered by DP (as in the paper)",
+            "tuning_note": tuning_note(config) if dp is not None else "",
             "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate,
             "steps": result.steps,

@@ -87,3 +87,22 @@ def test_a_cpu_variant_row_says_how_it_differs_from_the_paper(tmp_path: Path) ->
     paths = write_reports(tmp_path, ["synpre_realft_eps6"], [42], [])
     assert "synpre_curves" not in paths
     assert not (tmp_path / "synpre_selection_curves.png").exists()
+
+
+def test_a_recipe_tuned_on_its_records_is_marked(tmp_path: Path) -> None:
+    """A preset whose hyperparameters were searched on these records keeps its formal label
+    (the run's epsilon is exact) with a mark saying the search is not covered."""
+    from common.config.compose import compose_config
+    from common.runs.single_node import tuning_note
+
+    note = tuning_note(compose_config(["experiment=recipe/dp_eps6"]))
+    assert note.startswith("hyperparameters tuned on the released CBIS-DDSM train split")
+    assert tuning_note(compose_config(["experiment=table1/real_eps6"])) == ""
+    _cell(tmp_path, "recipe/dp_eps6", "Real", 6.0, tuning_note=note)
+    _cell(tmp_path, "real_eps6", "Real", 6.0)
+    paths = write_reports(tmp_path, ["recipe/dp_eps6", "real_eps6"], [42], [])
+    table = pd.read_csv(paths["csv"]).set_index("row")
+    assert table.loc["recipe/dp_eps6", "guarantee"] == "formal"
+    markdown = paths["md"].read_text()
+    assert "| formal † |" in markdown and markdown.count("†") == 2
+    assert f"- recipe/dp_eps6: {note}" in markdown
