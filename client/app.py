@@ -21,7 +21,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client.gpu_memory import cap_gpu_memory
 from client.sites import cached_runtimes, site_runtime
-from common.errors import ConfigError, DataError, PrivacyError
+from common.errors import ConfigError, DataError, PrivacyError, SitePolicyError
 from common.federated import protocol as p
 from common.federated.run_config import federated_config
 from common.federated.timing import TIMING_FILE, append_timing, message_record
@@ -95,8 +95,10 @@ def _handle(message: Message, context: Context, handler: Handler) -> Message:
         )
         for kind, code, summary in REFUSALS:
             if isinstance(error, kind):
-                # a budget refusal's text holds only ledger figures the server mirrors anyway
-                reason = str(error) if kind is PrivacyBudgetExceeded else "see the site's log"
+                # a budget refusal's text holds only ledger figures the server mirrors anyway,
+                # a policy refusal's only the run's setting and the site's rule
+                public = isinstance(error, (PrivacyBudgetExceeded, SitePolicyError))
+                reason = str(error) if public else "see the site's log"
                 return error_reply(message, code, f"site {name}: {summary}: {reason}")
         return error_reply(
             message, p.ErrorCode.INTERNAL, f"site {name}: internal error {type(error).__name__}"

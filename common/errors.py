@@ -25,6 +25,12 @@ class PrivacyError(MammoflError, RuntimeError):
     """A training run would break the privacy contract (budget, per-image gradients)."""
 
 
+class SitePolicyError(PrivacyError):
+    """A run asks a site for what its own node_config does not allow (a larger delta, seeded
+    noise, exact counts, non-DP synthetic data). The text names only the run's setting and the
+    site's rule, so the site's reply may carry it to the server."""
+
+
 class UnsupportedDPModelError(PrivacyError):
     """The chosen trainable parameters cannot get exact per-image gradients."""
 

@@ -22,6 +22,7 @@ NODE_CONFIG_KEYS = (
     "raw-dir",
     "state-dir",
     "epsilon-cap",
+    "delta-cap",
     "device",
     "share-exact-count",
     "allow-non-dp-synthetic",
@@ -39,6 +40,9 @@ class SiteFacts:
     patches: PatchSourceConfig | None = None  # or a patch source used as it is
     partition: tuple[int, int] | None = None  # (index, count) per-patient share of `patches`
     epsilon_cap: float | None = None
+    # the largest delta the site accepts (None: only delta < 1/N, checked on its data); the
+    # server chooses delta, and a ledger keeps the first one it was written with
+    delta_cap: float | None = None
     device: str = "cpu"
     share_exact_count: bool = False
     # may this site send synthetic patches of an MCGAN trained without DP (no formal guarantee)?
@@ -51,10 +55,21 @@ class SiteFacts:
             raise ConfigError(f"site name {self.name!r}: non-empty, no '/'")
         if self.epsilon_cap is not None and self.epsilon_cap <= 0:
             raise ConfigError(f"site {self.name}: epsilon-cap must be > 0")
+        if self.delta_cap is not None and not 0 < self.delta_cap < 1:
+            raise ConfigError(f"site {self.name}: delta-cap must be in (0, 1), e.g. 1e-5")
 
 
 def _flag(value: object) -> bool:
     return str(value).lower() in ("1", "true", "yes")
+
+
+def _number(node_config: Mapping[str, object], key: str) -> float:
+    try:
+        return float(str(node_config[key]))
+    except ValueError:
+        raise ConfigError(
+            f"node_config {key}={node_config[key]!r} is not a number (e.g. {key}=6)"
+        ) from None
 
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
@@ -76,7 +91,8 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         state_dir=Path(str(node_config["state-dir"])),
         data_dir=Path(str(node_config["data-dir"])),
         raw_dir=Path(str(raw)) if raw else None,
-        epsilon_cap=float(str(node_config["epsilon-cap"])),
+        epsilon_cap=_number(node_config, "epsilon-cap"),
+        delta_cap=_number(node_config, "delta-cap") if "delta-cap" in node_config else None,
         device=str(node_config.get("device", "cpu")),
         share_exact_count=_flag(node_config.get("share-exact-count", False)),
         allow_non_dp_synthetic=_flag(node_config.get("allow-non-dp-synthetic", False)),

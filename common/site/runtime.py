@@ -21,7 +21,7 @@ import torch
 from common.atomic_io import atomic_torch_save
 from common.config.federated_schema import FederatedRunConfig
 from common.data.images import LoadedPatches
-from common.errors import ConfigError, PrivacyError
+from common.errors import ConfigError, PrivacyError, SitePolicyError
 from common.eval.metrics import point_metrics
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier, build_classifier
@@ -86,7 +86,19 @@ class SiteRuntime:
             data = load_site_data(self.facts, self.config.site_data)
             privacy = self.config.privacy
             check_delta(privacy.delta, self._records(data), privacy.unit)  # before any use
+            self._check_delta_cap(privacy.delta, "privacy.delta")
+            if self.config.gan.enabled and self.config.gan.dp.enabled:
+                self._check_delta_cap(self.config.gan.dp.delta, "gan.dp.delta")
             self.data = data
+
+    def _check_delta_cap(self, delta: float, key: str) -> None:
+        """The site's own delta cap (node_config delta-cap), before anything is spent."""
+        cap = self.facts.delta_cap
+        if cap is not None and delta > cap:
+            raise SitePolicyError(
+                f"the run asks for {key}={delta:g}, above this site's delta-cap={cap:g} "
+                "(node_config): the server must lower it"
+            )
 
     def finalize(self) -> None:
         self.data, self.model, self.base_sha = None, None, None
@@ -172,7 +184,7 @@ class SiteRuntime:
         if not gan.enabled:
             raise ConfigError("gan.enabled=false: this run has no synthetic data")
         if not gan.dp.enabled and not self.facts.allow_non_dp_synthetic:
-            raise PrivacyError(
+            raise SitePolicyError(
                 "the run asks for synthetic patches of an MCGAN without DP; this site did not "
                 "allow data without a formal guarantee (node_config allow-non-dp-synthetic)"
             )
@@ -193,7 +205,7 @@ class SiteRuntime:
 
     def _seed_allowed(self) -> int:
         if self.facts.noise_seed is None:
-            raise PrivacyError(
+            raise SitePolicyError(
                 "the run asks for seeded noise (reproducible, no guarantee against whoever knows "
                 "the seed); this site did not allow it (node_config seeded-noise, noise-seed)"
             )
@@ -249,7 +261,7 @@ class SiteRuntime:
         """One round of local DP-SGD. Refused before any step (nothing charged) when it would
         take the site past its budget: PrivacyBudgetExceeded."""
         if weighting == "examples" and not self.facts.share_exact_count:
-            raise PrivacyError(
+            raise SitePolicyError(
                 "the server asks for exact-count weighting; this site did not opt in "
                 "(node_config share-exact-count=true)"
             )

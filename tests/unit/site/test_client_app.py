@@ -147,3 +147,32 @@ def test_scores_come_after_training_and_their_failure_costs_only_them(
         else:  # beyond the plan: refused before any scoring
             assert reply.has_error() and reply.error.code == p.ErrorCode.BUDGET_EXCEEDED
     assert calls == [1, 2, 3]
+
+
+def test_a_policy_refusal_tells_the_server_which_rule(site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What a site's own node_config refuses is said in the reply (only the run's setting and
+    the site's rule), so the server can change the run; other privacy errors stay at the site."""
+    context, config = site
+    assert not config.sites[0].share_exact_count  # the tiny site did not opt in
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    train = RecordDict(
+        {
+            p.ARRAYS: to_array_record(trainable),
+            p.CONFIG: ConfigRecord(
+                {
+                    p.ROUND: 1,
+                    p.BASE_SHA: state_fingerprint(base),
+                    p.WEIGHTING: "examples",
+                    p.EVALUATE_RECEIVED: False,
+                }
+            ),
+        }
+    )
+    reply = _ask(context, p.TRAIN, train)
+    assert reply.has_error() and reply.error.code == p.ErrorCode.PRIVACY
+    assert "did not opt in (node_config share-exact-count=true)" in reply.error.reason
+    assert str(tmp_path) not in reply.error.reason

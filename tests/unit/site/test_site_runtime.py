@@ -189,3 +189,29 @@ def test_a_lost_ledger_beside_traces_of_training_is_refused(
         again.initialize()
     (state / "dp_plan.json").unlink()  # nothing left that says it trained: a new ledger
     assert again.initialize()["epsilon"] == 0.0
+
+
+def test_the_sites_delta_cap_refuses_a_larger_delta_before_anything_is_spent(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """The server chooses delta (and a ledger keeps the first one): a site may cap it in its
+    node_config, checked when the site loads, before a plan or a ledger exists."""
+    import dataclasses
+
+    from common.errors import ConfigError
+    from common.site.facts import facts_from_node_config
+
+    base = {"site-name": "h1", "data-dir": "/d", "state-dir": "/s", "epsilon-cap": 4}
+    assert facts_from_node_config(base).delta_cap is None
+    assert facts_from_node_config({**base, "delta-cap": "1e-5"}).delta_cap == 1e-5
+    with pytest.raises(ConfigError, match="delta-cap must be in"):
+        facts_from_node_config({**base, "delta-cap": 2})
+    with pytest.raises(ConfigError, match="epsilon-cap='six' is not a number"):
+        facts_from_node_config({**base, "epsilon-cap": "six"})
+    runtime = _runtime(tiny_workspace, tmp_path)
+    capped = SiteRuntime(dataclasses.replace(runtime.facts, delta_cap=1e-9), runtime.config)
+    with pytest.raises(PrivacyError, match=r"privacy.delta=.* above this site's delta-cap=1e-09"):
+        capped.initialize()
+    assert not (runtime.facts.state_dir / "ledger.json").exists()
+    roomy = SiteRuntime(dataclasses.replace(runtime.facts, delta_cap=0.5), runtime.config)
+    assert roomy.initialize()["epsilon"] == 0.0
