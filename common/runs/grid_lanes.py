@@ -82,6 +82,13 @@ def intra_op_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class _NotStarted:
+    """What a lane returns for a grid it did not start (another grid failed, or a stop)."""
+
+
+_NOT_STARTED = _NotStarted()
+
+
 def run_lanes(
     grids: Sequence[list[Cell]],
     lanes: int,
@@ -94,13 +101,26 @@ def run_lanes(
     end (and finishes them), then is raised; an exception in this thread (SIGTERM's
     `Terminated`, Ctrl-C) sets `stop` and propagates once the lanes have stopped."""
     stop = threading.Event()
+    # set by the failing lane itself, before its thread can take the next grid (this thread
+    # only sees the failure at its next poll)
+    failed = threading.Event()
     error: BaseException | None = None
+
+    def guarded(grid: list[Cell]) -> list[Result] | _NotStarted:
+        if failed.is_set() or stop.is_set():
+            return _NOT_STARTED
+        try:
+            return train(grid, stop)
+        except BaseException:
+            failed.set()
+            raise
+
     with (
         intra_op_threads(torch.get_num_threads() // lanes),
         ThreadPoolExecutor(lanes, thread_name_prefix="grid-lane") as pool,
     ):
-        futures = {pool.submit(train, grid, stop): grid for grid in grids}
-        remaining: set[Future[list[Result]]] = set(futures)
+        futures = {pool.submit(guarded, grid): grid for grid in grids}
+        remaining: set[Future[list[Result] | _NotStarted]] = set(futures)
         try:
             while remaining:
                 # a timeout keeps this thread taking signals (SIGTERM raises here)
@@ -110,7 +130,9 @@ def run_lanes(
                         continue
                     failure = future.exception()
                     if failure is None:
-                        finish(futures[future], future.result())
+                        result = future.result()
+                        if not isinstance(result, _NotStarted):
+                            finish(futures[future], result)
                         continue
                     log.error("a grid failed: %s", failure)
                     if error is None:

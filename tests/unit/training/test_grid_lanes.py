@@ -95,3 +95,30 @@ def test_intra_op_threads_are_at_least_one_and_restored() -> None:
     with intra_op_threads(0):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_failing_lane_itself_starts_no_other_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lane whose grid failed must not take the next queued grid in the moment before the
+    caller's thread sees the failure (here the caller is made slow to see it)."""
+    import common.runs.grid_lanes as grid_lanes
+
+    real_wait = grid_lanes.wait
+
+    def slow_wait(*args, **kwargs):  # type: ignore[no-untyped-def]
+        done = real_wait(*args, **kwargs)
+        time.sleep(0.5)  # a busy caller: the free lane would take the next grid meanwhile
+        return done
+
+    monkeypatch.setattr(grid_lanes, "wait", slow_wait)
+    started: list[str] = []
+
+    def train(grid: list[str], stop: threading.Event) -> list[str]:
+        started.append(grid[0])
+        if grid[0] == "long":
+            time.sleep(1.0)
+            return grid
+        raise ValueError(f"{grid[0]} refused")
+
+    with pytest.raises(ValueError, match="bad refused"):
+        run_lanes([["long"], ["bad"], ["never"], ["nor"]], 2, train, lambda g, r: None)
+    assert sorted(started) == ["bad", "long"]
