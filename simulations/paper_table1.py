@@ -80,10 +80,22 @@ PAPER_TABLE1: dict[tuple[str, float | None], dict[str, tuple[float, float, float
 PAPER_BACKBONE = ("torchvision", "swin_t", "imagenet")
 
 
+# the paper's test sets' sizes in patches (PAPER.md): a set of another size is another set
+PAPER_TEST_SIZES = {"cbis_ddsm_test": 402, "bcdr": 1106}
+
+
 def paper_values(
-    setting: str, epsilon: float | None, test_set: str, backbone: tuple[str, str, str]
+    setting: str,
+    epsilon: float | None,
+    test_set: str,
+    backbone: tuple[str, str, str],
+    size: int | None = None,
 ) -> tuple[tuple[float, float, float, float] | None, str]:
-    """The paper's cell for this row and test set, or None and the reason it is not comparable."""
+    """The paper's cell for this row and test set, or None and the reason it is not comparable.
+    `size`: the test set's patch count where known (a cell's site_only.json)."""
+    expected = PAPER_TEST_SIZES.get(test_set)
+    if size is not None and expected is not None and size != expected:
+        return None, f"test set {test_set!r} has {size} patches, the paper's {expected}"
     if backbone != PAPER_BACKBONE:
         return None, f"backbone {backbone[0]} {backbone[1]} ({backbone[2]}) is not the paper's"
     row = PAPER_TABLE1.get((setting, epsilon))

@@ -29,6 +29,17 @@ def _load(out_dir: Path, row: str, seed: int) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _test_size(out_dir: Path, row: str, seeds: Sequence[int], test_set: str) -> int | None:
+    """A test set's patch count from the first cell's site_only.json (the report stays on the
+    researcher's machine), or None where no cell kept it."""
+    for seed in seeds:
+        path = out_dir / "cells" / row / f"seed{seed}" / "site_only.json"
+        if path.is_file():
+            size = json.loads(path.read_text()).get("tests", {}).get(test_set, {}).get("n")
+            return int(size) if size is not None else None
+    return None
+
+
 def summarise(
     out_dir: Path,
     rows: Sequence[str],
@@ -84,7 +95,8 @@ def summarise(
                 values = [r["tests"][test_set][metric]["value"] for r in results]
                 line[f"{metric}_mean"] = float(np.mean(values))
                 line[f"{metric}_std"] = float(np.std(values))  # population std, as the paper
-            paper, why = paper_values(setting, epsilon, test_set, backbone)
+            size = _test_size(out_dir, row, seeds, test_set)
+            paper, why = paper_values(setting, epsilon, test_set, backbone, size)
             if paper is not None:
                 line.update(
                     paper_auroc=paper[0],

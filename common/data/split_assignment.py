@@ -2,8 +2,9 @@
 
 CBIS-DDSM's description CSVs say which patients are Training and which Test: the per-patient
 split every paper uses, kept by default. A validation split is always carved from train only
-(seeded, per patient, label-stratified), never from test. When the source holds one split (a
-Training-only download, BCDR, a lesion manifest) or a random split is asked for, the test
+(seeded, per patient, label-stratified), never from test. A source of Test rows only (a
+Test-only download) is all test. When the source holds no official split or Training rows only
+(a Training-only download, BCDR, a lesion manifest) or a random split is asked for, the test
 patients are a seeded per-patient split of all patients, and the rule says so.
 """
 
@@ -34,6 +35,12 @@ def assign_splits(
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name}={value}: use a fraction in [0, 1)")
     official = {r.split for r in patch_set.records}
+    if mode == "official" and official == {"test"}:
+        # a Test-only download (the usual way to build the test set): every patient is test;
+        # a seeded split would send most official test patients to train and val
+        records = [replace(record, split="test") for record in patch_set.records]
+        rule = "official split (the source holds only Test rows: all test)"
+        return PatchSet(records, patch_set.skipped, patch_set.name), rule
     if mode == "official" and official == {"train", "test"}:
         _refuse_patients_on_both_sides(patch_set)
         train_idx = [i for i, r in enumerate(patch_set.records) if r.split == "train"]

@@ -164,6 +164,21 @@ def test_one_split_in_the_csvs_gets_a_named_seeded_split(tmp_path: Path) -> None
     assert report["patients"]["test"] >= 1 and report["patients"]["train"] >= 1
 
 
+def test_a_test_only_download_is_all_test(tmp_path: Path) -> None:
+    """The usual way to build the paper's CBIS-DDSM test set: the Test rows only. Every one of
+    its patients is test (a seeded split sent about 80 % of them to train and val)."""
+    truth = cbis_like(tmp_path / "dl")
+    for name in ("mass_case_description_train_set.csv", "calc_case_description_train_set.csv"):
+        (tmp_path / "dl" / name).unlink()
+    out = tmp_path / "out"
+    assert _prepare(tmp_path / "dl", out) == 0
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert set(manifest["split"]) == {"test"}
+    assert set(manifest["patient_id"]) == set(truth["mass_test"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["split_rule"] == "official split (the source holds only Test rows: all test)"
+
+
 def test_test_fraction_alone_asks_for_a_random_split(tmp_path: Path) -> None:
     cbis_like(tmp_path / "dl")
     out = tmp_path / "out"

@@ -106,3 +106,34 @@ def test_a_recipe_tuned_on_its_records_is_marked(tmp_path: Path) -> None:
     markdown = paths["md"].read_text()
     assert "| formal † |" in markdown and markdown.count("†") == 2
     assert f"- recipe/dp_eps6: {note}" in markdown
+
+
+def test_paper_values_only_beside_a_test_set_of_the_papers_size(tmp_path: Path) -> None:
+    """A test set named cbis_ddsm_test but of another size (e.g. a seeded fifth of it) is
+    another set: the paper's values are not printed beside it."""
+    from simulations.paper_table1 import paper_values
+
+    swin = ("torchvision", "swin_t", "imagenet")
+    assert paper_values("Real", None, "cbis_ddsm_test", swin, 402)[0] is not None
+    assert paper_values("Real", None, "cbis_ddsm_test", swin, None)[0] is not None
+    values, why = paper_values("Real", None, "cbis_ddsm_test", swin, 80)
+    assert values is None and why == "test set 'cbis_ddsm_test' has 80 patches, the paper's 402"
+    for row, size in (("small", 80), ("whole", 402)):
+        folder = tmp_path / "cells" / row / "seed42"
+        folder.mkdir(parents=True)
+        tests = {m: {"value": 0.6} for m in ("auroc", "auprc_malignant", "auprc_benign")}
+        record = {
+            "config": {
+                "paper_row": {"setting": "Real", "epsilon": None},
+                "model": {"library": "torchvision", "name": "swin_t", "weights": "imagenet"},
+            },
+            "tests": {"cbis_ddsm_test": tests},
+            "privacy": {"enabled": False, "epsilon_spent": None, "note": ""},
+        }
+        (folder / "result.json").write_text(json.dumps(record))
+        site_only = {**record, "tests": {"cbis_ddsm_test": {**tests, "n": size}}}
+        (folder / "site_only.json").write_text(json.dumps(site_only))
+    paths = write_reports(tmp_path, ["small", "whole"], [42], [])
+    table = pd.read_csv(paths["csv"]).set_index("row")
+    assert pd.isna(table.loc["small", "paper_auroc"]) and table.loc["whole", "paper_auroc"] > 0
+    assert "has 80 patches, the paper's 402" in paths["md"].read_text()
