@@ -24,7 +24,6 @@ import logging
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 from common.config.compose import compose_config, experiment_names
 from common.config.recorded_diff import changed_sections
@@ -32,6 +31,7 @@ from common.config.schema import MammoflConfig
 from common.errors import ConfigError
 from common.runs.grid import run_cells
 from common.runs.single_node import run_cell
+from simulations.table1_identity import changed_data, identity_only, start_changed
 from simulations.table1_report import write_reports
 
 log = logging.getLogger(__name__)
@@ -111,38 +111,30 @@ def started_from(cell: Path) -> Path | None:
     return Path(started) if started else None
 
 
-# settings that do not change what a cell computes: where things are, and how fast
+# settings that do not change what a cell computes: where things are, and how fast (the
+# start model is compared by content: table1_identity.start_changed)
 UNCOMPARED = {
     "train.feature_cache_dir",
     "train.device",
     "train.num_workers",
     "train.feature_batch_size",
-    "model.weights",
     "model.init_from",
 }
 
 
-def _without_paths(node: Any) -> Any:
-    """A config node with every `path` value dropped (where data lives is not what it is)."""
-    if isinstance(node, dict):
-        return {k: _without_paths(v) for k, v in node.items() if k != "path"}
-    if isinstance(node, list):
-        return [_without_paths(v) for v in node]
-    return node
-
-
 def changed_settings(cell: Path, config: MammoflConfig) -> list[str]:
-    """`key: was -> now` for each training, model, privacy, data (paths aside) or evaluation
-    setting that the finished cell's site_only.json records otherwise than `config` (keys an
-    older record lacks are not compared)."""
-    recorded = json.loads((cell / "site_only.json").read_text()).get("config", {})
-    return changed_sections(
-        recorded,
-        dataclasses.asdict(config),
+    """`key: was -> now` for each training, model, privacy, data or evaluation setting that
+    the finished cell's site_only.json records otherwise than `config` (keys an older record
+    lacks are not compared), data by content (manifest hashes, not paths) and backbone weights
+    by file name (`table1_identity`)."""
+    record = json.loads((cell / "site_only.json").read_text())
+    changes = changed_sections(
+        identity_only(record.get("config", {})),
+        identity_only(dataclasses.asdict(config)),
         ("train", "model", "privacy", "data", "eval"),
         skip=UNCOMPARED,
-        normalise=_without_paths,
     )
+    return changes + changed_data(record.get("data", {}), config.data)
 
 
 def cell_done(
@@ -187,6 +179,13 @@ def cell_done(
     if compare_settings if compare_settings is not None else overrides is not None:
         assert overrides is not None, "comparing settings needs the run's overrides"
         changes = changed_settings(target, cell_config(out_dir, row, seed, overrides, synpre))
+        origin = synpre if is_finetune(row) else start
+        if origin is not None:
+            recorded = json.loads((target / "site_only.json").read_text())
+            why = start_changed(
+                recorded.get("start_model_sha256"), start_model(out_dir, origin, seed)
+            )
+            changes = ([why] if why else []) + changes
         if changes:
             raise ConfigError(
                 f"{target} was trained with other settings than {row} composes to now "

@@ -1,7 +1,8 @@
-"""Facts that make a result reproducible: package versions and the git commit."""
+"""Facts that make a result reproducible: package versions, the git commit, file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -47,3 +48,12 @@ def git_commit(folder: Path | None = None) -> str:
     if out.returncode != 0:
         return "unknown"
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,6 +31,7 @@ def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str,
     shared = copy.deepcopy(record)
     shared.pop("data", None)
     shared.pop("frozen_checksum", None)  # a hash of public weights, but no use off the site
+    shared.pop("start_model_sha256", None)  # a hash of a model trained at the site
     # wall times: under DP an epoch's time grows with the number of Poisson-sampled records,
     # an un-noised side channel
     shared.pop("seconds", None)

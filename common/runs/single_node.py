@@ -27,7 +27,7 @@ from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
 from common.privacy.randomness import noise_mode
 from common.runs.planning import plan_for
-from common.runs.provenance import git_commit, package_versions
+from common.runs.provenance import file_sha256, git_commit, package_versions
 from common.runs.run_data import RunData, load_run_data
 from common.runs.shareable import shareable_record
 from common.training.fit import FitResult, check_fit_consistency, fit
@@ -249,6 +249,10 @@ def finish_cell(cell: PreparedCell, result: FitResult) -> dict[str, Any]:
         "trainable_count": count_trainable(model),
         "trainable_parameters": trainable,
         "frozen_checksum": result.frozen_checksum_after,
+        # what it started from, by content: a retrained start row leaves this cell stale
+        "start_model_sha256": file_sha256(Path(config.model.init_from))
+        if config.model.init_from
+        else None,
         "best_epoch": result.best_epoch,
         "selection": result.selection_note,
         "privacy": {

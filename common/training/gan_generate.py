@@ -7,7 +7,6 @@ in `provenance.json`; without DP the record says that no formal guarantee covers
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,9 @@ from common.config.gan_schema import GanConfig
 from common.data.patch_set import PatchRecord, PatchSet, write_manifest
 from common.errors import ConfigError
 from common.models.mcgan import Generator
+from common.runs.provenance import file_sha256
 from common.training.gan_augment import to_uint8
 from common.training.gan_trainer import shape_of
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_generator(checkpoint: Path) -> tuple[Generator, dict[str, Any]]:

@@ -156,3 +156,51 @@ def test_data_and_evaluation_settings_count_but_where_the_data_lives_does_not(
         )
     with pytest.raises(ConfigError, match=r"eval\.bootstrap"):
         cell_done(tmp_path, "real", 42, "synpre", ["data=release_dev", "eval.bootstrap=7"])
+
+
+def test_data_count_by_content_and_weights_by_file_name(tmp_path: Path) -> None:
+    """A moved data folder or weights file is the same cell; other patches (the recorded
+    manifest hashes) or another weights file are not."""
+    from simulations.table1 import cell_config
+    from simulations.table1_identity import data_hashes
+
+    overrides = ["data=release_dev", "model=efficientnet_lite0"]
+    cell = _finished(tmp_path, "real", 42)
+    config = cell_config(tmp_path, "real", 42, overrides)
+    record = json.loads((cell / "site_only.json").read_text())
+    record["config"] = dataclasses.asdict(config)
+    record["config"]["model"]["weights"] = "/moved/efficientnet_lite0_in1k_timm.safetensors"
+    record["data"] = {k: {"manifest_sha256": v} for k, v in data_hashes(config.data).items()}
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "real", 42, "synpre", overrides)
+    record["data"]["cbis_ddsm_val"]["manifest_sha256"] = "0" * 64  # tested on other patches
+    (cell / "site_only.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="data cbis_ddsm_val: other patches"):
+        cell_done(tmp_path, "real", 42, "synpre", overrides)
+    record["data"]["cbis_ddsm_val"]["manifest_sha256"] = data_hashes(config.data)["cbis_ddsm_val"]
+    record["config"]["model"]["weights"] = "/w/another_backbone.safetensors"
+    (cell / "site_only.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"model\.weights: 'another_backbone.safetensors'"):
+        cell_done(tmp_path, "real", 42, "synpre", overrides)
+
+
+def test_a_cell_whose_start_model_was_retrained_is_refused(tmp_path: Path) -> None:
+    """SynPre (or a start row) retrained after its fine-tuned cells ran: those cells started
+    from another model, so they are refused, as they are when the start model is gone."""
+    from simulations.table1 import start_model
+    from simulations.table1_identity import file_sha256
+
+    start = start_model(tmp_path, "recipe/syn_head", 42)
+    _finished(tmp_path, "recipe/syn_head", 42)
+    start.write_bytes(b"the first head")
+    cell = _finished(tmp_path, "recipe/dp_synhead_eps6", 42, init_from=start)
+    record = json.loads((cell / "site_only.json").read_text())
+    record["start_model_sha256"] = file_sha256(start)
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [])
+    start.write_bytes(b"a retrained head")
+    with pytest.raises(ConfigError, match="has changed since"):
+        cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [])
+    start.unlink()
+    with pytest.raises(ConfigError, match="is gone"):
+        cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [])
