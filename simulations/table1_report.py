@@ -92,7 +92,10 @@ def summarise(
                 **guarantee,
             }
             for metric in METRICS:
-                values = [r["tests"][test_set][metric]["value"] for r in results]
+                values = [
+                    np.nan if (value := r["tests"][test_set][metric]["value"]) is None else value
+                    for r in results
+                ]  # a one-class test set has no AUROC (NaN, written as null)
                 line[f"{metric}_mean"] = float(np.mean(values))
                 line[f"{metric}_std"] = float(np.std(values))  # population std, as the paper
             size = _test_size(out_dir, row, seeds, test_set)

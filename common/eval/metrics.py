@@ -68,7 +68,10 @@ def evaluate_scores(
     for metric in METRICS:
         values = draws[metric]
         low, high = np.percentile(values, [tail, 100 - tail]) if values else (np.nan, np.nan)
-        result[metric].update(ci_low=float(low), ci_high=float(high))
+        # resamples that drew one class only have no value: the CI is over the rest
+        result[metric].update(
+            ci_low=float(low), ci_high=float(high), bootstrap_dropped=bootstrap - len(values)
+        )
     result["bootstrap"] = bootstrap
     result["confidence"] = confidence
     return result

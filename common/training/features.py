@@ -1,7 +1,7 @@
 """Frozen-backbone features, computed once per image and flip variant, in eval mode, cached.
 
-The cache (`feature_bank`) is keyed by what changes the numbers: the backbone's weights
-(checksum), the flip variants, the input format and each image's own pixels, so a stale
+The cache (`feature_bank`) is keyed by what changes the numbers: the backbone's architecture
+and weights (checksum), the flip variants, the input format and each image's own pixels, so a stale
 feature cannot be reused and a known image is never recomputed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def backbone_checksum(backbone: nn.Module) -> str:
-    digest = hashlib.sha256()
+    """What the backbone computes: its architecture as printed (layers and their options,
+    e.g. the pooling, which no weight shows; object addresses masked) and its weights."""
+    digest = hashlib.sha256(re.sub(r"0x[0-9a-fA-F]+", "0x", repr(backbone)).encode())
     for name, tensor in backbone.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -27,3 +27,19 @@ def test_bootstrap_is_patient_clustered_and_seeded() -> None:
     flat = evaluate_scores(labels, scores, [str(i) for i in range(80)], bootstrap=200, seed=1)
     width = lambda r: r["auroc"]["ci_high"] - r["auroc"]["ci_low"]  # noqa: E731
     assert width(flat) < width(a)
+
+
+def test_bootstrap_says_how_many_resamples_had_one_class_only() -> None:
+    """Resamples that draw one class have no AUROC; the CI is over the rest, and the record
+    says how many were left out (here one patient of each class: about half are)."""
+    import numpy as np
+
+    from common.eval.metrics import evaluate_scores
+
+    result = evaluate_scores([0, 1], [0.2, 0.9], ["a", "b"], bootstrap=200, seed=0)
+    dropped = result["auroc"]["bootstrap_dropped"]
+    assert 60 < dropped < 140 and result["auprc_malignant"]["bootstrap_dropped"] > 0
+    full = evaluate_scores(
+        np.arange(40) % 2, np.linspace(0, 1, 40), [str(k) for k in range(40)], bootstrap=50
+    )
+    assert full["auroc"]["bootstrap_dropped"] == 0

@@ -137,3 +137,13 @@ def test_paper_values_only_beside_a_test_set_of_the_papers_size(tmp_path: Path) 
     table = pd.read_csv(paths["csv"]).set_index("row")
     assert pd.isna(table.loc["small", "paper_auroc"]) and table.loc["whole", "paper_auroc"] > 0
     assert "has 80 patches, the paper's 402" in paths["md"].read_text()
+
+
+def test_a_one_class_test_set_reports_nan_instead_of_crashing(tmp_path: Path) -> None:
+    _cell(tmp_path, "real", "Real", None)
+    path = tmp_path / "cells" / "real" / "seed42" / "result.json"
+    record = json.loads(path.read_text())
+    record["tests"]["val"]["auroc"]["value"] = None  # NaN is written as null
+    path.write_text(json.dumps(record))
+    paths = write_reports(tmp_path, ["real"], [42], [])
+    assert pd.isna(pd.read_csv(paths["csv"]).loc[0, "auroc_mean"])

@@ -206,3 +206,21 @@ def test_a_checkpoint_keeps_its_feature_normalisation(tmp_path) -> None:
         with pytest.raises(WeightsError, match="feature_norm"):
             load_classifier_checkpoint(build(loaded), path)
         load_classifier_checkpoint(build(saved), path)  # the same setting loads
+
+
+def test_the_feature_cache_tells_apart_backbones_that_differ_in_options_not_weights() -> None:
+    """A timm option such as global_pool changes the features but no weight: the cache key
+    holds the architecture too, so max-pooled features are never served avg-pooled ones."""
+    from common.models.classifier import build_classifier
+    from common.training.features import backbone_checksum
+
+    def build(pool: str):
+        torch.manual_seed(0)
+        config = ModelConfig(
+            name="efficientnet_lite0", weights="none", kwargs={"global_pool": pool}
+        )
+        return build_classifier(config).backbone
+
+    avg, again, peak = build("avg"), build("avg"), build("max")
+    assert backbone_checksum(avg) == backbone_checksum(again)
+    assert backbone_checksum(avg) != backbone_checksum(peak)
