@@ -19,6 +19,8 @@ from pathlib import Path
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a job ended by Ctrl-C (SIGINT)
+
 USAGE = """usage: mammofl <command> [key=value ...]
 
 commands:
@@ -352,8 +354,9 @@ STATE_HINTS = {
 }
 
 
-def stopped_message(command: str, args: Sequence[str]) -> str:
-    """The closing line of a job stopped by SIGTERM: where its state is, or that none was."""
+def stopped_message(command: str, args: Sequence[str], how: str = "stopped by SIGTERM") -> str:
+    """The closing line of a job stopped by SIGTERM (or Ctrl-C, `how`): where its state is,
+    or that none was."""
     saved = saved_state()
     if not saved and command in STATE_HINTS:
         options, _ = split_options(args, ("out_dir", "run_dir"))
@@ -365,8 +368,8 @@ def stopped_message(command: str, args: Sequence[str]) -> str:
             )
         ]
     if not saved:
-        return "stopped by SIGTERM; no partial result was written (a rerun starts again)"
-    return f"stopped by SIGTERM; state saved in {', '.join(saved)}"
+        return f"{how}; no partial result was written (a rerun starts again)"
+    return f"{how}; state saved in {', '.join(saved)}"
 
 
 def quiet_flower() -> None:
@@ -375,10 +378,11 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").addFilter(lambda record: False)
 
 
-def exit_despite_lingering_threads(grace_s: float = 10.0) -> None:
-    """After SIGTERM, a non-daemon thread the job left behind (Flower's ServerApp thread in a
-    simulation, waiting for replies) would keep the process alive: give such threads a grace
-    period, then end the process with EXIT_CODE. Files are safe: every write is atomic."""
+def exit_despite_lingering_threads(grace_s: float = 10.0, code: int = EXIT_CODE) -> None:
+    """After SIGTERM or Ctrl-C, a non-daemon thread the job left behind (Flower's ServerApp
+    thread in a simulation, waiting for replies) would keep the process alive: give such
+    threads a grace period, then end the process with `code`. Files are safe: every write is
+    atomic."""
     deadline = time.monotonic() + grace_s
 
     def lingering() -> list[threading.Thread]:
@@ -393,7 +397,7 @@ def exit_despite_lingering_threads(grace_s: float = 10.0) -> None:
     if lingering():
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_CODE)
+        os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,9 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mammofl {argv[0]}: {stopped_message(argv[0], argv[1:])}", file=sys.stderr)
         exit_despite_lingering_threads()
         return EXIT_CODE
-    except KeyboardInterrupt:
-        print(f"mammofl {argv[0]}: interrupted; no partial result was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # sigterm_raises quieted Flower first
+        closing = stopped_message(argv[0], argv[1:], "interrupted")
+        print(f"mammofl {argv[0]}: {closing}", file=sys.stderr)
+        exit_despite_lingering_threads(code=INTERRUPTED_EXIT_CODE)
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -45,21 +45,31 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: as SIGTERM, the callbacks first (the terminal's SIGINT reaches a simulation's
+    workers at the same moment: they must already be quiet when their actors die)."""
+    _install(signal.SIGINT, signal.SIG_IGN)  # a second press must not cut the cleanup
+    for callback in _on_terminate:
+        callback()
+    raise KeyboardInterrupt
+
+
 def _guarded_signal(signalnum: Any, handler: Any) -> Any:
-    """`signal.signal` within sigterm_raises: SIGTERM stays with the job."""
-    if signalnum == signal.SIGTERM:
-        log.debug("SIGTERM stays with mammofl's handler (declined %r)", handler)
-        return signal.getsignal(signal.SIGTERM)
+    """`signal.signal` within sigterm_raises: SIGTERM and SIGINT stay with the job."""
+    if signalnum in (signal.SIGTERM, signal.SIGINT):
+        log.debug("%s stays with mammofl's handler (declined %r)", signalnum, handler)
+        return signal.getsignal(signalnum)
     return _install(signalnum, handler)
 
 
 @contextmanager
 def sigterm_raises(on_terminate: Callable[[], None] | None = None) -> Iterator[None]:
-    """Within the block SIGTERM raises `Terminated`; the previous handler is restored after.
+    """Within the block SIGTERM raises `Terminated` and SIGINT (Ctrl-C) KeyboardInterrupt; the
+    previous handlers are restored after.
 
-    `on_terminate` runs first (in the handler: keep it short), e.g. to quiet a library whose
-    workers would log the intended stop as errors. Outside the main thread (where Python
-    cannot install handlers) this does nothing.
+    `on_terminate` runs first on either (in the handler: keep it short), e.g. to quiet a
+    library whose workers would log the intended stop as errors. Outside the main thread
+    (where Python cannot install handlers) this does nothing.
     """
     if (
         threading.current_thread() is not threading.main_thread()
@@ -70,12 +80,14 @@ def sigterm_raises(on_terminate: Callable[[], None] | None = None) -> Iterator[N
     _saved.clear()
     _on_terminate[:] = [on_terminate] if on_terminate is not None else []
     previous = _install(signal.SIGTERM, _raise_terminated)
+    previous_interrupt = _install(signal.SIGINT, _raise_interrupt)
     signal.signal = _guarded_signal
     try:
         yield
     finally:
         signal.signal = _install
         _install(signal.SIGTERM, previous)
+        _install(signal.SIGINT, previous_interrupt)
         _on_terminate.clear()
 
 

@@ -203,3 +203,35 @@ def test_federate_stops_mid_round_with_its_state_intact(tmp_path: Path) -> None:
     _no_temporary_files(out)
     left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True)
     assert left.stdout.strip() == b""
+
+
+@pytest.mark.slow
+def test_federate_stops_on_one_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole foreground process group (the job and Ray's workers): one
+    press ends the job within seconds (130), with where its state is and no traceback (it
+    kept running on Flower's ServerApp thread, and a second press printed a traceback)."""
+    out = tmp_path / "federated"
+    logs = tmp_path / "logs"
+    logs.mkdir(parents=True)
+    args = ["federate", "experiment=federated/tiny", f"out_dir={out}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulations.cli", *args],
+        cwd=PROJECT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=(logs / "stdout").open("wb"),
+        stderr=(logs / "stderr").open("wb"),
+        start_new_session=True,  # its own process group, as a shell's foreground job
+    )
+    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), timeout=400)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    err = (logs / "stderr").read_text(errors="replace")
+    assert "Traceback" not in err
+    assert f"mammofl federate: interrupted; state saved in {out} (" in err
+    for ledger in (out / "sites").glob("*/state/ledger.json"):
+        json.loads(ledger.read_text())
+    _no_temporary_files(out)
+    deadline = time.monotonic() + 15
+    while subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True).stdout:
+        assert time.monotonic() < deadline, "Ray processes outlived the interrupted job"
+        time.sleep(0.5)
