@@ -3,6 +3,7 @@ state, mirrored ledgers, metric history. `federation.resume=true` continues from
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,16 +46,58 @@ def load_checkpoint(run_dir: Path, overrides: list[str]) -> ServerState:
     if stored.pop("version") != VERSION:
         raise ConfigError(f"{path}: checkpoint of another mammofl version")
     state = ServerState(**stored)
-    # a resumed run may stop elsewhere, ask for more rounds (the sites' ledgers decide) or
-    # drop a fault drill's kill point
-    ignore = (
-        "federation.resume",
-        "federation.stop_after_round",
-        "federation.rounds",
-        "federation.kill_after_round",
-    )
-    same = [o for o in state.overrides if not o.startswith(ignore)]
-    now = [o for o in overrides if not o.startswith(ignore)]
-    if same != now:
-        raise ConfigError(f"resume with the run's own config: it ran with {same}, now {now}")
+    check_same_run(state.overrides, overrides)
     return state
+
+
+def stored_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run's checkpoint was made with (None: no checkpoint)."""
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        return None
+    return list(torch.load(path, weights_only=False)["overrides"])
+
+
+# what a resumed run may change: where it stops, more rounds (the sites' ledgers decide), a
+# fault drill's kill point, and the comparison arms (run after the main run)
+RESUMABLE = (
+    "federation.resume",
+    "federation.stop_after_round",
+    "federation.rounds",
+    "federation.kill_after_round",
+    "simulation.compare",
+)
+
+
+def check_same_run(recorded: list[str], overrides: list[str]) -> None:
+    """Raise ConfigError naming each setting the composed configs differ in (bar RESUMABLE):
+    the overrides' order or spelling (3 or 3.0) does not matter, what they compose to does."""
+    from common.config.compose import compose_federated_config
+
+    was = _flat(dataclasses.asdict(compose_federated_config(recorded)))
+    now = _flat(dataclasses.asdict(compose_federated_config(overrides)))
+    changed = [
+        f"{key}: {was.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(was) | set(now))
+        if not key.startswith(RESUMABLE) and was.get(key) != now.get(key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"federation.resume=true continues a run with its own settings; these differ: "
+            f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}. Repeat the first "
+            "run's overrides (any order), or start a new run elsewhere (out_dir=)"
+        )
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    items: list[tuple[Any, Any]]
+    if isinstance(node, dict):
+        items = list(node.items())
+    elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
+        items = [(str(i), v) for i, v in enumerate(node)]
+    else:
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from common.errors import ConfigError
 from common.federated import simulation_dispatch
 from common.federated.run_config import SPEC_ENV, write_spec
 from common.federated.simulation_dispatch import dispatch_interval
-from server.checkpoint import checkpoint_path
+from server.checkpoint import check_same_run, checkpoint_path, stored_overrides
 from simulations.federated_arms import run_site_alone
 from simulations.federated_summary import comparison_table
 from simulations.federated_workspace import prepare_workspace
@@ -71,15 +73,26 @@ def run_flower(config: FederatedRunConfig, overrides: list[str], verbose: bool =
             os.environ[SPEC_ENV] = previous
 
 
-def check_fresh(config: FederatedRunConfig, fresh: bool) -> None:
+def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str]) -> None:
     """A new run never reuses another run's site ledgers by accident."""
     run_dir = config.run_path
-    old = checkpoint_path(run_dir).is_file() or any((run_dir / "sites").glob("*/state/ledger.json"))
+    if config.federation.resume:  # before Ray starts: a config the run did not have is refused
+        recorded = stored_overrides(run_dir)
+        if recorded is None:
+            raise ConfigError(
+                f"federation.resume=true but {checkpoint_path(run_dir)} does not exist: "
+                "nothing to resume"
+            )
+        check_same_run(recorded, list(overrides))
+    ledgers = list((run_dir / "sites").glob("*/state/ledger.json"))
+    old = checkpoint_path(run_dir).is_file() or bool(ledgers)
     if config.federation.resume or not old:
         return
     if not fresh:
+        spent = any(_has_events(p) for p in ledgers)
+        what = "its sites' ledgers have spent budget" if spent else "nothing spent yet"
         raise ConfigError(
-            f"{run_dir} already holds a federation (its sites' ledgers have spent budget). "
+            f"{run_dir} already holds a federation ({what}). "
             "Continue it with federation.resume=true, start elsewhere with out_dir=DIR, or "
             "discard its server and site states (simulated sites only) with fresh=true"
         )
@@ -89,6 +102,14 @@ def check_fresh(config: FederatedRunConfig, fresh: bool) -> None:
     shutil.rmtree(run_dir / "arms", ignore_errors=True)
 
 
+def _has_events(ledger: Path) -> bool:
+    """Whether a site ledger records any spending (an unreadable one: assume so)."""
+    try:
+        return bool(json.loads(ledger.read_text()).get("events"))
+    except (OSError, ValueError):
+        return True
+
+
 def run_federate(
     overrides: list[str], fresh: bool = False, verbose: bool = False, prepare_only: bool = False
 ) -> dict[str, Any]:
@@ -96,7 +117,7 @@ def run_federate(
     config = compose_federated_config(overrides)
     if not config.sites:
         raise ConfigError("the preset has no site table (sites:); simulations need one")
-    check_fresh(config, fresh)
+    check_fresh(config, fresh, overrides)
     prepare_workspace(config)
     if prepare_only:  # e.g. before `flwr run .`, which has no launcher to write them
         return {"out_dir": str(config.out_dir), "prepared": True}
@@ -120,23 +141,49 @@ def run_federate(
 def run_comparison_arms(
     config: FederatedRunConfig, overrides: list[str], verbose: bool
 ) -> dict[str, Path]:
-    """Each arm in its own fresh run dir (and so its own site ledgers) under run_dir/arms."""
+    """Each arm in its own run dir (and so its own site ledgers) under run_dir/arms. With
+    federation.resume=true a finished arm is kept, an interrupted Flower arm resumes from its
+    checkpoint, and any other interrupted arm is set aside (never deleted: its ledgers stay)
+    and run again."""
     arms: dict[str, Path] = {}
     root = config.run_path / "arms"
+    resume = config.federation.resume
     base = [o for o in overrides if not o.startswith(("run_dir=", "federation.resume"))]
     if "no_synpre" in config.simulation.compare and config.synpre.enabled:
         target = root / "no_synpre"
-        shutil.rmtree(target, ignore_errors=True)
         arm_overrides = [*base, *NO_SYNPRE_OVERRIDES, f"run_dir={target}"]
-        log.info("arm no_synpre: federated DP rounds from the initial model")
-        run_flower(compose_federated_config(arm_overrides), arm_overrides, verbose)
+        if resume and (target / "result.json").is_file():
+            log.info("arm no_synpre: finished already, kept (%s)", target)
+        else:
+            if resume and checkpoint_path(target).is_file():
+                arm_overrides.append("federation.resume=true")
+                log.info("arm no_synpre: resumed from its checkpoint")
+            else:
+                _set_aside(target)
+                log.info("arm no_synpre: federated DP rounds from the initial model")
+            run_flower(compose_federated_config(arm_overrides), arm_overrides, verbose)
         arms["no_synpre"] = target
     if "site_alone" in config.simulation.compare:
         for entry in config.sites:
             target = root / f"alone_{entry.name}"
-            shutil.rmtree(target, ignore_errors=True)
-            log.info("arm %s alone: DP rounds on its own data", entry.name)
-            main_state = config.run_path / "sites" / entry.name / "state"
-            run_site_alone(config, entry, target, main_state)
+            if resume and (target / "metrics.json").is_file():
+                log.info("arm %s alone: finished already, kept (%s)", entry.name, target)
+            else:
+                _set_aside(target)
+                log.info("arm %s alone: DP rounds on its own data", entry.name)
+                main_state = config.run_path / "sites" / entry.name / "state"
+                run_site_alone(config, entry, target, main_state)
             arms[f"alone_{entry.name}"] = target
     return arms
+
+
+def _set_aside(target: Path) -> None:
+    """An arm's folder from an earlier, interrupted attempt: renamed, never deleted (its site
+    ledgers record what that attempt spent)."""
+    if not target.exists():
+        return
+    k = 1
+    while (aside := target.with_name(f"{target.name}.interrupted{k}")).exists():
+        k += 1
+    target.rename(aside)
+    log.warning("%s was interrupted: kept as %s (ledgers too); the arm runs again", target, aside)

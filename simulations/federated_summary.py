@@ -11,14 +11,16 @@ from common.config.federated_schema import FederatedRunConfig
 ARM_NAMES = {"no_synpre": "federated: DP rounds, no SynPre"}
 
 
-def _arm_figures(path: Path) -> tuple[dict[str, Any], list[float]]:
-    """(final central metrics with CIs, epsilon spent per site) of one arm's run dir."""
+def _arm_figures(path: Path) -> tuple[dict[str, Any], list[float], int]:
+    """(final central metrics with CIs, epsilon spent per site, rounds run) of one arm's run
+    dir."""
+    metrics = json.loads((path / "metrics.json").read_text())
+    rounds = len(metrics["rounds"])
     if (path / "result.json").is_file():  # a Flower arm
         result = json.loads((path / "result.json").read_text())
-        return result["tests"], list(result["privacy"]["epsilon_spent"].values())
-    metrics = json.loads((path / "metrics.json").read_text())  # a site-alone arm
-    ledger = json.loads((path / "ledger.json").read_text())
-    return metrics["final"], [ledger["epsilon"]]
+        return result["tests"], list(result["privacy"]["epsilon_spent"].values()), rounds
+    ledger = json.loads((path / "ledger.json").read_text())  # a site-alone arm
+    return metrics["final"], [ledger["epsilon"]], rounds
 
 
 def comparison_table(
@@ -28,14 +30,14 @@ def comparison_table(
     header = " | ".join(f"{t} AUROC [95 % CI]" for t in tests)
     lines = [
         f"## Same test set, same per-site budget (epsilon {config.privacy.target_epsilon:g}, "
-        f"delta {config.privacy.delta:g}, {config.federation.rounds} rounds x "
+        f"delta {config.privacy.delta:g}, {config.federation.rounds} rounds planned x "
         f"{config.federation.local_epochs} local epochs)",
         "",
-        f"| arm | {header} | epsilon spent per site |",
-        "|---|" + "---|" * len(tests) + "---|",
+        f"| arm | {header} | rounds run | epsilon spent per site |",
+        "|---|" + "---|" * len(tests) + "---|---|",
     ]
     for arm, path in arms.items():
-        final, spent = _arm_figures(path)
+        final, spent, rounds = _arm_figures(path)
         own = (
             "own SynPre + DP rounds"
             if config.synpre.enabled and config.gan.enabled
@@ -51,7 +53,8 @@ def comparison_table(
                 f" [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]" if "ci_low" in auroc else ""
             )
             cells.append(f"{auroc['value']:.3f}{interval}")
-        lines.append(f"| {name} | {' | '.join(cells)} | {', '.join(f'{e:.2f}' for e in spent)} |")
+        epsilons = ", ".join(f"{e:.2f}" for e in spent)
+        lines.append(f"| {name} | {' | '.join(cells)} | {rounds} | {epsilons} |")
     lines += [
         "",
         "Wall time: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from common.errors import ConfigError
 
 if TYPE_CHECKING:
     from common.training.gan_trainer import GanTrainer
+
+log = logging.getLogger("mammofl.gan")
 
 GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value ...]
   train         <hydra overrides: gan_preset=tiny|reduced|dp, train.epochs=, data.path=> out_dir=DIR
@@ -121,7 +124,9 @@ def cmd_train(args: Sequence[str]) -> int:
         Path(config.out_dir),
         resolve_device(config.train.device),
     )
-    trainer.resume_latest()
+    if trainer.resume_latest():
+        checkpoint = trainer.checkpoint_path(trainer.epoch)
+        log.info("resumed from %s (epoch %d)", checkpoint, trainer.epoch)
     last = trainer.fit()
     print(
         json.dumps(
@@ -162,7 +167,8 @@ def train_seeds(args: Sequence[str], seeds: list[int]) -> int:
         config = compose_gan_config([*args, f"seed={seed}"])
         out = Path(base.out_dir) / f"seed{seed}"
         trainer = GanTrainer(config, loaded.pixels, labels, out, device)
-        trainer.resume_latest()
+        if trainer.resume_latest():
+            log.info("seed %d: resumed at epoch %d (%s)", seed, trainer.epoch, out)
         trainers.append(trainer)
     if base.dp.enabled:
         last = [t.fit() for t in trainers]

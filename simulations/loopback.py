@@ -295,7 +295,8 @@ def run_loopback(
         f"run_dir={config.run_path.resolve()}",
     ]
     rest = [o for o in rest if not o.startswith(("out_dir=", "run_dir="))] + config_paths
-    check_fresh(config, fresh)  # a second run must not reuse the sites' spent ledgers
+    # a second run must not reuse the sites' spent ledgers; a resume must be the same run
+    check_fresh(config, fresh, [f"experiment={experiment}", *rest])
     prepare_workspace(config)
     nodes = site_node_configs(config, config.run_path.resolve() / "sites")
     started = time.monotonic()

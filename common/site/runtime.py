@@ -76,8 +76,14 @@ class SiteRuntime:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def initialize(self) -> dict[str, Any]:
-        """Load data and ledger (idempotent); returns the public status."""
+        """Load data and ledger (idempotent); returns the public status. A state dir's ledger
+        is written at its first use, before any plan or MCGAN checkpoint (LedgerStore's
+        spending traces: with one of those present, a missing ledger was lost)."""
         self._load()
+        if not self.store.path.is_file():
+            with site_lock(self.facts.state_dir, wait=True):
+                if not self.store.path.is_file():
+                    self._persist(self._ledger())
         return self.status()
 
     def _load(self) -> None:

@@ -401,7 +401,7 @@ class GanTrainer:
             torch.load(checkpoints[-1], weights_only=False, map_location=self.device),
             check_settings,
         )
-        log.info("resumed from %s (epoch %d)", checkpoints[-1], self.epoch)
+        log.debug("loaded %s (epoch %d)", checkpoints[-1], self.epoch)  # callers say why
         return True
 
     def fit(self, progress: bool = True) -> Path | None:

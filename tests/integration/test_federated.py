@@ -119,3 +119,21 @@ def test_stopped_and_resumed_equals_uninterrupted(full_run: Path, tiny_workspace
     assert _events(run_dir) == _events(full_run)
     for site in _read(run_dir / "ledger.json")["sites"].values():
         assert site["epsilon"] <= site["budget"] and site["excluded"]
+
+
+def test_a_resume_keeps_finished_arms_and_sets_an_interrupted_one_aside(full_run: Path) -> None:
+    """Resuming a run whose comparison arms finished keeps them (their ledgers are never
+    reset by a rerun); an arm that never finished is renamed, ledgers and all, and run again.
+    (Last in this module: it changes the shared run.)"""
+    arms = full_run / "arms"
+    kept = {p: p.read_bytes() for p in arms.rglob("ledger.json") if "alone_site-c" not in str(p)}
+    (arms / "alone_site-c" / "metrics.json").unlink()  # as if it had been interrupted
+    run_federate(
+        [TINY, f"out_dir={full_run.parents[1]}", f"run_dir={full_run}", "federation.resume=true"]
+    )
+    assert all(path.read_bytes() == before for path, before in kept.items())
+    aside = arms / "alone_site-c.interrupted1"
+    assert (aside / "state" / "ledger.json").is_file() and not (aside / "metrics.json").exists()
+    assert (arms / "alone_site-c" / "metrics.json").is_file()
+    summary = (full_run / "summary.md").read_text()
+    assert "3 rounds planned" in summary and "| rounds run |" in summary

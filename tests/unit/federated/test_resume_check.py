@@ -1,0 +1,37 @@
+"""A resume continues the same run: the composed settings are compared (not the overrides'
+order or spelling), and a mismatch is refused before the simulation starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config.compose import compose_federated_config
+from common.errors import ConfigError
+from server.checkpoint import ServerState, check_same_run, save_checkpoint
+from simulations.federate import check_fresh
+
+FIRST = ["experiment=federated/tiny", "privacy.target_epsilon=3", "sites.1.epsilon_cap=2"]
+
+
+def test_order_and_spelling_do_not_matter_settings_do() -> None:
+    again = ["sites.1.epsilon_cap=2", "privacy.target_epsilon=3.0", "experiment=federated/tiny"]
+    check_same_run(FIRST, [*again, "federation.resume=true", "federation.rounds=5"])
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.01 -> 0\.5\. Repeat the first run"):
+        check_same_run(FIRST, [*again, "train.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"sites\.1\.epsilon_cap: 2\.0 -> None"):
+        check_same_run(FIRST, ["experiment=federated/tiny", "privacy.target_epsilon=3"])
+
+
+def test_a_resume_is_checked_before_the_simulation_starts(tmp_path: Path) -> None:
+    overrides = [*FIRST, f"out_dir={tmp_path}", "federation.resume=true"]
+    config = compose_federated_config(overrides)
+    with pytest.raises(ConfigError, match="does not exist: nothing to resume"):
+        check_fresh(config, False, overrides)
+    state = ServerState(0, {}, "", {}, {}, {}, {}, overrides=[*FIRST, f"out_dir={tmp_path}"])
+    save_checkpoint(tmp_path, state)
+    check_fresh(config, False, overrides)
+    other = [*overrides, "federation.local_epochs=9"]
+    with pytest.raises(ConfigError, match=r"federation\.local_epochs"):
+        check_fresh(compose_federated_config(other), False, other)
