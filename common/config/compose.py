@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.config.federated_schema import FederatedRunConfig
 from common.config.gan_schema import GanConfig
 from common.config.schema import MammoflConfig
+from common.config.unknown_keys import check_added_keys, explain_hydra_error
 from common.errors import ConfigError
 
 T = TypeVar("T")
@@ -82,6 +83,8 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
         check_presets(overrides, federated=schema is FederatedRunConfig)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     kept, emptied = split_emptying(overrides)
+    groups = {path.name for path in config_dir().iterdir() if path.is_dir()}
+    check_added_keys(schema, kept, groups)
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=kept)
@@ -91,7 +94,7 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
             OmegaConf.update(composed, key, {}, merge=False)
         obj = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"configuration error: {error}") from error
+        raise ConfigError(f"configuration error: {explain_hydra_error(schema, error)}") from error
     except (AttributeError, AssertionError) as error:
         # omegaconf's own failure when an override reaches into a node that is null
         raise ConfigError(

@@ -242,3 +242,28 @@ def test_a_federated_site_gan_refuses_inexact_fast_options_under_dp_at_compose_t
         with pytest.raises(ConfigError, match=option.split("=")[0]):
             compose_federated_config(["gan.dp.enabled=true", option])
     assert compose_federated_config(["gan.train.channels_last=true"]).gan.train.channels_last
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("privacy.target_epsilom=3", "did you mean privacy.target_epsilon?"),
+        ("+privacy.target_epsilom=3", "did you mean privacy.target_epsilon?"),  # hydra's advice
+        ("++trian.epochs=5", "did you mean train?"),
+        ("trian.epochs=5", "did you mean train?"),
+    ],
+)
+def test_a_key_that_is_no_setting_is_refused_with_the_nearest(override: str, hint: str) -> None:
+    """Hydra answers a typo'd key with 'To append to your config use +key=value'; followed,
+    that added a key the run silently ignored (the plan kept epsilon 6)."""
+    with pytest.raises(ConfigError, match="is not a setting") as refused:
+        compose_config(["experiment=recipe/dp_eps6", override])
+    assert hint in str(refused.value) and "To append" not in str(refused.value)
+
+
+def test_added_keys_stay_allowed_in_free_dicts() -> None:
+    assert compose_config(["+model.kwargs.global_pool=max"]).model.kwargs == {"global_pool": "max"}
+    from common.config.compose import compose_federated_config
+
+    with pytest.raises(ConfigError, match=r"did you mean sites\.0\.epsilon_cap\?"):
+        compose_federated_config(["+sites.0.epsilon_capp=2"])
