@@ -26,6 +26,7 @@ USAGE = """usage: mammofl <command> [key=value ...]
 commands:
   plan      print the privacy plan (N, q, steps, sigma) of a config as JSON, without training
   train     train one cell: out_dir=DIR writes result.json, model.pt, predictions_*.csv
+            (a folder holding a finished run is refused unless overwrite=true)
   evaluate  run_dir=DIR patches=PATH [format=patchset|released split=S name=N
             allow_patient_overlap=true]: score a saved model (a prepared set: its test rows;
             a test patient the model trained or selected on is refused)
@@ -106,9 +107,11 @@ def cmd_train(args: Sequence[str]) -> int:
     from common.config.compose import compose_config
     from common.runs.single_node import run_cell
 
-    config = compose_config(args)
+    options, rest = split_options(args, ("overwrite",))
+    config = compose_config(rest)
     if not config.out_dir:
         raise ConfigError("mammofl train needs out_dir=DIR")
+    check_no_finished_run(Path(config.out_dir), options.get("overwrite", "false"))
     record = run_cell(config, Path(config.out_dir))
     summary = {
         name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
@@ -126,6 +129,21 @@ def cmd_train(args: Sequence[str]) -> int:
         )
     )
     return 0
+
+
+def check_no_finished_run(out_dir: Path, overwrite: str) -> None:
+    """A second `mammofl train` into a finished run's folder would replace its result, and
+    under DP its epsilon would not be composed with the first's: refused unless asked for."""
+    finished = out_dir / "result.json"
+    if not finished.is_file() or overwrite.lower() in ("1", "true", "yes"):
+        return
+    spent = json.loads(finished.read_text()).get("privacy", {}).get("epsilon_spent")
+    what = f"a DP run that spent epsilon {spent:.3f}" if spent else "a finished run"
+    raise ConfigError(
+        f"{out_dir} already holds {what} (result.json). A run here would replace it"
+        + (", and its epsilon would not be composed with the first's" if spent else "")
+        + ": pass another out_dir=, or overwrite=true to replace it"
+    )
 
 
 def cmd_evaluate(args: Sequence[str]) -> int:

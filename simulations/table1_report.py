@@ -150,8 +150,9 @@ def _guarantee(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}"
+def _fmt(mean: float, std: float, seeds: int) -> str:
+    """Mean ± population std over seeds; one seed has no spread to show."""
+    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 else f"{mean:.3f} (1 seed)"
 
 
 def markdown(
@@ -185,7 +186,7 @@ def markdown(
             if r["epsilon_spent"] is None or pd.isna(r["epsilon_spent"])
             else f"{r['epsilon_spent']:.3f}"
         )
-        metrics = " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS)
+        metrics = " | ".join(_fmt(r[f"{m}_mean"], r[f"{m}_std"], r["seeds"]) for m in METRICS)
         cells = [r["row"], f"{r['epsilon']:g}", r["test_set"], str(r["seeds"]), metrics]
         guarantee = r["guarantee"]
         if r["guarantee"] == "partial":

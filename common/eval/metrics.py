@@ -35,6 +35,9 @@ def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
+MIN_PATIENTS_FOR_CI = 10  # below this a patient bootstrap cannot say much: the record says so
+
+
 def evaluate_scores(
     labels: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
@@ -74,4 +77,9 @@ def evaluate_scores(
         )
     result["bootstrap"] = bootstrap
     result["confidence"] = confidence
+    if len(members) < MIN_PATIENTS_FOR_CI:
+        result["ci_note"] = (
+            f"{len(members)} patients: too few for a meaningful interval (resampling so few "
+            "repeats the same handful)"
+        )
     return result

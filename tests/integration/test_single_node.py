@@ -203,3 +203,20 @@ def test_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: mammofl train") and "out_dir=DIR" in out
+
+
+def test_train_refuses_a_folder_that_holds_a_finished_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run there would replace the first's result, and under DP its epsilon would
+    not be composed with the first's: refused before anything loads, unless overwrite=true."""
+    from simulations.cli import main
+
+    (tmp_path / "result.json").write_text(json.dumps({"privacy": {"epsilon_spent": 5.998}}))
+    args = ["train", "experiment=recipe/dp_eps6", f"out_dir={tmp_path}", "data.real.path=/none"]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "already holds a DP run that spent epsilon 5.998 (result.json)" in error
+    assert "overwrite=true" in error
+    assert main([*args, "overwrite=true"]) == 2  # past the check: the (missing) data refuses
+    assert "/none" in capsys.readouterr().err

@@ -43,3 +43,17 @@ def test_bootstrap_says_how_many_resamples_had_one_class_only() -> None:
         np.arange(40) % 2, np.linspace(0, 1, 40), [str(k) for k in range(40)], bootstrap=50
     )
     assert full["auroc"]["bootstrap_dropped"] == 0
+
+
+def test_too_few_patients_for_an_interval_is_said() -> None:
+    from common.eval.metrics import evaluate_scores
+
+    few = evaluate_scores([0, 1, 0, 1], [0.9, 0.1, 0.8, 0.2], ["a", "a", "b", "b"], bootstrap=20)
+    assert few["ci_note"].startswith("2 patients: too few for a meaningful interval")
+    many = evaluate_scores(
+        [k % 2 for k in range(20)],
+        [k / 20 for k in range(20)],
+        list("abcdefghijklmnopqrst"),
+        bootstrap=20,
+    )
+    assert "ci_note" not in many

@@ -147,3 +147,10 @@ def test_a_one_class_test_set_reports_nan_instead_of_crashing(tmp_path: Path) ->
     path.write_text(json.dumps(record))
     paths = write_reports(tmp_path, ["real"], [42], [])
     assert pd.isna(pd.read_csv(paths["csv"]).loc[0, "auroc_mean"])
+
+
+def test_one_seed_shows_no_spread() -> None:
+    from simulations.table1_report import _fmt
+
+    assert _fmt(0.7671, 0.0, 1) == "0.767 (1 seed)"
+    assert _fmt(0.7671, 0.0123, 3) == "0.767 ± 0.012"
