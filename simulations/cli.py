@@ -428,9 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
         print(
             USAGE,
-            file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout,
+            file=sys.stdout if argv and argv[0] in ("-h", "--help", "help") else sys.stderr,
         )
-        return 0 if not argv or argv[0] in ("-h", "--help", "help") else 2
+        return 0 if argv and argv[0] in ("-h", "--help", "help") else 2  # no command: usage
     if any(arg in ("-h", "--help") for arg in argv[1:]):
         print(command_usage(argv[0]))
         return 0

@@ -52,7 +52,9 @@ def assign_splits(
         why = (
             "split=random asked for"
             if mode == "random"
-            else f"the source holds one split ({', '.join(sorted(official - {''})) or 'none'})"
+            else f"the source holds only {', '.join(sorted(official - {''}))} rows"
+            if official - {""}
+            else "the source has no official split"
         )
         rule = f"seeded per-patient split, test_fraction {test_fraction}, seed {seed} ({why})"
     train, val = _seeded(train, val_fraction, seed)

@@ -12,11 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config.schema import DataConfig
+from common.config.schema import DataConfig, PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.patch_set import PatchSet, show_patient
 from common.data.readers import read_patch_source
 from common.data.splits import assert_disjoint_patients, shared_patients, split_by_patient
+from common.errors import DataError
 
 log = logging.getLogger(__name__)
 OVERLAP_FIX = "; set data.allow_patient_overlap=true only to use an overlap on purpose"
@@ -54,7 +55,7 @@ def read_run_patch_sets(data: DataConfig, include_tests: bool = True) -> RunPatc
     """Read (not load pixels of) every configured set and check patient disjointness."""
     real = None
     if data.real is not None and data.real.path:
-        real = read_patch_source(data.real, default_split="train")
+        real = _read(data.real, "data.real", "train")
     validation_cfg = data.validation
     if validation_cfg.holdout_fraction is not None:
         assert real is not None
@@ -63,22 +64,21 @@ def read_run_patch_sets(data: DataConfig, include_tests: bool = True) -> RunPatc
         )
     else:
         assert validation_cfg.source is not None
-        validation = read_patch_source(validation_cfg.source, default_split="val")
+        validation = _read(validation_cfg.source, "data.validation.source", "val")
     parts: list[PatchSet] = []
     if "real" in data.train_on:
         assert real is not None
         parts.append(real)
     if "synthetic" in data.train_on:
         assert data.synthetic is not None
-        parts.append(read_patch_source(data.synthetic, default_split="train"))
+        parts.append(_read(data.synthetic, "data.synthetic", "train"))
     train = parts[0]
     for part in parts[1:]:
         train = train.concat(part, name="+".join(data.train_on))
     tests = {}
     if include_tests:
         tests = {
-            name: read_patch_source(source, default_split="test")
-            for name, source in data.tests.items()
+            name: _read(source, f"data.tests.{name}", "test") for name, source in data.tests.items()
         }
     sets = {"train": train, "validation": validation, **tests}
     if not data.allow_patient_overlap:
@@ -90,6 +90,14 @@ def read_run_patch_sets(data: DataConfig, include_tests: bool = True) -> RunPatc
     if overlap:
         log.warning("data.allow_patient_overlap=true: patients shared by %s", sorted(overlap))
     return RunPatchSets(train, validation, tests, overlap)
+
+
+def _read(source: PatchSourceConfig, key: str, default_split: str) -> PatchSet:
+    """`read_patch_source`, its data errors naming the config key to fix (`data.real.path=`)."""
+    try:
+        return read_patch_source(source, default_split=default_split)
+    except DataError as error:
+        raise DataError(f"{key} ({key}.path={source.path}): {error}") from error
 
 
 def load_run_data(data: DataConfig, progress: bool = False) -> RunData:

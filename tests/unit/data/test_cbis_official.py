@@ -160,7 +160,7 @@ def test_one_split_in_the_csvs_gets_a_named_seeded_split(tmp_path: Path) -> None
     assert _prepare(tmp_path / "dl", out, "val_fraction=0") == 0
     report = json.loads((out / "report.json").read_text())
     assert "seeded per-patient split" in report["split_rule"]
-    assert "one split (train)" in report["split_rule"]
+    assert "the source holds only train rows" in report["split_rule"]
     assert report["patients"]["test"] >= 1 and report["patients"]["train"] >= 1
 
 
