@@ -5,6 +5,7 @@ itself), reusing the MCGAN it trained in the main run (its own model of its own 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from common.training.engine import load_trainable, trainable_state
 from common.training.settings import resolve_device
 from server.pretrain import pool_synthetic, pretrain
 
+log = logging.getLogger("mammofl.federate")
+
 
 def run_site_alone(
     config: FederatedRunConfig, entry: SiteEntry, run_dir: Path, main_state: Path | None = None
@@ -37,6 +40,7 @@ def run_site_alone(
     synpre = None
     if config.synpre.enabled and config.gan.enabled:
         if main_state is not None and (main_state / "gan").is_dir():
+            log.info("%s alone: the site's MCGAN, copied from the main run", entry.name)
             shutil.copytree(main_state / "gan", run_dir / "state" / "gan", dirs_exist_ok=True)
         own = runtime.synthesize(config.gan.per_site)
         pool = pool_synthetic({entry.name: (own.pixels, own.labels, own.provenance)})

@@ -72,7 +72,7 @@ def train_site_gan(
     # gan.train settings: only its data and, under DP, its plan must be the same
     resumed = trainer.resume_latest(check_settings=False)
     if resumed:
-        log.info("site %s: its MCGAN from an earlier run, epoch %d", facts.name, trainer.epoch)
+        log.info("site %s: reuses its trained MCGAN (epoch %d)", facts.name, trainer.epoch)
     done = trainer.epoch >= gan_config.train.epochs
     reservation = None
     if trainer.plan is not None:
