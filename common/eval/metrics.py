@@ -79,7 +79,7 @@ def evaluate_scores(
     result["confidence"] = confidence
     if len(members) < MIN_PATIENTS_FOR_CI:
         result["ci_note"] = (
-            f"{len(members)} patients: too few for a meaningful interval (resampling so few "
-            "repeats the same handful)"
+            f"fewer than {MIN_PATIENTS_FOR_CI} patients: too few for a meaningful interval "
+            "(resampling so few repeats the same handful)"
         )
     return result

@@ -47,6 +47,11 @@ class LedgerStore:
             ) from error
         ledger = PrivacyLedger.from_state_dict(state)
         stored = (ledger.delta, ledger.accountant, ledger.unit)
+        unused = not ledger.events and not ledger.non_dp_uses
+        if unused and not any(_present(t) for t in self.spending_traces):
+            # written at the state dir's first use, nothing spent since: no history to compose
+            # under other rules, so a run may still choose them (e.g. a lower delta)
+            return PrivacyLedger(delta=delta, accountant=accountant, unit=unit)
         if stored != (delta, accountant, unit):
             raise PrivacyError(
                 f"ledger {self.path} was kept with (delta, accountant, unit) = {stored}, this run "

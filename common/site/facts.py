@@ -7,6 +7,7 @@ one row per partition id). Nothing here is ever sent to the server except the si
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,12 +65,16 @@ def _flag(value: object) -> bool:
 
 
 def _number(node_config: Mapping[str, object], key: str) -> float:
+    """A finite number (a NaN cap would be ignored by min(), an infinite one is no cap)."""
     try:
-        return float(str(node_config[key]))
+        value = float(str(node_config[key]))
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise ConfigError(
-            f"node_config {key}={node_config[key]!r} is not a number (e.g. {key}=6)"
-        ) from None
+            f"node_config {key}={node_config[key]!r} is not a finite number (e.g. {key}=6)"
+        )
+    return value
 
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:

@@ -49,7 +49,12 @@ def test_too_few_patients_for_an_interval_is_said() -> None:
     from common.eval.metrics import evaluate_scores
 
     few = evaluate_scores([0, 1, 0, 1], [0.9, 0.1, 0.8, 0.2], ["a", "a", "b", "b"], bootstrap=20)
-    assert few["ci_note"].startswith("2 patients: too few for a meaningful interval")
+    assert few["ci_note"].startswith("fewer than 10 patients: too few for a meaningful interval")
+    from common.runs.shareable import shareable_record
+
+    shared = shareable_record({"tests": {"t": few}}, seeded_noise=False)["tests"]["t"]
+    assert "2" not in shared["ci_note"]  # no exact count leaves the site
+    assert "bootstrap_dropped" not in shared["auroc"] and "n_patients" not in shared
     many = evaluate_scores(
         [k % 2 for k in range(20)],
         [k / 20 for k in range(20)],

@@ -176,3 +176,24 @@ def test_a_prv_epsilon_is_opacus_own_and_computed_once_per_history() -> None:
     assert after.hits >= before.hits + 1 and after.misses <= before.misses + 1
     longer = [LedgerEvent(noise_multiplier=4.277, sample_rate=0.125, steps=1600)]
     assert epsilon_of(longer, 1e-4, "prv") > epsilon_of(events, 1e-4, "prv")  # not stale
+
+
+def test_an_unused_ledger_takes_the_rules_of_the_first_run_that_spends(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A state dir's ledger is written at its first use. Until something is spent under it,
+    a run may choose other rules (a site's delta cap made the server lower delta); once spent,
+    or beside traces of spending, the rules are pinned."""
+    from common.privacy.ledger_store import LedgerStore
+
+    plan = tmp_path / "dp_plan.json"
+    store = LedgerStore(tmp_path / "ledger.json", spending_traces=[plan])
+    store.save(store.load(delta=1e-4, accountant="rdp", unit="patch"))
+    assert store.load(delta=1e-5, accountant="prv", unit="patient").delta == 1e-5
+    plan.write_text("{}")
+    with pytest.raises(PrivacyError, match="delta, accountant, unit"):
+        store.load(delta=1e-5, accountant="rdp", unit="patch")
+    plan.unlink()
+    spent = store.load(delta=1e-4, accountant="rdp", unit="patch")
+    spent.reserve(_event(round=1))
+    store.save(spent)
+    with pytest.raises(PrivacyError, match="delta, accountant, unit"):
+        store.load(delta=1e-5, accountant="rdp", unit="patch")
