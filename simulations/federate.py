@@ -90,7 +90,7 @@ def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str
         return
     if not fresh:
         spent = any(_has_events(p) for p in ledgers)
-        what = "its sites' ledgers have spent budget" if spent else "nothing spent yet"
+        what = "its sites' ledgers record their data's use" if spent else "nothing spent yet"
         raise ConfigError(
             f"{run_dir} already holds a federation ({what}). "
             "Continue it with federation.resume=true, start elsewhere with out_dir=DIR, or "
@@ -103,11 +103,13 @@ def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str
 
 
 def _has_events(ledger: Path) -> bool:
-    """Whether a site ledger records any spending (an unreadable one: assume so)."""
+    """Whether a site ledger records any use of its data (DP events, or a use without DP such
+    as an MCGAN trained without it); an unreadable one: assume so."""
     try:
-        return bool(json.loads(ledger.read_text()).get("events"))
+        state = json.loads(ledger.read_text())
     except (OSError, ValueError):
         return True
+    return bool(state.get("events") or state.get("non_dp_uses"))
 
 
 def run_federate(

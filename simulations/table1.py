@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -144,12 +144,14 @@ def cell_done(
     synpre: str,
     overrides: Sequence[str] | None = None,
     compare_settings: bool | None = None,
+    rows: Collection[str] | None = None,
 ) -> bool:
     """Whether the cell has its result. Refused, not mixed in: a finished cell that started
     from another row's model than the row's start (e.g. SynPre+RealFT from `synpre` where
     `synpre_cpu` is asked for) or another seed's; with `compare_settings` (default: when
     `overrides` are given), a cell whose recorded settings differ from what the row composes
-    to now (a preset changed since; a compose each, so `check_cells` does it once a run)."""
+    to now (a preset changed since; a compose each, so `check_cells` does it once a run) or
+    whose start model changed since (or is gone, where its row is among `rows`, this run's)."""
     target = cell_dir(out_dir, row, seed)
     if not (target / "result.json").is_file():
         return False
@@ -182,10 +184,11 @@ def cell_done(
         origin = synpre if is_finetune(row) else start
         if origin is not None:
             recorded = json.loads((target / "site_only.json").read_text())
-            why = start_changed(
-                recorded.get("start_model_sha256"), start_model(out_dir, origin, seed)
-            )
-            changes = ([why] if why else []) + changes
+            path = start_model(out_dir, origin, seed)
+            # a start model gone matters only when its row runs again (`rows`: this run's)
+            if path.is_file() or rows is None or origin in rows:
+                why = start_changed(recorded.get("start_model_sha256"), path)
+                changes = ([why] if why else []) + changes
         if changes:
             raise ConfigError(
                 f"{target} was trained with other settings than {row} composes to now "
@@ -289,7 +292,7 @@ def check_cells(
         for name in needed:
             for seed in seeds:
                 try:
-                    cell_done(out_dir, name, seed, synpre, overrides)
+                    cell_done(out_dir, name, seed, synpre, overrides, rows=rows)
                 except ConfigError as error:
                     refusals[str(error)] = None
     if refusals:

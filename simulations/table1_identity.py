@@ -1,8 +1,9 @@
 """What a finished Table 1 cell was made of, against what its row would use now.
 
 `table1.changed_settings` compares the recorded settings; this adds what settings do not show:
-the data's content (the manifest hashes a cell records: a moved folder is the same data, an
-edited one is not), the backbone weights by file name, and the start model's content (a
+the data by its manifest (file names, labels, patients, boxes as a cell records them: a moved
+folder is the same data, another selection of patches is not; pixels edited under the same
+names are not seen), the backbone weights by file name, and the start model's content (a
 retrained start row leaves the cells fine-tuned from it stale).
 """
 
@@ -23,7 +24,7 @@ _file_hashes: dict[tuple[str, int, int], str] = {}
 
 def identity_only(node: Any) -> Any:
     """A config node with every data `path` dropped (where data lives is not what it is; the
-    manifest hashes say what it is) and `weights` files reduced to their file name."""
+    manifest hashes say which patches) and `weights` files reduced to their file name."""
     if isinstance(node, dict):
         return {
             k: Path(v).name if k == "weights" and isinstance(v, str) else identity_only(v)
@@ -40,19 +41,30 @@ def data_hashes(data: DataConfig) -> dict[str, str]:
     run records keep them (`data.<set>.manifest_sha256`); read once per data config."""
     key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
     if key not in _data_hashes:
-        sets = read_run_patch_sets(data)
-        named = {"train": sets.train, "validation": sets.validation, **sets.tests}
-        _data_hashes[key] = {name: s.manifest_hash() for name, s in named.items()}
+        _data_hashes[key] = read_run_patch_sets(data).hashes()
     return _data_hashes[key]
 
 
+def _recorded_read_hash(report: Any) -> str | None:
+    """A set's manifest hash as read when the cell ran: `read_manifest_sha256`; in an older
+    record, `manifest_sha256` where nothing was skipped at loading (then the two agree)."""
+    if not isinstance(report, dict):
+        return None
+    if report.get("read_manifest_sha256"):
+        return str(report["read_manifest_sha256"])
+    if report.get("manifest_sha256") and not report.get("skipped"):
+        return str(report["manifest_sha256"])
+    return None
+
+
 def changed_data(recorded: dict[str, Any], data: DataConfig) -> list[str]:
-    """`data <set>: other patches` for each set whose recorded manifest hash differs from the
-    one `data` reads now (sets an older record lacks are not compared)."""
+    """`data <set>: other patches` for each set whose recorded manifest hash (file names,
+    labels, patients, boxes) differs from the one `data` reads now (sets an older record
+    lacks are not compared)."""
     was = {
-        name: report["manifest_sha256"]
+        name: sha
         for name, report in recorded.items()
-        if isinstance(report, dict) and report.get("manifest_sha256")
+        if (sha := _recorded_read_hash(report)) is not None
     }
     if not was:
         return []

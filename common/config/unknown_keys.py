@@ -56,8 +56,8 @@ def unknown_key_message(schema: type, key: str) -> str | None:
 
 def check_added_keys(schema: type, overrides: Sequence[str], groups: Collection[str] = ()) -> None:
     """Refuse `+key=` / `++key=` where `key` is no field of a typed section (it would be added
-    and ignored); adding keys to a free dict (model.kwargs, data.tests) or choosing a config
-    group (`+experiment=...`, one of `groups`) stays allowed."""
+    and ignored); adding keys to a free dict (model.kwargs) or choosing a config group
+    (`+experiment=...`, one of `groups`) stays allowed."""
     for override in overrides:
         if not override.startswith("+"):
             continue

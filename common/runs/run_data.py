@@ -30,6 +30,11 @@ class RunPatchSets:
     tests: dict[str, PatchSet]
     overlap: dict[str, list[str]] = field(default_factory=dict)  # allowed: set pair -> patients
 
+    def hashes(self) -> dict[str, str]:
+        """Each set's manifest hash (file names, labels, patients, boxes), by set name."""
+        named = {"train": self.train, "validation": self.validation, **self.tests}
+        return {name: patch_set.manifest_hash() for name, patch_set in named.items()}
+
 
 @dataclass
 class RunData:
@@ -37,6 +42,9 @@ class RunData:
     validation: LoadedPatches
     tests: dict[str, LoadedPatches]
     overlap: dict[str, list[str]] = field(default_factory=dict)
+    # each set's manifest hash as read, before unreadable images were skipped at loading: what
+    # a later reading of the same data gives (mammofl table1 compares it)
+    read_hashes: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
         sets = {"train": self.train, "validation": self.validation, **self.tests}
@@ -45,6 +53,7 @@ class RunData:
             name: {
                 **loaded.patch_set.counts(),
                 "manifest_sha256": loaded.patch_set.manifest_hash(),
+                "read_manifest_sha256": self.read_hashes.get(name),
                 "skipped": [{"record": r, "reason": why} for r, why in loaded.patch_set.skipped],
             }
             for name, loaded in sets.items()
@@ -108,4 +117,5 @@ def load_run_data(data: DataConfig, progress: bool = False) -> RunData:
         validation=load_patches(sets.validation, size, progress),
         tests={name: load_patches(s, size, progress) for name, s in sets.tests.items()},
         overlap=sets.overlap,
+        read_hashes=sets.hashes(),
     )

@@ -204,3 +204,32 @@ def test_a_cell_whose_start_model_was_retrained_is_refused(tmp_path: Path) -> No
     start.unlink()
     with pytest.raises(ConfigError, match="is gone"):
         cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [])
+    # gone, but its row does not run again: the cell's start was that model, still valid
+    rows = ["recipe/dp_synhead_eps6"]
+    assert cell_done(tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [], rows=rows)
+    with pytest.raises(ConfigError, match="is gone"):
+        cell_done(
+            tmp_path, "recipe/dp_synhead_eps6", 42, "synpre", [], rows=[*rows, "recipe/syn_head"]
+        )
+
+
+def test_data_compares_as_read_not_as_loaded(tmp_path: Path) -> None:
+    """A set with an unreadable image is recorded after loading without it; the check reads
+    the data again without loading, so it compares the hash as read (older records: only
+    where nothing was skipped)."""
+    from simulations.table1 import cell_config
+    from simulations.table1_identity import data_hashes
+
+    overrides = ["data=release_dev", "model=efficientnet_lite0"]
+    cell = _finished(tmp_path, "real", 42)
+    config = cell_config(tmp_path, "real", 42, overrides)
+    record = json.loads((cell / "site_only.json").read_text())
+    record["config"] = dataclasses.asdict(config)
+    now = data_hashes(config.data)
+    skipped = {"manifest_sha256": "1" * 64, "skipped": [{"record": "x.png", "reason": "bad"}]}
+    record["data"] = {"train": {**skipped, "read_manifest_sha256": now["train"]}}
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "real", 42, "synpre", overrides)
+    record["data"] = {"train": skipped}  # an older record: not comparable, not refused
+    (cell / "site_only.json").write_text(json.dumps(record))
+    assert cell_done(tmp_path, "real", 42, "synpre", overrides)
