@@ -85,16 +85,19 @@ def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str
             )
         check_same_run(recorded, list(overrides))
     ledgers = list((run_dir / "sites").glob("*/state/ledger.json"))
-    old = checkpoint_path(run_dir).is_file() or bool(ledgers)
-    if config.federation.resume or not old:
+    checkpoint = checkpoint_path(run_dir).is_file()
+    used = any(_has_events(p) for p in ledgers)
+    # a run that stopped before anything was charged (its ledgers empty, no checkpoint) left
+    # nothing to protect: the folder is used again
+    if config.federation.resume or not (checkpoint or used):
         return
     if not fresh:
-        spent = any(_has_events(p) for p in ledgers)
-        what = "its sites' ledgers record their data's use" if spent else "nothing spent yet"
+        resume = "continue it with federation.resume=true, " if checkpoint else ""
+        what = "its sites' ledgers record their data's use" if used else "nothing charged yet"
         raise ConfigError(
-            f"{run_dir} already holds a federation ({what}). "
-            "Continue it with federation.resume=true, start elsewhere with out_dir=DIR, or "
-            "discard its server and site states (simulated sites only) with fresh=true"
+            f"{run_dir} already holds a federation ({what}): {resume}start elsewhere with "
+            "out_dir=DIR, or discard its server and site states (simulated sites only) with "
+            "fresh=true"
         )
     shutil.rmtree(run_dir / "server", ignore_errors=True)
     for state in (run_dir / "sites").glob("*/state"):

@@ -35,3 +35,19 @@ def test_a_resume_is_checked_before_the_simulation_starts(tmp_path: Path) -> Non
     other = [*overrides, "federation.local_epochs=9"]
     with pytest.raises(ConfigError, match=r"federation\.local_epochs"):
         check_fresh(compose_federated_config(other), False, other)
+
+
+def test_a_folder_whose_run_charged_nothing_is_used_again(tmp_path: Path) -> None:
+    """A run stopped before any charge (empty ledgers, no checkpoint) left nothing to protect;
+    one whose ledgers record a use is refused, and resume is offered only with a checkpoint."""
+    import json
+
+    overrides = [*FIRST, f"out_dir={tmp_path}"]
+    config = compose_federated_config(overrides)
+    ledger = tmp_path / "sites" / "site-a" / "state" / "ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"events": [], "non_dp_uses": []}))
+    check_fresh(config, False, overrides)
+    ledger.write_text(json.dumps({"events": [], "non_dp_uses": [{"kind": "mcgan"}]}))
+    with pytest.raises(ConfigError, match="record their data's use\\): start elsewhere"):
+        check_fresh(config, False, overrides)
