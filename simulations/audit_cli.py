@@ -103,6 +103,8 @@ def _summary(record: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             for t in record["targets"]
         ],
         "passed": record["verdict"]["passed"],
+        "conclusive": record["verdict"]["conclusive"],
+        **({"note": record["verdict"]["note"]} if record["verdict"]["note"] else {}),
     }
 
 

@@ -114,6 +114,7 @@ def target_record(outcome: ModelOutcome, attack: TargetAttack) -> dict[str, Any]
     audit = attack.audit.to_dict()
     bound = attack.audit.epsilon_lower_bound
     accounted = outcome.epsilon_spent
+    conclusive = accounted is not None and attack.audit.ceiling >= accounted
     if accounted is None:
         passed, note = True, "no DP: no accounted epsilon to check against"
     else:
@@ -130,7 +131,8 @@ def target_record(outcome: ModelOutcome, attack: TargetAttack) -> dict[str, Any]
                 "(every guess right), so it could not have detected a violation of the "
                 "accounted epsilon"
             )
-    verdict = {"passed": passed, "note": note}
+    # passed but not conclusive: no violation found, and none could have been
+    verdict = {"passed": passed, "conclusive": conclusive, "note": note}
     return {
         "seed": outcome.seed,
         "training_size": outcome.training_size,

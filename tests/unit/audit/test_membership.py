@@ -230,3 +230,16 @@ def test_the_delta_term_caps_small_audits() -> None:
     under a 12-test Bonferroni family certify nothing; the same guesses alone do."""
     assert epsilon_lower_bound(944, 20, 20, delta=1e-4, confidence=1 - 0.05 / 12) == 0.0
     assert epsilon_lower_bound(944, 20, 20, delta=0.0, confidence=1 - 0.05 / 12) > 1.0
+
+
+def test_settings_of_an_attempt_that_trained_nothing_bind_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An audit refused before its first model (e.g. a batch larger than N) had written its
+    settings: the corrected retry in the same folder must not be refused for them."""
+    from common.audit.run import _check_resume
+    from common.errors import ConfigError
+
+    _check_resume(tmp_path, {"train": {"batch_size": 16}})
+    _check_resume(tmp_path, {"train": {"batch_size": 4}})  # nothing trained: a new start
+    (tmp_path / "models" / "seed42.npz").write_bytes(b"a model")
+    with pytest.raises(ConfigError, match="holds models of other settings"):
+        _check_resume(tmp_path, {"train": {"batch_size": 8}})
