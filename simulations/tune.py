@@ -26,5 +26,6 @@ def cmd_tune(args: Sequence[str]) -> int:
     except ValueError as error:
         raise ConfigError(f"seeds={options['seeds']!r}: a list of integers") from error
     summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
-    print(json.dumps({k: summary[k] for k in ("candidates", "cell_runs", "best")}, indent=2))
+    keys = ("candidates", "cell_runs", "best", "privacy_note")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0

@@ -61,6 +61,15 @@ class SearchSpace:
         return math.prod(len(v) for v in self.axes.values())
 
 
+# the search's own privacy cost (Papernot & Steinke, ICLR 2022): never in a run's epsilon
+SEARCH_NOT_ACCOUNTED = (
+    "each run's epsilon covers that run only: this search read the same records in {runs} "
+    "runs and released the best, which no ledger accounts; a run trained afterwards with the "
+    "chosen settings on these records should say so (privacy.tuned_on=...), and "
+    "common/privacy/tuning_cost.py bounds a random search's cost (docs/recipes.md)"
+)
+
+
 def load_space(name_or_path: str) -> SearchSpace:
     """A search space by name (configs/tune/<name>.yaml) or path; ConfigError names the file
     and field of any fault."""
@@ -288,6 +297,7 @@ def _write_summary(
         "score": "hold-out AUROC of the returned model (the hold-out also selected its epoch)",
         "failed_candidates": sum(bool(r["failed"]) for r in rows),
         "best": ranked[0] if ranked and not math.isnan(ranked[0]["holdout_auroc_mean"]) else None,
+        "privacy_note": SEARCH_NOT_ACCOUNTED.format(runs=int(sum(r["seeds"] for r in rows))),
     }
     write_json(out_dir / "tune.json", summary)
     return summary

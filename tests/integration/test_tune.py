@@ -68,6 +68,9 @@ def test_search_ranks_candidates_on_the_holdout_and_resumes(
     out = tmp_path / "search"
     summary = run_search(space, unreadable, out)
     assert summary["cell_runs"] == 4 and summary["cell_runs_this_call"] == 4
+    assert summary["privacy_note"].startswith(
+        "each run's epsilon covers that run only: this search read the same records in 4 runs"
+    )
     table = pd.read_csv(out / "tune.csv")
     assert len(table) == 2 and table["seeds"].tolist() == [2, 2]
     assert table["holdout_auroc_mean"].is_monotonic_decreasing
