@@ -67,6 +67,7 @@ def train_site_gan(
         np.asarray(train.patch_set.labels),
         facts.state_dir / "gan",
         resolve_device(facts.device),
+        config_prefix="gan.",
     )
     # a site reuses its own MCGAN (and its charge) across runs, whatever a later run's seed or
     # gan.train settings: only its data and, under DP, its plan must be the same

@@ -41,16 +41,16 @@ RESUMABLE_TRAIN_KEYS = frozenset(
 )
 
 
-def changed_training(recorded: dict[str, Any], config: GanConfig) -> list[str]:
-    """`key: was -> now` for each gan.model / gan.train setting (and the seed) that a
-    checkpoint's recorded config has otherwise, bar RESUMABLE_TRAIN_KEYS; keys an older
-    checkpoint lacks are not compared."""
+def changed_training(recorded: dict[str, Any], config: GanConfig, prefix: str = "") -> list[str]:
+    """`key: was -> now` for each model / train setting (and the seed) that a checkpoint's
+    recorded config has otherwise, bar RESUMABLE_TRAIN_KEYS; keys an older checkpoint lacks
+    are not compared. `prefix`: where the GAN's settings sit in the caller's config."""
     changes = changed_sections(
         recorded,
         dataclasses.asdict(config),
         ("model", "train"),
         skip=RESUMABLE_TRAIN_KEYS,
-        prefix="gan.",
+        prefix=prefix,
     )
     if "seed" in recorded and recorded["seed"] != config.seed:
         changes.append(f"seed: {recorded['seed']!r} -> {config.seed!r}")
@@ -87,7 +87,10 @@ def restore_trainer(trainer: GanTrainer, state: dict[str, Any], check_settings: 
     MCGAN across runs passes check_settings=False (common.site.synthetic)."""
     if state["data_sha256"] != trainer.data_hash:
         raise ConfigError("this checkpoint was trained on other data; resume with the same data")
-    changed = changed_training(state.get("config", {}), trainer.config) if check_settings else []
+    recorded = state.get("config", {})
+    changed = (
+        changed_training(recorded, trainer.config, trainer.config_prefix) if check_settings else []
+    )
     if changed:
         raise ConfigError(
             f"this checkpoint was trained with other settings ({'; '.join(changed)}); "

@@ -80,12 +80,16 @@ class GanTrainer:
         labels: np.ndarray,
         out_dir: Path,
         device: torch.device,
+        config_prefix: str = "",
     ) -> None:
+        """`config_prefix`: where the GAN's settings sit in the caller's config ("gan." in a
+        federated run), so refusals name the key the user sets."""
         if pixels.shape[1:] != (config.model.image_size,) * 2:
             raise ConfigError(
                 f"GAN data must be {config.model.image_size}px, got {pixels.shape[1:]}"
             )
         self.config, self.out_dir, self.device = config, out_dir, device
+        self.config_prefix = config_prefix
         self.data_hash = hashlib.sha256(
             pixels.tobytes() + labels.astype(np.int64).tobytes()
         ).hexdigest()
@@ -148,8 +152,9 @@ class GanTrainer:
 
     def _make_private(self, n: int) -> None:
         dp = self.config.dp
-        check_delta(dp.delta, n, "patch", key="gan.dp.delta")  # D samples patches
-        check_batch_fits(n, self.config.train.batch_size, key="gan.train.batch_size")
+        prefix = self.config_prefix
+        check_delta(dp.delta, n, "patch", key=f"{prefix}dp.delta")  # D samples patches
+        check_batch_fits(n, self.config.train.batch_size, key=f"{prefix}train.batch_size")
         self.plan = plan_privacy(
             dataset_size=n,
             batch_size=self.config.train.batch_size,

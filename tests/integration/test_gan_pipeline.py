@@ -171,6 +171,6 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
     ]
     # a resume with other training settings is refused, naming them
     assert main(["gan", "train", *more, "train.batch_size=4", "seeds=[1]", f"out_dir={out}"]) == 2
-    assert "gan.train.batch_size: 8 -> 4" in capsys.readouterr().err
+    assert "train.batch_size: 8 -> 4" in capsys.readouterr().err
     for bad in ("seeds=[1,x]", "seeds=[]", "seeds=[-1]"):
         assert main(["gan", "train", *TINY_GAN, bad, f"out_dir={out}"]) == 2

@@ -171,13 +171,14 @@ def test_a_resume_may_change_only_how_long_and_how_fast_it_trains() -> None:
         config, seed=config.seed + 1, train=dataclasses.replace(config.train, batch_size=3)
     )
     assert changed_training(recorded, other) == [
-        f"gan.train.batch_size: {config.train.batch_size!r} -> 3",
+        f"train.batch_size: {config.train.batch_size!r} -> 3",
         f"seed: {config.seed!r} -> {config.seed + 1!r}",
     ]
     older = {"model": recorded["model"], "train": {"batch_size": 3}}  # keys it lacks: skipped
     assert changed_training(older, config) == [
-        f"gan.train.batch_size: 3 -> {config.train.batch_size!r}"
+        f"train.batch_size: 3 -> {config.train.batch_size!r}"
     ]
+    assert changed_training(older, config, "gan.")[0].startswith("gan.train.batch_size: 3")
 
 
 @pytest.mark.parametrize("dp", [False, True])
