@@ -29,7 +29,7 @@ GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value
                 program without DP, one after another with DP]
                 (resumes from DIR/checkpoints, or each DIR/seed<k>/checkpoints, when present)
   generate      checkpoint=PATH out_dir=DIR [n=3000 | malignant=N benign=M] [seed=0]
-  score         real=PATH synthetic=PATH [real_format=released real_split=train
+  score         real=PATH synthetic=PATH [real_format=released|patchset real_split=train
                 synthetic_format=patchset|released_synthetic backbone=efficientnet_lite0
                 inception_weights=FILE seed=0 out=FILE.json]
   memorisation  real=PATH synthetic=PATH out_dir=DIR [same format options, backbone=]
@@ -53,7 +53,10 @@ def _options(
 
 def _source(options: dict[str, str], role: str, default_format: str) -> PatchSourceConfig:
     fmt = options.get(f"{role}_format", default_format)
-    split = options.get(f"{role}_split", "train" if fmt == "released" else None)
+    # real patches: the GAN's training rows by default (a prepared folder also holds its test
+    # patients, which the GAN never saw)
+    default_split = "train" if fmt == "released" or (role == "real" and fmt == "patchset") else None
+    split = options.get(f"{role}_split", default_split)
     return PatchSourceConfig(format=fmt, path=options[role], split=split)
 
 

@@ -56,6 +56,12 @@ def _require_folder(folder: Path, what: str) -> None:
 def read_released(root: Path, split: str) -> PatchSet:
     """Released real patches; a file whose name disagrees with its folder's label is skipped."""
     split_dir = root / split
+    if not split_dir.is_dir() and (root / "manifest.csv").is_file():
+        raise DataError(
+            f"released split {split!r}: {root} holds a manifest.csv, so it is a prepared patch "
+            "set, not the released folders: read it with format patchset (e.g. "
+            "real_format=patchset, or data.real.format=patchset)"
+        )
     _require_folder(split_dir, f"released split {split!r}")
     records: list[PatchRecord] = []
     skipped: list[tuple[str, str]] = []

@@ -174,3 +174,25 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
     assert "train.batch_size: 8 -> 4" in capsys.readouterr().err
     for bad in ("seeds=[1,x]", "seeds=[]", "seeds=[-1]"):
         assert main(["gan", "train", *TINY_GAN, bad, f"out_dir={out}"]) == 2
+
+
+def test_gan_scores_read_only_the_training_rows_of_a_prepared_set(tmp_path: Path) -> None:
+    """A prepared folder holds its test patients too, which the GAN never saw: `gan score` and
+    `gan memorisation` compare against its train rows unless real_split= says otherwise; a
+    prepared folder read as the released layout says which format it is."""
+    from common.data.readers import read_patch_source
+    from common.errors import DataError
+    from simulations.gan_cli import _source
+
+    real = _source({"real": "x", "real_format": "patchset"}, "real", "released")
+    assert real.split == "train"
+    assert (
+        _source(
+            {"real": "x", "real_split": "all", "real_format": "patchset"}, "real", "released"
+        ).split
+        == "all"
+    )
+    assert _source({"synthetic": "y"}, "synthetic", "patchset").split is None
+    (tmp_path / "manifest.csv").write_text("path,label\n")
+    with pytest.raises(DataError, match=r"holds a manifest\.csv, so it is a prepared patch set"):
+        read_patch_source(_source({"real": str(tmp_path)}, "real", "released"))
