@@ -250,10 +250,10 @@ class GanGrid:
                     unsaved = None
                 else:
                     unsaved = [copy.deepcopy(x.state_dict()) for x in self.trainers]
-        except Terminated:
+        except (Terminated, KeyboardInterrupt):  # SIGTERM or Ctrl-C: keep the last epoch
             for trainer, state in zip(self.trainers, unsaved or [], strict=False):
                 atomic_torch_save(trainer.checkpoint_path(state["epoch"]), state)
-                log.info("SIGTERM: saved %s epoch %d", trainer.out_dir, state["epoch"])
+                log.info("stopped: saved %s epoch %d", trainer.out_dir, state["epoch"])
             for trainer in self.trainers:
                 note_saved(trainer.out_dir / "checkpoints")
             raise

@@ -411,7 +411,7 @@ class GanTrainer:
 
     def fit(self, progress: bool = True) -> Path | None:
         """Train up to config epochs, checkpointing every K epochs and at the end; on SIGTERM
-        (`Terminated`) checkpoint the last finished epoch, then stop."""
+        (`Terminated`) or Ctrl-C checkpoint the last finished epoch, then stop."""
         total, every = self.config.train.epochs, self.config.train.checkpoint_every
         last = None
         # the newest finished epoch not on disk yet (a copy: the live state may be mid-epoch)
@@ -426,11 +426,11 @@ class GanTrainer:
                     unsaved = None
                 else:
                     unsaved = copy.deepcopy(self.state_dict())
-        except Terminated:
+        except (Terminated, KeyboardInterrupt):  # SIGTERM or Ctrl-C: keep the last epoch
             if unsaved is not None:
                 path = self.checkpoint_path(unsaved["epoch"])
                 atomic_torch_save(path, unsaved)
-                log.info("SIGTERM: saved epoch %d to %s", unsaved["epoch"], path)
+                log.info("stopped: saved epoch %d to %s", unsaved["epoch"], path)
             note_saved(self.out_dir / "checkpoints")
             raise
         return last

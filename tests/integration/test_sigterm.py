@@ -235,3 +235,23 @@ def test_federate_stops_on_one_ctrl_c(tmp_path: Path) -> None:
     while subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True).stdout:
         assert time.monotonic() < deadline, "Ray processes outlived the interrupted job"
         time.sleep(0.5)
+
+
+def test_gan_train_keeps_its_last_epoch_on_ctrl_c(phantom_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C keeps the last finished epoch as SIGTERM does, and says the run resumes there
+    (it said "no partial result was written (a rerun starts again)", then resumed)."""
+    out = tmp_path / "gan"
+    args = ["gan", "train", "gan_preset=tiny", "data.format=patchset"]
+    args += [f"data.path={phantom_dir / 'train'}", "data.split=null"]
+    args += ["train.checkpoint_every=1000", "train.epochs=1000", f"out_dir={out}"]
+    logs = tmp_path / "logs"
+    process = _start(args, logs, {})
+    _wait_until(
+        process, lambda: re.search(r"\| *[2-9]\d*/1000", (logs / "stderr").read_text()) is not None
+    )
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    err = (logs / "stderr").read_text(errors="replace")
+    assert "Traceback" not in err
+    assert f"mammofl gan: interrupted; state saved in {out / 'checkpoints'}" in err
+    assert len(list((out / "checkpoints").glob("epoch_*.pt"))) == 1
