@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value
                 program without DP, one after another with DP]
                 (resumes from DIR/checkpoints, or each DIR/seed<k>/checkpoints, when present)
   generate      checkpoint=PATH out_dir=DIR [n=3000 | malignant=N benign=M] [seed=0]
+                [overwrite=true: replace a set already in out_dir]
   score         real=PATH synthetic=PATH [real_format=released|patchset real_split=train
                 synthetic_format=patchset|released_synthetic backbone=efficientnet_lite0
                 inception_weights=FILE seed=0 out=FILE.json]
@@ -197,9 +199,18 @@ def cmd_generate(args: Sequence[str]) -> int:
 
     options = _options(
         args,
-        ("checkpoint", "out_dir", "n", "malignant", "benign", "seed"),
+        ("checkpoint", "out_dir", "n", "malignant", "benign", "seed", "overwrite"),
         ("checkpoint", "out_dir"),
     )
+    out_dir = Path(options["out_dir"])
+    if (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png")):
+        if options.get("overwrite", "false").lower() not in ("1", "true", "yes"):
+            raise ConfigError(
+                f"{out_dir} already holds a generated set: a new one would mix with its images "
+                "and replace its provenance; use another out_dir=, or overwrite=true to "
+                "replace it"
+            )
+        shutil.rmtree(out_dir / "images", ignore_errors=True)  # none of the old set is kept
     if "malignant" in options or "benign" in options:
         counts = {1: int(options.get("malignant", 0)), 0: int(options.get("benign", 0))}
     else:

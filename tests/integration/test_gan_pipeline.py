@@ -19,10 +19,13 @@ TINY_GAN = ["gan_preset=tiny", "data.limit=48", "train.epochs=1"]
 def test_syn_row_runs_from_gan_generate_output(release_dir: Path, tmp_path: Path) -> None:
     assert main(["gan", "train", *TINY_GAN, f"out_dir={tmp_path / 'gan'}"]) == 0
     checkpoint = tmp_path / "gan" / "checkpoints" / "epoch_00001.pt"
-    assert (
-        main(["gan", "generate", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'syn'}", "n=40"])
-        == 0
-    )
+    generate = ["gan", "generate", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'syn'}"]
+    assert main([*generate, "n=40"]) == 0
+    # a second set into the same folder would mix with the first: refused, or replaced whole
+    assert main([*generate, "n=6"]) == 2
+    assert main([*generate, "n=6", "overwrite=true"]) == 0
+    assert len(list((tmp_path / "syn" / "images").glob("*.png"))) == 6
+    assert main([*generate, "n=40", "overwrite=true"]) == 0
     config = compose_config(
         [
             "experiment=table1/syn",
