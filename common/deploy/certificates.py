@@ -81,7 +81,9 @@ def make_consortium(
     if (out_dir / "ca.key").exists() or (out_dir / "ca.pem").exists():
         raise ConfigError(
             f"{out_dir} already holds a consortium's CA; new keys would void the registered "
-            "ones. Choose another out_dir (or remove that folder on purpose)"
+            "ones. To add a site, have it make its own key pair (ssh-keygen -t ecdsa -b 384 "
+            '-f supernode -N "") and register its supernode.pub (docs/deployment.md); for a '
+            "new consortium choose another out_dir"
         )
     if not hosts:
         raise ConfigError("certificates: give the SuperLink's host names (hosts=[...])")

@@ -36,7 +36,7 @@ NODE_CONFIG_KEYS = (
 class SiteFacts:
     name: str
     state_dir: Path
-    data_dir: Path  # the prepared patch set (manifest.csv + split.csv)
+    data_dir: Path  # the prepared patch set (manifest.csv, with its split column)
     raw_dir: Path | None = None  # a raw CBIS-DDSM-layout download, prepared into data_dir
     patches: PatchSourceConfig | None = None  # or a patch source used as it is
     partition: tuple[int, int] | None = None  # (index, count) per-patient share of `patches`
