@@ -25,6 +25,7 @@ from common.eval.predict import predict_probabilities
 from common.eval.records import write_json, write_predictions
 from common.models.classifier import build_classifier
 from common.models.weights import load_classifier_checkpoint
+from common.runs.shareable import shareable_record
 from common.training.settings import resolve_device
 
 
@@ -92,8 +93,27 @@ def evaluate_run(
         "metrics": metrics,
         "skipped": loaded.patch_set.skipped,
     } | ({"patient_overlap": overlap} if overlap else {})
+    # the whole record names paths, patients and exact counts: it stays at the site; the
+    # shareable file keeps the metrics only (as mammofl train's result.json)
     write_json(target / f"evaluation_{name}.json", record)
+    write_json(target / f"evaluation_{name}.shareable.json", shareable_evaluation(record))
     return record
+
+
+def shareable_evaluation(record: dict[str, Any]) -> dict[str, Any]:
+    """What of an evaluation may leave the site: its name and metrics without exact counts
+    (`common.runs.shareable`); no path, patient id or skipped file."""
+    shared = shareable_record({"tests": {record["name"]: record["metrics"]}}, seeded_noise=False)
+    overlap = record.get("patient_overlap")
+    return {
+        "name": record["name"],
+        "metrics": shared["tests"][record["name"]],
+        "patient_overlap": overlap
+        if isinstance(overlap, str)
+        else ("test patients used in training, allowed on purpose" if overlap else "none"),
+        "site_only": f"evaluation_{record['name']}.json (paths, patients, counts: never to "
+        "leave the site)",
+    }
 
 
 def training_overlap(config: MammoflConfig, test_set: PatchSet, allowed: bool) -> list[str]:

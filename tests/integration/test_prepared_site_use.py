@@ -4,6 +4,7 @@ patients, and a test set sharing a (site, patient) with training is refused unle
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -80,6 +81,11 @@ def test_train_and_evaluate_keep_the_test_patients_out(
 
     scored = evaluate_run(str(tmp_path / "run"), str(prepared), name="site_test")
     assert scored["metrics"]["n"] == len(test.records) and "patient_overlap" not in scored
+    # the whole record stays at the site; the shareable one has metrics, no path or count
+    folder = tmp_path / "run" / "evaluation_site_test"
+    shared = (folder / "evaluation_site_test.shareable.json").read_text()
+    assert str(prepared) not in shared and '"n"' not in shared and "hospital-a" not in shared
+    assert json.loads(shared)["metrics"]["auroc"]["value"] == scored["metrics"]["auroc"]["value"]
     with pytest.raises(SplitLeakageError, match=r"allow_patient_overlap=true"):
         evaluate_run(str(tmp_path / "run"), str(prepared), split="train", name="leak")
     allowed = evaluate_run(
