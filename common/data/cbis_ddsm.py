@@ -124,7 +124,40 @@ def read_cbis_ddsm(
                 lesions.extend(replace(les, origin=f"{csv}:{line}") for les in found)
             except DataError as error:
                 skipped.append((f"{csv}:{line}", str(error)))
-    return lesions, skipped
+    return _without_repeated_lesions(lesions, skipped)
+
+
+def _lesion_key(lesion: Lesion) -> tuple[str, ...]:
+    """Patient, side, view, abnormality type and id (a mass row's blobs share it)."""
+    number = lesion.lesion_id.split("#")[0]
+    return (lesion.patient_id, lesion.laterality, lesion.view, lesion.abnormality, number)
+
+
+def _without_repeated_lesions(
+    lesions: list[Lesion], skipped: list[tuple[str, str]]
+) -> tuple[list[Lesion], list[tuple[str, str]]]:
+    """One lesion (patient, side, view, abnormality type and id) described by two rows (none
+    does in TCIA's CSVs) means two downloads merged under one root, e.g. two hospitals whose
+    patient ids collide: every such row is skipped, naming the others, rather than one
+    patient made of two people."""
+    rows: dict[tuple[str, ...], set[str]] = {}
+    for lesion in lesions:
+        rows.setdefault(_lesion_key(lesion), set()).add(lesion.origin)
+    repeated = {key: sorted(origins) for key, origins in rows.items() if len(origins) > 1}
+    if not repeated:
+        return lesions, skipped
+    kept = [lesion for lesion in lesions if _lesion_key(lesion) not in repeated]
+    for (patient, side, view, kind, number), origins in repeated.items():
+        for origin in origins:
+            others = ", ".join(o for o in origins if o != origin)
+            skipped.append(
+                (
+                    origin,
+                    f"repeated lesion: patient {patient} {side} {view} {kind} {number} is also "
+                    f"described at {others}; prepare each download (each hospital) on its own",
+                )
+            )
+    return kept, skipped
 
 
 def description_rows(csv: Path) -> tuple[list[tuple[int, dict[str, str]]], list[tuple[str, str]]]:

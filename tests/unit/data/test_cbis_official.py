@@ -226,3 +226,22 @@ def test_malformed_description_rows_name_their_physical_line(
     error = capsys.readouterr().err
     assert "never closed" in error and "malformed from" in error
     assert error.count("mass_case_description_train_set.csv:6") == 1  # the likely cause
+
+
+def test_two_downloads_under_one_root_do_not_make_one_patient_of_two(tmp_path: Path) -> None:
+    """Two hospitals' downloads whose patient ids collide, prepared from one root: the same
+    lesion (patient, side, view, type, id) described twice is skipped at both rows, naming
+    the other (TCIA's own CSVs never repeat one), not merged into one patient."""
+    from common.data.cbis_ddsm import read_cbis_ddsm
+
+    cbis_like(tmp_path / "dl")
+    csv = tmp_path / "dl" / "mass_case_description_train_set.csv"
+    again = tmp_path / "dl" / "second_hospital_mass_case_description_train_set.csv"
+    again.write_text(csv.read_text())
+    lesions, skipped = read_cbis_ddsm(tmp_path / "dl", [csv, again])
+    assert lesions == []
+    repeated = [(where, why) for where, why in skipped if "repeated lesion" in why]
+    assert len(repeated) == 8
+    where, why = repeated[0]
+    assert "is also described at" in why and "prepare each download" in why
+    assert (str(again) in why) != (str(again) in where)
