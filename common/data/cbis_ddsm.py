@@ -192,7 +192,11 @@ def full_image(row: dict[Any, str], index: dict[UidKey, list[Path]]) -> Path:
     files = index.get(series_key(row["image_path"]), [])
     if len(files) != 1:
         series = series_key(row["image_path"])[1]
-        raise DataError(f"mammogram series {series}: {len(files)} DICOM files, 1 expected")
+        found = f": {', '.join(str(f) for f in files[:3])}" if files else ""
+        why = "the same series downloaded twice?" if files else "not downloaded?"
+        raise DataError(
+            f"mammogram series {series}: {len(files)} DICOM files, 1 expected ({why}){found}"
+        )
     return files[0]
 
 
@@ -210,7 +214,8 @@ def row_lesions(
     masks = [p for p in candidates if image_shape(p)[0] > 0.5 * shape[0]]
     if len(masks) != 1:
         raise DataError(
-            f"ROI mask of {image.name}: {len(masks)} files taller than half the image, 1 expected"
+            f"ROI mask of {image.name}: {len(masks)} files taller than half the image, 1 "
+            f"expected{': ' + ', '.join(str(m) for m in masks[:3]) if masks else ''}"
         )
     mask = read_mask(masks[0])
     boxes = [cluster_box(mask, shape)] if kind == "calcification" else mask_boxes(mask, shape)

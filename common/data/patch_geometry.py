@@ -30,11 +30,18 @@ class Box:
 
     def __post_init__(self) -> None:
         if self.w <= 0 or self.h <= 0:
-            raise DataError(f"box {self} has no area")
+            raise DataError(f"box {self.text()} has no area")
+
+    def text(self) -> str:
+        """As a manifest's box column writes it: 'x,y,w,h' (pixels)."""
+        return f"{self.x},{self.y},{self.w},{self.h}"
 
     def check_inside(self, height: int, width: int) -> None:
         if self.x >= width or self.y >= height or self.x + self.w <= 0 or self.y + self.h <= 0:
-            raise DataError(f"box {self} lies outside the {width}x{height} image")
+            raise DataError(
+                f"box x,y,w,h={self.text()} lies outside the image (width x height "
+                f"{width}x{height} pixels)"
+            )
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,9 @@ def skip_summary(skipped: list[tuple[str, str]]) -> dict[str, int]:
         kind = re.split(r": | \(", reason, maxsplit=1)[0]
         kind = re.sub(r"'[^']*'", "'...'", kind)
         kind = re.sub(r"(?<![\w/])/\S+|\S+/\S+\.\w+", "<file>", kind)
-        kinds[re.sub(r"\d+(\.\d+)?", "N", kind).strip()] += 1
+        kind = re.sub(r"\b\d+(\.\d+){3,}\b", "<uid>", kind)  # DICOM UIDs
+        kind = re.sub(r"\d+(\.\d+)?", "N", kind).strip()
+        kinds[re.sub(r"^<file>[\s:-]*", "", kind) or "<file>"] += 1  # a reason led by its file
     return dict(kinds.most_common())
 
 

@@ -224,13 +224,17 @@ def test_skip_summary_groups_kinds_without_paths_or_values() -> None:
         [
             ("x:2", "unknown label 'maybe' (1/0, malignant/benign, BENIGN_WITHOUT_CALLBACK)"),
             ("x:3", "unknown label 'sure' (1/0, malignant/benign, BENIGN_WITHOUT_CALLBACK)"),
-            ("x:4", "box Box(x=1, y=2, w=3, h=4) lies outside the 20x20 image"),
+            ("x:4", "box x,y,w,h=1,2,3,4 lies outside the image (width x height 20x20 pixels)"),
             ("x:5", "image /data/a/b.png named in the CSV not found"),
             ("x:6", "image imgs/c.png named in the CSV not found"),
+            ("x:7", "mammogram series 1.3.6.1.4.1.9590.100.1.2.12: 2 DICOM files, 1 expected"),
+            ("x:8", "dl/a/1-1.dcm-full mammogram dl/a/1-1.dcm: truncated"),
         ]
     )
     assert summary == {
         "unknown label '...'": 2,
         "image <file> named in the CSV not found": 2,
-        "box Box(x=N, y=N, w=N, h=N) lies outside the NxN image": 1,
+        "box x,y,w,h=N,N,N,N lies outside the image": 1,
+        "mammogram series <uid>": 1,
+        "full mammogram <file>": 1,
     }
