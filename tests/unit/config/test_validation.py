@@ -109,8 +109,10 @@ def test_dp_gan_refuses_a_batch_larger_than_its_data(tmp_path: Path) -> None:
 
     pixels = np.zeros((6, 32, 32), np.uint8)
     labels = np.arange(6) % 2
-    with pytest.raises(ConfigError, match=r"gan\.train\.batch_size=8 .*N=6"):
+    with pytest.raises(ConfigError, match=r"^train\.batch_size=8 .*N=6"):
         GanTrainer(tiny_config(dp=True), pixels, labels, tmp_path, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^gan\.train\.batch_size=8 .*N=6"):  # a site's
+        GanTrainer(tiny_config(dp=True), pixels, labels, tmp_path, torch.device("cpu"), "gan.")
     GanTrainer(tiny_config(dp=False), pixels, labels, tmp_path, torch.device("cpu"))
 
 
