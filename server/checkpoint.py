@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from common.atomic_io import atomic_torch_save
+from common.config.recorded_diff import changed_leaves
 from common.errors import ConfigError
 
 VERSION = 1
@@ -55,7 +56,8 @@ def stored_overrides(run_dir: Path) -> list[str] | None:
     path = checkpoint_path(run_dir)
     if not path.is_file():
         return None
-    return list(torch.load(path, weights_only=False)["overrides"])
+    # memory-mapped: the overrides only, not the model's tensors, are read
+    return list(torch.load(path, weights_only=False, mmap=True)["overrides"])
 
 
 # what a resumed run may change: where it stops, more rounds (the sites' ledgers decide), a
@@ -74,30 +76,14 @@ def check_same_run(recorded: list[str], overrides: list[str]) -> None:
     the overrides' order or spelling (3 or 3.0) does not matter, what they compose to does."""
     from common.config.compose import compose_federated_config
 
-    was = _flat(dataclasses.asdict(compose_federated_config(recorded)))
-    now = _flat(dataclasses.asdict(compose_federated_config(overrides)))
-    changed = [
-        f"{key}: {was.get(key)!r} -> {now.get(key)!r}"
-        for key in sorted(set(was) | set(now))
-        if not key.startswith(RESUMABLE) and was.get(key) != now.get(key)
-    ]
+    changed = changed_leaves(
+        dataclasses.asdict(compose_federated_config(recorded)),
+        dataclasses.asdict(compose_federated_config(overrides)),
+        skip=RESUMABLE,
+    )
     if changed:
         raise ConfigError(
             f"federation.resume=true continues a run with its own settings; these differ: "
             f"{'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}. Repeat the first "
             "run's overrides (any order), or start a new run elsewhere (out_dir=)"
         )
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    items: list[tuple[Any, Any]]
-    if isinstance(node, dict):
-        items = list(node.items())
-    elif isinstance(node, list) and node and all(isinstance(v, dict) for v in node):
-        items = [(str(i), v) for i, v in enumerate(node)]
-    else:
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat

@@ -77,6 +77,11 @@ def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, 
     return options, rest
 
 
+def is_true(value: str) -> bool:
+    """A command option's yes: 1, true or yes (any case)."""
+    return value.lower() in ("1", "true", "yes")
+
+
 def out_dir_and_integers(
     command: str, args: Sequence[str], names: Sequence[str]
 ) -> tuple[Path, dict[str, int]]:
@@ -135,7 +140,7 @@ def check_no_finished_run(out_dir: Path, overwrite: str) -> None:
     """A second `mammofl train` into a finished run's folder would replace its result, and
     under DP its epsilon would not be composed with the first's: refused unless asked for."""
     finished = out_dir / "result.json"
-    if not finished.is_file() or overwrite.lower() in ("1", "true", "yes"):
+    if not finished.is_file() or is_true(overwrite):
         return
     spent = json.loads(finished.read_text()).get("privacy", {}).get("epsilon_spent")
     what = f"a DP run that spent epsilon {spent:.3f}" if spent else "a finished run"
@@ -248,7 +253,7 @@ def cmd_federate(args: Sequence[str]) -> int:
     from simulations.federate import run_federate
 
     options, rest = split_options(args, ("fresh", "verbose", "prepare_only"))
-    flags = {k: v.lower() in ("1", "true", "yes") for k, v in options.items()}
+    flags = {k: is_true(v) for k, v in options.items()}
     result = run_federate(
         rest,
         fresh=flags.get("fresh", False),
@@ -267,7 +272,7 @@ def cmd_loopback(args: Sequence[str]) -> int:
     summary = run_loopback(
         rest,
         Path(options.get("work_dir", "runs/loopback")),
-        fresh=options.get("fresh", "false").lower() in ("1", "true", "yes"),
+        fresh=is_true(options.get("fresh", "false")),
     )
     print(json.dumps(summary, indent=2))
     if summary["processes_left"]:

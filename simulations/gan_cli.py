@@ -18,6 +18,7 @@ from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
 from common.errors import ConfigError
+from simulations.cli import is_true
 
 if TYPE_CHECKING:
     from common.training.gan_trainer import GanTrainer
@@ -204,7 +205,7 @@ def cmd_generate(args: Sequence[str]) -> int:
     )
     out_dir = Path(options["out_dir"])
     if (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png")):
-        if options.get("overwrite", "false").lower() not in ("1", "true", "yes"):
+        if not is_true(options.get("overwrite", "false")):
             raise ConfigError(
                 f"{out_dir} already holds a generated set: a new one would mix with its images "
                 "and replace its provenance; use another out_dir=, or overwrite=true to "

@@ -24,6 +24,7 @@ import logging
 from collections.abc import Collection, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from common.config.compose import compose_config, experiment_names
 from common.config.recorded_diff import changed_sections
@@ -98,16 +99,22 @@ def start_model(out_dir: Path, synpre: str, seed: int) -> Path:
     return cell_dir(out_dir, synpre, seed) / "model.pt"
 
 
-def started_from(cell: Path) -> Path | None:
-    """The start model a finished cell was trained from (cells/<row>/seed<s>/model.pt, as
-    typed at the time), read from the cell's own site_only.json; None for a fresh start."""
+def cell_record(cell: Path) -> dict[str, Any]:
+    """A finished cell's whole record (its site_only.json): how it was trained."""
     record = cell / "site_only.json"
     if not record.is_file():
         raise ConfigError(
             f"{cell} has a result.json but no site_only.json, so how it was trained is "
             f"unknown: delete {cell} and run again"
         )
-    started = json.loads(record.read_text())["config"]["model"]["init_from"]
+    loaded: dict[str, Any] = json.loads(record.read_text())
+    return loaded
+
+
+def started_from(record: dict[str, Any]) -> Path | None:
+    """The start model a finished cell was trained from (cells/<row>/seed<s>/model.pt, as
+    typed at the time), from its record (`cell_record`); None for a fresh start."""
+    started = record["config"]["model"]["init_from"]
     return Path(started) if started else None
 
 
@@ -122,12 +129,11 @@ UNCOMPARED = {
 }
 
 
-def changed_settings(cell: Path, config: MammoflConfig) -> list[str]:
+def changed_settings(record: dict[str, Any], config: MammoflConfig) -> list[str]:
     """`key: was -> now` for each training, model, privacy, data or evaluation setting that
-    the finished cell's site_only.json records otherwise than `config` (keys an older record
-    lacks are not compared), data by content (manifest hashes, not paths) and backbone weights
-    by file name (`table1_identity`)."""
-    record = json.loads((cell / "site_only.json").read_text())
+    the finished cell's record (`cell_record`) holds otherwise than `config` (keys an older
+    record lacks are not compared), data by manifest hash (not path) and backbone weights by
+    file name (`table1_identity`)."""
     changes = changed_sections(
         identity_only(record.get("config", {})),
         identity_only(dataclasses.asdict(config)),
@@ -156,7 +162,8 @@ def cell_done(
     if not (target / "result.json").is_file():
         return False
     start = start_of(row, synpre, overrides or ())
-    started = started_from(target)
+    record = cell_record(target)
+    started = started_from(record)
     if (
         start is not None
         and not is_finetune(row)
@@ -180,14 +187,13 @@ def cell_done(
         )
     if compare_settings if compare_settings is not None else overrides is not None:
         assert overrides is not None, "comparing settings needs the run's overrides"
-        changes = changed_settings(target, cell_config(out_dir, row, seed, overrides, synpre))
+        changes = changed_settings(record, cell_config(out_dir, row, seed, overrides, synpre))
         origin = synpre if is_finetune(row) else start
         if origin is not None:
-            recorded = json.loads((target / "site_only.json").read_text())
             path = start_model(out_dir, origin, seed)
             # a start model gone matters only when its row runs again (`rows`: this run's)
             if path.is_file() or rows is None or origin in rows:
-                why = start_changed(recorded.get("start_model_sha256"), path)
+                why = start_changed(record.get("start_model_sha256"), path)
                 changes = ([why] if why else []) + changes
         if changes:
             raise ConfigError(

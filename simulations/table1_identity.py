@@ -38,7 +38,7 @@ def identity_only(node: Any) -> Any:
 
 def data_hashes(data: DataConfig) -> dict[str, str]:
     """Manifest hash of each patch set a run of `data` reads (train, validation, tests), as
-    run records keep them (`data.<set>.manifest_sha256`); read once per data config."""
+    run records keep them (`data.<set>.read_manifest_sha256`); read once per data config."""
     key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
     if key not in _data_hashes:
         _data_hashes[key] = read_run_patch_sets(data).hashes()

@@ -29,15 +29,15 @@ def _load(out_dir: Path, row: str, seed: int) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _test_size(out_dir: Path, row: str, seeds: Sequence[int], test_set: str) -> int | None:
-    """A test set's patch count from the first cell's site_only.json (the report stays on the
-    researcher's machine), or None where no cell kept it."""
+def _test_sizes(out_dir: Path, row: str, seeds: Sequence[int]) -> dict[str, int]:
+    """Each test set's patch count from the row's first site_only.json (the report stays on
+    the researcher's machine); a set no cell kept a count for is absent."""
     for seed in seeds:
         path = out_dir / "cells" / row / f"seed{seed}" / "site_only.json"
         if path.is_file():
-            size = json.loads(path.read_text()).get("tests", {}).get(test_set, {}).get("n")
-            return int(size) if size is not None else None
-    return None
+            tests = json.loads(path.read_text()).get("tests", {})
+            return {name: int(t["n"]) for name, t in tests.items() if t.get("n") is not None}
+    return {}
 
 
 def summarise(
@@ -76,6 +76,7 @@ def summarise(
         ]
         guarantee = _guarantee(results)
         variant = _variant(config)
+        sizes = _test_sizes(out_dir, row, seeds)
         for test_set in first["tests"]:
             line: dict[str, Any] = {
                 "row": row,
@@ -98,8 +99,7 @@ def summarise(
                 ]  # a one-class test set has no AUROC (NaN, written as null)
                 line[f"{metric}_mean"] = float(np.mean(values))
                 line[f"{metric}_std"] = float(np.std(values))  # population std, as the paper
-            size = _test_size(out_dir, row, seeds, test_set)
-            paper, why = paper_values(setting, epsilon, test_set, backbone, size)
+            paper, why = paper_values(setting, epsilon, test_set, backbone, sizes.get(test_set))
             if paper is not None:
                 line.update(
                     paper_auroc=paper[0],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +38,16 @@ def config_dir() -> Path:
             f"no config.yaml in {folder}; set MAMMOFL_CONFIG_DIR to mammofl's configs/"
         )
     return folder
+
+
+def config_groups() -> frozenset[str]:
+    """The config groups (configs/<group>/), which `+group=` may choose."""
+    return _groups_in(config_dir())
+
+
+@cache
+def _groups_in(folder: Path) -> frozenset[str]:
+    return frozenset(path.name for path in folder.iterdir() if path.is_dir())
 
 
 def check_presets(overrides: Sequence[str], federated: bool) -> None:
@@ -83,8 +94,7 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
         check_presets(overrides, federated=schema is FederatedRunConfig)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     kept, emptied = split_emptying(overrides)
-    groups = {path.name for path in config_dir().iterdir() if path.is_dir()}
-    check_added_keys(schema, kept, groups)
+    check_added_keys(schema, kept, config_groups())
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=kept)

@@ -38,20 +38,16 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    _install(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+def _raise_stop(signum: int, frame: Any) -> None:
+    """SIGTERM raises `Terminated`, SIGINT (Ctrl-C) KeyboardInterrupt, the callbacks first (the
+    terminal's SIGINT reaches a simulation's workers at the same moment: they must already be
+    quiet when their actors die)."""
+    _install(signum, signal.SIG_IGN)  # a second one must not cut the cleanup
     for callback in _on_terminate:
         callback()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(signum)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    """Ctrl-C: as SIGTERM, the callbacks first (the terminal's SIGINT reaches a simulation's
-    workers at the same moment: they must already be quiet when their actors die)."""
-    _install(signal.SIGINT, signal.SIG_IGN)  # a second press must not cut the cleanup
-    for callback in _on_terminate:
-        callback()
-    raise KeyboardInterrupt
 
 
 def _guarded_signal(signalnum: Any, handler: Any) -> Any:
@@ -79,8 +75,8 @@ def sigterm_raises(on_terminate: Callable[[], None] | None = None) -> Iterator[N
         return
     _saved.clear()
     _on_terminate[:] = [on_terminate] if on_terminate is not None else []
-    previous = _install(signal.SIGTERM, _raise_terminated)
-    previous_interrupt = _install(signal.SIGINT, _raise_interrupt)
+    previous = _install(signal.SIGTERM, _raise_stop)
+    previous_interrupt = _install(signal.SIGINT, _raise_stop)
     signal.signal = _guarded_signal
     try:
         yield

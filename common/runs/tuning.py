@@ -297,7 +297,7 @@ def _write_summary(
         "score": "hold-out AUROC of the returned model (the hold-out also selected its epoch)",
         "failed_candidates": sum(bool(r["failed"]) for r in rows),
         "best": ranked[0] if ranked and not math.isnan(ranked[0]["holdout_auroc_mean"]) else None,
-        "privacy_note": SEARCH_NOT_ACCOUNTED.format(runs=int(sum(r["seeds"] for r in rows))),
     }
+    summary["privacy_note"] = SEARCH_NOT_ACCOUNTED.format(runs=summary["cell_runs"])
     write_json(out_dir / "tune.json", summary)
     return summary

@@ -82,8 +82,7 @@ class SiteRuntime:
         self._load()
         if not self.store.path.is_file():
             with site_lock(self.facts.state_dir, wait=True):
-                if not self.store.path.is_file():
-                    self._persist(self._ledger())
+                self._keep_ledger(self._ledger())
         return self.status()
 
     def _load(self) -> None:
@@ -134,11 +133,17 @@ class SiteRuntime:
     def _persist(self, ledger: PrivacyLedger) -> None:
         self.store.save(ledger)
 
+    def _keep_ledger(self, ledger: PrivacyLedger) -> None:
+        """Write the ledger if the state dir has none yet (under the site's lock: another
+        process may be writing its own); a process that never saw `initialize` (a round in a
+        fresh worker) writes it before its plan."""
+        if not self.store.path.is_file():
+            self._persist(ledger)
+
     def plan(self, ledger: PrivacyLedger | None = None) -> SitePlan:
         """The site's saved plan, or a new one over what `ledger` (default: as on disk) holds."""
         ledger = ledger if ledger is not None else self._ledger()
-        if not self.store.path.is_file():
-            self._persist(ledger)  # on disk before the plan, a trace of spending, is
+        self._keep_ledger(ledger)  # on disk before the plan, a trace of spending, is
         return load_or_plan(
             self.facts.state_dir / "dp_plan.json",
             self.config,
