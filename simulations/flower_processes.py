@@ -67,10 +67,12 @@ class ManagedProcess:
     log_path: Path
     env: dict[str, str] = field(repr=False)
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_start: int = 0  # where this start's output begins in the (appended) log
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self.log_start = log.tell()
             self.popen = subprocess.Popen(
                 self.args,
                 stdout=log,
@@ -109,6 +111,15 @@ class ManagedProcess:
         _end(self.tree(), signal.SIGKILL, 10.0)
         if self.popen is not None:
             self.popen.wait(timeout=10)
+
+    def log_since_start(self) -> str:
+        """What this process wrote since its last start (not an earlier run's lines)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

@@ -151,7 +151,7 @@ class LoopbackFederation:
             self.sites[name] = SiteNode(name, values, self._supernode(name, values), node_id)
         for site in self.sites.values():
             site.process.start()
-        self.wait_online(list(self.sites), timeout)
+        self.wait_online(list(self.sites), timeout, started=True)
         log.info("SuperLink %s with %d SuperNodes online", self.address, len(self.sites))
 
     def _supernode(self, name: str, values: Mapping[str, Any]) -> ManagedProcess:
@@ -179,8 +179,16 @@ class LoopbackFederation:
     def online(self) -> set[int]:
         return {int(n["node-id"]) for n in supernodes(self.env) if n.get("status") == "online"}
 
-    def wait_online(self, names: list[str], timeout: float = 120.0) -> None:
+    def wait_online(self, names: list[str], timeout: float = 120.0, *, started: bool) -> None:
+        """Wait until the sites' node ids are online. `started`: their SuperNodes were just
+        started, so each must also have activated its node id itself (its log says so): an
+        old process's registration still online must not pass for the new one, which flwr
+        refuses to activate until the old one is seen offline."""
         wanted = {self.sites[n].node_id for n in names}
+
+        def activated(name: str) -> bool:
+            site = self.sites[name]
+            return f"SuperNode ID: {site.node_id}" in site.process.log_since_start()
 
         def ready() -> bool:
             self._check_superlink()
@@ -189,6 +197,8 @@ class LoopbackFederation:
                     raise ConfigError(
                         f"SuperNode {name} exited:\n{self.sites[name].process.log_tail()}"
                     )
+            if started and not all(activated(name) for name in names):
+                return False
             return wanted <= self.online()
 
         wait_for(f"SuperNodes {names}", ready, timeout)
@@ -220,10 +230,13 @@ class LoopbackFederation:
         """Start a site's SuperNode again once the SuperLink has noticed the old one is gone:
         flwr 1.42 refuses to activate a node id it still holds online, which it does until
         two missed heartbeats (about 60 s after a crash)."""
-        site = self.sites[name]
-        wait_for(f"{name} seen offline", lambda: site.node_id not in self.online(), timeout, 2.0)
-        site.process.start()
-        self.wait_online([name], timeout)
+        self._wait_offline(name, timeout)
+        self.sites[name].process.start()
+        self.wait_online([name], timeout, started=True)
+
+    def _wait_offline(self, name: str, timeout: float) -> None:
+        node_id = self.sites[name].node_id
+        wait_for(f"{name} seen offline", lambda: node_id not in self.online(), timeout, 2.0)
 
     def restart_superlink(self, timeout: float = 120.0) -> None:
         """SIGKILL the SuperLink with its SuperExec and ServerApp, then start it again on the
@@ -236,18 +249,23 @@ class LoopbackFederation:
             lambda: self._check_superlink() or supernodes(self.env) is not None,
             timeout,
         )
-        self.wait_online(list(self.sites), timeout)
+        self.wait_online(list(self.sites), timeout, started=False)  # the same processes
 
-    def reconfigure(self, node_configs: Mapping[str, Mapping[str, Any]]) -> None:
+    def reconfigure(
+        self, node_configs: Mapping[str, Mapping[str, Any]], timeout: float = 180.0
+    ) -> None:
         """Restart every SuperNode with a new node config (same keys, so same node ids), e.g.
-        fresh state dirs: a hospital's ledger otherwise carries over from run to run."""
+        fresh state dirs: a hospital's ledger otherwise carries over from run to run. A
+        SuperNode stopped gracefully deactivates its node id; one that could not is online
+        until two missed heartbeats, so each new process starts once its old one is offline."""
         for name, values in node_configs.items():
             site = self.sites[name]
             site.process.stop()
+            self._wait_offline(name, timeout)
             site.node_config = dict(values)
             site.process = self._supernode(name, site.node_config)
             site.process.start()
-        self.wait_online(list(node_configs))
+        self.wait_online(list(node_configs), timeout, started=True)
 
     # ---- stop ----------------------------------------------------------------------------
     def stop(self) -> None:

@@ -205,7 +205,8 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     out: dict[str, Any] = {}
     thread = _run_in_background(consortium, overrides, out)
     site_c = run_dir / "sites" / "site-c" / "state" / "ledger.json"
-    wait_for("site-c reserving round 2", lambda: _reserved(site_c, 2) or "error" in out, 600, 0.05)
+    wait_for("site-c reserving round 2", lambda: _reserved(site_c, 2) or out, 600, 0.05)
+    assert not out, f"the run ended before site-c reserved round 2: {out}"
     consortium.kill_supernode("site-c")
     consortium.restart_supernode("site-c")
     thread.join(timeout=900)
