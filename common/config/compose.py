@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from common.config.federated_schema import FederatedRunConfig
 from common.config.gan_schema import GanConfig
 from common.config.schema import MammoflConfig
+from common.config.typed_entries import apply_entry_overrides, split_entry_overrides
 from common.config.unknown_keys import check_added_keys, explain_hydra_error
 from common.errors import ConfigError
 
@@ -89,19 +90,23 @@ def split_emptying(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
 def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -> T:
     """Compose `configs/<config_name>.yaml` (whose defaults start with the schema registered
     here) with hydra overrides, and convert it once to the typed dataclass. `key={}` empties
-    the dict at `key` (hydra alone would merge nothing into it)."""
+    the dict at `key` (hydra alone would merge nothing into it); `+data.tests.NAME.path=DIR`
+    adds a test set (after any emptying: `data.tests={} +data.tests.mine.path=DIR` keeps
+    only that one)."""
     if schema is not GanConfig:
         check_presets(overrides, federated=schema is FederatedRunConfig)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
-    kept, emptied = split_emptying(overrides)
-    check_added_keys(schema, kept, config_groups())
+    check_added_keys(schema, overrides, config_groups())
     try:
+        rest, entries = split_entry_overrides(schema, overrides)
+        kept, emptied = split_emptying(rest)
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             composed = compose(config_name=config_name, overrides=kept)
         for key in emptied:
             if OmegaConf.select(composed, key, default=_MISSING) is _MISSING:
                 raise ConfigError(f"override {key}={{}}: there is no {key} in this config")
             OmegaConf.update(composed, key, {}, merge=False)
+        apply_entry_overrides(composed, entries)
         obj = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"configuration error: {explain_hydra_error(schema, error)}") from error

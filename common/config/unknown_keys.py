@@ -20,7 +20,7 @@ from common.errors import ConfigError
 _HYDRA_UNKNOWN = re.compile(r"Could not override '([^']+)'")
 
 
-def _unwrap(hint: Any) -> Any:
+def unwrap_optional(hint: Any) -> Any:
     """`X | None` -> X."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -30,12 +30,16 @@ def _unwrap(hint: Any) -> Any:
 
 def unknown_key_message(schema: type, key: str) -> str | None:
     """Why `key` is no setting of `schema`, with the nearest names; None if it is one (or
-    lies in a free dict such as model.kwargs or data.tests)."""
+    lies in a free dict such as model.kwargs). A named entry of a typed dict (data.tests.NAME)
+    is checked against the entry's dataclass."""
     parts = key.split(".")
     node: Any = schema
     for depth, part in enumerate(parts):
         if typing.get_origin(node) is list and part.isdigit():  # sites.0.<key>
-            node = _unwrap(typing.get_args(node)[0])
+            node = unwrap_optional(typing.get_args(node)[0])
+            continue
+        if typing.get_origin(node) is dict:  # data.tests.<name>.<key>
+            node = unwrap_optional(typing.get_args(node)[1])
             continue
         if not (dataclasses.is_dataclass(node) and isinstance(node, type)):
             return None  # a free dict or a value: not ours to check
@@ -50,7 +54,7 @@ def unknown_key_message(schema: type, key: str) -> str | None:
                 else f"its settings: {', '.join(names)}"
             )
             return f"{key} is not a setting ({where or 'the config'} has no {part!r}); {hint}"
-        node = _unwrap(hints[part])
+        node = unwrap_optional(hints[part])
     return None
 
 
