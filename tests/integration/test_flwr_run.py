@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from simulations.flower_processes import free_port
+
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -23,6 +25,9 @@ def test_flwr_run_runs_the_same_apps(tiny_workspace: Path, tmp_path: Path) -> No
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        # the local SuperLink's ports (flwr's defaults 39091 and 39093 may be taken)
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
     }
     env.pop("MAMMOFL_FEDERATION_SPEC", None)
     pyproject = (PROJECT / "pyproject.toml").read_bytes()
