@@ -21,7 +21,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client.gpu_memory import cap_gpu_memory
 from client.sites import cached_runtimes, site_runtime
-from common.errors import ConfigError, DataError, PrivacyError, SitePolicyError
+from common.errors import ConfigError, DataError, MammoflError, PrivacyError, SitePolicyError
 from common.federated import protocol as p
 from common.federated.run_config import federated_config
 from common.federated.timing import TIMING_FILE, append_timing, message_record
@@ -90,9 +90,11 @@ def _handle(message: Message, context: Context, handler: Handler) -> Message:
         )
         return reply
     except Exception as error:  # every failure becomes a reply; the details stay here
-        logging.getLogger(f"mammofl.site.{name}").exception(
-            "%s failed", message.metadata.message_type
-        )
+        site_log = logging.getLogger(f"mammofl.site.{name}")
+        if isinstance(error, MammoflError):  # the site's data or settings: its message says
+            site_log.error("%s failed: %s", message.metadata.message_type, error)
+        else:  # mammofl's own fault: the stack, for a bug report
+            site_log.exception("%s failed", message.metadata.message_type)
         for kind, code, summary in REFUSALS:
             if isinstance(error, kind):
                 # a budget refusal's text holds only ledger figures the server mirrors anyway,

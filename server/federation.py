@@ -76,6 +76,7 @@ class Federation:
         self.strategy = build_strategy(config.federation, population, noise_seed)
         self.sites: dict[int, str] = {}
         self.stale: set[int] = set()  # nodes whose ledger may hold what they did not report
+        self.not_started: dict[str, str] = {}  # node or site -> why its first status failed
         self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
         self.clock = RoundClock(self.run_dir / "server" / TIMING_FILE)  # per-round wall times
@@ -137,6 +138,8 @@ class Federation:
         statuses = []
         for reply in self.ask(nodes, p.STATUS, RecordDict()):
             if self._failed(reply, "status"):
+                if at_start:
+                    self.not_started[self.site_of(reply)] = reply.error.reason
                 continue
             status = parse_status(reply.content)
             node, name = reply.metadata.src_node_id, status["site"]
@@ -144,7 +147,11 @@ class Federation:
             if others:
                 online = set(self.grid.get_node_ids())
                 if any(n in online for n in others):
-                    raise ConfigError(f"two SuperNodes both claim to be site {name!r}")
+                    ids = ", ".join(str(n) for n in sorted([*others, node]))
+                    raise ConfigError(
+                        f"two SuperNodes (node ids {ids}; `flwr supernode list` shows them) "
+                        f"both claim to be site {name!r}: each site needs its own site-name"
+                    )
                 for old in others:  # the site came back under a new node id (a new key)
                     del self.sites[old]
                     if old in self.stale:
@@ -158,7 +165,8 @@ class Federation:
                 f"{len(statuses)} sites could start < federation.min_sites="
                 f"{self.config.federation.min_sites} (the sites' logs say why)"
             )
-        log.info("sites: %s", ", ".join(sorted(s["site"] for s in statuses)))
+        if statuses:
+            log.info("sites: %s", ", ".join(sorted(s["site"] for s in statuses)))
         return statuses
 
     # ---- phase 1 -------------------------------------------------------------------------
@@ -321,7 +329,11 @@ class Federation:
             load_trainable(model, {k: torch.as_tensor(v) for k, v in state.trainable.items()})
             log.info("resumed after round %d", state.round)
         else:
+            self.refuse_a_spent_federation(nodes)
             state = self.start(model, nodes, evaluator)
+        state.history.pop("not_started", None)  # this run's, not a resumed one's
+        if self.not_started:  # shown in summary.md: a site missing from the table is no mystery
+            state.history["not_started"] = dict(self.not_started)
         self.broadcast(nodes, state.base_state, state.base_sha)
         while state.round < config.federation.rounds and not state.ended:
             self.one_round(state, nodes, model, evaluator)
@@ -336,6 +348,23 @@ class Federation:
         client_level = self.strategy.report() if isinstance(self.strategy, ClientLevelDP) else None
         return write_outputs(
             self.run_dir, config, state, model, evaluator, self.mirror, self.started, client_level
+        )
+
+    def refuse_a_spent_federation(self, nodes: list[int]) -> None:
+        """A new run whose first round could not run (too few sites with budget left for one
+        more round by the ledgers they reported) stops before SynPre: it would otherwise
+        pretrain for minutes, then end with a model no site trained."""
+        able = set(self.mirror.selectable())
+        names = [self.sites[n] for n in nodes]
+        if sum(name in able for name in names) >= self.config.federation.min_sites:
+            return
+        why = "; ".join(
+            f"{name}: {self.mirror.sites[name].excluded}" for name in names if name not in able
+        )
+        raise ConfigError(
+            f"no round can run: {sum(n in able for n in names)} of {len(names)} sites can take "
+            f"one more round < federation.min_sites={self.config.federation.min_sites} ({why}). "
+            "A site's budget covers its whole history (its state's ledger.json), not one run"
         )
 
     def start(
@@ -370,7 +399,8 @@ class Federation:
         chosen = [n for n in nodes if n in online and self.sites[n] in selectable]
         if len(chosen) < self.config.federation.min_sites:
             state.ended = (
-                f"round {round_number}: {len(chosen)} sites online with budget left < "
+                f"round {round_number}: {len(chosen)} of {len(nodes)} sites online and able "
+                f"to take a round (budget left, not excluded) < "
                 f"federation.min_sites={self.config.federation.min_sites}"
             )
             log.info("run ends: %s", state.ended)

@@ -142,4 +142,8 @@ def summary_table(
         )
     if state.ended:
         lines += ["", f"Ended early: {state.ended}"]
+    not_started = state.history.get("not_started", {})
+    if not_started:
+        lines += ["", "Could not start (no round sent):"]
+        lines += [f"- {node}: {why}" for node, why in not_started.items()]
     return "\n".join(lines) + "\n"

@@ -374,7 +374,15 @@ STATE_HINTS = {
     "table1": "{out_dir}/cells (finished cells; a rerun skips them)",
     "federate": "{run_dir} (server/checkpoint.pt, sites/*/state; resume with "
     "federation.resume=true)",
+    "loopback": "{run_dir} (server/checkpoint.pt, sites/*/state; resume with "
+    "federation.resume=true)",
 }
+
+
+def _holds_a_federation(run_dir: Path) -> bool:
+    """A server checkpoint or a site ledger: what a rerun must resume, not overwrite."""
+    checkpoint = (run_dir / "server" / "checkpoint.pt").is_file()
+    return checkpoint or any(run_dir.glob("sites/*/state/ledger.json"))
 
 
 def stopped_message(command: str, args: Sequence[str], how: str = "stopped by SIGTERM") -> str:
@@ -382,14 +390,13 @@ def stopped_message(command: str, args: Sequence[str], how: str = "stopped by SI
     or that none was."""
     saved = saved_state()
     if not saved and command in STATE_HINTS:
-        options, _ = split_options(args, ("out_dir", "run_dir"))
+        options, _ = split_options(args, ("out_dir", "run_dir", "work_dir"))
         out_dir = options.get("out_dir", "runs/federated" if command == "federate" else "")
-        saved = [
-            STATE_HINTS[command].format(
-                out_dir=out_dir,
-                run_dir=options.get("run_dir", out_dir),
-            )
-        ]
+        run_dir = options.get("run_dir", out_dir)
+        if command == "loopback":  # its data and run go under work_dir
+            run_dir = options.get("run_dir", f"{options.get('work_dir', 'runs/loopback')}/run")
+        if command != "loopback" or _holds_a_federation(Path(run_dir)):
+            saved = [STATE_HINTS[command].format(out_dir=out_dir, run_dir=run_dir)]
     if not saved:
         return f"{how}; no partial result was written (a rerun starts again)"
     return f"{how}; state saved in {', '.join(saved)}"

@@ -73,8 +73,14 @@ def run_flower(config: FederatedRunConfig, overrides: list[str], verbose: bool =
             os.environ[SPEC_ENV] = previous
 
 
-def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str]) -> None:
-    """A new run never reuses another run's site ledgers by accident."""
+def check_fresh(
+    config: FederatedRunConfig,
+    fresh: bool,
+    overrides: Sequence[str],
+    elsewhere: str = "out_dir=DIR",
+) -> None:
+    """A new run never reuses another run's site ledgers by accident. `elsewhere`: the
+    option that starts the command in another folder."""
     run_dir = config.run_path
     if config.federation.resume:  # before Ray starts: a config the run did not have is refused
         recorded = stored_overrides(run_dir)
@@ -96,7 +102,7 @@ def check_fresh(config: FederatedRunConfig, fresh: bool, overrides: Sequence[str
         what = "its sites' ledgers record their data's use" if used else "nothing charged yet"
         raise ConfigError(
             f"{run_dir} already holds a federation ({what}): {resume}start elsewhere with "
-            "out_dir=DIR, or discard its server and site states (simulated sites only) with "
+            f"{elsewhere}, or discard its server and site states (simulated sites only) with "
             "fresh=true"
         )
     shutil.rmtree(run_dir / "server", ignore_errors=True)

@@ -269,11 +269,14 @@ class LoopbackFederation:
 
     # ---- stop ----------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop every SuperNode, then the SuperLink, each with its whole process tree."""
-        for site in self.sites.values():
-            site.process.stop()
+        """Stop the SuperLink (its ServerApp with it), then every SuperNode, each with its
+        whole process tree. In this order a run stopped mid-round (Ctrl-C) keeps its last
+        checkpoint: with the sites stopped first, the ServerApp saw them all unavailable,
+        charged the round at their budgets and wrote a 1-round result as if completed."""
         if self.superlink is not None:
             self.superlink.stop()
+        for site in self.sites.values():
+            site.process.stop()
 
     def leftovers(self) -> list[str]:
         """Processes still running that belong to this federation (should be none)."""
@@ -314,7 +317,7 @@ def run_loopback(
     ]
     rest = [o for o in rest if not o.startswith(("out_dir=", "run_dir="))] + config_paths
     # a second run must not reuse the sites' spent ledgers; a resume must be the same run
-    check_fresh(config, fresh, [f"experiment={experiment}", *rest])
+    check_fresh(config, fresh, [f"experiment={experiment}", *rest], "work_dir=DIR (or run_dir=DIR)")
     prepare_workspace(config)
     nodes = site_node_configs(config, config.run_path.resolve() / "sites")
     started = time.monotonic()

@@ -243,6 +243,24 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
         k: own_c[0][k] for k in ("noise_multiplier", "sample_rate", "steps")
     }
 
+    # a second run on the same sites: their ledgers leave no round, so it stops before SynPre
+    # (it pretrained for minutes, then ended "completed" with a model no site trained)
+    again = tmp_path / "again"
+    refused = consortium.run(
+        EXPERIMENT,
+        _overrides(tiny_workspace, again, "federation.site_evaluation=false"),
+        log_path=tmp_path / "again.log",
+    )
+    assert refused["status"] == "finished:failed", refused
+    log_text = (tmp_path / "again.log").read_text()
+    assert "mammofl: error: no round can run: " in log_text  # site-c may have one round left
+    assert "site-a: budget spent" in log_text and "site-b: budget spent" in log_text
+    assert not (again / "server" / "checkpoint.pt").exists()
+    assert not (again / "result.json").exists()
+    for name in ("site-a", "site-b", "site-c"):  # nothing more charged
+        own = _json(run_dir / "sites" / name / "state" / "ledger.json")
+        assert own["events"] == ledger["sites"][name]["events"]
+
 
 # ---- the ServerApp dies after round 2's checkpoint, the SuperLink with it ----------------
 def test_server_killed_after_round_2_resumes_to_the_uninterrupted_ledgers(

@@ -86,6 +86,33 @@ def test_the_cli_exits_143_with_where_the_state_is(
     assert f"mammofl {command}: stopped by SIGTERM; {expected}" in err
 
 
+@pytest.mark.parametrize("charged", [True, False])
+def test_an_interrupted_loopback_names_its_run_dir_once_it_holds_a_federation(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    charged: bool,
+) -> None:
+    """`mammofl loopback` keeps its run under work_dir/run: once a site ledger is written
+    there a rerun is refused, so "a rerun starts again" was wrong (said after round 1)."""
+    if charged:
+        ledger = tmp_path / "run" / "sites" / "site-a" / "state" / "ledger.json"
+        ledger.parent.mkdir(parents=True)
+        ledger.write_text("{}")
+
+    def job(_: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "loopback", job)
+    assert cli.main(["loopback", f"work_dir={tmp_path}"]) == 130
+    err = capsys.readouterr().err
+    if charged:
+        assert f"interrupted; state saved in {tmp_path}/run (server/checkpoint.pt" in err
+        assert "federation.resume=true" in err
+    else:
+        assert "interrupted; no partial result was written (a rerun starts again)" in err
+
+
 def _start(args: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(

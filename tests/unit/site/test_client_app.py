@@ -108,6 +108,8 @@ def test_errors_never_carry_private_paths(site, tmp_path: Path) -> None:  # type
     assert str(tmp_path) not in reply.error.reason
     log = (tmp_path / "sites" / "site-a" / "state" / "site.log").read_text()
     assert "base model" in log  # the full message stays at the site
+    # a site's own mistake is its message, not a stack (it was repeated per status query)
+    assert "train failed: " in log and "Traceback" not in log
 
 
 def test_scores_come_after_training_and_their_failure_costs_only_them(
