@@ -354,15 +354,16 @@ class Federation:
         """A new run whose first round could not run (too few sites with budget left for one
         more round by the ledgers they reported) stops before SynPre: it would otherwise
         pretrain for minutes, then end with a model no site trained."""
-        able = set(self.mirror.selectable())
+        selectable = set(self.mirror.selectable())
         names = [self.sites[n] for n in nodes]
-        if sum(name in able for name in names) >= self.config.federation.min_sites:
+        able = [name for name in names if name in selectable]
+        if len(able) >= self.config.federation.min_sites:
             return
         why = "; ".join(
             f"{name}: {self.mirror.sites[name].excluded}" for name in names if name not in able
         )
         raise ConfigError(
-            f"no round can run: {sum(n in able for n in names)} of {len(names)} sites can take "
+            f"no round can run: {len(able)} of {len(names)} sites can take "
             f"one more round < federation.min_sites={self.config.federation.min_sites} ({why}). "
             "A site's budget covers its whole history (its state's ledger.json), not one run"
         )

@@ -369,20 +369,21 @@ def command_usage(command: str) -> str:
     )
 
 
+FEDERATION_STATE = (
+    "{run_dir} (server/checkpoint.pt, sites/*/state; resume with federation.resume=true)"
+)
 # where each long job keeps the state a rerun resumes from (`gan train` notes its own)
 STATE_HINTS = {
     "table1": "{out_dir}/cells (finished cells; a rerun skips them)",
-    "federate": "{run_dir} (server/checkpoint.pt, sites/*/state; resume with "
-    "federation.resume=true)",
-    "loopback": "{run_dir} (server/checkpoint.pt, sites/*/state; resume with "
-    "federation.resume=true)",
+    "federate": FEDERATION_STATE,
+    "loopback": FEDERATION_STATE,
 }
 
 
-def _holds_a_federation(run_dir: Path) -> bool:
-    """A server checkpoint or a site ledger: what a rerun must resume, not overwrite."""
-    checkpoint = (run_dir / "server" / "checkpoint.pt").is_file()
-    return checkpoint or any(run_dir.glob("sites/*/state/ledger.json"))
+def _holds_a_federation(run_dir: str) -> bool:
+    from simulations.federate import holds_a_federation  # torch, flwr: only when stopped
+
+    return holds_a_federation(Path(run_dir))
 
 
 def stopped_message(command: str, args: Sequence[str], how: str = "stopped by SIGTERM") -> str:
@@ -395,7 +396,7 @@ def stopped_message(command: str, args: Sequence[str], how: str = "stopped by SI
         run_dir = options.get("run_dir", out_dir)
         if command == "loopback":  # its data and run go under work_dir
             run_dir = options.get("run_dir", f"{options.get('work_dir', 'runs/loopback')}/run")
-        if command != "loopback" or _holds_a_federation(Path(run_dir)):
+        if command != "loopback" or _holds_a_federation(run_dir):
             saved = [STATE_HINTS[command].format(out_dir=out_dir, run_dir=run_dir)]
     if not saved:
         return f"{how}; no partial result was written (a rerun starts again)"

@@ -90,9 +90,8 @@ def check_fresh(
                 "nothing to resume"
             )
         check_same_run(recorded, list(overrides))
-    ledgers = list((run_dir / "sites").glob("*/state/ledger.json"))
     checkpoint = checkpoint_path(run_dir).is_file()
-    used = any(_has_events(p) for p in ledgers)
+    used = charged_ledgers(run_dir)
     # a run that stopped before anything was charged (its ledgers empty, no checkpoint) left
     # nothing to protect: the folder is used again
     if config.federation.resume or not (checkpoint or used):
@@ -109,6 +108,17 @@ def check_fresh(
     for state in (run_dir / "sites").glob("*/state"):
         shutil.rmtree(state)
     shutil.rmtree(run_dir / "arms", ignore_errors=True)
+
+
+def charged_ledgers(run_dir: Path) -> bool:
+    """Whether any site ledger under `run_dir` records a use of its site's data."""
+    return any(_has_events(p) for p in run_dir.glob("sites/*/state/ledger.json"))
+
+
+def holds_a_federation(run_dir: Path) -> bool:
+    """A server checkpoint or a charged site ledger: what `check_fresh` refuses to start over
+    (a rerun resumes it); a folder without either is used again."""
+    return checkpoint_path(run_dir).is_file() or charged_ledgers(run_dir)
 
 
 def _has_events(ledger: Path) -> bool:

@@ -23,9 +23,8 @@ from common.config.unknown_keys import unwrap_optional
 
 @dataclass(frozen=True)
 class EntryOverride:
-    """One `+<dict>.<name>[.<key>]=<value>` override, parsed by hydra's own grammar."""
+    """One `+<dict>.<name>[.<key>]=<value>` override, its value parsed by hydra's grammar."""
 
-    text: str  # as typed, for messages
     entry: str  # e.g. data.tests.mine
     entry_type: type  # e.g. PatchSourceConfig
     key: str | None  # e.g. path; None when the whole entry is given as {path: DIR, ...}
@@ -60,7 +59,6 @@ def split_entry_overrides(
     form is taken: a plain `data.tests.bcdr.path=` edits an entry the preset has, as before."""
     kept: list[str] = []
     entries: list[EntryOverride] = []
-    parser = OverridesParser.create()
     for override in overrides:
         if not override.startswith("+"):
             kept.append(override)
@@ -69,9 +67,8 @@ def split_entry_overrides(
         if found is None:
             kept.append(override)
             continue
-        parsed = parser.parse_override(override)
-        entry, entry_type, key = found
-        entries.append(EntryOverride(override, entry, entry_type, key, parsed.value()))
+        value = OverridesParser.create().parse_override(override).value()  # rare: built here
+        entries.append(EntryOverride(*found, value))
     return kept, entries
 
 

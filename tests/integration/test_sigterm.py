@@ -93,12 +93,12 @@ def test_an_interrupted_loopback_names_its_run_dir_once_it_holds_a_federation(
     tmp_path: Path,
     charged: bool,
 ) -> None:
-    """`mammofl loopback` keeps its run under work_dir/run: once a site ledger is written
+    """`mammofl loopback` keeps its run under work_dir/run: once a site ledger is charged
     there a rerun is refused, so "a rerun starts again" was wrong (said after round 1)."""
     if charged:
         ledger = tmp_path / "run" / "sites" / "site-a" / "state" / "ledger.json"
         ledger.parent.mkdir(parents=True)
-        ledger.write_text("{}")
+        ledger.write_text('{"events": [{"round": 1, "status": "reserved"}]}')
 
     def job(_: object) -> int:
         raise KeyboardInterrupt
