@@ -42,15 +42,18 @@ from common.training.engine import load_trainable, state_fingerprint, trainable_
 from common.training.settings import resolve_device
 from server.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from server.client_dp import ClientLevelDP
+from server.exchange import send_and_collect
 from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
 from server.outputs import write_outputs
 from server.pretrain import pool_synthetic, pretrain
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
 
 log = logging.getLogger("mammofl.server")
-# seconds between the simulation grid's checks for replies (Flower's InMemoryGrid: 0.1, which
-# adds up to 0.1 s to every exchange; a check is a dict lookup, so 10 ms costs next to nothing)
+# seconds between the server's checks for replies. Simulation (Flower's InMemoryGrid: 0.1 s,
+# which adds up to 0.1 s to every exchange): a check is a dict lookup, so 10 ms costs next to
+# nothing. Deployment (Flower's HttpGrid: 3 s): a check is one small call to the SuperLink.
 SIMULATION_PULL_INTERVAL_S = 0.01
+DEPLOYMENT_PULL_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -80,8 +83,7 @@ class Federation:
         self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
         self.clock = RoundClock(self.run_dir / "server" / TIMING_FILE)  # per-round wall times
-        if hasattr(grid, "pull_interval"):  # a simulation's in-memory grid (not a deployment's)
-            grid.pull_interval = SIMULATION_PULL_INTERVAL_S
+        self.simulated = hasattr(grid, "pull_interval")  # only Flower's in-memory grid has it
 
     # ---- messaging -----------------------------------------------------------------------
     def wait_for_nodes(self) -> list[int]:
@@ -111,8 +113,9 @@ class Federation:
         for message in messages:
             message.metadata.ttl = self.timeout
         kind = messages[0].metadata.message_type if messages else "none"
+        interval = SIMULATION_PULL_INTERVAL_S if self.simulated else DEPLOYMENT_PULL_INTERVAL_S
         with self.clock.phase(f"exchange:{kind}"):
-            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+            replies = send_and_collect(self.grid, messages, self.timeout, interval)
         for message in messages:  # ids are set when sent
             self.destination[message.metadata.message_id] = message.metadata.dst_node_id
         return replies
