@@ -83,7 +83,10 @@ class Federation:
         self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
         self.clock = RoundClock(self.run_dir / "server" / TIMING_FILE)  # per-round wall times
-        self.simulated = hasattr(grid, "pull_interval")  # only Flower's in-memory grid has it
+        simulated = hasattr(grid, "pull_interval")  # only Flower's in-memory grid has it
+        self.pull_interval_s = (
+            SIMULATION_PULL_INTERVAL_S if simulated else DEPLOYMENT_PULL_INTERVAL_S
+        )
 
     # ---- messaging -----------------------------------------------------------------------
     def wait_for_nodes(self) -> list[int]:
@@ -113,9 +116,8 @@ class Federation:
         for message in messages:
             message.metadata.ttl = self.timeout
         kind = messages[0].metadata.message_type if messages else "none"
-        interval = SIMULATION_PULL_INTERVAL_S if self.simulated else DEPLOYMENT_PULL_INTERVAL_S
         with self.clock.phase(f"exchange:{kind}"):
-            replies = send_and_collect(self.grid, messages, self.timeout, interval)
+            replies = send_and_collect(self.grid, messages, self.timeout, self.pull_interval_s)
         for message in messages:  # ids are set when sent
             self.destination[message.metadata.message_id] = message.metadata.dst_node_id
         return replies
