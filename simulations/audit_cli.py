@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config.option_values import flag, number, whole_number, whole_numbers
 from common.errors import ConfigError
 from simulations.cli import command_usage, split_options
 
@@ -36,28 +37,8 @@ OPTIONS = (
 EXIT_AUDIT_FAILED = 3
 
 
-def _integers(key: str, value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.strip("[]").split(",") if v.strip())
-    except ValueError as error:
-        raise ConfigError(f"{key}={value}: expected integers, e.g. {key}=[42,43,44]") from error
-
-
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-
-
-def _number(key: str, value: str, kind: type) -> Any:
-    try:
-        return kind(value)
-    except ValueError as error:
-        raise ConfigError(f"{key}={value}: expected {kind.__name__}") from error
-
-
-def _flag(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key}={value}: expected true or false")
-    return value.lower() in ("true", "1", "yes")
 
 
 def _options(options: dict[str, str], default_seed: int) -> Any:
@@ -66,15 +47,19 @@ def _options(options: dict[str, str], default_seed: int) -> Any:
 
     return AuditOptions(
         out_dir=Path(options["out_dir"]),
-        seeds=_integers("seeds", options["seeds"]) if "seeds" in options else (default_seed,),
-        shadows=_number("shadows", options.get("shadows", "16"), int),
+        seeds=(
+            tuple(whole_numbers("seeds", options["seeds"], minimum=0))
+            if "seeds" in options
+            else (default_seed,)
+        ),
+        shadows=whole_number("shadows", options.get("shadows", "16")),
         canary_kind=options.get("canaries", "real"),
-        canary_count=_number("canary_count", options["canary_count"], int)
+        canary_count=whole_number("canary_count", options["canary_count"])
         if "canary_count" in options
         else None,
-        ks=_integers("k", options["k"]) if "k" in options else DEFAULT_KS,
-        confidence=_number("confidence", options.get("confidence", "0.95"), float),
-        fixed_variance=_flag("fixed_variance", options.get("fixed_variance", "true")),
+        ks=tuple(whole_numbers("k", options["k"])) if "k" in options else DEFAULT_KS,
+        confidence=number("confidence", options.get("confidence", "0.95")),
+        fixed_variance=flag("fixed_variance", options.get("fixed_variance", "true")),
         audit_attacks=tuple(_names(options["audit_attacks"]))
         if "audit_attacks" in options
         else AUDIT_ATTACKS,

@@ -16,7 +16,6 @@ of `mammofl table1`, `common.runs.grid_lanes`).
 from __future__ import annotations
 
 import platform
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from common.config.compose import compose_config
+from common.config.option_values import key_values, whole_number
 from common.data.images import LoadedPatches
 from common.data.patch_set import PatchRecord, PatchSet
 from common.models.classifier import Classifier, build_classifier
@@ -45,6 +45,7 @@ DEFAULTS = {
     "cells": "12",
     "naive_steps": "2",
     "measure_epochs": "10",
+    "size": "0",  # 0: the model's own input size
 }
 
 
@@ -86,12 +87,15 @@ def _settings(n: int, batch: int, device: torch.device, seed: int) -> EngineSett
 
 
 def main(argv: Sequence[str]) -> None:
-    options = DEFAULTS | dict(a.split("=", 1) for a in argv)
-    n, batch, epochs = int(options["n"]), int(options["batch"]), int(options["epochs"])
-    cells, measure = int(options["cells"]), int(options["measure_epochs"])
+    options = DEFAULTS | key_values(argv, DEFAULTS)
+    n, batch, epochs, cells, measure, naive_steps = (
+        whole_number(k, options[k], minimum=1)
+        for k in ("n", "batch", "epochs", "cells", "measure_epochs", "naive_steps")
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size = (
-        int(options.get("size", 0)) or compose_config([f"model={options['model']}"]).data.image_size
+        whole_number("size", options["size"], minimum=0)
+        or compose_config([f"model={options['model']}"]).data.image_size
     )
     rng = np.random.default_rng(0)
     records = [PatchRecord(f"/bench/{i}.png", i % 2, f"P{i}") for i in range(n)]
@@ -118,9 +122,9 @@ def main(argv: Sequence[str]) -> None:
     indices = torch.arange(min(batch, n))
     naive._dp_step(indices)  # warm-up
     started = time.perf_counter()
-    for _ in range(int(options["naive_steps"])):
+    for _ in range(naive_steps):
         naive._dp_step(indices)
-    naive_step = (time.perf_counter() - started) / int(options["naive_steps"])
+    naive_step = (time.perf_counter() - started) / naive_steps
     naive.close()
     naive_cell = naive_step * steps
 
@@ -206,4 +210,6 @@ def _none(grid: list[GridCachedEngine], results: list[None]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from simulations.cli import script_main
+
+    script_main("bench_dp_finetune", main)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -278,4 +277,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from simulations.cli import script_main
+
+    script_main("bench_federated", main)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from common.config.gan_schema import GanModelConfig
+from common.config.option_values import key_values, whole_number
 from common.training.gan_speed import (
     MODES,
     SpeedResult,
@@ -66,11 +66,12 @@ def _duration(seconds: float) -> str:
 
 
 def main(argv: list[str]) -> None:
-    options = DEFAULTS | dict(a.split("=", 1) for a in argv)
+    options = DEFAULTS | key_values(argv, [*DEFAULTS, "json"])
     for noise in ("Full backward hook is firing", "Optimal order is the largest alpha"):
         warnings.filterwarnings("ignore", message=noise)  # opacus, once per DP row
-    steps, gans, batch = int(options["steps"]), int(options["gans"]), int(options["batch"])
-    epochs, n = int(options["epochs"]), int(options["n"])
+    steps, gans, batch, epochs, n = (
+        whole_number(k, options[k], minimum=1) for k in ("steps", "gans", "batch", "epochs", "n")
+    )
     modes = options["modes"].split(",")
     dps = {"both": [False, True], "off": [False], "on": [True]}[options["dp"]]
     device = resolve_device(options["device"])
@@ -149,4 +150,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from simulations.cli import script_main
+
+    script_main("bench_gan", main)

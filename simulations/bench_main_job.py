@@ -61,4 +61,6 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from simulations.cli import script_main
+
+    script_main("bench_main_job", main)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.config.option_values import whole_number
 from common.deploy.certificates import make_consortium
 from common.errors import ConfigError
 
@@ -24,10 +25,7 @@ def run_certs(args: Sequence[str]) -> int:
     unknown = set(options) - {"out_dir", "sites", "hosts", "valid_days"}
     if unknown or len(options) != len(args) or not {"out_dir", "sites"} <= set(options):
         raise ConfigError(f"{USAGE} (got {list(args)})")
-    try:
-        days = int(options.get("valid_days", "365"))
-    except ValueError as error:
-        raise ConfigError(f"valid_days must be an integer: {error}") from error
+    days = whole_number("valid_days", options.get("valid_days", "365"), minimum=1)
     files = make_consortium(
         Path(options["out_dir"]),
         _names(options.get("hosts", "[localhost,127.0.0.1]")),

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.config.option_values import flag, number, whole_number, whole_numbers
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
@@ -49,6 +50,10 @@ commands:
   loopback  [experiment=federated/phantom] [work_dir=runs/loopback] [fresh=true] <overrides>:
             the same federation deployed on this machine: certificates, a SuperLink with TLS and
             SuperNode authentication, one registered SuperNode per site, one run, all stopped
+  submit    [connection=consortium] [timeout_s=S] experiment=federated/NAME out_dir=ABS
+            run_dir=ABS <overrides>: a run on a deployed SuperLink (`flwr run`), overrides
+            checked here first, its log streamed; exit 0 only when it finished:completed
+            (flwr run exits 0 once a run is submitted)
   certs     out_dir=DIR sites=[a,b] [hosts=[localhost,127.0.0.1] valid_days=365]: the
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset
@@ -65,6 +70,17 @@ overrides are hydra's: experiment=table1/real_eps6 model=efficientnet_lite0 trai
 """
 
 
+def script_main(name: str, entry: Callable[[list[str]], int | None]) -> None:
+    """`python -m simulations.<name> key=value ...`: a mammofl error (a bad option, bad data)
+    is one line on stderr and exit 2, as under `mammofl`, not a traceback."""
+    try:
+        code = entry(sys.argv[1:])
+    except MammoflError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
+
+
 def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Take `name=value` command options out of the hydra overrides."""
     options, rest = {}, []
@@ -77,11 +93,6 @@ def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, 
     return options, rest
 
 
-def is_true(value: str) -> bool:
-    """A command option's yes: 1, true or yes (any case)."""
-    return value.lower() in ("1", "true", "yes")
-
-
 def out_dir_and_integers(
     command: str, args: Sequence[str], names: Sequence[str]
 ) -> tuple[Path, dict[str, int]]:
@@ -89,10 +100,7 @@ def out_dir_and_integers(
     options, rest = split_options(args, ("out_dir", *names))
     if rest or "out_dir" not in options:
         raise ConfigError(f"usage: mammofl {command} out_dir=DIR [{'= '.join(names)}=]")
-    try:
-        numbers = {k: int(v) for k, v in options.items() if k != "out_dir"}
-    except ValueError as error:
-        raise ConfigError(f"mammofl {command}: {error}; {', '.join(names)} are integers") from error
+    numbers = {k: whole_number(k, v) for k, v in options.items() if k != "out_dir"}
     return Path(options["out_dir"]), numbers
 
 
@@ -113,10 +121,11 @@ def cmd_train(args: Sequence[str]) -> int:
     from common.runs.single_node import run_cell
 
     options, rest = split_options(args, ("overwrite",))
+    overwrite = flag("overwrite", options.get("overwrite", "false"))
     config = compose_config(rest)
     if not config.out_dir:
         raise ConfigError("mammofl train needs out_dir=DIR")
-    check_no_finished_run(Path(config.out_dir), options.get("overwrite", "false"))
+    check_no_finished_run(Path(config.out_dir), overwrite)
     record = run_cell(config, Path(config.out_dir))
     summary = {
         name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
@@ -136,11 +145,11 @@ def cmd_train(args: Sequence[str]) -> int:
     return 0
 
 
-def check_no_finished_run(out_dir: Path, overwrite: str) -> None:
+def check_no_finished_run(out_dir: Path, overwrite: bool) -> None:
     """A second `mammofl train` into a finished run's folder would replace its result, and
     under DP its epsilon would not be composed with the first's: refused unless asked for."""
     finished = out_dir / "result.json"
-    if not finished.is_file() or is_true(overwrite):
+    if not finished.is_file() or overwrite:
         return
     spent = json.loads(finished.read_text()).get("privacy", {}).get("epsilon_spent")
     what = f"a DP run that spent epsilon {spent:.3f}" if spent else "a finished run"
@@ -161,10 +170,8 @@ def cmd_evaluate(args: Sequence[str]) -> int:
             "usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name= "
             "allow_patient_overlap=true]"
         )
-    allow = options.pop("allow_patient_overlap", "false").lower()
-    if allow not in ("true", "false"):
-        raise ConfigError(f"allow_patient_overlap={allow!r}: true or false")
-    print(json.dumps(evaluate_run(**options, allow_patient_overlap=allow == "true"), indent=2))
+    allow = flag("allow_patient_overlap", options.pop("allow_patient_overlap", "false"))
+    print(json.dumps(evaluate_run(**options, allow_patient_overlap=allow), indent=2))
     return 0
 
 
@@ -174,12 +181,10 @@ def cmd_table1(args: Sequence[str]) -> int:
     options, rest = split_options(args, ("rows", "seeds", "out_dir", "grid", "lanes"))
     if "out_dir" not in options:
         raise ConfigError("mammofl table1 needs out_dir=DIR")
-    grid = options.get("grid", "true").lower()
-    if grid not in ("true", "false"):
-        raise ConfigError(f"grid={grid!r}: true or false")
+    grid = flag("grid", options.get("grid", "true"))
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
     seeds = (
-        [int(s) for s in parse_list(options["seeds"])]
+        whole_numbers("seeds", options["seeds"], minimum=0)
         if "seeds" in options
         else list(DEFAULT_SEEDS)
     )
@@ -191,7 +196,7 @@ def cmd_table1(args: Sequence[str]) -> int:
         rows,
         seeds,
         rest,
-        grid=grid == "true",
+        grid=grid,
         lanes=None if lanes == "auto" else int(lanes),
     )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -222,12 +227,7 @@ def cmd_phantom(args: Sequence[str]) -> int:
     out_dir, numbers = out_dir_and_integers(
         "phantom", rest, ("sites", "patients", "test_patients", "long_side", "seed")
     )
-    try:
-        shape = {k: float(extra[k]) for k in ("ambiguity", "conspicuity") if k in extra}
-    except ValueError as error:
-        raise ConfigError(
-            f"mammofl phantom: {error}; ambiguity and conspicuity are numbers"
-        ) from error
+    shape = {k: number(k, extra[k]) for k in ("ambiguity", "conspicuity") if k in extra}
     rows = write_phantom_sites(
         out_dir,
         **numbers,
@@ -253,7 +253,7 @@ def cmd_federate(args: Sequence[str]) -> int:
     from simulations.federate import run_federate
 
     options, rest = split_options(args, ("fresh", "verbose", "prepare_only"))
-    flags = {k: is_true(v) for k, v in options.items()}
+    flags = {k: flag(k, v) for k, v in options.items()}
     result = run_federate(
         rest,
         fresh=flags.get("fresh", False),
@@ -272,7 +272,7 @@ def cmd_loopback(args: Sequence[str]) -> int:
     summary = run_loopback(
         rest,
         Path(options.get("work_dir", "runs/loopback")),
-        fresh=is_true(options.get("fresh", "false")),
+        fresh=flag("fresh", options.get("fresh", "false")),
     )
     print(json.dumps(summary, indent=2))
     if summary["processes_left"]:
@@ -286,6 +286,12 @@ def cmd_loopback(args: Sequence[str]) -> int:
         )
         return 1
     return 0
+
+
+def cmd_submit(args: Sequence[str]) -> int:
+    from simulations.submit import cmd_submit as submit
+
+    return submit(args)
 
 
 def cmd_certs(args: Sequence[str]) -> int:
@@ -347,6 +353,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "gan": cmd_gan,
     "federate": cmd_federate,
     "loopback": cmd_loopback,
+    "submit": cmd_submit,
     "certs": cmd_certs,
     "audit": cmd_audit,
     "tune": cmd_tune,

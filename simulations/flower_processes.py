@@ -229,9 +229,15 @@ def flwr_cli(
 ) -> dict[str, Any]:
     """One `flwr ... --format json` call; its JSON answer, or DeploymentError with its output."""
     command = [str(BIN / "flwr"), *args, "--format", "json"]
-    done = subprocess.run(
-        command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+    try:
+        done = subprocess.run(
+            command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise DeploymentError(
+            f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s (is the SuperLink "
+            "reachable? a `flwr run` may still have created its run: check `flwr ls`)"
+        ) from None
     start = done.stdout.find("{")
     try:
         answer: dict[str, Any] = json.loads(done.stdout[start:]) if start >= 0 else {}
@@ -269,15 +275,20 @@ def wait_for(what: str, ready: Any, timeout: float, interval: float = 0.5) -> An
     )
 
 
-def submit_run(app: Path, run_config: Mapping[str, str], env: Mapping[str, str]) -> int:
-    """`flwr run <app> consortium --run-config ...`: the run id (the run goes on detached)."""
+def submit_run(
+    app: Path,
+    run_config: Mapping[str, str],
+    env: Mapping[str, str],
+    connection: str = CONNECTION,
+) -> int:
+    """`flwr run <app> <connection> --run-config ...`: the run id (the run goes on detached)."""
     config = " ".join(f"{k}={toml_string(k, v)}" for k, v in run_config.items())
-    answer = flwr_cli(["run", str(app), CONNECTION, "--run-config", config], env, timeout=300)
+    answer = flwr_cli(["run", str(app), connection, "--run-config", config], env, timeout=300)
     return int(answer["run-id"])
 
 
-def run_status(run_id: int, env: Mapping[str, str]) -> dict[str, Any]:
-    runs = flwr_cli(["list", CONNECTION, "--run-id", str(run_id)], env).get("runs", [])
+def run_status(run_id: int, env: Mapping[str, str], connection: str = CONNECTION) -> dict[str, Any]:
+    runs = flwr_cli(["list", connection, "--run-id", str(run_id)], env).get("runs", [])
     if not runs:
         raise DeploymentError(f"run {run_id} is unknown to the SuperLink")
     return dict(runs[0])

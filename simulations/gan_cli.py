@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 
 from common.atomic_io import atomic_write_png, atomic_write_text
+from common.config.option_values import flag, key_values, whole_number, whole_numbers
 from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
 from common.errors import ConfigError
-from simulations.cli import is_true
 
 if TYPE_CHECKING:
     from common.training.gan_trainer import GanTrainer
@@ -42,12 +42,10 @@ GAN_USAGE = """usage: mammofl gan <train|generate|score|memorisation> [key=value
 def _options(
     args: Sequence[str], allowed: Sequence[str], required: Sequence[str]
 ) -> dict[str, str]:
-    options = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"unknown option {arg!r}\n{GAN_USAGE}")
-        options[key] = value
+    try:
+        options = key_values(args, allowed)
+    except ConfigError as error:
+        raise ConfigError(f"{error}\n{GAN_USAGE}") from None
     missing = [k for k in required if k not in options]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)}=\n{GAN_USAGE}")
@@ -84,15 +82,7 @@ def backbone_features(
 
 def parse_seeds(value: str) -> list[int]:
     """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
-    inner = value.strip().removeprefix("[").removesuffix("]").strip()
-    if not inner:
-        raise ConfigError(f"seeds={value}: give at least one seed, e.g. seeds=[42,43,44]")
-    try:
-        seeds = [int(v.strip()) for v in inner.split(",")]
-    except ValueError:
-        raise ConfigError(f"seeds={value}: give integers, e.g. seeds=[42,43,44]") from None
-    if min(seeds) < 0:
-        raise ConfigError(f"seeds={value}: seeds are integers >= 0 (numpy refuses others)")
+    seeds = whole_numbers("seeds", value, minimum=0)  # numpy refuses negative seeds
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={value}: each seed once")
     return seeds
@@ -205,7 +195,7 @@ def cmd_generate(args: Sequence[str]) -> int:
     )
     out_dir = Path(options["out_dir"])
     if (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png")):
-        if not is_true(options.get("overwrite", "false")):
+        if not flag("overwrite", options.get("overwrite", "false")):
             raise ConfigError(
                 f"{out_dir} already holds a generated set: a new one would mix with its images "
                 "and replace its provenance; use another out_dir=, or overwrite=true to "
@@ -213,15 +203,18 @@ def cmd_generate(args: Sequence[str]) -> int:
             )
         shutil.rmtree(out_dir / "images", ignore_errors=True)  # none of the old set is kept
     if "malignant" in options or "benign" in options:
-        counts = {1: int(options.get("malignant", 0)), 0: int(options.get("benign", 0))}
+        counts = {
+            1: whole_number("malignant", options.get("malignant", 0), minimum=0),
+            0: whole_number("benign", options.get("benign", 0), minimum=0),
+        }
     else:
-        n = int(options.get("n", 3000))
+        n = whole_number("n", options.get("n", 3000), minimum=1)
         counts = {1: n - n // 2, 0: n // 2}
     patch_set = generate_patch_set(
         Path(options["checkpoint"]),
         Path(options["out_dir"]),
         counts,
-        seed=int(options.get("seed", 0)),
+        seed=whole_number("seed", options.get("seed", 0), minimum=0),
     )
     print(json.dumps({"out_dir": options["out_dir"], **patch_set.counts()}, indent=2))
     return 0
@@ -259,7 +252,7 @@ def cmd_score(args: Sequence[str]) -> int:
         native["synthetic"],
         features["real"],
         features["synthetic"],
-        seed=int(options.get("seed", 0)),
+        seed=whole_number("seed", options.get("seed", 0), minimum=0),
         inception_weights=options.get("inception_weights"),
     )
     report["backbone"] = options.get("backbone", "efficientnet_lite0")

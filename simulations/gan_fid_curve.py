@@ -9,7 +9,6 @@ checkpoint and writes DIR/fid_curve.csv.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,9 +17,11 @@ import pandas as pd
 import torch
 
 from common.atomic_io import atomic_write_text
+from common.config.option_values import key_values, whole_number
 from common.data.images import LoadedPatches, load_patches
 from common.data.patch_set import PatchRecord, PatchSet
 from common.data.readers import read_patch_source
+from common.errors import ConfigError
 from common.eval.fidelity import frechet_distance
 from common.training.gan_augment import to_uint8
 from common.training.gan_generate import load_generator
@@ -42,8 +43,10 @@ def samples(checkpoint: Path, n: int, seed: int = 0) -> tuple[np.ndarray, list[i
 
 
 def main(argv: list[str]) -> None:
-    options = dict(a.split("=", 1) for a in argv)
-    run_dir, n = Path(options["run_dir"]), int(options.get("n", 500))
+    options = key_values(argv, ("run_dir", "n", "backbone"))
+    if "run_dir" not in options:
+        raise ConfigError("usage: python -m simulations.gan_fid_curve run_dir=DIR [n=500]")
+    run_dir, n = Path(options["run_dir"]), whole_number("n", options.get("n", 500), minimum=2)
     backbone = options.get("backbone", "efficientnet_lite0")
     checkpoints = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
     _, state = load_generator(checkpoints[0])
@@ -69,4 +72,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from simulations.cli import script_main
+
+    script_main("gan_fid_curve", main)

@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from common.config.option_values import flag, key_values, number
+
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 450  # the whole check; each section's limit is cut to what is left of it
 
@@ -224,10 +226,10 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(argv[0]).resolve()
-    options = dict(a.split("=", 1) for a in argv[1:])
-    device, tiny = options.get("device", "cuda"), options.get("tiny", "false") == "true"
-    budget = float(options.get("budget_s", BUDGET_S))
-    compile_ = options.get("compile", "false" if tiny else "true") == "true"
+    options = key_values(argv[1:], ("device", "tiny", "budget_s", "compile"))
+    device, tiny = options.get("device", "cuda"), flag("tiny", options.get("tiny", "false"))
+    budget = number("budget_s", options.get("budget_s", BUDGET_S), positive=True, example="600")
+    compile_ = flag("compile", options.get("compile", "false" if tiny else "true"))
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", MAMMOFL_OFFLINE="1")
     if device == "cpu":
@@ -247,4 +249,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from simulations.cli import script_main
+
+    script_main("gpu_check", main)

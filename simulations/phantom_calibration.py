@@ -9,12 +9,11 @@ federated issue asks for AUROC around 0.8-0.95: a model that neither saturates n
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
 from common.config.compose import compose_federated_config
+from common.config.option_values import whole_number, whole_numbers
 from common.data.images import LoadedPatches
 from common.data.patch_set import PatchSet
 from common.eval.central import CentralEvaluator
@@ -32,8 +31,8 @@ def main(args: list[str]) -> int:
     options = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in ("epochs", "seeds"))
     overrides = [a for a in args if a.split("=", 1)[0] not in ("epochs", "seeds")]
     overrides = overrides or ["out_dir=runs/phantom_calibration"]
-    epochs = int(options.get("epochs", 40))
-    seeds = [int(s) for s in options.get("seeds", "0,1,2").split(",")]
+    epochs = whole_number("epochs", options.get("epochs", 40), minimum=1)
+    seeds = whole_numbers("seeds", options.get("seeds", "0,1,2"), minimum=0)
     config = compose_federated_config(overrides)
     prepare_workspace(config)
     sites = [
@@ -87,4 +86,6 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from simulations.cli import script_main
+
+    script_main("phantom_calibration", main)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.config.option_values import flag, number, whole_number
 from common.data.prepare import PrepareOptions, prepare
 from common.errors import ConfigError
 from simulations.cli import split_options
@@ -58,15 +59,12 @@ def prepare_options(args: Sequence[str]) -> PrepareOptions:
     typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
     for key, kind in NUMBERS.items():
         if key in options:
-            try:
-                typed[key] = kind(options[key])
-            except ValueError as error:
-                raise ConfigError(f"{key}={options[key]!r}: a number expected") from error
+            typed[key] = (
+                number(key, options[key]) if kind is float else whole_number(key, options[key])
+            )
     for key in FLAGS:
         if key in options:
-            if options[key].lower() not in ("true", "false"):
-                raise ConfigError(f"{key}={options[key]!r}: true or false")
-            typed[key] = options[key].lower() == "true"
+            typed[key] = flag(key, options[key])
     if "test_fraction" in options and "split" not in options:
         typed["split"] = "random"
     if columns:

@@ -11,20 +11,18 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.config.option_values import whole_numbers
 from common.errors import ConfigError
 from common.runs.tuning import load_space, run_search
 
 
 def cmd_tune(args: Sequence[str]) -> int:
-    from simulations.cli import parse_list, split_options
+    from simulations.cli import split_options
 
     options, rest = split_options(args, ("space", "out_dir", "seeds"))
     if "space" not in options or "out_dir" not in options:
         raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
-    try:
-        seeds = [int(s) for s in parse_list(options["seeds"])] if "seeds" in options else None
-    except ValueError as error:
-        raise ConfigError(f"seeds={options['seeds']!r}: a list of integers") from error
+    seeds = whole_numbers("seeds", options["seeds"], minimum=0) if "seeds" in options else None
     summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
     keys = ("candidates", "cell_runs", "best", "privacy_note")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))

@@ -74,11 +74,20 @@ def check_added_keys(schema: type, overrides: Sequence[str], groups: Collection[
 
 
 def explain_hydra_error(schema: type, error: Exception) -> str:
-    """Hydra's error text, with its `+key=value` advice replaced where the key is a typo."""
+    """Hydra's error text, with its `+key=value` advice replaced where the key is a typo, and
+    the reason hydra keeps in its causes ("Error merging override train.epochs=abc" alone does
+    not say that the value is no integer)."""
     text = str(error)
     match = _HYDRA_UNKNOWN.search(text)
     if match is not None:
         message = unknown_key_message(schema, match.group(1))
         if message is not None:
             return message
-    return text
+    reasons = []
+    cause = error.__cause__
+    while cause is not None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if first and first not in text and first not in reasons:
+            reasons.append(first)
+        cause = cause.__cause__
+    return ": ".join([text, *reasons])

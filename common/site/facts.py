@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
+from common.config.option_values import flag, whole_number
 from common.config.schema import PatchSourceConfig
 from common.errors import ConfigError
 
@@ -60,8 +61,9 @@ class SiteFacts:
             raise ConfigError(f"site {self.name}: delta-cap must be in (0, 1), e.g. 1e-5")
 
 
-def _flag(value: object) -> bool:
-    return str(value).lower() in ("1", "true", "yes")
+def _flag(node_config: Mapping[str, object], key: str) -> bool:
+    """A yes/no key, false when absent; a mistyped value (`=ture`) is refused, not read as no."""
+    return flag(f"node_config {key}", node_config.get(key, False))
 
 
 def _number(node_config: Mapping[str, object], key: str) -> float:
@@ -89,7 +91,8 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         )
     raw = node_config.get("raw-dir")
     seed = node_config.get("noise-seed")
-    if _flag(node_config.get("seeded-noise", False)) and seed in (None, ""):
+    seeded = _flag(node_config, "seeded-noise")
+    if seeded and seed in (None, ""):
         raise ConfigError("node_config seeded-noise=true needs noise-seed=<the site's own seed>")
     return SiteFacts(
         name=str(node_config["site-name"]),
@@ -99,9 +102,9 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         epsilon_cap=_number(node_config, "epsilon-cap"),
         delta_cap=_number(node_config, "delta-cap") if "delta-cap" in node_config else None,
         device=str(node_config.get("device", "cpu")),
-        share_exact_count=_flag(node_config.get("share-exact-count", False)),
-        allow_non_dp_synthetic=_flag(node_config.get("allow-non-dp-synthetic", False)),
-        noise_seed=int(str(seed)) if _flag(node_config.get("seeded-noise", False)) else None,
+        share_exact_count=_flag(node_config, "share-exact-count"),
+        allow_non_dp_synthetic=_flag(node_config, "allow-non-dp-synthetic"),
+        noise_seed=whole_number("node_config noise-seed", seed, minimum=0) if seeded else None,
     )
 
 

@@ -87,7 +87,7 @@ def test_audit_smoke(
     ("args", "message"),
     [
         ([*TINY, "shadows=1"], "at least 2 reference models"),
-        ([*TINY, "shadows=x"], "expected int"),
+        ([*TINY, "shadows=x"], "shadows=x: expected a whole number"),
         ([*TINY, "seeds=[1,1]"], "distinct seeds"),
         ([*TINY, "canaries=mislabelled"], "canary_count"),
         ([*TINY, "canaries=purple"], "choose one of"),

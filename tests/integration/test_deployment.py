@@ -244,15 +244,24 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     }
 
     # a second run on the same sites: their ledgers leave no round, so it stops before SynPre
-    # (it pretrained for minutes, then ended "completed" with a model no site trained)
+    # (it pretrained for minutes, then ended "completed" with a model no site trained); it is
+    # submitted with `mammofl submit`, which exits 1 for the failed run (flwr run: 0)
     again = tmp_path / "again"
-    refused = consortium.run(
-        EXPERIMENT,
-        _overrides(tiny_workspace, again, "federation.site_evaluation=false"),
-        log_path=tmp_path / "again.log",
+    refused = subprocess.run(
+        [
+            str(BIN / "mammofl"),
+            "submit",
+            f"experiment={EXPERIMENT}",
+            *_overrides(tiny_workspace, again, "federation.site_evaluation=false"),
+        ],
+        env=consortium.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert refused["status"] == "finished:failed", refused
-    log_text = (tmp_path / "again.log").read_text()
+    assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert "ended finished:failed" in refused.stderr, refused.stderr
+    log_text = refused.stdout  # the run's log, streamed
     assert "mammofl: error: no round can run: " in log_text  # site-c may have one round left
     assert "site-a: budget spent" in log_text and "site-b: budget spent" in log_text
     assert not (again / "server" / "checkpoint.pt").exists()

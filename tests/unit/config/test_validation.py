@@ -263,6 +263,22 @@ def test_a_key_that_is_no_setting_is_refused_with_the_nearest(override: str, hin
     assert hint in str(refused.value) and "To append" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("train.epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("train.lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+        ("privacy.target_epsilon=[1]", "Value '[1]' of type 'list' could not be converted"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_with_the_reason(override: str, reason: str) -> None:
+    """Hydra's own message ("Error merging override train.epochs=abc") kept the reason in its
+    cause: a user saw the override refused but not why."""
+    with pytest.raises(ConfigError) as refused:
+        compose_config([override])
+    assert f"override {override}" in str(refused.value) and reason in str(refused.value)
+
+
 def test_added_keys_stay_allowed_in_free_dicts() -> None:
     assert compose_config(["+model.kwargs.global_pool=max"]).model.kwargs == {"global_pool": "max"}
     from common.config.compose import compose_federated_config

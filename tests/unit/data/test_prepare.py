@@ -119,7 +119,7 @@ def test_bad_settings_stop_before_any_file_is_read(
         ("out_size=64", "out_size=64"),
         ("split=official-ish", "split='official-ish'"),
         ("abnormality=masses", "abnormality='masses'"),
-        ("test_fraction=abc", "test_fraction='abc'"),
+        ("test_fraction=abc", "test_fraction=abc: expected a finite number"),
     ):
         assert main([*base, bad]) == 2
         assert named in capsys.readouterr().err

@@ -152,6 +152,15 @@ def test_node_config_needs_the_sites_own_cap_and_seed() -> None:
     assert not facts.allow_non_dp_synthetic and not facts.share_exact_count
     with pytest.raises(ConfigError, match="noise-seed"):
         facts_from_node_config({**base, "epsilon-cap": 4, "seeded-noise": "true"})
+    # TOML gives a bool; a mistyped yes/no or seed is refused, not read as "no" or a traceback
+    capped = {**base, "epsilon-cap": 4}
+    assert facts_from_node_config({**capped, "allow-non-dp-synthetic": True}).allow_non_dp_synthetic
+    for key in ("allow-non-dp-synthetic", "share-exact-count", "seeded-noise"):
+        with pytest.raises(ConfigError, match=f"node_config {key}=ture: expected true or false"):
+            facts_from_node_config({**capped, key: "ture"})
+    with pytest.raises(ConfigError, match="node_config noise-seed=abc: expected a whole number"):
+        facts_from_node_config({**capped, "seeded-noise": True, "noise-seed": "abc"})
+    assert facts_from_node_config({**capped, "seeded-noise": True, "noise-seed": 7}).noise_seed == 7
 
 
 def test_no_non_dp_synthetic_data_without_consent(tiny_workspace: Path, tmp_path: Path) -> None:

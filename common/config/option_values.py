@@ -1,0 +1,75 @@
+"""Values of command options (`fresh=true`, `seeds=[42,43]`) and SuperNode node-config keys,
+read strictly: a value that is not what the option takes is a ConfigError that names the
+option and shows a valid value, never a traceback and never read as the default (`fresh=ture`
+is refused, not taken as false)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+from common.errors import ConfigError
+
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
+
+
+def flag(name: str, value: object) -> bool:
+    """true/1/yes or false/0/no, any case (or a bool, as TOML gives a node config one)."""
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value}: expected true or false")
+
+
+def whole_number(name: str, value: object, minimum: int | None = None) -> int:
+    """An integer (`7`, not `7.5` or `seven`), at least `minimum` when given."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={value}: expected a whole number, e.g. {name}=3") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name}={value}: expected a whole number >= {minimum}")
+    return number
+
+
+def key_values(args: Sequence[str], known: Collection[str]) -> dict[str, str]:
+    """`key=value` arguments, each key one of `known` (an argument without `=` or with an
+    unknown key is refused, not dropped)."""
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in known:
+            raise ConfigError(f"{arg!r}: expected key=value, key one of {', '.join(known)}")
+        options[key] = value
+    return options
+
+
+def number(name: str, value: object, *, positive: bool = False, example: str = "0.5") -> float:
+    """A finite number (NaN and infinity are no setting), > 0 when `positive`."""
+    try:
+        result = float(str(value).strip())
+    except ValueError:
+        result = math.nan
+    if not math.isfinite(result):
+        raise ConfigError(f"{name}={value}: expected a finite number, e.g. {name}={example}")
+    if positive and result <= 0:
+        raise ConfigError(f"{name}={value}: expected a number > 0")
+    return result
+
+
+def whole_numbers(name: str, value: str, minimum: int | None = None) -> list[int]:
+    """`[42,43,44]` or `42,43` -> [42, 43, 44]: at least one, each a whole number."""
+    items = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"{name}={value}: give at least one, e.g. {name}=[1,2,3]")
+    try:
+        numbers = [int(v) for v in items]
+    except ValueError:
+        example = f"{name}=[1,2,3]"
+        raise ConfigError(f"{name}={value}: expected whole numbers, e.g. {example}") from None
+    if minimum is not None and min(numbers) < minimum:
+        raise ConfigError(f"{name}={value}: each must be >= {minimum}")
+    return numbers
