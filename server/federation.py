@@ -370,7 +370,10 @@ class Federation:
         raise ConfigError(
             f"no round can run: {len(able)} of {len(names)} sites can take "
             f"one more round < federation.min_sites={self.config.federation.min_sites} ({why}). "
-            "A site's budget covers its whole history (its state's ledger.json), not one run"
+            "A site's budget covers its whole history (its state's ledger.json), not one run: "
+            "more rounds on the same patients need the hospitals to raise their own caps "
+            "(node config epsilon-cap; the new rounds compose with what they spent), their "
+            "decision, never the server's; a run on other sites needs their state dirs"
         )
 
     def start(

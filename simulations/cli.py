@@ -51,9 +51,10 @@ commands:
             the same federation deployed on this machine: certificates, a SuperLink with TLS and
             SuperNode authentication, one registered SuperNode per site, one run, all stopped
   submit    [connection=consortium] [timeout_s=S] experiment=federated/NAME out_dir=ABS
-            run_dir=ABS <overrides>: a run on a deployed SuperLink (`flwr run`), overrides
-            checked here first, its log streamed; exit 0 only when it finished:completed
-            (flwr run exits 0 once a run is submitted)
+            [run_dir=ABS] <overrides>: a run on a deployed SuperLink (`flwr run`), overrides
+            checked here first, its log streamed; exit 0 only when it finished:completed, 1
+            failed or stopped, 124 still running after timeout_s (flwr run exits 0 once a run
+            is submitted); out_dir and run_dir are paths on the SuperLink's machine
   certs     out_dir=DIR sites=[a,b] [hosts=[localhost,127.0.0.1] valid_days=365]: the
             consortium's CA, SuperLink TLS certificate and one SuperNode key pair per site
   demo      generate phantom patches and train the tiny single-node preset

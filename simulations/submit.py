@@ -34,6 +34,7 @@ from simulations.flower_processes import (
 PROJECT = Path(__file__).resolve().parents[1]
 COMPLETED = "finished:completed"
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a job ended by Ctrl-C
+TIMED_OUT_EXIT_CODE = 124  # GNU timeout's: the run still runs (a failed run: 1)
 
 
 def run_config_of(overrides: Sequence[str]) -> dict[str, str]:
@@ -153,9 +154,9 @@ def submit(
     app: Path = PROJECT,
     timeout_s: float | None = None,
 ) -> int:
-    """Submit, follow, and return the exit code: 0 completed; 1 failed, stopped or still
-    running after `timeout_s`; 130 (Ctrl-C) or 143 (SIGTERM) when the caller stopped
-    following, the run going on. Raises ConfigError for a bad override and DeploymentError
+    """Submit, follow, and return the exit code: 0 completed; 1 failed or stopped; 124 still
+    running `timeout_s` after it was submitted; 130 (Ctrl-C) or 143 (SIGTERM) when the caller
+    stopped following, the run going on. Raises ConfigError for a bad override and DeploymentError
     when `flwr run` cannot submit (its message)."""
     if not connection:
         raise ConfigError("connection= names no SuperLink connection (e.g. connection=consortium)")
@@ -186,7 +187,7 @@ def submit(
             f"on on the SuperLink (`flwr stop {run_id} {connection}` stops it)",
             file=sys.stderr,
         )
-        return 1
+        return TIMED_OUT_EXIT_CODE
     if status.get("status") == COMPLETED:
         print(f"mammofl submit: run {run_id} {COMPLETED}", flush=True)
         return 0

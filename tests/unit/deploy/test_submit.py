@@ -58,8 +58,9 @@ def test_the_run_config_is_what_the_server_composes(tmp_path: Path) -> None:
 # ---- following a run: the flwr CLI's contract (exit codes, `flwr list` JSON) --------------
 # A stand-in `flwr` executable: `flwr log` ends as $FAKE_LOG says (broken: exit 1 at once;
 # silent: a connection that stays open and says nothing), `flwr list` answers the statuses in
-# $FAKE_STATUSES one call after another (the last one repeats).
+# $FAKE_STATUSES one call after another (the last one repeats), `flwr run` submits run 7.
 FAKE_FLWR = """#!/usr/bin/env bash
+if [ "$1" = run ]; then echo '{"success": true, "run-id": 7}'; exit 0; fi
 if [ "$1" = log ]; then
   echo "INFO : round 1"
   if [ "$FAKE_LOG" = broken ]; then echo "SuperLink unavailable" >&2; exit 1; fi
@@ -103,3 +104,25 @@ def test_a_silent_stream_does_not_hang_past_the_runs_end(fake_flwr: dict[str, st
 def test_a_run_still_going_at_the_timeout_is_no_end(fake_flwr: dict[str, str]) -> None:
     env = {**fake_flwr, "FAKE_LOG": "silent", "FAKE_STATUSES": "running"}
     assert submit_module.follow(7, "consortium", env, timeout_s=1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        ("running,finished:completed", 0),
+        ("running,finished:failed", 1),
+        ("finished:stopped", 1),
+        ("running", 124),  # still running at timeout_s: not a failed run
+    ],
+)
+def test_the_exit_code_is_the_runs_outcome(
+    fake_flwr: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    statuses: str,
+    code: int,
+) -> None:
+    for key, value in {**fake_flwr, "FAKE_LOG": "silent", "FAKE_STATUSES": statuses}.items():
+        monkeypatch.setenv(key, value)
+    overrides = ["experiment=federated/tiny", f"out_dir={tmp_path}"]
+    assert submit_module.submit(overrides, timeout_s=3.0) == code
