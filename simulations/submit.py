@@ -4,7 +4,7 @@ flwr 1.42's `flwr run` exits 0 once the run is *submitted*, also with `--stream`
 consortium's script (`flwr run ... && publish`) goes on after a run that failed. This command
 checks the overrides here first (a mistyped key never becomes a failed run), submits the run
 with `flwr run`, streams its log (`flwr log --stream`) and exits with the run's own outcome:
-0 for `finished:completed`, 1 for any other end.
+0 for `finished:completed`, 1 for any other end, 124 for a run still going at `timeout_s`.
 """
 
 from __future__ import annotations
@@ -65,12 +65,11 @@ def run_config_of(overrides: Sequence[str]) -> dict[str, str]:
     return {"experiment": experiment, "overrides": shlex.join(rest)}
 
 
-def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def cli_env() -> dict[str, str]:
     """The caller's environment (its FLWR_HOME names the connection), this venv's `flwr` first."""
     # unbuffered: the streamed log reaches a pipe (`| tee`) line by line, its tail not lost
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra or {})
     return env
 
 
