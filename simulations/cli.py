@@ -101,7 +101,7 @@ def out_dir_and_integers(
     options, rest = split_options(args, ("out_dir", *names))
     if rest or "out_dir" not in options:
         raise ConfigError(f"usage: mammofl {command} out_dir=DIR [{'= '.join(names)}=]")
-    numbers = {k: whole_number(k, v) for k, v in options.items() if k != "out_dir"}
+    numbers = {k: whole_number(k, v, minimum=0) for k, v in options.items() if k != "out_dir"}
     return Path(options["out_dir"]), numbers
 
 
@@ -185,7 +185,7 @@ def cmd_table1(args: Sequence[str]) -> int:
     grid = flag("grid", options.get("grid", "true"))
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
     seeds = (
-        whole_numbers("seeds", options["seeds"], minimum=0)
+        whole_numbers("seeds", options["seeds"], minimum=0, distinct=True)
         if "seeds" in options
         else list(DEFAULT_SEEDS)
     )

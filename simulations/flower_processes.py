@@ -234,10 +234,15 @@ def flwr_cli(
             command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
+        created = (
+            " (a run may still have been created: check `flwr ls`)" if args[0] == "run" else ""
+        )
         raise DeploymentError(
-            f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s (is the SuperLink "
-            "reachable? a `flwr run` may still have created its run: check `flwr ls`)"
+            f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s; is the SuperLink "
+            f"reachable?{created}"
         ) from None
+    except OSError as error:  # no flwr executable (a .venv being rebuilt), or not runnable
+        raise DeploymentError(f"`flwr` could not start ({command[0]}): {error}") from None
     start = done.stdout.find("{")
     try:
         answer: dict[str, Any] = json.loads(done.stdout[start:]) if start >= 0 else {}
@@ -287,8 +292,11 @@ def submit_run(
     return int(answer["run-id"])
 
 
-def run_status(run_id: int, env: Mapping[str, str], connection: str = CONNECTION) -> dict[str, Any]:
-    runs = flwr_cli(["list", connection, "--run-id", str(run_id)], env).get("runs", [])
+def run_status(
+    run_id: int, env: Mapping[str, str], connection: str = CONNECTION, timeout: float = 120
+) -> dict[str, Any]:
+    args = ["list", connection, "--run-id", str(run_id)]
+    runs = flwr_cli(args, env, timeout=timeout).get("runs", [])
     if not runs:
         raise DeploymentError(f"run {run_id} is unknown to the SuperLink")
     return dict(runs[0])

@@ -82,10 +82,7 @@ def backbone_features(
 
 def parse_seeds(value: str) -> list[int]:
     """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
-    seeds = whole_numbers("seeds", value, minimum=0)  # numpy refuses negative seeds
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={value}: each seed once")
-    return seeds
+    return whole_numbers("seeds", value, minimum=0, distinct=True)  # numpy: no negative seed
 
 
 def latest_checkpoint(trainer: GanTrainer, saved: Path | None) -> str | None:

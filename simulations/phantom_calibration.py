@@ -32,7 +32,7 @@ def main(args: list[str]) -> int:
     overrides = [a for a in args if a.split("=", 1)[0] not in ("epochs", "seeds")]
     overrides = overrides or ["out_dir=runs/phantom_calibration"]
     epochs = whole_number("epochs", options.get("epochs", 40), minimum=1)
-    seeds = whole_numbers("seeds", options.get("seeds", "0,1,2"), minimum=0)
+    seeds = whole_numbers("seeds", options.get("seeds", "0,1,2"), minimum=0, distinct=True)
     config = compose_federated_config(overrides)
     prepare_workspace(config)
     sites = [

@@ -74,69 +74,120 @@ def cli_env() -> dict[str, str]:
 
 
 STATUS_EVERY_S = 60.0  # while the log streams: a silent, half-open stream cannot hang us
-ENDED_POLL_S = 2.0  # after the stream's normal end: the SuperLink marks the run a moment later
-BROKEN_POLL_S = 30.0  # after a broken stream: the run may go on for hours
+ENDED_POLL_S = 2.0  # after the stream's end: the SuperLink has marked the run finished
+BROKEN_POLL_S = 30.0  # after a stream that broke: the run may go on for hours
+ENDED_POLLS = 3  # polls at ENDED_POLL_S before a stream that ended is taken as broken
+UNANSWERED_LIMIT = 10  # status calls in a row without an answer, once the stream has ended
 LAST_LINES_S = 10.0  # a run marked finished: how long its stream may take to print the end
 
 
-def _finished(run_id: int, connection: str, env: Mapping[str, str]) -> dict[str, Any] | None:
-    """The run's status once the SuperLink marks it finished; None before, or while the
-    SuperLink does not answer (said once per failure on stderr)."""
+class Follower:
+    """One run followed to its end: its log streamed, its status asked (see `follow`)."""
+
+    def __init__(self, run_id: int, connection: str, env: Mapping[str, str]) -> None:
+        self.run_id, self.connection, self.env = run_id, connection, dict(env)
+        self.last = "not asked yet"  # the last status, or why there was none
+        self.unanswered = 0
+
+    def say(self, text: str) -> None:
+        print(f"mammofl submit: {text}", file=sys.stderr, flush=True)
+
+    def start_stream(self) -> subprocess.Popen[bytes] | None:
+        command = [str(BIN / "flwr"), "log", str(self.run_id), self.connection, "--stream"]
+        try:
+            return subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL)
+        except OSError as error:
+            self.say(f"the run's log cannot be streamed ({error}); asking its status instead")
+            return None
+
+    def finished(self, timeout: float) -> dict[str, Any] | None:
+        """The run's status once the SuperLink marks it finished; None before, or while the
+        SuperLink does not answer (each failure said on stderr)."""
+        try:
+            status = run_status(self.run_id, self.env, self.connection, timeout=timeout)
+        except DeploymentError as error:
+            self.unanswered += 1
+            self.last = f"no answer: {error}"
+            self.say(f"run {self.run_id}'s status: {error}")
+            return None
+        self.unanswered = 0
+        self.last = str(status.get("status", "unknown"))
+        return status if self.last.startswith("finished") else None
+
+
+def _stop(stream: subprocess.Popen[bytes] | None) -> None:
+    if stream is None or stream.poll() is not None:
+        return
+    stream.terminate()
     try:
-        status = run_status(run_id, env, connection)
-    except DeploymentError as error:
-        print(f"mammofl submit: run {run_id}'s status: {error}", file=sys.stderr, flush=True)
-        return None
-    return status if str(status.get("status", "")).startswith("finished") else None
+        stream.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        stream.kill()
+        stream.wait(timeout=10)
 
 
 def follow(
     run_id: int, connection: str, env: Mapping[str, str], timeout_s: float | None
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, str]:
     """Stream the run's log to stdout until the SuperLink reports the run finished: its final
-    status, or None once `timeout_s` has passed. The run's status is asked every minute while
-    the log streams (flwr's stream has no read timeout: a connection dropped silently would
-    hang it), and every few seconds once the stream has ended; a stream that broke (the
-    SuperLink restarted, the network dropped) is not re-attached, which would replay the log."""
+    status, or None once `timeout_s` has passed; with the last status seen (or why none).
+
+    flwr 1.42 closes the stream only at the run's end, but its stream has no read timeout (a
+    connection dropped silently would hang it) and a SuperLink that stops closes it too: so
+    the run's status is asked every minute while the log streams, every few seconds once it
+    has ended, then every 30 s if the SuperLink still reports the run going on. A stream that
+    ended is not re-attached, which would replay the log. Raises DeploymentError when the
+    SuperLink has not answered `UNANSWERED_LIMIT` status calls in a row after the stream ended.
+    """
+    follower = Follower(run_id, connection, env)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    stream = subprocess.Popen(
-        [str(BIN / "flwr"), "log", str(run_id), connection, "--stream"],
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-    )
-    pause = STATUS_EVERY_S
+    stream = follower.start_stream()
+    pause, ended_polls = (STATUS_EVERY_S, 0) if stream is not None else (BROKEN_POLL_S, None)
     try:
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return None
+                return None, follower.last
             wait = pause if left is None else min(pause, left)
-            if stream.poll() is None:
+            if stream is not None and stream.poll() is None:
                 try:
-                    code = stream.wait(timeout=wait)
+                    code: int | None = stream.wait(timeout=wait)
                 except subprocess.TimeoutExpired:
                     code = None
-                if code is not None:  # ended: at the run's end (0), or broken
-                    pause = ENDED_POLL_S if code == 0 else BROKEN_POLL_S
-                    if code != 0:
-                        print(
-                            f"mammofl submit: the log stream ended (flwr log exit {code}); "
-                            f"asking the run's status instead (`flwr log {run_id} "
-                            f"{connection}` shows the log)",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                if code is not None and code != 0:
+                    pause, ended_polls = BROKEN_POLL_S, None
+                    follower.say(
+                        f"the log stream ended (flwr log exit {code}); asking the run's status "
+                        f"instead (`flwr log {run_id} {connection}` shows the log)"
+                    )
+                elif code == 0:
+                    pause = ENDED_POLL_S
             else:
                 time.sleep(wait)
-            status = _finished(run_id, connection, env)
+            asked = 120.0 if left is None else min(120.0, max(left, 5.0))
+            status = follower.finished(asked)
             if status is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    stream.wait(timeout=LAST_LINES_S)
-                return status
+                if stream is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        stream.wait(timeout=LAST_LINES_S)
+                return status, follower.last
+            stream_over = stream is None or stream.poll() is not None
+            if stream_over and follower.unanswered >= UNANSWERED_LIMIT:
+                raise DeploymentError(
+                    f"run {run_id}'s outcome is unknown: the SuperLink did not answer "
+                    f"{follower.unanswered} status calls in a row ({follower.last}); check "
+                    f"`flwr ls {connection}` when it is back"
+                )
+            if stream_over and ended_polls is not None and pause == ENDED_POLL_S:
+                ended_polls += 1
+                if ended_polls >= ENDED_POLLS:  # flwr closes it at the end: not the end here
+                    pause, ended_polls = BROKEN_POLL_S, None
+                    follower.say(
+                        f"the log stream ended but run {run_id} is {follower.last}; asking "
+                        "its status every 30 s"
+                    )
     finally:
-        if stream.poll() is None:
-            stream.terminate()
-            stream.wait(timeout=10)
+        _stop(stream)
 
 
 def _stopped(stop: BaseException, message: str) -> int:
@@ -172,7 +223,7 @@ def submit(
         )
     print(f"mammofl submit: run {run_id} submitted to {connection}; its log follows", flush=True)
     try:
-        status = follow(run_id, connection, env, timeout_s)
+        status, last = follow(run_id, connection, env, timeout_s)
     except (KeyboardInterrupt, Terminated) as stop:
         return _stopped(
             stop,
@@ -182,8 +233,9 @@ def submit(
         )
     if status is None:
         print(
-            f"mammofl submit: error: run {run_id} still running after {timeout_s:.0f} s; it goes "
-            f"on on the SuperLink (`flwr stop {run_id} {connection}` stops it)",
+            f"mammofl submit: error: run {run_id} not finished after {timeout_s:.0f} s (last "
+            f"status: {last}); it goes on on the SuperLink (`flwr stop {run_id} {connection}` "
+            "stops it)",
             file=sys.stderr,
         )
         return TIMED_OUT_EXIT_CODE

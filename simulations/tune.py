@@ -22,7 +22,11 @@ def cmd_tune(args: Sequence[str]) -> int:
     options, rest = split_options(args, ("space", "out_dir", "seeds"))
     if "space" not in options or "out_dir" not in options:
         raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
-    seeds = whole_numbers("seeds", options["seeds"], minimum=0) if "seeds" in options else None
+    seeds = (
+        whole_numbers("seeds", options["seeds"], minimum=0, distinct=True)
+        if "seeds" in options
+        else None
+    )
     summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
     keys = ("candidates", "cell_runs", "best", "privacy_note")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))

@@ -60,8 +60,11 @@ def number(name: str, value: object, *, positive: bool = False, example: str = "
     return result
 
 
-def whole_numbers(name: str, value: str, minimum: int | None = None) -> list[int]:
-    """`[42,43,44]` or `42,43` -> [42, 43, 44]: at least one, each a whole number."""
+def whole_numbers(
+    name: str, value: str, minimum: int | None = None, *, distinct: bool = False
+) -> list[int]:
+    """`[42,43,44]` or `42,43` -> [42, 43, 44]: at least one, each a whole number, each once
+    when `distinct` (seeds: a repeated one would train the same cell twice)."""
     items = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
     if not items:
         raise ConfigError(f"{name}={value}: give at least one, e.g. {name}=[1,2,3]")
@@ -72,4 +75,6 @@ def whole_numbers(name: str, value: str, minimum: int | None = None) -> list[int
         raise ConfigError(f"{name}={value}: expected whole numbers, e.g. {example}") from None
     if minimum is not None and min(numbers) < minimum:
         raise ConfigError(f"{name}={value}: each must be >= {minimum}")
+    if distinct and len(set(numbers)) != len(numbers):
+        raise ConfigError(f"{name}={value}: each once")
     return numbers

@@ -59,7 +59,11 @@ def test_numbers() -> None:
         (["phantom", "ambiguity=nan"], "ambiguity=nan: expected a finite number"),
         (["phantom-patches", "size=big"], "size=big: expected a whole number"),
         (["gan", "generate", "checkpoint=/c", "n=many"], "n=many: expected a whole number"),
-        (["gan", "train", "seeds=[1,1]"], "seeds=[1,1]: each seed once"),
+        (["gan", "train", "seeds=[1,1]"], "seeds=[1,1]: each once"),
+        (["table1", "seeds=[42,42]"], "seeds=[42,42]: each once"),
+        (["tune", "space=dp_eps6", "seeds=[1,1]"], "seeds=[1,1]: each once"),
+        (["phantom", "seed=-1"], "seed=-1: expected a whole number >= 0"),
+        (["phantom-patches", "seed=-1"], "seed=-1: expected a whole number >= 0"),
         (["audit", "k=[a]"], "k=[a]: expected whole numbers"),
         (
             ["evaluate", "run_dir=/r", "patches=/p", "allow_patient_overlap=yes please"],

@@ -7,10 +7,12 @@ import os
 import shlex
 from pathlib import Path
 
+import psutil
 import pytest
 
 from simulations import submit as submit_module
 from simulations.cli import main
+from simulations.flower_processes import DeploymentError
 
 
 @pytest.fixture
@@ -56,21 +58,26 @@ def test_the_run_config_is_what_the_server_composes(tmp_path: Path) -> None:
 
 
 # ---- following a run: the flwr CLI's contract (exit codes, `flwr list` JSON) --------------
-# A stand-in `flwr` executable: `flwr log` ends as $FAKE_LOG says (broken: exit 1 at once;
-# silent: a connection that stays open and says nothing), `flwr list` answers the statuses in
-# $FAKE_STATUSES one call after another (the last one repeats), `flwr run` submits run 7.
+# A stand-in `flwr` executable. `flwr log` ends as $FAKE_LOG says: broken (exit 1 at once),
+# ends (exit 0 at once, as when a SuperLink stops), silent (a connection that stays open and
+# says nothing, as a process named after $FAKE_TAG). `flwr list` answers the statuses in
+# $FAKE_STATUSES one call after another (the last one repeats), or fails when $FAKE_LIST is
+# "fail". `flwr run` submits run 7.
 FAKE_FLWR = """#!/usr/bin/env bash
 if [ "$1" = run ]; then echo '{"success": true, "run-id": 7}'; exit 0; fi
 if [ "$1" = log ]; then
   echo "INFO : round 1"
   if [ "$FAKE_LOG" = broken ]; then echo "SuperLink unavailable" >&2; exit 1; fi
-  exec sleep 600
+  if [ "$FAKE_LOG" = ends ]; then exit 0; fi
+  exec -a "fake-flwr-log-$FAKE_TAG" sleep 600
 fi
+if [ "$FAKE_LIST" = fail ]; then echo "SuperLink unavailable" >&2; exit 1; fi
 calls=$(cat "$FAKE_COUNT" 2>/dev/null || echo 0); echo $((calls + 1)) > "$FAKE_COUNT"
 IFS=, read -ra statuses <<< "$FAKE_STATUSES"
 last=$(( ${#statuses[@]} - 1 )); i=$(( calls < last ? calls : last ))
 echo "{\\"success\\": true, \\"runs\\": [{\\"status\\": \\"${statuses[$i]}\\"}]}"
 """
+POLLS = ("STATUS_EVERY_S", "ENDED_POLL_S", "BROKEN_POLL_S", "LAST_LINES_S")
 
 
 @pytest.fixture
@@ -81,48 +88,83 @@ def fake_flwr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     (tmp_path / "flwr").chmod(0o755)
     monkeypatch.setattr(submit_module, "BIN", tmp_path)
     monkeypatch.setattr(flower_processes, "BIN", tmp_path)
-    for name in ("STATUS_EVERY_S", "ENDED_POLL_S", "BROKEN_POLL_S", "LAST_LINES_S"):
+    for name in POLLS:
         monkeypatch.setattr(submit_module, name, 0.2)
-    return {**os.environ, "FAKE_COUNT": str(tmp_path / "count")}
+    tag = tmp_path.name
+    return {**os.environ, "FAKE_COUNT": str(tmp_path / "count"), "FAKE_TAG": tag}
+
+
+def _streams_left(env: dict[str, str]) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if f"fake-flwr-log-{env['FAKE_TAG']}" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_a_broken_stream_is_not_taken_for_the_runs_end(
     fake_flwr: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = {**fake_flwr, "FAKE_LOG": "broken", "FAKE_STATUSES": "running,running,finished:failed"}
-    status = submit_module.follow(7, "consortium", env, timeout_s=30)
-    assert status is not None and status["status"] == "finished:failed"
+    status, last = submit_module.follow(7, "consortium", env, timeout_s=30)
+    assert status is not None and status["status"] == "finished:failed" == last
     assert "the log stream ended (flwr log exit 1)" in capsys.readouterr().err
+
+
+def test_a_stream_that_ends_before_the_run_is_taken_as_broken(
+    fake_flwr: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """flwr closes the stream at the run's end, a SuperLink that stops closes it too."""
+    statuses = ",".join(["running"] * 5 + ["finished:completed"])
+    env = {**fake_flwr, "FAKE_LOG": "ends", "FAKE_STATUSES": statuses}
+    status, _ = submit_module.follow(7, "consortium", env, timeout_s=30)
+    assert status is not None and status["status"] == "finished:completed"
+    assert "the log stream ended but run 7 is running" in capsys.readouterr().err
 
 
 def test_a_silent_stream_does_not_hang_past_the_runs_end(fake_flwr: dict[str, str]) -> None:
     env = {**fake_flwr, "FAKE_LOG": "silent", "FAKE_STATUSES": "running,finished:completed"}
-    status = submit_module.follow(7, "consortium", env, timeout_s=60)
+    status, _ = submit_module.follow(7, "consortium", env, timeout_s=60)
     assert status is not None and status["status"] == "finished:completed"
+    assert _streams_left(env) == []  # the stream was stopped
 
 
 def test_a_run_still_going_at_the_timeout_is_no_end(fake_flwr: dict[str, str]) -> None:
     env = {**fake_flwr, "FAKE_LOG": "silent", "FAKE_STATUSES": "running"}
-    assert submit_module.follow(7, "consortium", env, timeout_s=1.0) is None
+    assert submit_module.follow(7, "consortium", env, timeout_s=1.0) == (None, "running")
+    assert _streams_left(env) == []
+
+
+def test_a_superlink_that_stops_answering_leaves_the_outcome_unknown(
+    fake_flwr: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit_module, "UNANSWERED_LIMIT", 3)
+    env = {**fake_flwr, "FAKE_LOG": "broken", "FAKE_LIST": "fail"}
+    with pytest.raises(DeploymentError, match=r"run 7's outcome is unknown: .* 3 status calls"):
+        submit_module.follow(7, "consortium", env, timeout_s=None)
 
 
 @pytest.mark.parametrize(
-    ("statuses", "code"),
+    ("statuses", "code", "said"),
     [
-        ("running,finished:completed", 0),
-        ("running,finished:failed", 1),
-        ("finished:stopped", 1),
-        ("running", 124),  # still running at timeout_s: not a failed run
+        ("running,finished:completed", 0, "run 7 finished:completed"),
+        ("running,finished:failed", 1, "run 7 ended finished:failed"),
+        ("finished:stopped", 1, "run 7 ended finished:stopped"),
+        ("running", 124, "run 7 not finished after 3 s (last status: running)"),
     ],
 )
 def test_the_exit_code_is_the_runs_outcome(
     fake_flwr: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     statuses: str,
     code: int,
+    said: str,
 ) -> None:
     for key, value in {**fake_flwr, "FAKE_LOG": "silent", "FAKE_STATUSES": statuses}.items():
         monkeypatch.setenv(key, value)
     overrides = ["experiment=federated/tiny", f"out_dir={tmp_path}"]
     assert submit_module.submit(overrides, timeout_s=3.0) == code
+    captured = capsys.readouterr()
+    assert said in captured.out + captured.err
