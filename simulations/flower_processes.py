@@ -35,18 +35,20 @@ class DeploymentError(MammoflError, RuntimeError):
     """A Flower process or CLI call failed; the message names its log."""
 
 
-def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def flower_env(flwr_home: Path | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of every Flower process: this venv's binaries first on PATH (the
-    SuperLink starts `flower-superexec` by name), a private FLWR_HOME, no runtime installs."""
+    SuperLink starts `flower-superexec` by name), a private FLWR_HOME (None: the caller's own,
+    which names its connections), no runtime installs."""
     env = {
         **os.environ,
-        "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         # SuperExec looks for new work every second by default: a ClientApp phase waits less
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
     env.pop("MAMMOFL_FEDERATION_SPEC", None)  # a simulation's spec file must not leak in
     env.update(extra or {})
     return env

@@ -10,7 +10,6 @@ with `flwr run`, streams its log (`flwr log --stream`) and exits with the run's 
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from simulations.flower_processes import (
     BIN,
     CONNECTION,
     DeploymentError,
+    flower_env,
     run_status,
     submit_run,
 )
@@ -63,14 +63,6 @@ def run_config_of(overrides: Sequence[str]) -> dict[str, str]:
                 f"({key}=/srv/mammofl/...)"
             )
     return {"experiment": experiment, "overrides": shlex.join(rest)}
-
-
-def cli_env() -> dict[str, str]:
-    """The caller's environment (its FLWR_HOME names the connection), this venv's `flwr` first."""
-    # unbuffered: the streamed log reaches a pipe (`| tee`) line by line, its tail not lost
-    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 STATUS_EVERY_S = 60.0  # while the log streams: a silent, half-open stream cannot hang us
@@ -210,7 +202,8 @@ def submit(
     when `flwr run` cannot submit (its message)."""
     if not connection:
         raise ConfigError("connection= names no SuperLink connection (e.g. connection=consortium)")
-    env = cli_env()
+    # the caller's FLWR_HOME; unbuffered: the streamed log reaches a pipe (`| tee`) line by line
+    env = flower_env(None, {"PYTHONUNBUFFERED": "1"})
     run_config = run_config_of(overrides)
     try:
         run_id = submit_run(app, run_config, env, connection)
