@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import psutil
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -32,6 +32,7 @@ from common.fl_records import (
     status_content,
     synthetic_reply_content,
     train_reply_content,
+    with_site_status,
 )
 from common.privacy.ledger import PrivacyBudgetExceeded
 from common.site.runtime import SiteRuntime
@@ -49,15 +50,34 @@ def client_level_clipping(
     if message.metadata.message_type == p.TRAIN and any(
         CLIPPING_NORM in record for record in message.content.config_records.values()
     ):
-        reply: Message = fixedclipping_mod(message, context, call_next)
+        # Flower's mod takes one ArrayRecord (the weights it clips the update against): a
+        # base model the message brings waits outside it and is back for the site's handler
+        base = message.content.array_records.get(p.BASE)
+        if base is None:
+            reply: Message = fixedclipping_mod(message, context, call_next)
+            return reply
+        del message.content[p.BASE]
+
+        def with_base(inner: Message, inner_context: Context) -> Message:
+            inner.content[p.BASE] = base
+            return call_next(inner, inner_context)
+
+        reply = fixedclipping_mod(message, context, with_base)
         return reply
     return call_next(message, context)
 
 
 app = ClientApp(mods=[client_level_clipping])
 
+
+class BaseModelError(ConfigError):
+    """The base model a message brought could not be installed (before any work: nothing
+    charged); the server stops selecting the site until it reports again."""
+
+
 Handler = Callable[[SiteRuntime, RecordDict], RecordDict]
 REFUSALS: tuple[tuple[type[Exception], int, str], ...] = (
+    (BaseModelError, p.ErrorCode.BASE_MODEL, "base model"),
     (PrivacyBudgetExceeded, p.ErrorCode.BUDGET_EXCEEDED, "privacy budget"),
     (PrivacyError, p.ErrorCode.PRIVACY, "privacy check"),
     (DataError, p.ErrorCode.DATA, "data error"),
@@ -76,7 +96,10 @@ def _handle(message: Message, context: Context, handler: Handler) -> Message:
         name = runtime.facts.name
         simulated = "site-name" not in context.node_config
         cap_gpu_memory(config.simulation.num_gpus, runtime.device, simulated=simulated)
-        reply = Message(handler(runtime, message.content), reply_to=message)
+        content = handler(runtime, message.content)
+        if message.metadata.message_type != p.STATUS:  # what the work charged, said at once
+            content = with_site_status(content, runtime.status())
+        reply = Message(content, reply_to=message)
         finished = time.monotonic()
         kind = message.metadata.message_type
         # the site's own seconds, kept in its state dir (never sent): `mammofl bench federated`
@@ -111,9 +134,21 @@ def _status(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
     return status_content(runtime.initialize())
 
 
-def _base_model(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
-    sha = runtime.set_base_model(from_array_record(content.array_records[p.ARRAYS]))
-    return RecordDict({p.CONFIG: ConfigRecord({p.BASE_SHA: sha})})
+def _install_sent_base(runtime: SiteRuntime, content: RecordDict) -> None:
+    """A message that brings the run's base model (the site's first of the run, or its first
+    after it came back) installs it before its work; its fingerprint must be the one the
+    message names."""
+    if p.BASE not in content.array_records:
+        return
+    expected = str(content.config_records[p.CONFIG][p.BASE_SHA])
+    try:
+        sha = runtime.set_base_model(from_array_record(content.array_records[p.BASE]))
+    except Exception as error:
+        raise BaseModelError(f"the base model sent does not install here: {error}") from error
+    if sha != expected:
+        raise BaseModelError(
+            f"the base model sent has fingerprint {sha[:12]}, the message names {expected[:12]}"
+        )
 
 
 def _synthesize(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
@@ -123,10 +158,11 @@ def _synthesize(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
 
 
 def _train(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    _install_sent_base(runtime, content)
     arrays = from_array_record(content.array_records[p.ARRAYS])
     config = content.config_records[p.CONFIG]
     weighting = str(config.get(p.WEIGHTING, "equal"))
-    result = runtime.train_round(  # first: its budget check and lock refuse before any work
+    result = runtime.train_round(  # its budget check and lock refuse before any DP step
         int(str(config[p.ROUND])),
         arrays,
         str(config[p.BASE_SHA]),
@@ -162,6 +198,7 @@ def _scores_or_none(
 
 
 def _evaluate(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    _install_sent_base(runtime, content)
     arrays = from_array_record(content.array_records[p.ARRAYS])
     sha = str(content.config_records[p.CONFIG][p.BASE_SHA])
     return evaluate_reply_content(runtime.evaluate(arrays, sha))
@@ -170,11 +207,6 @@ def _evaluate(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
 @app.query("status")
 def status(message: Message, context: Context) -> Message:
     return _handle(message, context, _status)
-
-
-@app.query("base_model")
-def base_model(message: Message, context: Context) -> Message:
-    return _handle(message, context, _base_model)
 
 
 @app.query("synthesize")

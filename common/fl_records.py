@@ -35,9 +35,29 @@ def status_content(status: Mapping[str, Any]) -> RecordDict:
 
 
 def parse_status(content: RecordDict) -> dict[str, Any]:
-    status = json.loads(str(content.config_records[p.CONFIG][p.STATUS_JSON]))
+    return _parse_status_record(content.config_records[p.CONFIG])
+
+
+def _parse_status_record(record: ConfigRecord) -> dict[str, Any]:
+    status = json.loads(str(record[p.STATUS_JSON]))
     p.check_status(status)
     return dict(status)
+
+
+def with_site_status(content: RecordDict, status: Mapping[str, Any]) -> RecordDict:
+    """A synthesize, train or evaluate reply with the site's status beside its work, so the
+    server learns what the work charged without an exchange of its own."""
+    p.check_status(status)
+    content[p.SITE_STATUS] = ConfigRecord({p.STATUS_JSON: json.dumps(dict(status))})
+    return content
+
+
+def parse_site_status(content: RecordDict) -> dict[str, Any]:
+    """The status a synthesize, train or evaluate reply carries (allow-listed as a status
+    reply's); ReplySchemaError when it is missing or not a ConfigRecord."""
+    if p.SITE_STATUS not in content.config_records:
+        raise p.ReplySchemaError(f"reply: {p.SITE_STATUS} (a ConfigRecord) is missing")
+    return _parse_status_record(content.config_records[p.SITE_STATUS])
 
 
 # ---- train -------------------------------------------------------------------------------
@@ -75,8 +95,8 @@ def parse_train_reply(
     p.check_keys(
         "train reply",
         content.keys(),
-        frozenset({p.ARRAYS, p.METRICS, p.EVENT, p.EVALUATION}),
-        frozenset({p.ARRAYS, p.METRICS, p.EVENT}),
+        frozenset({p.ARRAYS, p.METRICS, p.EVENT, p.EVALUATION, p.SITE_STATUS}),
+        frozenset({p.ARRAYS, p.METRICS, p.EVENT, p.SITE_STATUS}),
     )
     arrays = from_array_record(content.array_records[p.ARRAYS])
     metrics = {k: float(v) for k, v in content.metric_records[p.METRICS].items()}
@@ -120,6 +140,10 @@ def evaluate_reply_content(metrics: Mapping[str, float]) -> RecordDict:
 
 
 def parse_evaluate_reply(content: RecordDict) -> dict[str, float]:
+    keys = frozenset({p.METRICS, p.SITE_STATUS})
+    p.check_keys("evaluate reply", content.keys(), keys, keys)
+    if p.METRICS not in content.metric_records:
+        raise p.ReplySchemaError(f"evaluate reply: {p.METRICS} must be a MetricRecord")
     return _parse_evaluation(content.metric_records[p.METRICS])
 
 
@@ -147,8 +171,8 @@ def parse_synthetic_reply(
     p.check_keys(
         "synthetic reply",
         content.keys(),
-        frozenset({*names, p.PROVENANCE}),
-        frozenset({p.PROVENANCE}),
+        frozenset({*names, p.PROVENANCE, p.SITE_STATUS}),
+        frozenset({p.PROVENANCE, p.SITE_STATUS}),
     )
     chunks = []
     for name in names:

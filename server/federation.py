@@ -1,9 +1,10 @@
 """The federation, phase by phase: sites' status, shared synthetic pretraining, DP rounds.
 
-Phase 1 collects every site's checked synthetic patches, pretrains all parameters on the pool
-and sends the model to the sites. Phase 2 runs `federation.rounds` rounds of local DP-SGD on the
-trainable parameters, aggregated by the strategy, with central evaluation on test data of no
-site after every round, a checkpoint after every round, and budget-aware site selection.
+Phase 1 collects every site's checked synthetic patches and pretrains all parameters on the
+pool; each site gets that model with its first message of phase 2. Phase 2 runs
+`federation.rounds` rounds of local DP-SGD on the trainable parameters, aggregated by the
+strategy, with central evaluation on test data of no site after every round, a checkpoint
+after every round, and budget-aware site selection.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from common.federated.timing import TIMING_FILE, RoundClock
 from common.fl_records import (
     from_array_record,
     parse_evaluate_reply,
+    parse_site_status,
     parse_status,
     parse_synthetic_reply,
     parse_train_evaluation,
@@ -79,6 +81,11 @@ class Federation:
         self.strategy = build_strategy(config.federation, population, noise_seed)
         self.sites: dict[int, str] = {}
         self.stale: set[int] = set()  # nodes whose ledger may hold what they did not report
+        # nodes sent work whose reply (which says what the work charged) was not adopted: the
+        # only ones asked for their status before the outputs are written
+        self.owes_status: set[int] = set()
+        # nodes whose next train or evaluate message brings the base model (not held yet)
+        self.needs_base: set[int] = set()
         self.not_started: dict[str, str] = {}  # node or site -> why its first status failed
         self.destination: dict[str, int] = {}  # message id -> node it was sent to
         self.started = time.time()
@@ -115,6 +122,7 @@ class Federation:
         and train for a round the server has already closed."""
         for message in messages:
             message.metadata.ttl = self.timeout
+            self.owes_status.add(message.metadata.dst_node_id)
         kind = messages[0].metadata.message_type if messages else "none"
         with self.clock.phase(f"exchange:{kind}"):
             replies = send_and_collect(self.grid, messages, self.timeout, self.pull_interval_s)
@@ -164,6 +172,7 @@ class Federation:
                         self.stale.add(node)
             self.sites[node] = name
             self.mirror.adopt_status(status)
+            self.owes_status.discard(node)
             statuses.append(status)
         if at_start and len(statuses) < self.config.federation.min_sites:
             raise ConfigError(
@@ -174,6 +183,27 @@ class Federation:
             log.info("sites: %s", ", ".join(sorted(s["site"] for s in statuses)))
         return statuses
 
+    def reply_status(self, reply: Message) -> dict[str, Any]:
+        """The status a synthesize, train or evaluate reply carries (the site's ledger after
+        the work). ReplySchemaError when it is missing, malformed or names another site."""
+        status = parse_site_status(reply.content)
+        site = self.site_of(reply)
+        if status["site"] != site:
+            raise ReplySchemaError(f"{site}'s reply carries the status of {status['site']!r}")
+        return status
+
+    def adopt_reply_status(self, reply: Message, status: dict[str, Any]) -> None:
+        self.mirror.adopt_status(status)
+        self.owes_status.discard(reply.metadata.src_node_id)
+
+    def collect_owed_status(self, nodes: list[int]) -> None:
+        """Ask the nodes among `nodes` that owe their status (a reply lost, refused or
+        rejected: their ledgers may hold a charge the server never saw) for it; no exchange
+        when none does."""
+        owing = [n for n in nodes if n in self.owes_status]
+        if owing:
+            self.query_status(owing, at_start=False)
+
     # ---- phase 1 -------------------------------------------------------------------------
     def synthetic_pretraining(self, model: Classifier, nodes: list[int]) -> dict[str, Any]:
         count, size = self.config.gan.per_site, self.config.site_data.image_size
@@ -183,7 +213,9 @@ class Federation:
             if self._failed(reply, "synthesis"):
                 continue
             try:
-                sets[self.site_of(reply)] = parse_synthetic_reply(reply.content, count, size)
+                synthetic = parse_synthetic_reply(reply.content, count, size)
+                self.adopt_reply_status(reply, self.reply_status(reply))  # now with its GAN
+                sets[self.site_of(reply)] = synthetic
             except ReplySchemaError as error:
                 log.warning("%s: synthetic reply rejected: %s", self.site_of(reply), error)
         if not sets:
@@ -195,12 +227,35 @@ class Federation:
         history = pretrain(model, pool, self.config, self.device)
         return {"patches_per_site": count, "sites": pool.provenance, "history": history}
 
-    def broadcast(self, nodes: list[int], base_state: dict[str, torch.Tensor], sha: str) -> None:
-        content = RecordDict({p.ARRAYS: to_array_record(_numpy(base_state))})
-        for reply in self.ask(nodes, p.BASE_MODEL, content):
-            failed = self._failed(reply, "base model")
-            if failed or str(reply.content.config_records[p.CONFIG][p.BASE_SHA]) != sha:
-                self.mirror.exclude(self.site_of(reply), BASE_MODEL_MISSING)
+    def send_base_model(self, nodes: list[int]) -> None:
+        """The base model goes with each of these nodes' next train or evaluate message (one
+        exchange fewer than a message of its own), until a reply shows it installed."""
+        self.needs_base.update(nodes)
+
+    def with_base_model(self, messages: list[Message], state: ServerState) -> list[Message]:
+        """`messages`, each to a node that does not hold the base model given its own content
+        with the model added (the others share theirs, untouched)."""
+        record = None
+        out = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node in self.needs_base:
+                record = record or to_array_record(_numpy(state.base_state))
+                content = RecordDict({**message.content, p.BASE: record})
+                message = Message(
+                    content=content, message_type=message.metadata.message_type, dst_node_id=node
+                )
+            out.append(message)
+        return out
+
+    def _base_model_refused(self, reply: Message) -> bool:
+        """A site that could not install the base model its message brought (nothing
+        charged: it refuses before any work) is not selected until it reports again."""
+        if reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL:
+            log.warning("%s: base model refused: %s", self.site_of(reply), reply.error.reason)
+            self.mirror.exclude(self.site_of(reply), BASE_MODEL_MISSING)
+            return True
+        return False
 
     # ---- phase 2 -------------------------------------------------------------------------
     def train_round(
@@ -224,7 +279,7 @@ class Federation:
             config,
             EligibleNodes(self.grid, nodes),
         )
-        replies = self.send(list(messages))
+        replies = self.send(self.with_base_model(list(messages), state))
         expected = {k: tuple(v.shape) for k, v in state.trainable.items()}
         valid, refused, trained = [], {}, []
         evaluations: dict[str, dict[str, float]] = {}
@@ -232,6 +287,8 @@ class Federation:
             site = self.site_of(reply)
             if reply.has_error():
                 refused[site] = reply.error.reason
+                if self._base_model_refused(reply):
+                    continue
                 if reply.error.code == p.ErrorCode.BUDGET_EXCEEDED:
                     self.mirror.exclude(site, "refused a round: budget")
                     continue
@@ -248,6 +305,7 @@ class Federation:
                     reply.content, expected, self.config.federation.weighting
                 )
                 scores = parse_train_evaluation(reply.content, requested=evaluate)
+                status = self.reply_status(reply)
             except ReplySchemaError as error:
                 refused[site] = f"reply rejected by the allow-list: {error}"
                 self.mirror.presume_round(site, round_number)  # it may have spent the round
@@ -261,6 +319,8 @@ class Federation:
             plan = {k: event[k] for k in ("noise_multiplier", "sample_rate")}
             plan["steps_per_round"] = event["steps"]
             self.mirror.record_round(site, event, plan)
+            self.adopt_reply_status(reply, status)  # the site's whole ledger after the round
+            self.needs_base.discard(reply.metadata.src_node_id)
             valid.append(reply)
             trained.append(site)
             if scores is not None:
@@ -301,11 +361,18 @@ class Federation:
                 p.CONFIG: ConfigRecord({p.BASE_SHA: state.base_sha}),
             }
         )
+        messages = [Message(content=content, message_type=p.EVALUATE, dst_node_id=n) for n in nodes]
         metrics = {}
-        for reply in self.ask(nodes, p.EVALUATE, content):
-            if self._failed(reply, "evaluation"):
+        for reply in self.send(self.with_base_model(messages, state)):
+            if self._base_model_refused(reply) or self._failed(reply, "evaluation"):
                 continue
-            values = parse_evaluate_reply(reply.content)
+            try:
+                values = parse_evaluate_reply(reply.content)
+                self.adopt_reply_status(reply, self.reply_status(reply))
+            except ReplySchemaError as error:
+                log.warning("%s: evaluate reply rejected: %s", self.site_of(reply), error)
+                continue
+            self.needs_base.discard(reply.metadata.src_node_id)
             metrics[self.site_of(reply)] = {k: v for k, v in values.items() if k != p.WEIGHT}
         return metrics
 
@@ -339,17 +406,18 @@ class Federation:
         state.history.pop("not_started", None)  # this run's, not a resumed one's
         if self.not_started:  # shown in summary.md: a site missing from the table is no mystery
             state.history["not_started"] = dict(self.not_started)
-        self.broadcast(nodes, state.base_state, state.base_sha)
+        self.send_base_model(nodes)
         while state.round < config.federation.rounds and not state.ended:
             self.one_round(state, nodes, model, evaluator)
             if config.federation.stop_after_round == state.round:
                 log.info("stopped after round %d (federation.stop_after_round)", state.round)
                 break
         self.finish_site_evaluation(state, nodes)
-        # the sites' own ledgers once more: what a site charged but never reported (a reply
-        # lost or rejected, a round that failed after settling) reaches ledger.json too
+        # the own ledgers of the sites online whose last reply did not say what they charged
+        # (lost, refused or rejected; a round that failed after settling): it reaches
+        # ledger.json too
         online = set(self.grid.get_node_ids())
-        self.query_status([n for n in nodes if n in online], at_start=False)
+        self.collect_owed_status([n for n in nodes if n in online])
         client_level = self.strategy.report() if isinstance(self.strategy, ClientLevelDP) else None
         return write_outputs(
             self.run_dir, config, state, model, evaluator, self.mirror, self.started, client_level
@@ -382,7 +450,7 @@ class Federation:
         history: dict[str, Any] = {"rounds": []}
         if self.config.synpre.enabled:
             history["synpre"] = self.synthetic_pretraining(model, nodes)
-            self.query_status(nodes)  # the sites' ledgers now hold their GANs
+            self.collect_owed_status(nodes)  # a site without a synthesis reply may have charged
         base_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         history["initial"] = {"central": evaluator.point_values(model)}
         state = ServerState(
@@ -523,8 +591,7 @@ class Federation:
         if new:
             self.query_status(new, at_start=False)
             known = [n for n in new if n in self.sites]
-            if known:
-                self.broadcast(known, state.base_state, state.base_sha)
+            self.send_base_model(known)
             nodes.extend(n for n in known if n not in nodes)
         back = sorted(self.stale & online)
         if back:

@@ -8,6 +8,7 @@ an error or Ctrl-C. `mammofl loopback` is its command; the tests share one as a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import shutil
@@ -214,12 +215,28 @@ class LoopbackFederation:
     ) -> dict[str, Any]:
         """`flwr run` the project's apps with a hydra preset and overrides; wait for the end.
         Returns the run's final status (`status` is `finished:completed` when it succeeded)."""
-        run_config = {"experiment": experiment, "overrides": shlex.join(overrides)}
-        run_id = submit_run(PROJECT, run_config, self.env)
-        log.info("run %d submitted (%s)", run_id, experiment)
+        run_id = self.submit(experiment, overrides)
         return wait_run(
             run_id, self.env, timeout, log_path or self.work / "logs" / f"run-{run_id}.log"
         )
+
+    def submit(self, experiment: str, overrides: list[str]) -> int:
+        """`flwr run` the project's apps with a hydra preset and overrides; returns the run id
+        at once (the run goes on)."""
+        run_config = {"experiment": experiment, "overrides": shlex.join(overrides)}
+        run_id = submit_run(PROJECT, run_config, self.env)
+        log.info("run %d submitted (%s)", run_id, experiment)
+        return run_id
+
+    def serverapps(self) -> list[psutil.Process]:
+        """The ServerApp processes the SuperLink's SuperExec runs now."""
+        assert self.superlink is not None
+        found = []
+        for process in self.superlink.tree():
+            with contextlib.suppress(psutil.Error):
+                if any(Path(part).name == "flwr-serverapp" for part in process.cmdline()):
+                    found.append(process)
+        return found
 
     # ---- faults --------------------------------------------------------------------------
     def kill_supernode(self, name: str) -> None:

@@ -19,7 +19,6 @@ from common.errors import MammoflError
 
 # message types (Flower's "<category>.<action>")
 STATUS = "query.status"
-BASE_MODEL = "query.base_model"
 SYNTHESIZE = "query.synthesize"
 TRAIN = "train"
 EVALUATE = "evaluate"
@@ -32,6 +31,12 @@ EVENT = "ledger-event"
 STATUS_JSON = "status-json"
 PROVENANCE = "provenance"
 EVALUATION = "evaluation"  # a train reply's scores of the weights it received (optional)
+# a train or evaluate message to a site that does not hold the run's base model yet (its first
+# of the run, or after it came back) brings the full model: no exchange of its own for it
+BASE = "base-model"
+# every synthesize, train and evaluate reply carries the site's status (its ledger as it holds
+# it after the work): the server needs no status exchange to learn what the work charged
+SITE_STATUS = "site-status"
 SYNTHETIC_PREFIX = "synthetic-"
 SYNTHETIC_CHUNK = 256
 
@@ -88,6 +93,7 @@ class ErrorCode:
     PRIVACY = 4002
     DATA = 4003
     CONFIG = 4004
+    BASE_MODEL = 4005  # the base model sent could not be installed: nothing was charged
     INTERNAL = 5000
 
 

@@ -85,6 +85,8 @@ def test_documented_steps_work_in_order(tmp_path: Path) -> None:
     for name, site in ledger["sites"].items():  # each hospital's own state dir, as configured
         own = json.loads((work / "state" / name / "ledger.json").read_text())
         assert site["events"] == own["events"] and len(own["events"]) == 3
+        # the scores' use of the validation patients, learned from the replies' status
+        assert site["non_dp_uses"] == own["non_dp_uses"] and len(own["non_dp_uses"]) == 2
         assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
         assert 0 < site["epsilon"] <= site["budget"] == 6
     assert wait_for("no process left", lambda: not _ours(work, port), 60)

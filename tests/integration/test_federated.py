@@ -62,11 +62,18 @@ def test_every_output_and_the_budget_after_every_round(full_run: Path) -> None:
         assert site["synthetic_guarantee"] == "no formal guarantee (MCGAN without DP)"
         assert site["gan_epsilon"] is None
     # one exchange a round: rounds 2 and 3's train messages carry the scores of rounds 1 and 2,
-    # and only the last round has an evaluate exchange of its own
+    # and only the last round has an evaluate exchange of its own; the base model travels with
+    # round 1 and every reply says what its work charged, so no exchange is bookkeeping only
     _, messages = read_run_timings(full_run)
     for site in ("site-a", "site-b", "site-c"):
         kinds = [m["message"] for m in messages if m["site"] == site]
-        assert kinds.count("train") == 3 and kinds.count("evaluate") == 1, (site, kinds)
+        assert kinds == ["query.status", "query.synthesize", "train", "train", "train", "evaluate"]
+        # ... and the server's mirror still ends equal to the site's own ledger, the use of the
+        # validation patients by the scores included
+        own = _read(full_run / "sites" / site / "state" / "ledger.json")
+        mirrored = ledgers["sites"][site]
+        assert mirrored["events"] == own["events"] and own["non_dp_uses"]
+        assert mirrored["non_dp_uses"] == own["non_dp_uses"]
     result = _read(full_run / "result.json")
     assert result["rounds_completed"] == 3 and result["git_commit"]
     summary = (full_run / "summary.md").read_text()

@@ -12,12 +12,16 @@ from flwr.app import ConfigRecord, MetricRecord
 from common.federated import protocol as p
 from common.federated.protocol import ReplySchemaError
 from common.fl_records import (
+    evaluate_reply_content,
+    parse_evaluate_reply,
+    parse_site_status,
     parse_synthetic_reply,
     parse_train_evaluation,
     parse_train_reply,
     status_content,
     synthetic_reply_content,
     train_reply_content,
+    with_site_status,
 )
 
 EXPECTED = {"head.weight": (2, 4), "head.bias": (2,)}
@@ -31,6 +35,28 @@ EVENT = {
     "label": "",
 }
 
+STATUS: dict[str, object] = {
+    "site": "a",
+    "budget": 6.0,
+    "delta": 1e-4,
+    "unit": "patch",
+    "accountant": "rdp",
+    "ledger": {
+        "schema_version": 1,
+        "delta": 1e-4,
+        "accountant": "rdp",
+        "unit": "patch",
+        "events": [],
+        "non_dp_uses": [],
+    },
+    "epsilon": 0.0,
+    "epsilon_dp_sgd": 0.0,
+    "gan_epsilon": None,
+    "synthetic_guarantee": "not generated",
+    "plan": None,
+    "noise": "os-entropy",
+}
+
 
 def _arrays() -> dict[str, np.ndarray]:
     return {k: np.zeros(s, np.float32) for k, s in EXPECTED.items()}
@@ -42,7 +68,7 @@ def _reply(  # type: ignore[no-untyped-def]
     weighting: str = "equal",
     evaluation: dict[str, float] | None = None,
 ):
-    return train_reply_content(
+    content = train_reply_content(
         arrays,
         EXPECTED,
         weight=weight,
@@ -51,6 +77,7 @@ def _reply(  # type: ignore[no-untyped-def]
         weighting=weighting,
         evaluation=evaluation,
     )
+    return with_site_status(content, STATUS)
 
 
 def test_a_valid_train_reply_round_trips() -> None:
@@ -124,7 +151,7 @@ def test_synthetic_patches_must_be_checked_uint8_and_labelled() -> None:
         "noise": None,
         "image_size": 8,
     }
-    content = synthetic_reply_content(pixels, labels, provenance, requested=5)
+    content = with_site_status(synthetic_reply_content(pixels, labels, provenance, 5), STATUS)
     got, got_labels, got_provenance = parse_synthetic_reply(content, 5, 8)
     assert got.shape == (5, 8, 8) and got_provenance == provenance
     assert got_labels.tolist() == labels.tolist()
@@ -144,28 +171,34 @@ def test_synthetic_patches_must_be_checked_uint8_and_labelled() -> None:
 
 
 def test_status_carries_no_private_fields() -> None:
-    status = {
-        "site": "a",
-        "budget": 6.0,
-        "delta": 1e-4,
-        "unit": "patch",
-        "accountant": "rdp",
-        "ledger": {
-            "schema_version": 1,
-            "delta": 1e-4,
-            "accountant": "rdp",
-            "unit": "patch",
-            "events": [],
-            "non_dp_uses": [],
-        },
-        "epsilon": 0.0,
-        "epsilon_dp_sgd": 0.0,
-        "gan_epsilon": None,
-        "synthetic_guarantee": "not generated",
-        "plan": None,
-        "noise": "os-entropy",
-    }
+    status = dict(STATUS)
     assert json.loads(str(status_content(status)["config"][p.STATUS_JSON]))["site"] == "a"
     for private in ("dataset_size", "data_dir", "manifest_sha256"):
         with pytest.raises(ReplySchemaError):
             status_content({**status, private: 1})
+
+
+def test_work_replies_carry_the_site_status_allow_listed_as_a_status_reply() -> None:
+    """Synthesize, train and evaluate replies say what the work charged (the site's ledger):
+    required, checked like a status reply, and nothing private rides along in it."""
+    evaluate = with_site_status(evaluate_reply_content({"auroc": 0.7}), STATUS)
+    assert parse_evaluate_reply(evaluate)["auroc"] == 0.7
+    assert parse_site_status(evaluate)["site"] == "a"
+    without = evaluate_reply_content({"auroc": 0.7})
+    with pytest.raises(ReplySchemaError, match="missing"):
+        parse_evaluate_reply(without)
+    with pytest.raises(ReplySchemaError, match="missing"):
+        parse_site_status(without)
+    bare = train_reply_content(
+        _arrays(), EXPECTED, weight=1.0, epsilon=2.0, event=EVENT, weighting="equal"
+    )
+    with pytest.raises(ReplySchemaError, match="site-status"):
+        parse_train_reply(bare, EXPECTED, "equal")
+    with pytest.raises(ReplySchemaError):
+        with_site_status(bare, {**STATUS, "data_dir": "/hospital/raw"})
+    evaluate[p.SITE_STATUS] = ConfigRecord({p.STATUS_JSON: json.dumps({**STATUS, "n": 41})})
+    with pytest.raises(ReplySchemaError):
+        parse_site_status(evaluate)
+    evaluate["extra"] = ConfigRecord({"patients": 41})
+    with pytest.raises(ReplySchemaError, match="not allowed"):
+        parse_evaluate_reply(evaluate)

@@ -14,6 +14,8 @@ from common.federated import protocol as p
 from common.federated.model import initial_model
 from common.federated.run_config import SPEC_ENV, write_spec
 from common.fl_records import (
+    parse_evaluate_reply,
+    parse_site_status,
     parse_status,
     parse_synthetic_reply,
     parse_train_evaluation,
@@ -57,9 +59,10 @@ def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-unt
     pixels, labels, provenance = parse_synthetic_reply(reply.content, count, 32)
     assert provenance["memorisation_check"] == "filtered" and not provenance["formal_guarantee"]
     assert pixels.dtype == np.uint8 and set(labels.tolist()) <= {0, 1}
+    # the synthesize reply says what the GAN charged: no status exchange needed after it
+    assert parse_site_status(reply.content)["synthetic_guarantee"].startswith("no formal")
     model = initial_model(config, resolve_device("cpu"))
     base = {k: v.numpy() for k, v in model.state_dict().items()}
-    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
     trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
     expected = {k: v.shape for k, v in trainable.items()}
     for round_number in (1, 2, 3, 4):
@@ -76,10 +79,17 @@ def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-unt
                 ),
             }
         )
+        if round_number == 1:  # the run's first message to the site brings the base model
+            train[p.BASE] = to_array_record(base)
         reply = _ask(context, p.TRAIN, train)
         if round_number <= 3:
             arrays, metrics, event = parse_train_reply(reply.content, expected, "equal")
             assert metrics[p.WEIGHT] == 1.0 and event["round"] == round_number
+            # the reply's status is the site's ledger with this round in it
+            carried = parse_site_status(reply.content)["ledger"]["events"]
+            assert [e["round"] for e in carried if e["kind"] == "dp-sgd"] == list(
+                range(1, round_number + 1)
+            )
             scores = parse_train_evaluation(reply.content)
             if round_number == 2:  # round 1's model, scored in round 2's exchange
                 assert scores is not None and set(scores) >= {"auroc", p.WEIGHT}
@@ -121,7 +131,6 @@ def test_scores_come_after_training_and_their_failure_costs_only_them(
     _ask(context, p.STATUS, RecordDict())
     model = initial_model(config, resolve_device("cpu"))
     base = {k: v.numpy() for k, v in model.state_dict().items()}
-    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
     trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
     expected = {k: v.shape for k, v in trainable.items()}
     calls: list[int] = []
@@ -141,6 +150,8 @@ def test_scores_come_after_training_and_their_failure_costs_only_them(
             }
         )
         content = RecordDict({p.ARRAYS: to_array_record(trainable), p.CONFIG: config_record})
+        if round_number == 1:
+            content[p.BASE] = to_array_record(base)
         reply = _ask(context, p.TRAIN, content)
         if round_number <= 3:  # trained and charged; only the scores are missing
             arrays, _, event = parse_train_reply(reply.content, expected, "equal")
@@ -159,10 +170,10 @@ def test_a_policy_refusal_tells_the_server_which_rule(site, tmp_path: Path) -> N
     _ask(context, p.STATUS, RecordDict())
     model = initial_model(config, resolve_device("cpu"))
     base = {k: v.numpy() for k, v in model.state_dict().items()}
-    _ask(context, p.BASE_MODEL, RecordDict({p.ARRAYS: to_array_record(base)}))
     trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
     train = RecordDict(
         {
+            p.BASE: to_array_record(base),
             p.ARRAYS: to_array_record(trainable),
             p.CONFIG: ConfigRecord(
                 {
@@ -178,3 +189,59 @@ def test_a_policy_refusal_tells_the_server_which_rule(site, tmp_path: Path) -> N
     assert reply.has_error() and reply.error.code == p.ErrorCode.PRIVACY
     assert "did not opt in (node_config share-exact-count=true)" in reply.error.reason
     assert str(tmp_path) not in reply.error.reason
+
+
+def _train_content(
+    trainable: dict[str, np.ndarray], sha: str, *, base: dict[str, np.ndarray] | None = None
+) -> RecordDict:
+    config = {p.ROUND: 1, p.BASE_SHA: sha, p.WEIGHTING: "equal", p.EVALUATE_RECEIVED: False}
+    content = RecordDict({p.ARRAYS: to_array_record(trainable), p.CONFIG: ConfigRecord(config)})
+    if base is not None:
+        content[p.BASE] = to_array_record(base)
+    return content
+
+
+def test_a_base_model_that_does_not_match_its_fingerprint_is_refused_before_any_charge(
+    site,
+) -> None:  # type: ignore[no-untyped-def]
+    context, config = site
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    tampered = {k: v + 1.0 if k == next(iter(base)) else v for k, v in base.items()}
+    reply = _ask(
+        context, p.TRAIN, _train_content(trainable, state_fingerprint(base), base=tampered)
+    )
+    assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
+    shape_broken = {k: v[:1] if v.ndim else v for k, v in base.items()}  # another model's
+    reply = _ask(
+        context, p.EVALUATE, _train_content(trainable, state_fingerprint(base), base=shape_broken)
+    )
+    assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
+    events = parse_status(_ask(context, p.STATUS, RecordDict()).content)["ledger"]["events"]
+    assert events == []  # refused before the round: nothing reserved, nothing charged
+    # the right model, brought by an evaluate message, is installed and scores
+    reply = _ask(context, p.EVALUATE, _train_content(trainable, state_fingerprint(base), base=base))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert "auroc" in parse_evaluate_reply(reply.content)
+    assert parse_site_status(reply.content)["ledger"]["non_dp_uses"]  # the scores' use, recorded
+
+
+def test_client_level_clipping_clips_a_round_that_brings_the_base_model(site) -> None:  # type: ignore[no-untyped-def]
+    """Flower's fixedclipping_mod takes exactly one ArrayRecord: the base model travels around
+    it, and the update (returned minus sent trainable weights) is clipped to the norm."""
+    context, config = site
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    content = _train_content(trainable, state_fingerprint(base), base=base)
+    norm = 1e-3
+    content.config_records[p.CONFIG]["clipping_norm"] = norm
+    reply = _ask(context, p.TRAIN, content)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    expected = {k: v.shape for k, v in trainable.items()}
+    arrays, _, event = parse_train_reply(reply.content, expected, "equal")
+    update = sum(float(np.sum((arrays[k] - trainable[k]) ** 2)) for k in trainable) ** 0.5
+    assert 0 < update <= norm * (1 + 1e-5) and event["round"] == 1
