@@ -35,12 +35,22 @@ def status_content(status: Mapping[str, Any]) -> RecordDict:
 
 
 def parse_status(content: RecordDict) -> dict[str, Any]:
+    """A status reply's status; ReplySchemaError for anything that is not one."""
+    if p.CONFIG not in content.config_records:
+        raise p.ReplySchemaError(f"status reply: {p.CONFIG} (a ConfigRecord) is missing")
     return _parse_status_record(content.config_records[p.CONFIG])
 
 
 def _parse_status_record(record: ConfigRecord) -> dict[str, Any]:
-    status = json.loads(str(record[p.STATUS_JSON]))
-    p.check_status(status)
+    try:
+        status = json.loads(str(record[p.STATUS_JSON]))
+        if not isinstance(status, dict):
+            raise p.ReplySchemaError("status: not a JSON object")
+        p.check_status(status)
+    except p.ReplySchemaError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise p.ReplySchemaError(f"status: unreadable ({type(error).__name__}: {error})") from error
     return dict(status)
 
 

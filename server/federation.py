@@ -154,7 +154,13 @@ class Federation:
                 if at_start:
                     self.not_started[self.site_of(reply)] = reply.error.reason
                 continue
-            status = parse_status(reply.content)
+            try:
+                status = parse_status(reply.content)
+            except ReplySchemaError as error:  # one site's bad reply must not end the run
+                log.warning("%s: status reply rejected: %s", self.site_of(reply), error)
+                if at_start:
+                    self.not_started[self.site_of(reply)] = f"status reply rejected: {error}"
+                continue
             node, name = reply.metadata.src_node_id, status["site"]
             others = [n for n, s in self.sites.items() if s == name and n != node]
             if others:

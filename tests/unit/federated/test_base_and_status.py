@@ -1,0 +1,192 @@
+"""No exchange only for bookkeeping: the base model rides on a site's next train or evaluate
+message until a reply shows it installed, every work reply carries the site's status, and only
+the sites whose last reply did not say what they charged are asked for their ledger.
+
+The server's real `Federation`, with `send` answering as scripted sites would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Message, RecordDict
+
+from common.config.compose import compose_federated_config
+from common.federated import protocol as p
+from common.fl_records import (
+    error_reply,
+    evaluate_reply_content,
+    status_content,
+    with_site_status,
+)
+from server.federation import Federation
+from server.ledgers import BASE_MODEL_MISSING
+
+SITES = {1: "site-a", 2: "site-b", 3: "site-c"}
+LOCAL_EVALUATION = {"kind": "local-evaluation", "note": "validation patients scored"}
+Answer = Callable[[Message], Message | None]
+
+
+class Grid:
+    def get_node_ids(self) -> list[int]:
+        return sorted(SITES)
+
+
+def _status(site: str, *, scored: bool = False) -> dict[str, Any]:
+    return {
+        "site": site,
+        "budget": 6.0,
+        "delta": 1e-4,
+        "unit": "patch",
+        "accountant": "rdp",
+        "ledger": {
+            "schema_version": 1,
+            "delta": 1e-4,
+            "accountant": "rdp",
+            "unit": "patch",
+            "events": [],
+            "non_dp_uses": [LOCAL_EVALUATION] if scored else [],
+        },
+        "epsilon": 0.0,
+        "epsilon_dp_sgd": 0.0,
+        "gan_epsilon": None,
+        "synthetic_guarantee": "not generated",
+        "plan": None,
+        "noise": "os-entropy",
+    }
+
+
+class ScriptedFederation(Federation):
+    """`send` hands each message to `answer` (None: the reply is lost) and keeps what was sent."""
+
+    def __init__(self, run_dir: Path) -> None:
+        config = compose_federated_config(["experiment=federated/tiny", f"run_dir={run_dir}"])
+        super().__init__(Grid(), config, [])  # type: ignore[arg-type]
+        self.sent: list[Message] = []
+        self.answer: Answer = lambda m: None
+
+    def send(self, messages: list[Message]) -> list[Message]:
+        for message in messages:
+            self.owes_status.add(message.metadata.dst_node_id)
+        self.sent.extend(messages)
+        return [r for m in messages if (r := self.answer(m)) is not None]
+
+
+def _scored(message: Message, site: str | None = None) -> Message:
+    site = site or SITES[message.metadata.dst_node_id]
+    content = with_site_status(evaluate_reply_content({"auroc": 0.7}), _status(site, scored=True))
+    return Message(content, reply_to=message)
+
+
+def _status_reply(message: Message) -> Message:
+    site = SITES[message.metadata.dst_node_id]
+    return Message(status_content(_status(site, scored=True)), reply_to=message)
+
+
+@pytest.fixture
+def server(tmp_path: Path, task_identity: None) -> ScriptedFederation:
+    federation = ScriptedFederation(tmp_path)
+    federation.sites = dict(SITES)
+    for site in SITES.values():
+        federation.mirror.adopt_status(_status(site))
+    return federation
+
+
+STATE = SimpleNamespace(
+    base_state={"backbone.weight": torch.ones(3)},
+    base_sha="f" * 64,
+    trainable={"head.weight": np.zeros(2, np.float32)},
+)
+
+
+def test_the_base_model_rides_on_the_next_message_until_a_reply_shows_it_installed(
+    server: ScriptedFederation,
+) -> None:
+    def answer(message: Message) -> Message | None:
+        node = message.metadata.dst_node_id
+        if node == 2:  # could not install it: refused before any work
+            return error_reply(message, p.ErrorCode.BASE_MODEL, "site site-b: base model: ...")
+        return _scored(message) if node == 1 else None  # site-c's reply is lost
+
+    server.send_base_model([1, 2, 3])
+    server.answer = answer
+    scores = server.site_metrics([1, 2, 3], STATE)  # type: ignore[arg-type]
+    assert set(scores) == {"site-a"}
+    sent = {m.metadata.dst_node_id: m.content for m in server.sent}
+    assert all(p.BASE in content.array_records for content in sent.values())
+    base = sent[1].array_records[p.BASE].to_torch_state_dict()
+    assert torch.equal(base["backbone.weight"], torch.ones(3))
+    assert server.needs_base == {2, 3}
+    # site-b is left out without a round presumed (it charged nothing); site-c owes its ledger
+    mirror = server.mirror.sites
+    assert mirror["site-b"].excluded == BASE_MODEL_MISSING and not mirror["site-b"].unconfirmed
+    assert server.mirror.selectable() == ["site-a", "site-c"]
+    assert mirror["site-a"].non_dp_uses == [LOCAL_EVALUATION]  # from its reply's status
+    assert server.owes_status == {2, 3}
+
+    server.sent.clear()
+    server.answer = _scored
+    server.site_metrics([1, 3], STATE)  # type: ignore[arg-type]
+    carried = {m.metadata.dst_node_id: p.BASE in m.content.array_records for m in server.sent}
+    assert carried == {1: False, 3: True}  # site-a holds it; site-c still had to get it
+    assert server.needs_base == {2} and server.owes_status == {2}
+
+
+def test_only_the_sites_that_owe_their_status_are_asked_for_it(
+    server: ScriptedFederation,
+) -> None:
+    server.answer = lambda m: _scored(m) if m.metadata.dst_node_id != 3 else None
+    server.site_metrics([1, 2, 3], STATE)  # type: ignore[arg-type]
+    server.sent.clear()
+    server.answer = _status_reply
+    server.collect_owed_status([1, 2, 3])
+    assert [(m.metadata.message_type, m.metadata.dst_node_id) for m in server.sent] == [
+        (p.STATUS, 3)
+    ]
+    assert server.owes_status == set()
+    assert server.mirror.sites["site-c"].non_dp_uses == [LOCAL_EVALUATION]
+    server.sent.clear()
+    server.collect_owed_status([1, 2, 3])
+    assert server.sent == []  # nothing owed: no exchange
+
+
+def test_a_reply_without_its_own_sites_status_is_rejected(server: ScriptedFederation) -> None:
+    def answer(message: Message) -> Message | None:
+        node = message.metadata.dst_node_id
+        if node == 1:  # another site's ledger
+            return _scored(message, site="site-b")
+        if node == 2:  # no status at all
+            return Message(evaluate_reply_content({"auroc": 0.7}), reply_to=message)
+        return _scored(message)
+
+    server.answer = answer
+    scores = server.site_metrics([1, 2, 3], STATE)  # type: ignore[arg-type]
+    assert set(scores) == {"site-c"}
+    assert server.owes_status == {1, 2}  # asked again before the outputs
+    assert server.mirror.sites["site-b"].non_dp_uses == []  # site-a's word is not site-b's
+
+
+def test_a_status_reply_that_is_not_one_leaves_the_site_owing_and_the_run_going(
+    server: ScriptedFederation,
+) -> None:
+    server.owes_status.update({2, 3})
+    server.mirror.presume_round("site-c", 1)  # its round 1 reply was lost
+
+    def answer(message: Message) -> Message | None:
+        if message.metadata.dst_node_id == 2:
+            return Message(RecordDict(), reply_to=message)  # no status at all
+        content = status_content(_status("site-c"))
+        content.config_records[p.CONFIG][p.STATUS_JSON] = "[1, 2]"  # not a status
+        return Message(content, reply_to=message)
+
+    server.answer = answer
+    server.collect_owed_status([2, 3])  # no exception: each is logged and left out
+    assert server.owes_status == {2, 3}
+    assert server.mirror.sites["site-c"].unplanned_rounds == [1]  # still counted at its budget
+    server.answer = _status_reply
+    assert server.query_status([2, 3], at_start=True) and not server.not_started
