@@ -151,6 +151,13 @@ def _install_sent_base(runtime: SiteRuntime, content: RecordDict) -> None:
         )
 
 
+def _base_model(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
+    if p.BASE not in content.array_records:
+        raise BaseModelError("a base model message without the model")
+    _install_sent_base(runtime, content)
+    return RecordDict()  # the reply: the site's status alone
+
+
 def _synthesize(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
     count = int(str(content.config_records[p.CONFIG][p.COUNT]))
     synthetic = runtime.synthesize(count)
@@ -207,6 +214,11 @@ def _evaluate(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
 @app.query("status")
 def status(message: Message, context: Context) -> Message:
     return _handle(message, context, _status)
+
+
+@app.query("base_model")
+def base_model(message: Message, context: Context) -> Message:
+    return _handle(message, context, _base_model)
 
 
 @app.query("synthesize")

@@ -233,10 +233,41 @@ class Federation:
         history = pretrain(model, pool, self.config, self.device)
         return {"patches_per_site": count, "sites": pool.provenance, "history": history}
 
-    def send_base_model(self, nodes: list[int]) -> None:
+    def send_base_model(self, nodes: list[int], state: ServerState) -> None:
         """The base model goes with each of these nodes' next train or evaluate message (one
-        exchange fewer than a message of its own), until a reply shows it installed."""
+        exchange fewer than a message of its own), until a reply shows it installed. Under
+        client-level DP it goes at once, in an exchange of its own: there any site's failure
+        voids the round for every site, so a site that cannot install it is left out first."""
         self.needs_base.update(nodes)
+        if isinstance(self.strategy, ClientLevelDP) and nodes:
+            self.deliver_base_model(nodes, state)
+
+    def deliver_base_model(self, nodes: list[int], state: ServerState) -> None:
+        """The base model exchange: a site that does not confirm it (refused, failed, no
+        reply) is not selected until it reports again."""
+        config = ConfigRecord({p.BASE_SHA: state.base_sha})
+        messages = [
+            Message(
+                content=RecordDict({p.CONFIG: config}), message_type=p.BASE_MODEL, dst_node_id=n
+            )
+            for n in nodes
+        ]
+        confirmed = set()
+        for reply in self.send(self.with_base_model(messages, state)):
+            if self._base_model_refused(reply) or self._failed(reply, "base model"):
+                continue
+            try:
+                keys = frozenset({p.SITE_STATUS})
+                p.check_keys("base model reply", reply.content.keys(), keys, keys)
+                self.adopt_reply_status(reply, self.reply_status(reply))
+            except ReplySchemaError as error:
+                log.warning("%s: base model reply rejected: %s", self.site_of(reply), error)
+                continue
+            confirmed.add(reply.metadata.src_node_id)
+        self.needs_base -= confirmed
+        for node in nodes:
+            if node not in confirmed:
+                self.mirror.exclude(self.sites[node], BASE_MODEL_MISSING)
 
     def with_base_model(self, messages: list[Message], state: ServerState) -> list[Message]:
         """`messages`, each to a node that does not hold the base model given its own content
@@ -412,7 +443,7 @@ class Federation:
         state.history.pop("not_started", None)  # this run's, not a resumed one's
         if self.not_started:  # shown in summary.md: a site missing from the table is no mystery
             state.history["not_started"] = dict(self.not_started)
-        self.send_base_model(nodes)
+        self.send_base_model(nodes, state)
         while state.round < config.federation.rounds and not state.ended:
             self.one_round(state, nodes, model, evaluator)
             if config.federation.stop_after_round == state.round:
@@ -597,7 +628,7 @@ class Federation:
         if new:
             self.query_status(new, at_start=False)
             known = [n for n in new if n in self.sites]
-            self.send_base_model(known)
+            self.send_base_model(known, state)
             nodes.extend(n for n in known if n not in nodes)
         back = sorted(self.stale & online)
         if back:

@@ -19,6 +19,9 @@ from common.errors import MammoflError
 
 # message types (Flower's "<category>.<action>")
 STATUS = "query.status"
+# the base model in an exchange of its own: only under client-level DP, where a site that
+# could not install it with its round-1 message would void round 1 for every site
+BASE_MODEL = "query.base_model"
 SYNTHESIZE = "query.synthesize"
 TRAIN = "train"
 EVALUATE = "evaluate"

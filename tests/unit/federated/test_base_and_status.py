@@ -64,8 +64,10 @@ def _status(site: str, *, scored: bool = False) -> dict[str, Any]:
 class ScriptedFederation(Federation):
     """`send` hands each message to `answer` (None: the reply is lost) and keeps what was sent."""
 
-    def __init__(self, run_dir: Path) -> None:
-        config = compose_federated_config(["experiment=federated/tiny", f"run_dir={run_dir}"])
+    def __init__(self, run_dir: Path, *overrides: str) -> None:
+        config = compose_federated_config(
+            ["experiment=federated/tiny", f"run_dir={run_dir}", *overrides]
+        )
         super().__init__(Grid(), config, [])  # type: ignore[arg-type]
         self.sent: list[Message] = []
         self.answer: Answer = lambda m: None
@@ -113,7 +115,7 @@ def test_the_base_model_rides_on_the_next_message_until_a_reply_shows_it_install
             return error_reply(message, p.ErrorCode.BASE_MODEL, "site site-b: base model: ...")
         return _scored(message) if node == 1 else None  # site-c's reply is lost
 
-    server.send_base_model([1, 2, 3])
+    server.send_base_model([1, 2, 3], STATE)  # type: ignore[arg-type]
     server.answer = answer
     scores = server.site_metrics([1, 2, 3], STATE)  # type: ignore[arg-type]
     assert set(scores) == {"site-a"}
@@ -190,3 +192,37 @@ def test_a_status_reply_that_is_not_one_leaves_the_site_owing_and_the_run_going(
     assert server.mirror.sites["site-c"].unplanned_rounds == [1]  # still counted at its budget
     server.answer = _status_reply
     assert server.query_status([2, 3], at_start=True) and not server.not_started
+
+
+def test_under_client_level_dp_the_base_model_goes_first_in_an_exchange_of_its_own(
+    tmp_path: Path, task_identity: None
+) -> None:
+    """There any site's failure voids a round for every site: a site that cannot install the
+    model (or does not answer) is left out before round 1, not discovered in it."""
+    server = ScriptedFederation(
+        tmp_path, "federation.client_dp.enabled=true", "federation.client_dp.delta=0.1"
+    )
+    server.sites = dict(SITES)
+    for site in SITES.values():
+        server.mirror.adopt_status(_status(site))
+
+    def answer(message: Message) -> Message | None:
+        node = message.metadata.dst_node_id
+        if node == 1:
+            return Message(with_site_status(RecordDict(), _status("site-a")), reply_to=message)
+        if node == 2:
+            return error_reply(message, p.ErrorCode.BASE_MODEL, "site site-b: base model: ...")
+        return None
+
+    server.answer = answer
+    server.send_base_model([1, 2, 3], STATE)  # type: ignore[arg-type]
+    assert [(m.metadata.message_type, p.BASE in m.content.array_records) for m in server.sent] == [
+        (p.BASE_MODEL, True)
+    ] * 3
+    assert server.needs_base == {2, 3} and server.owes_status == {2, 3}
+    assert server.mirror.selectable() == ["site-a"]
+    assert server.mirror.sites["site-c"].excluded == BASE_MODEL_MISSING
+    # without client-level DP nothing is sent now: the model waits for the next message
+    plain = ScriptedFederation(tmp_path / "plain")
+    plain.send_base_model([1, 2, 3], STATE)  # type: ignore[arg-type]
+    assert plain.sent == [] and plain.needs_base == {1, 2, 3}

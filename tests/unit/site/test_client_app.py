@@ -221,6 +221,11 @@ def test_a_base_model_that_does_not_match_its_fingerprint_is_refused_before_any_
     assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
     events = parse_status(_ask(context, p.STATUS, RecordDict()).content)["ledger"]["events"]
     assert events == []  # refused before the round: nothing reserved, nothing charged
+    # a base model message (client-level DP's own exchange) must bring one
+    reply = _ask(context, p.BASE_MODEL, _train_content(trainable, state_fingerprint(base)))
+    assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
+    reply = _ask(context, p.BASE_MODEL, _train_content(trainable, "0" * 64, base=base))
+    assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
     # the right model, brought by an evaluate message, is installed and scores
     reply = _ask(context, p.EVALUATE, _train_content(trainable, state_fingerprint(base), base=base))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
@@ -245,3 +250,18 @@ def test_client_level_clipping_clips_a_round_that_brings_the_base_model(site) ->
     arrays, _, event = parse_train_reply(reply.content, expected, "equal")
     update = sum(float(np.sum((arrays[k] - trainable[k]) ** 2)) for k in trainable) ** 0.5
     assert 0 < update <= norm * (1 + 1e-5) and event["round"] == 1
+
+
+def test_a_base_model_message_installs_it_and_answers_with_the_sites_status(site) -> None:  # type: ignore[no-untyped-def]
+    context, config = site
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    sha = state_fingerprint(base)
+    reply = _ask(context, p.BASE_MODEL, _train_content(trainable, sha, base=base))
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert set(reply.content.keys()) == {p.SITE_STATUS}
+    assert parse_site_status(reply.content)["site"] == "site-a"
+    reply = _ask(context, p.TRAIN, _train_content(trainable, sha))  # no model brought: held
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
