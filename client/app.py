@@ -136,19 +136,15 @@ def _status(runtime: SiteRuntime, content: RecordDict) -> RecordDict:
 
 def _install_sent_base(runtime: SiteRuntime, content: RecordDict) -> None:
     """A message that brings the run's base model (the site's first of the run, or its first
-    after it came back) installs it before its work; its fingerprint must be the one the
-    message names."""
+    after it came back under a new node id) installs it before its work; its fingerprint must
+    be the one the message names."""
     if p.BASE not in content.array_records:
         return
     expected = str(content.config_records[p.CONFIG][p.BASE_SHA])
-    try:
-        sha = runtime.set_base_model(from_array_record(content.array_records[p.BASE]))
+    try:  # checked against the fingerprint before it replaces the model the site holds
+        runtime.set_base_model(from_array_record(content.array_records[p.BASE]), expected)
     except Exception as error:
         raise BaseModelError(f"the base model sent does not install here: {error}") from error
-    if sha != expected:
-        raise BaseModelError(
-            f"the base model sent has fingerprint {sha[:12]}, the message names {expected[:12]}"
-        )
 
 
 def _base_model(runtime: SiteRuntime, content: RecordDict) -> RecordDict:

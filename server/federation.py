@@ -204,9 +204,11 @@ class Federation:
 
     def collect_owed_status(self, nodes: list[int]) -> None:
         """Ask the nodes among `nodes` that owe their status (a reply lost, refused or
-        rejected: their ledgers may hold a charge the server never saw) for it; no exchange
-        when none does."""
-        owing = [n for n in nodes if n in self.owes_status]
+        rejected: their ledgers may hold a charge the server never saw) for it, and the stale
+        ones (a round presumed: a status they sent meanwhile may predate that round's
+        reservation, e.g. a simulated site still training it in another worker); no exchange
+        when there are none."""
+        owing = [n for n in nodes if n in self.owes_status or n in self.stale]
         if owing:
             self.query_status(owing, at_start=False)
 

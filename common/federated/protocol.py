@@ -169,8 +169,55 @@ def check_synthetic(
     _require(0 < total <= requested, f"{total} synthetic patches for {requested} requested")
 
 
+PLAN_KEYS = frozenset({"noise_multiplier", "sample_rate", "steps_per_round"})
+NON_DP_USE_KEYS = frozenset({"kind", "note"})
+MAX_TEXT = 500  # a status string longer than this is no name or note: refused
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TEXT
+
+
 def check_status(status: Mapping[str, Any]) -> None:
+    """Names and types of a site's status, down to each ledger event: what the server's mirror
+    computes with, and nothing else (no free-form field to carry private data)."""
+    _require(isinstance(status, Mapping), "status: not an object")
     check_keys("status", status, STATUS_KEYS, STATUS_KEYS)
-    check_keys("ledger", status["ledger"], LEDGER_KEYS, LEDGER_KEYS)
-    for event in status["ledger"]["events"]:
+    for key in ("site", "unit", "accountant", "synthetic_guarantee", "noise"):
+        _require(_text(status[key]), f"status: {key} must be a short string")
+    for key in ("budget", "delta", "epsilon", "epsilon_dp_sgd"):
+        _require(_number(status[key]), f"status: {key} must be a finite number")
+    _require(status["gan_epsilon"] is None or _number(status["gan_epsilon"]), "gan_epsilon")
+    plan = status["plan"]
+    if plan is not None:
+        _require(isinstance(plan, Mapping), "status: plan must be an object or null")
+        check_keys("plan", plan, PLAN_KEYS, PLAN_KEYS)
+        _require(_number(plan["noise_multiplier"]) and _number(plan["sample_rate"]), "plan")
+        _require(_whole(plan["steps_per_round"]), "plan: steps_per_round must be whole")
+    ledger = status["ledger"]
+    _require(isinstance(ledger, Mapping), "status: ledger must be an object")
+    check_keys("ledger", ledger, LEDGER_KEYS, LEDGER_KEYS)
+    _require(_whole(ledger["schema_version"]) and _number(ledger["delta"]), "ledger values")
+    _require(_text(ledger["accountant"]) and _text(ledger["unit"]), "ledger values")
+    _require(isinstance(ledger["events"], list), "ledger: events must be a list")
+    _require(isinstance(ledger["non_dp_uses"], list), "ledger: non_dp_uses must be a list")
+    for event in ledger["events"]:
+        _require(isinstance(event, Mapping), "ledger event: not an object")
         check_keys("ledger event", event, EVENT_KEYS | {"label"}, EVENT_KEYS)
+        _require(_number(event["noise_multiplier"]) and _number(event["sample_rate"]), "event")
+        _require(_whole(event["steps"]), "ledger event: steps must be whole")
+        _require(event["round"] is None or _whole(event["round"]), "ledger event: round")
+        for key in ("kind", "status", "label"):
+            _require(_text(event.get(key, "")), f"ledger event: {key} must be a short string")
+    for use in ledger["non_dp_uses"]:
+        _require(isinstance(use, Mapping), "non-DP use: not an object")
+        check_keys("non-DP use", use, NON_DP_USE_KEYS, NON_DP_USE_KEYS)
+        _require(_text(use["kind"]) and _text(use["note"]), "non-DP use: short strings")

@@ -223,9 +223,18 @@ class SiteRuntime:
         return self.facts.noise_seed
 
     # ---- the model -----------------------------------------------------------------------
-    def set_base_model(self, state: Mapping[str, np.ndarray]) -> str:
-        """Keep the server's full model (e.g. after SynPre); returns its fingerprint."""
+    def set_base_model(
+        self, state: Mapping[str, np.ndarray], expected_sha: str | None = None
+    ) -> str:
+        """Keep the server's full model (e.g. after SynPre); returns its fingerprint. With
+        `expected_sha`, a model with another fingerprint is refused (ConfigError) before it
+        replaces the one the site holds."""
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
+        if expected_sha is not None and (sha := state_fingerprint(tensors)) != expected_sha:
+            raise ConfigError(
+                f"the base model sent has fingerprint {sha[:12]}, the message names "
+                f"{expected_sha[:12]}"
+            )
         self._install(tensors)
         atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
         assert self.base_sha is not None

@@ -176,6 +176,26 @@ def test_status_carries_no_private_fields() -> None:
     for private in ("dataset_size", "data_dir", "manifest_sha256"):
         with pytest.raises(ReplySchemaError):
             status_content({**status, private: 1})
+    # the values are typed down to each event: nothing the mirror would choke on, no free field
+    ledger = status["ledger"]
+    event = {"noise_multiplier": 1.1, "sample_rate": 0.2, "steps": 10, "kind": "dp-sgd"}
+    event |= {"round": 1, "status": "settled", "label": ""}
+    status_content({**status, "ledger": {**ledger, "events": [event]}})  # valid
+    for bad in (
+        {"budget": "6"},
+        {"budget": float("inf")},
+        {"epsilon": True},
+        {"plan": {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps_per_round": 2.5}},
+        {"plan": {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps_per_round": 2, "n": 41}},
+        {"site": "a" * 501},
+        {"ledger": {**ledger, "events": [{**event, "steps": 10.5}]}},
+        {"ledger": {**ledger, "events": [{**event, "round": "1"}]}},
+        {"ledger": {**ledger, "non_dp_uses": [{"kind": "x", "note": "y", "patients": 41}]}},
+        {"ledger": {**ledger, "non_dp_uses": "mcgan"}},
+        {"ledger": [1, 2]},
+    ):
+        with pytest.raises(ReplySchemaError):
+            status_content({**status, **bad})
 
 
 def test_work_replies_carry_the_site_status_allow_listed_as_a_status_reply() -> None:
