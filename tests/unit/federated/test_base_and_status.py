@@ -26,6 +26,7 @@ from common.fl_records import (
 )
 from server.federation import Federation
 from server.ledgers import BASE_MODEL_MISSING
+from tests.unit.federated.conftest import site_status
 
 SITES = {1: "site-a", 2: "site-b", 3: "site-c"}
 LOCAL_EVALUATION = {"kind": "local-evaluation", "note": "validation patients scored"}
@@ -48,27 +49,7 @@ class Grid:
 
 
 def _status(site: str, *, scored: bool = False) -> dict[str, Any]:
-    return {
-        "site": site,
-        "budget": 6.0,
-        "delta": 1e-4,
-        "unit": "patch",
-        "accountant": "rdp",
-        "ledger": {
-            "schema_version": 1,
-            "delta": 1e-4,
-            "accountant": "rdp",
-            "unit": "patch",
-            "events": [],
-            "non_dp_uses": [LOCAL_EVALUATION] if scored else [],
-        },
-        "epsilon": 0.0,
-        "epsilon_dp_sgd": 0.0,
-        "gan_epsilon": None,
-        "synthetic_guarantee": "not generated",
-        "plan": None,
-        "noise": "os-entropy",
-    }
+    return site_status(site, [LOCAL_EVALUATION] if scored else [])
 
 
 class ScriptedFederation(Federation):

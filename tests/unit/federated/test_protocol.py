@@ -23,6 +23,7 @@ from common.fl_records import (
     train_reply_content,
     with_site_status,
 )
+from tests.unit.federated.conftest import site_status
 
 EXPECTED = {"head.weight": (2, 4), "head.bias": (2,)}
 EVENT = {
@@ -35,27 +36,7 @@ EVENT = {
     "label": "",
 }
 
-STATUS: dict[str, object] = {
-    "site": "a",
-    "budget": 6.0,
-    "delta": 1e-4,
-    "unit": "patch",
-    "accountant": "rdp",
-    "ledger": {
-        "schema_version": 1,
-        "delta": 1e-4,
-        "accountant": "rdp",
-        "unit": "patch",
-        "events": [],
-        "non_dp_uses": [],
-    },
-    "epsilon": 0.0,
-    "epsilon_dp_sgd": 0.0,
-    "gan_epsilon": None,
-    "synthetic_guarantee": "not generated",
-    "plan": None,
-    "noise": "os-entropy",
-}
+STATUS = site_status()
 
 
 def _arrays() -> dict[str, np.ndarray]:

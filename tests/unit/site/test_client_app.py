@@ -4,6 +4,7 @@ allow-list, and refusals that are error replies (never a crash), with no private
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,6 +49,14 @@ def site(tiny_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _ask(context: Context, message_type: str, content: RecordDict) -> Message:
     return app(Message(content=content, dst_node_id=7, message_type=message_type), context)
+
+
+def _started(context: Context, config: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The site answered its status; the server's base model and its trainable part."""
+    _ask(context, p.STATUS, RecordDict())
+    model = initial_model(config, resolve_device("cpu"))
+    base = {k: v.numpy() for k, v in model.state_dict().items()}
+    return base, {k: v.numpy() for k, v in trainable_state(model).items()}
 
 
 def test_a_site_speaks_only_the_allow_list(site) -> None:  # type: ignore[no-untyped-def]
@@ -128,10 +137,7 @@ def test_scores_come_after_training_and_their_failure_costs_only_them(
     from common.site.runtime import SiteRuntime
 
     context, config = site
-    _ask(context, p.STATUS, RecordDict())
-    model = initial_model(config, resolve_device("cpu"))
-    base = {k: v.numpy() for k, v in model.state_dict().items()}
-    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    base, trainable = _started(context, config)
     expected = {k: v.shape for k, v in trainable.items()}
     calls: list[int] = []
 
@@ -167,10 +173,7 @@ def test_a_policy_refusal_tells_the_server_which_rule(site, tmp_path: Path) -> N
     the site's rule), so the server can change the run; other privacy errors stay at the site."""
     context, config = site
     assert not config.sites[0].share_exact_count  # the tiny site did not opt in
-    _ask(context, p.STATUS, RecordDict())
-    model = initial_model(config, resolve_device("cpu"))
-    base = {k: v.numpy() for k, v in model.state_dict().items()}
-    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    base, trainable = _started(context, config)
     train = RecordDict(
         {
             p.BASE: to_array_record(base),
@@ -205,10 +208,7 @@ def test_a_base_model_that_does_not_match_its_fingerprint_is_refused_before_any_
     site,
 ) -> None:  # type: ignore[no-untyped-def]
     context, config = site
-    _ask(context, p.STATUS, RecordDict())
-    model = initial_model(config, resolve_device("cpu"))
-    base = {k: v.numpy() for k, v in model.state_dict().items()}
-    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    base, trainable = _started(context, config)
     tampered = {k: v + 1.0 if k == next(iter(base)) else v for k, v in base.items()}
     reply = _ask(
         context, p.TRAIN, _train_content(trainable, state_fingerprint(base), base=tampered)
@@ -237,10 +237,7 @@ def test_client_level_clipping_clips_a_round_that_brings_the_base_model(site) ->
     """Flower's fixedclipping_mod takes exactly one ArrayRecord: the base model travels around
     it, and the update (returned minus sent trainable weights) is clipped to the norm."""
     context, config = site
-    _ask(context, p.STATUS, RecordDict())
-    model = initial_model(config, resolve_device("cpu"))
-    base = {k: v.numpy() for k, v in model.state_dict().items()}
-    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    base, trainable = _started(context, config)
     content = _train_content(trainable, state_fingerprint(base), base=base)
     norm = 1e-3
     content.config_records[p.CONFIG]["clipping_norm"] = norm
@@ -254,10 +251,7 @@ def test_client_level_clipping_clips_a_round_that_brings_the_base_model(site) ->
 
 def test_a_base_model_message_installs_it_and_answers_with_the_sites_status(site) -> None:  # type: ignore[no-untyped-def]
     context, config = site
-    _ask(context, p.STATUS, RecordDict())
-    model = initial_model(config, resolve_device("cpu"))
-    base = {k: v.numpy() for k, v in model.state_dict().items()}
-    trainable = {k: v.numpy() for k, v in trainable_state(model).items()}
+    base, trainable = _started(context, config)
     sha = state_fingerprint(base)
     reply = _ask(context, p.BASE_MODEL, _train_content(trainable, sha, base=base))
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
