@@ -7,14 +7,13 @@ one row per partition id). Nothing here is ever sent to the server except the si
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
-from common.config.option_values import flag, whole_number
+from common.config.option_values import flag, number, whole_number
 from common.config.schema import PatchSourceConfig
 from common.errors import ConfigError
 
@@ -68,15 +67,7 @@ def _flag(node_config: Mapping[str, object], key: str) -> bool:
 
 def _number(node_config: Mapping[str, object], key: str) -> float:
     """A finite number (a NaN cap would be ignored by min(), an infinite one is no cap)."""
-    try:
-        value = float(str(node_config[key]))
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ConfigError(
-            f"node_config {key}={node_config[key]!r} is not a finite number (e.g. {key}=6)"
-        )
-    return value
+    return number(f"node_config {key}", node_config[key], example="6")
 
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:

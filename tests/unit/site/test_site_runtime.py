@@ -4,6 +4,7 @@ charge nothing, delta against N, a status with nothing private in it."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,10 +216,12 @@ def test_the_sites_delta_cap_refuses_a_larger_delta_before_anything_is_spent(
     assert facts_from_node_config({**base, "delta-cap": "1e-5"}).delta_cap == 1e-5
     with pytest.raises(ConfigError, match="delta-cap must be in"):
         facts_from_node_config({**base, "delta-cap": 2})
-    with pytest.raises(ConfigError, match="epsilon-cap='six' is not a finite number"):
-        facts_from_node_config({**base, "epsilon-cap": "six"})
-    with pytest.raises(ConfigError, match="epsilon-cap='nan' is not a finite number"):
-        facts_from_node_config({**base, "epsilon-cap": "nan"})
+    expected = (
+        "node_config epsilon-cap={}: expected a finite number, e.g. node_config epsilon-cap=6"
+    )
+    for value in ("six", "nan", "inf"):
+        with pytest.raises(ConfigError, match=re.escape(expected.format(value))):
+            facts_from_node_config({**base, "epsilon-cap": value})
     runtime = _runtime(tiny_workspace, tmp_path)
     capped = SiteRuntime(dataclasses.replace(runtime.facts, delta_cap=1e-9), runtime.config)
     with pytest.raises(PrivacyError, match=r"privacy.delta=.* above this site's delta-cap=1e-09"):
