@@ -62,6 +62,12 @@ def with_site_status(content: RecordDict, status: Mapping[str, Any]) -> RecordDi
     return content
 
 
+def check_base_model_reply(content: RecordDict) -> None:
+    """A base model reply holds the site's status alone (`parse_site_status` reads it)."""
+    keys = frozenset({p.SITE_STATUS})
+    p.check_keys("base model reply", content.keys(), keys, keys)
+
+
 def parse_site_status(content: RecordDict) -> dict[str, Any]:
     """The status a synthesize, train or evaluate reply carries (allow-listed as a status
     reply's); ReplySchemaError when it is missing or not a ConfigRecord."""

@@ -30,6 +30,7 @@ from common.federated.model import initial_model
 from common.federated.protocol import ReplySchemaError
 from common.federated.timing import TIMING_FILE, RoundClock
 from common.fl_records import (
+    check_base_model_reply,
     from_array_record,
     parse_evaluate_reply,
     parse_site_status,
@@ -177,8 +178,7 @@ class Federation:
                         self.stale.discard(old)
                         self.stale.add(node)
             self.sites[node] = name
-            self.mirror.adopt_status(status)
-            self.owes_status.discard(node)
+            self.adopt_reply_status(reply, status)
             statuses.append(status)
         if at_start and len(statuses) < self.config.federation.min_sites:
             raise ConfigError(
@@ -259,8 +259,7 @@ class Federation:
             if self._base_model_refused(reply) or self._failed(reply, "base model"):
                 continue
             try:
-                keys = frozenset({p.SITE_STATUS})
-                p.check_keys("base model reply", reply.content.keys(), keys, keys)
+                check_base_model_reply(reply.content)
                 self.adopt_reply_status(reply, self.reply_status(reply))
             except ReplySchemaError as error:
                 log.warning("%s: base model reply rejected: %s", self.site_of(reply), error)

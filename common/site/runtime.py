@@ -230,24 +230,26 @@ class SiteRuntime:
         `expected_sha`, a model with another fingerprint is refused (ConfigError) before it
         replaces the one the site holds."""
         tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}
-        if expected_sha is not None and (sha := state_fingerprint(tensors)) != expected_sha:
+        sha = state_fingerprint(tensors)
+        if expected_sha is not None and sha != expected_sha:
             raise ConfigError(
                 f"the base model sent has fingerprint {sha[:12]}, the message names "
                 f"{expected_sha[:12]}"
             )
-        self._install(tensors)
+        self._install(tensors, sha)
         atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
         assert self.base_sha is not None
         return self.base_sha
 
-    def _install(self, tensors: dict[str, torch.Tensor]) -> None:
+    def _install(self, tensors: dict[str, torch.Tensor], sha: str | None = None) -> None:
+        """`sha`: the tensors' fingerprint when the caller has it (hashing a full model once)."""
         model = self._new_model()
         try:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as error:
             raise ConfigError(f"the server's model does not fit this site's: {error}") from error
         apply_trainable_policy(model, self.config.model.trainable)
-        self.model, self.base_sha = model, state_fingerprint(tensors)
+        self.model, self.base_sha = model, sha or state_fingerprint(tensors)
 
     def _new_model(self) -> Classifier:
         model = build_classifier(self.config.model)
