@@ -17,7 +17,10 @@ import numpy as np
 def breast_outline(height: int, width: int, view: str, rng: np.random.Generator) -> np.ndarray:
     """Breast region (float mask, chest wall on the left): a half ellipse; MLO adds a pectoral
     muscle triangle in the top-left corner (value 2 marks the muscle)."""
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    # a column and a row that broadcast: the same float32 values as a full mgrid, a fraction
+    # of its memory and time at 2000 px
+    yy = np.arange(height, dtype=np.float32)[:, None]
+    xx = np.arange(width, dtype=np.float32)[None, :]
     depth = width * rng.uniform(0.75, 0.9)
     half_height = height * rng.uniform(0.42, 0.48)
     centre = height * rng.uniform(0.48, 0.52)

@@ -224,9 +224,10 @@ def write_site(
                 _uid(seed, patient, view, "roi-study"),
                 _uid(seed, patient, view, "roi"),
             )
-            ys, xs = np.nonzero(mask)
+            in_rows, in_columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             crop = (
-                pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] >> (style.bits - 8)
+                pixels[in_rows[0] : in_rows[-1] + 1, in_columns[0] : in_columns[-1] + 1]
+                >> (style.bits - 8)
             ).astype(np.uint8)
             crop_path = _write_view(
                 root,
