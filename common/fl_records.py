@@ -6,14 +6,37 @@ Everything here converts; what is allowed in a reply is decided in
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common.federated import protocol as p
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reads_a_reply(parse: Callable[P, R]) -> Callable[P, R]:
+    """A parser of a site's reply: whatever a malformed reply makes it raise (a record of the
+    wrong type, a value that is no number, JSON nested past the parser's depth) is a
+    ReplySchemaError, so the server rejects that one reply; a site's reply never ends the run."""
+
+    @functools.wraps(parse)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return parse(*args, **kwargs)
+        except p.ReplySchemaError:
+            raise
+        except Exception as error:  # any failure to read what a site sent: that reply rejected
+            raise p.ReplySchemaError(
+                f"{parse.__name__}: unreadable ({type(error).__name__}: {error})"
+            ) from error
+
+    return checked
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -34,6 +57,7 @@ def status_content(status: Mapping[str, Any]) -> RecordDict:
     return RecordDict({p.CONFIG: ConfigRecord({p.STATUS_JSON: json.dumps(status)})})
 
 
+@_reads_a_reply
 def parse_status(content: RecordDict) -> dict[str, Any]:
     """A status reply's status; ReplySchemaError for anything that is not one."""
     if p.CONFIG not in content.config_records:
@@ -41,16 +65,12 @@ def parse_status(content: RecordDict) -> dict[str, Any]:
     return _parse_status_record(content.config_records[p.CONFIG])
 
 
+@_reads_a_reply
 def _parse_status_record(record: ConfigRecord) -> dict[str, Any]:
-    try:
-        status = json.loads(str(record[p.STATUS_JSON]))
-        if not isinstance(status, dict):
-            raise p.ReplySchemaError("status: not a JSON object")
-        p.check_status(status)
-    except p.ReplySchemaError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise p.ReplySchemaError(f"status: unreadable ({type(error).__name__}: {error})") from error
+    status = json.loads(str(record[p.STATUS_JSON]))
+    if not isinstance(status, dict):
+        raise p.ReplySchemaError("status: not a JSON object")
+    p.check_status(status)
     return dict(status)
 
 
@@ -62,12 +82,14 @@ def with_site_status(content: RecordDict, status: Mapping[str, Any]) -> RecordDi
     return content
 
 
+@_reads_a_reply
 def check_base_model_reply(content: RecordDict) -> None:
     """A base model reply holds the site's status alone (`parse_site_status` reads it)."""
     keys = frozenset({p.SITE_STATUS})
     p.check_keys("base model reply", content.keys(), keys, keys)
 
 
+@_reads_a_reply
 def parse_site_status(content: RecordDict) -> dict[str, Any]:
     """The status a synthesize, train or evaluate reply carries (allow-listed as a status
     reply's); ReplySchemaError when it is missing or not a ConfigRecord."""
@@ -105,6 +127,7 @@ def train_reply_content(
     return RecordDict(records)
 
 
+@_reads_a_reply
 def parse_train_reply(
     content: RecordDict, expected: Mapping[str, tuple[int, ...]], weighting: str
 ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, Any]]:
@@ -124,6 +147,7 @@ def parse_train_reply(
     return arrays, metrics, event
 
 
+@_reads_a_reply
 def parse_train_evaluation(content: RecordDict, requested: bool = True) -> dict[str, float] | None:
     """The scores a train reply carries of the weights it received (allow-listed as an
     evaluate reply's), or None when it carries none (not asked for, or scoring failed at the
@@ -155,6 +179,7 @@ def evaluate_reply_content(metrics: Mapping[str, float]) -> RecordDict:
     return RecordDict({p.METRICS: _evaluation_record(metrics)})
 
 
+@_reads_a_reply
 def parse_evaluate_reply(content: RecordDict) -> dict[str, float]:
     keys = frozenset({p.METRICS, p.SITE_STATUS})
     p.check_keys("evaluate reply", content.keys(), keys, keys)
@@ -180,6 +205,7 @@ def synthetic_reply_content(
     return RecordDict(records)
 
 
+@_reads_a_reply
 def parse_synthetic_reply(
     content: RecordDict, requested: int, image_size: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

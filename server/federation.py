@@ -163,6 +163,11 @@ class Federation:
                     self.not_started[self.site_of(reply)] = f"status reply rejected: {error}"
                 continue
             node, name = reply.metadata.src_node_id, status["site"]
+            if self.sites.get(node, name) != name:  # a node keeps its site for the whole run
+                log.warning(
+                    "%s: status reply names site %r: rejected", self.sites[node], name[:100]
+                )
+                continue
             others = [n for n, s in self.sites.items() if s == name and n != node]
             if others:
                 online = set(self.grid.get_node_ids())
@@ -178,7 +183,7 @@ class Federation:
                         self.stale.discard(old)
                         self.stale.add(node)
             self.sites[node] = name
-            self.adopt_reply_status(reply, status)
+            self.adopt_reply_status(reply, status, queried=True)
             statuses.append(status)
         if at_start and len(statuses) < self.config.federation.min_sites:
             raise ConfigError(
@@ -198,9 +203,18 @@ class Federation:
             raise ReplySchemaError(f"{site}'s reply carries the status of {status['site']!r}")
         return status
 
-    def adopt_reply_status(self, reply: Message, status: dict[str, Any]) -> None:
+    def adopt_reply_status(
+        self, reply: Message, status: dict[str, Any], *, queried: bool = False
+    ) -> None:
+        """Take the site's ledger from its reply. A stale node's (a round presumed) work reply
+        may predate that round's reservation (e.g. a simulated site still training it in
+        another worker): only its answer to a status query, asked after, replaces the
+        presumed round; until then the site owes its status."""
+        node = reply.metadata.src_node_id
+        if node in self.stale and not queried:
+            return
         self.mirror.adopt_status(status)
-        self.owes_status.discard(reply.metadata.src_node_id)
+        self.owes_status.discard(node)
 
     def collect_owed_status(self, nodes: list[int]) -> None:
         """Ask the nodes among `nodes` that owe their status (a reply lost, refused or
@@ -288,8 +302,15 @@ class Federation:
 
     def _base_model_refused(self, reply: Message) -> bool:
         """A site that could not install the base model its message brought (nothing
-        charged: it refuses before any work) is not selected until it reports again."""
-        if reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL:
+        charged: it refuses before any work) is not selected until it reports again. The
+        code counts only from a node that was sent the base model: from any other it is a
+        failure like any other (a round it was sent is presumed spent)."""
+        node = self.destination.get(reply.metadata.reply_to_message_id, -1)
+        if (
+            reply.has_error()
+            and reply.error.code == p.ErrorCode.BASE_MODEL
+            and node in self.needs_base
+        ):
             log.warning("%s: base model refused: %s", self.site_of(reply), reply.error.reason)
             self.mirror.exclude(self.site_of(reply), BASE_MODEL_MISSING)
             return True
@@ -548,8 +569,8 @@ class Federation:
             central = evaluator.point_values(model)
         sites: dict[str, dict[str, float]] = {}
         with self.clock.phase("site_evaluation"):
-            if self.evaluates_now(round_number):
-                sites = self.site_metrics(chosen, state)
+            if self.evaluates_now(round_number):  # not a node whose train failed (stale)
+                sites = self.site_metrics([n for n in chosen if n not in self.stale], state)
         state.history["rounds"].append(
             {
                 "round": round_number,
@@ -615,7 +636,9 @@ class Federation:
             return
         online = set(self.grid.get_node_ids())
         trained = set(pending["trained"])
-        chosen = [n for n in nodes if n in online and self.sites.get(n) in trained]
+        chosen = [
+            n for n in nodes if n in online and n not in self.stale and self.sites.get(n) in trained
+        ]
         if chosen:
             pending["sites"] = self.site_metrics(chosen, state)
             save_checkpoint(self.run_dir, state)

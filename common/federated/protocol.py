@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from common.config.schema import ACCOUNTANTS
 from common.errors import MammoflError
+from common.privacy.ledger import EVENT_KINDS, STATUSES, UNITS
 
 # message types (Flower's "<category>.<action>")
 STATUS = "query.status"
@@ -186,37 +188,62 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_TEXT
 
 
+def _mechanism(noise_multiplier: Any, sample_rate: Any, steps: Any) -> bool:
+    """A subsampled Gaussian mechanism the accountant can compose (the ledger's own rule,
+    `LedgerEvent`): sigma > 0, 0 < q <= 1, a whole number of steps >= 0."""
+    return (
+        _number(noise_multiplier)
+        and noise_multiplier > 0
+        and _number(sample_rate)
+        and 0 < sample_rate <= 1
+        and _whole(steps)
+        and steps >= 0
+    )
+
+
+def _delta(value: Any) -> bool:
+    return _number(value) and 0 < value < 1
+
+
 def check_status(status: Mapping[str, Any]) -> None:
-    """Names and types of a site's status, down to each ledger event: what the server's mirror
-    computes with, and nothing else (no free-form field to carry private data)."""
+    """Names, types and ranges of a site's status, down to each ledger event: what the
+    server's mirror computes with, each value one the mirror's ledger accepts (a site's reply
+    must never stop the run), and nothing else (no free-form field to carry private data)."""
     _require(isinstance(status, Mapping), "status: not an object")
     check_keys("status", status, STATUS_KEYS, STATUS_KEYS)
     for key in ("site", "unit", "accountant", "synthetic_guarantee", "noise"):
         _require(_text(status[key]), f"status: {key} must be a short string")
     for key in ("budget", "delta", "epsilon", "epsilon_dp_sgd"):
         _require(_number(status[key]), f"status: {key} must be a finite number")
+    _require(status["budget"] > 0 and _delta(status["delta"]), "status: budget > 0, 0 < delta < 1")
     _require(status["gan_epsilon"] is None or _number(status["gan_epsilon"]), "gan_epsilon")
     plan = status["plan"]
     if plan is not None:
         _require(isinstance(plan, Mapping), "status: plan must be an object or null")
         check_keys("plan", plan, PLAN_KEYS, PLAN_KEYS)
-        _require(_number(plan["noise_multiplier"]) and _number(plan["sample_rate"]), "plan")
-        _require(_whole(plan["steps_per_round"]), "plan: steps_per_round must be whole")
+        _require(
+            _mechanism(plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_round"]),
+            "plan: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps_per_round >= 0",
+        )
     ledger = status["ledger"]
     _require(isinstance(ledger, Mapping), "status: ledger must be an object")
     check_keys("ledger", ledger, LEDGER_KEYS, LEDGER_KEYS)
-    _require(_whole(ledger["schema_version"]) and _number(ledger["delta"]), "ledger values")
-    _require(_text(ledger["accountant"]) and _text(ledger["unit"]), "ledger values")
+    _require(_whole(ledger["schema_version"]) and _delta(ledger["delta"]), "ledger values")
+    _require(ledger["accountant"] in ACCOUNTANTS, f"ledger: accountant one of {ACCOUNTANTS}")
+    _require(ledger["unit"] in UNITS, f"ledger: unit one of {UNITS}")
     _require(isinstance(ledger["events"], list), "ledger: events must be a list")
     _require(isinstance(ledger["non_dp_uses"], list), "ledger: non_dp_uses must be a list")
     for event in ledger["events"]:
         _require(isinstance(event, Mapping), "ledger event: not an object")
         check_keys("ledger event", event, EVENT_KEYS | {"label"}, EVENT_KEYS)
-        _require(_number(event["noise_multiplier"]) and _number(event["sample_rate"]), "event")
-        _require(_whole(event["steps"]), "ledger event: steps must be whole")
+        _require(
+            _mechanism(event["noise_multiplier"], event["sample_rate"], event["steps"]),
+            "ledger event: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps >= 0",
+        )
         _require(event["round"] is None or _whole(event["round"]), "ledger event: round")
-        for key in ("kind", "status", "label"):
-            _require(_text(event.get(key, "")), f"ledger event: {key} must be a short string")
+        _require(event["kind"] in EVENT_KINDS, f"ledger event: kind one of {EVENT_KINDS}")
+        _require(event["status"] in STATUSES, f"ledger event: status one of {STATUSES}")
+        _require(_text(event.get("label", "")), "ledger event: label must be a short string")
     for use in ledger["non_dp_uses"]:
         _require(isinstance(use, Mapping), "non-DP use: not an object")
         check_keys("non-DP use", use, NON_DP_USE_KEYS, NON_DP_USE_KEYS)

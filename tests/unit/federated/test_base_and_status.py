@@ -44,6 +44,8 @@ class Grid:
         return sorted(SITES)
 
     def exchange(self, messages: list[Message], *_: object) -> list[Message]:
+        for message in messages:  # each gets its id as a grid's push gives it
+            message.metadata.__dict__["_message_id"] = message.object_id
         self.sent.extend(messages)
         return [r for m in messages if (r := self.answer(m)) is not None]
 
@@ -233,3 +235,56 @@ def test_under_client_level_dp_the_base_model_goes_first_in_an_exchange_of_its_o
     plain = ScriptedFederation(tmp_path / "plain")
     plain.send_base_model([1, 2, 3], STATE)  # type: ignore[arg-type]
     assert plain.sent == [] and plain.needs_base == {1, 2, 3}
+
+
+PLAN = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps_per_round": 2}
+
+
+def test_a_stale_sites_work_reply_does_not_replace_the_round_presumed_for_it(
+    server: ScriptedFederation,
+) -> None:
+    """A site whose round was presumed (its train failed or went silent) may report a ledger
+    from before that round's reservation (a simulated site still training it in another
+    worker): only its answer to a status query, asked after, replaces the presumed round."""
+    server.mirror.adopt_status({**_status("site-c"), "plan": PLAN})
+    server.mirror.presume_round("site-c", 1)
+    server.stale.add(3)
+    server.answer = _scored  # site-c's status still shows no round
+    scores = server.site_metrics([1, 2, 3], STATE)  # type: ignore[arg-type]
+    assert set(scores) == {"site-a", "site-b", "site-c"}
+    assert [e["round"] for e in server.mirror.sites["site-c"].unconfirmed] == [1]
+    assert server.owes_status == {3}
+    server.sent.clear()
+    server.answer = _status_reply
+    server.collect_owed_status([1, 2, 3])  # the status query, after: the site's word now
+    assert [m.metadata.dst_node_id for m in server.sent] == [3]
+    assert server.mirror.sites["site-c"].unconfirmed == []
+    assert server.owes_status == set()
+
+
+def test_a_known_node_cannot_answer_as_another_site(server: ScriptedFederation) -> None:
+    server.mirror.presume_round("site-b", 1)  # site-b: no plan yet, bounded by its budget
+    server.owes_status.add(1)
+    server.answer = lambda m: Message(status_content(_status("site-b")), reply_to=m)
+    assert server.query_status([1], at_start=False) == []
+    assert server.sites == SITES  # node 1 is still site-a, node 2 still site-b
+    assert server.mirror.sites["site-b"].unplanned_rounds == [1]  # not cleared by site-a
+    assert server.owes_status == {1}
+
+
+def test_the_base_model_code_counts_only_from_a_node_that_was_sent_the_model(
+    server: ScriptedFederation,
+) -> None:
+    """4005 says "nothing charged, the base model could not be installed": from a node that
+    was not sent one it is a failure like any other, and the round it was sent is presumed."""
+    for site in SITES.values():
+        server.mirror.adopt_status({**_status(site), "plan": PLAN})
+    server.needs_base = {2}
+    server.answer = lambda m: error_reply(m, p.ErrorCode.BASE_MODEL, "base model: ...")
+    outcome = server.train_round(1, STATE, [1, 2, 3])  # type: ignore[arg-type]
+    assert outcome.trained == []
+    mirror = server.mirror.sites
+    assert mirror["site-b"].excluded == BASE_MODEL_MISSING and not mirror["site-b"].unconfirmed
+    for site in ("site-a", "site-c"):
+        assert [e["round"] for e in mirror[site].unconfirmed] == [1], site
+    assert server.stale == {1, 3}

@@ -4,10 +4,11 @@ synthetic patches leave a site; never an exact dataset size unless opted in."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MetricRecord
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from common.federated import protocol as p
 from common.federated.protocol import ReplySchemaError
@@ -15,6 +16,7 @@ from common.fl_records import (
     evaluate_reply_content,
     parse_evaluate_reply,
     parse_site_status,
+    parse_status,
     parse_synthetic_reply,
     parse_train_evaluation,
     parse_train_reply,
@@ -177,6 +179,87 @@ def test_status_carries_no_private_fields() -> None:
     ):
         with pytest.raises(ReplySchemaError):
             status_content({**status, **bad})
+
+
+PLAN = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps_per_round": 2}
+GOOD_EVENT = {"noise_multiplier": 1.1, "sample_rate": 0.2, "steps": 10, "kind": "dp-sgd"}
+GOOD_EVENT |= {"round": 1, "status": "settled"}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"budget": 0.0},
+        {"delta": -1e-5},
+        {"plan": {**PLAN, "noise_multiplier": 0.0}},
+        {"plan": {**PLAN, "sample_rate": 5.0}},
+        {"plan": {**PLAN, "steps_per_round": -1}},
+        {"ledger": {"delta": 1.0}},
+        {"ledger": {"unit": "x"}},
+        {"ledger": {"accountant": "gdp"}},
+        {"event": {"kind": "bogus"}},
+        {"event": {"status": "spent"}},
+        {"event": {"noise_multiplier": 0.0}},
+        {"event": {"sample_rate": 5.0}},
+        {"event": {"sample_rate": 0.0}},
+        {"event": {"steps": -3}},
+    ],
+)
+def test_a_status_the_mirror_could_not_compute_with_is_refused(bad: dict[str, Any]) -> None:
+    """Well typed but out of the ledger's range (LedgerEvent, PrivacyLedger): refused as a
+    reply, where the server's mirror would otherwise raise and end the run."""
+    status = {**STATUS, "plan": PLAN}
+    ledger = {**STATUS["ledger"], "events": [GOOD_EVENT]}
+    status_content({**status, "ledger": ledger})  # the valid one passes
+    if "event" in bad:
+        ledger = {**ledger, "events": [{**GOOD_EVENT, **bad["event"]}]}
+    elif "ledger" in bad:
+        ledger = {**ledger, **bad["ledger"]}
+    else:
+        status = {**status, **bad}
+    with pytest.raises(ReplySchemaError):
+        status_content({**status, "ledger": ledger})
+    record = ConfigRecord({p.STATUS_JSON: json.dumps({**status, "ledger": ledger})})
+    with pytest.raises(ReplySchemaError):  # and as the server reads it
+        parse_status(RecordDict({p.CONFIG: record}))
+
+
+def test_a_reply_that_cannot_be_read_is_a_schema_error_not_a_crash() -> None:
+    """Whatever a malformed reply makes a parser raise is a ReplySchemaError: the server
+    rejects that one reply and the run goes on."""
+    nested = ConfigRecord({p.STATUS_JSON: "[" * 5000})  # deeper than the JSON parser goes
+    with pytest.raises(ReplySchemaError, match="RecursionError"):
+        parse_status(RecordDict({p.CONFIG: nested}))
+    with pytest.raises(ReplySchemaError):
+        parse_site_status(RecordDict({p.SITE_STATUS: nested}))
+    broken = ConfigRecord({p.STATUS_JSON: "{not json"})
+    with pytest.raises(ReplySchemaError, match="JSONDecodeError"):
+        parse_status(RecordDict({p.CONFIG: broken}))
+    # records of the wrong type under allowed names
+    reply = train_reply_content(
+        _arrays(), EXPECTED, weight=1.0, epsilon=2.0, event=EVENT, weighting="equal"
+    )
+    with_site_status(reply, STATUS)
+    reply[p.ARRAYS] = ConfigRecord({"head.weight": 1.0})
+    with pytest.raises(ReplySchemaError, match="parse_train_reply"):
+        parse_train_reply(reply, EXPECTED, "equal")
+    pixels, labels = np.zeros((2, 8, 8), np.uint8), np.array([0, 1], np.int64)
+    provenance = {
+        "generator": "mcgan",
+        "dp": False,
+        "epsilon": None,
+        "delta": None,
+        "formal_guarantee": False,
+        "note": "no DP",
+        "memorisation_check": "filtered",
+        "noise": None,
+        "image_size": 8,
+    }
+    synthetic = with_site_status(synthetic_reply_content(pixels, labels, provenance, 2), STATUS)
+    for text in ("{not json", "[" * 5000, "[1, 2]"):
+        synthetic[p.PROVENANCE] = ConfigRecord({p.STATUS_JSON: text})
+        with pytest.raises(ReplySchemaError):
+            parse_synthetic_reply(synthetic, 2, 8)
 
 
 def test_work_replies_carry_the_site_status_allow_listed_as_a_status_reply() -> None:
