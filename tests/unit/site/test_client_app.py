@@ -215,8 +215,10 @@ def test_a_base_model_that_does_not_match_its_fingerprint_is_refused_before_any_
     )
     assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
     shape_broken = {k: v[:1] if v.ndim else v for k, v in base.items()}  # another model's
-    reply = _ask(
-        context, p.EVALUATE, _train_content(trainable, state_fingerprint(base), base=shape_broken)
+    reply = _ask(  # its own fingerprint: refused when it does not load into the site's model
+        context,
+        p.EVALUATE,
+        _train_content(trainable, state_fingerprint(shape_broken), base=shape_broken),
     )
     assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
     events = parse_status(_ask(context, p.STATUS, RecordDict()).content)["ledger"]["events"]
@@ -231,6 +233,12 @@ def test_a_base_model_that_does_not_match_its_fingerprint_is_refused_before_any_
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     assert "auroc" in parse_evaluate_reply(reply.content)
     assert parse_site_status(reply.content)["ledger"]["non_dp_uses"]  # the scores' use, recorded
+    # checked before it replaces anything: a tampered model leaves the one held in place
+    sha = state_fingerprint(base)
+    reply = _ask(context, p.EVALUATE, _train_content(trainable, sha, base=tampered))
+    assert reply.has_error() and reply.error.code == p.ErrorCode.BASE_MODEL
+    reply = _ask(context, p.EVALUATE, _train_content(trainable, sha))  # no model brought
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
 
 
 def test_client_level_clipping_clips_a_round_that_brings_the_base_model(site) -> None:  # type: ignore[no-untyped-def]
