@@ -39,6 +39,17 @@ EVENT = {
 }
 
 STATUS = site_status()
+PROVENANCE = {  # of 8 px patches from an MCGAN without DP, checked for memorisation
+    "generator": "mcgan",
+    "dp": False,
+    "epsilon": None,
+    "delta": None,
+    "formal_guarantee": False,
+    "note": "no DP",
+    "memorisation_check": "filtered",
+    "noise": None,
+    "image_size": 8,
+}
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -123,17 +134,7 @@ def test_extra_metrics_are_refused() -> None:
 def test_synthetic_patches_must_be_checked_uint8_and_labelled() -> None:
     pixels = np.zeros((5, 8, 8), np.uint8)
     labels = np.array([1, 0, 1, 0, 1], np.int64)
-    provenance = {
-        "generator": "mcgan",
-        "dp": False,
-        "epsilon": None,
-        "delta": None,
-        "formal_guarantee": False,
-        "note": "no DP",
-        "memorisation_check": "filtered",
-        "noise": None,
-        "image_size": 8,
-    }
+    provenance = dict(PROVENANCE)
     content = with_site_status(synthetic_reply_content(pixels, labels, provenance, 5), STATUS)
     got, got_labels, got_provenance = parse_synthetic_reply(content, 5, 8)
     assert got.shape == (5, 8, 8) and got_provenance == provenance
@@ -244,17 +245,7 @@ def test_a_reply_that_cannot_be_read_is_a_schema_error_not_a_crash() -> None:
     with pytest.raises(ReplySchemaError, match="parse_train_reply"):
         parse_train_reply(reply, EXPECTED, "equal")
     pixels, labels = np.zeros((2, 8, 8), np.uint8), np.array([0, 1], np.int64)
-    provenance = {
-        "generator": "mcgan",
-        "dp": False,
-        "epsilon": None,
-        "delta": None,
-        "formal_guarantee": False,
-        "note": "no DP",
-        "memorisation_check": "filtered",
-        "noise": None,
-        "image_size": 8,
-    }
+    provenance = dict(PROVENANCE)
     synthetic = with_site_status(synthetic_reply_content(pixels, labels, provenance, 2), STATUS)
     for text in ("{not json", "[" * 5000, "[1, 2]"):
         synthetic[p.PROVENANCE] = ConfigRecord({p.STATUS_JSON: text})
