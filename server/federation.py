@@ -157,6 +157,7 @@ class Federation:
                 continue
             try:
                 status = parse_status(reply.content)
+                self.mirror.check_computable(status)
             except ReplySchemaError as error:  # one site's bad reply must not end the run
                 log.warning("%s: status reply rejected: %s", self.site_of(reply), error)
                 if at_start:
@@ -173,10 +174,16 @@ class Federation:
                 online = set(self.grid.get_node_ids())
                 if any(n in online for n in others):
                     ids = ", ".join(str(n) for n in sorted([*others, node]))
-                    raise ConfigError(
+                    clash = (
                         f"two SuperNodes (node ids {ids}; `flwr supernode list` shows them) "
                         f"both claim to be site {name!r}: each site needs its own site-name"
                     )
+                    if at_start:
+                        raise ConfigError(clash)
+                    # mid-run (e.g. a SuperNode restarted under a new key before the old node
+                    # id went offline): that reply is rejected, the run goes on
+                    log.warning("%s; the new node is not admitted", clash)
+                    continue
                 for old in others:  # the site came back under a new node id (a new key)
                     del self.sites[old]
                     if old in self.stale:
@@ -201,6 +208,7 @@ class Federation:
         site = self.site_of(reply)
         if status["site"] != site:
             raise ReplySchemaError(f"{site}'s reply carries the status of {status['site']!r}")
+        self.mirror.check_computable(status)
         return status
 
     def adopt_reply_status(
@@ -636,9 +644,7 @@ class Federation:
             return
         online = set(self.grid.get_node_ids())
         trained = set(pending["trained"])
-        chosen = [
-            n for n in nodes if n in online and n not in self.stale and self.sites.get(n) in trained
-        ]
+        chosen = [n for n in nodes if n in online and self.sites.get(n) in trained]
         if chosen:
             pending["sites"] = self.site_metrics(chosen, state)
             save_checkpoint(self.run_dir, state)

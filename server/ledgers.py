@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from common.federated.protocol import ReplySchemaError
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
 
 
@@ -81,21 +82,25 @@ class MirroredLedgers:
     def __init__(self) -> None:
         self.sites: dict[str, SiteMirror] = {}
 
+    @staticmethod
+    def check_computable(status: dict[str, Any]) -> None:
+        """ReplySchemaError when the server could not compute with a (schema-checked) status:
+        an epsilon its accountant cannot evaluate (e.g. sigma 1e-300, 10**400 steps) would
+        otherwise raise in the middle of the run."""
+        mirror = _mirror_of(status)
+        try:
+            mirror.epsilon()
+            mirror.next_round_fits()
+        except Exception as error:  # whatever the accountant raises on such numbers
+            raise ReplySchemaError(
+                f"status: its spending cannot be computed ({type(error).__name__}: {error})"
+            ) from error
+
     def adopt_status(self, status: dict[str, Any]) -> None:
         """Take a site's reported ledger (start or resume); refuse a site that lost history."""
-        name, ledger = status["site"], status["ledger"]
+        name = status["site"]
         known = self.sites.get(name)
-        mirror = SiteMirror(
-            site=name,
-            budget=float(status["budget"]),
-            delta=float(ledger["delta"]),
-            unit=str(ledger["unit"]),
-            accountant=str(ledger["accountant"]),
-            events=[_normal(e) for e in ledger["events"]],
-            non_dp_uses=[dict(u) for u in ledger["non_dp_uses"]],
-            synthetic_guarantee=str(status["synthetic_guarantee"]),
-            plan=status["plan"],
-        )
+        mirror = _mirror_of(status)
         if known is not None:
             mirror.epsilon_after_round = known.epsilon_after_round
             mirror.excluded = "" if known.excluded in TRANSIENT else known.excluded
@@ -178,6 +183,21 @@ class MirroredLedgers:
                 "unplanned_rounds": mirror.unplanned_rounds,
             }
         return sites
+
+
+def _mirror_of(status: dict[str, Any]) -> SiteMirror:
+    ledger = status["ledger"]
+    return SiteMirror(
+        site=status["site"],
+        budget=float(status["budget"]),
+        delta=float(ledger["delta"]),
+        unit=str(ledger["unit"]),
+        accountant=str(ledger["accountant"]),
+        events=[_normal(e) for e in ledger["events"]],
+        non_dp_uses=[dict(u) for u in ledger["non_dp_uses"]],
+        synthetic_guarantee=str(status["synthetic_guarantee"]),
+        plan=status["plan"],
+    )
 
 
 def _normal(event: dict[str, Any]) -> dict[str, Any]:

@@ -129,16 +129,24 @@ def check_trainable(
 
 
 def check_event(event: Mapping[str, Any]) -> None:
+    """A train reply's round: a settled DP-SGD event, typed as the ledger keeps it (never
+    coerced: a string sigma would pass float() here and fail in the server's mirror)."""
     check_keys("ledger event", event, EVENT_KEYS, EVENT_KEYS)
     _require(event["kind"] == "dp-sgd" and event["status"] == "settled", "a settled dp-sgd event")
-    _require(int(event["steps"]) >= 0 and 0 < float(event["sample_rate"]) <= 1, "event values")
-    _require(float(event["noise_multiplier"]) > 0, "event noise multiplier must be > 0")
+    _require(
+        _mechanism(event["noise_multiplier"], event["sample_rate"], event["steps"]),
+        "ledger event: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps >= 0",
+    )
+    _require(_whole(event["round"]), "ledger event: round must be whole")
 
 
 def check_train_metrics(metrics: Mapping[str, float], weighting: str) -> None:
     check_keys("train metrics", metrics, TRAIN_METRICS, TRAIN_METRICS)
     if weighting == "equal":  # an exact N may only leave a site that opted in
         _require(metrics[WEIGHT] == 1.0, "equal weighting: aggregation-weight must be 1.0")
+    # FedAvg divides by the weights' sum: a zero, negative or infinite weight breaks it
+    weight = float(metrics[WEIGHT])
+    _require(math.isfinite(weight) and weight >= 1, "aggregation-weight must be >= 1")
     _require(math.isfinite(float(metrics["epsilon"])), "epsilon must be finite")
 
 

@@ -17,6 +17,7 @@ import torch
 from flwr.app import Message, RecordDict
 
 from common.config.compose import compose_federated_config
+from common.errors import ConfigError
 from common.federated import protocol as p
 from common.fl_records import (
     error_reply,
@@ -288,3 +289,35 @@ def test_the_base_model_code_counts_only_from_a_node_that_was_sent_the_model(
     for site in ("site-a", "site-c"):
         assert [e["round"] for e in mirror[site].unconfirmed] == [1], site
     assert server.stale == {1, 3}
+
+
+@pytest.mark.parametrize(
+    "extreme",
+    [{"noise_multiplier": 1e-300}, {"steps": 10**400}, {"noise_multiplier": 1e300}],
+)
+def test_a_status_whose_spending_cannot_be_computed_is_rejected_not_fatal(
+    server: ScriptedFederation, extreme: dict[str, Any]
+) -> None:
+    """In the ledger's ranges but beyond what the accountant computes: rejected as a reply
+    (the mirror would otherwise raise in the middle of the run)."""
+    event = {"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 2, "kind": "dp-sgd"}
+    event |= {"round": 1, "status": "settled", **extreme}
+    status = _status("site-c")
+    status["ledger"] = {**status["ledger"], "events": [event]}
+    server.owes_status.add(3)
+    server.answer = lambda m: Message(status_content(status), reply_to=m)
+    assert server.query_status([3], at_start=False) == []
+    assert server.owes_status == {3} and server.mirror.sites["site-c"].events == []
+    assert server.mirror.selectable() == ["site-a", "site-b", "site-c"]  # still computes
+
+
+def test_a_new_node_naming_an_online_site_mid_run_is_not_admitted(
+    server: ScriptedFederation,
+) -> None:
+    """Two SuperNodes as one site stop a run at its start; mid-run (a SuperNode restarted
+    under a new key before its old node id went offline) that reply is rejected instead."""
+    server.answer = lambda m: Message(status_content(_status("site-a")), reply_to=m)
+    assert server.query_status([4], at_start=False) == []
+    assert server.sites == SITES
+    with pytest.raises(ConfigError, match="both claim to be site 'site-a'"):
+        server.query_status([4], at_start=True)

@@ -277,3 +277,18 @@ def test_work_replies_carry_the_site_status_allow_listed_as_a_status_reply() -> 
     evaluate["extra"] = ConfigRecord({"patients": 41})
     with pytest.raises(ReplySchemaError, match="not allowed"):
         parse_evaluate_reply(evaluate)
+
+
+def test_a_train_reply_is_typed_as_the_ledger_keeps_it_and_weighted_at_least_one() -> None:
+    """Never coerced: a string sigma passed float() here and raised in the server's mirror;
+    a zero, negative or infinite weight breaks FedAvg's division by the weights' sum."""
+    event = {k: EVENT[k] for k in p.EVENT_KEYS}  # as a train reply flattens it
+    for bad in ({"noise_multiplier": "2"}, {"steps": 10.0}, {"round": "1"}, {"sample_rate": 2.0}):
+        with pytest.raises(ReplySchemaError):
+            p.check_event({**event, **bad})
+    p.check_event(event)
+    for weight in (0.0, -1.0, float("inf"), float("nan")):
+        metrics = {p.WEIGHT: weight, "epsilon": 1.0}
+        with pytest.raises(ReplySchemaError, match="aggregation-weight"):
+            p.check_train_metrics(metrics, "examples")
+    p.check_train_metrics({p.WEIGHT: 73.0, "epsilon": 1.0}, "examples")
