@@ -65,7 +65,6 @@ def parse_status(content: RecordDict) -> dict[str, Any]:
     return _parse_status_record(content.config_records[p.CONFIG])
 
 
-@_reads_a_reply
 def _parse_status_record(record: ConfigRecord) -> dict[str, Any]:
     status = json.loads(str(record[p.STATUS_JSON]))
     if not isinstance(status, dict):

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from common.config.schema import ACCOUNTANTS
-from common.errors import MammoflError
-from common.privacy.ledger import EVENT_KINDS, STATUSES, UNITS
+from common.errors import MammoflError, PrivacyError
+from common.privacy.ledger import UNITS, LedgerEvent
 
 # message types (Flower's "<category>.<action>")
 STATUS = "query.status"
@@ -133,11 +133,8 @@ def check_event(event: Mapping[str, Any]) -> None:
     coerced: a string sigma would pass float() here and fail in the server's mirror)."""
     check_keys("ledger event", event, EVENT_KEYS, EVENT_KEYS)
     _require(event["kind"] == "dp-sgd" and event["status"] == "settled", "a settled dp-sgd event")
-    _require(
-        _mechanism(event["noise_multiplier"], event["sample_rate"], event["steps"]),
-        "ledger event: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps >= 0",
-    )
     _require(_whole(event["round"]), "ledger event: round must be whole")
+    _check_ledger_event("ledger event", event)
 
 
 def check_train_metrics(metrics: Mapping[str, float], weighting: str) -> None:
@@ -196,17 +193,16 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_TEXT
 
 
-def _mechanism(noise_multiplier: Any, sample_rate: Any, steps: Any) -> bool:
-    """A subsampled Gaussian mechanism the accountant can compose (the ledger's own rule,
-    `LedgerEvent`): sigma > 0, 0 < q <= 1, a whole number of steps >= 0."""
-    return (
-        _number(noise_multiplier)
-        and noise_multiplier > 0
-        and _number(sample_rate)
-        and 0 < sample_rate <= 1
-        and _whole(steps)
-        and steps >= 0
-    )
+def _check_ledger_event(what: str, fields: Mapping[str, Any]) -> None:
+    """Typed as the ledger keeps it (never coerced), then the ledger's own rules
+    (`LedgerEvent`: sigma > 0, 0 < q <= 1, steps >= 0, a known kind and status)."""
+    sigma, q, steps = fields["noise_multiplier"], fields["sample_rate"], fields["steps"]
+    _require(_number(sigma) and _number(q) and _whole(steps), f"{what}: sigma, q, whole steps")
+    rules = {k: fields[k] for k in ("kind", "status") if k in fields}
+    try:
+        LedgerEvent(noise_multiplier=sigma, sample_rate=q, steps=steps, **rules)
+    except PrivacyError as error:
+        raise ReplySchemaError(f"{what}: {error}") from error
 
 
 def _delta(value: Any) -> bool:
@@ -229,10 +225,7 @@ def check_status(status: Mapping[str, Any]) -> None:
     if plan is not None:
         _require(isinstance(plan, Mapping), "status: plan must be an object or null")
         check_keys("plan", plan, PLAN_KEYS, PLAN_KEYS)
-        _require(
-            _mechanism(plan["noise_multiplier"], plan["sample_rate"], plan["steps_per_round"]),
-            "plan: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps_per_round >= 0",
-        )
+        _check_ledger_event("plan", {**plan, "steps": plan["steps_per_round"]})
     ledger = status["ledger"]
     _require(isinstance(ledger, Mapping), "status: ledger must be an object")
     check_keys("ledger", ledger, LEDGER_KEYS, LEDGER_KEYS)
@@ -244,14 +237,10 @@ def check_status(status: Mapping[str, Any]) -> None:
     for event in ledger["events"]:
         _require(isinstance(event, Mapping), "ledger event: not an object")
         check_keys("ledger event", event, EVENT_KEYS | {"label"}, EVENT_KEYS)
-        _require(
-            _mechanism(event["noise_multiplier"], event["sample_rate"], event["steps"]),
-            "ledger event: noise_multiplier > 0, 0 < sample_rate <= 1, whole steps >= 0",
-        )
         _require(event["round"] is None or _whole(event["round"]), "ledger event: round")
-        _require(event["kind"] in EVENT_KINDS, f"ledger event: kind one of {EVENT_KINDS}")
-        _require(event["status"] in STATUSES, f"ledger event: status one of {STATUSES}")
-        _require(_text(event.get("label", "")), "ledger event: label must be a short string")
+        for key in ("kind", "status", "label"):
+            _require(_text(event.get(key, "")), f"ledger event: {key} must be a short string")
+        _check_ledger_event("ledger event", event)
     for use in ledger["non_dp_uses"]:
         _require(isinstance(use, Mapping), "non-DP use: not an object")
         check_keys("non-DP use", use, NON_DP_USE_KEYS, NON_DP_USE_KEYS)
