@@ -68,24 +68,55 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     )
 
 
+# Past this RDP bound the ledger reports RDP's epsilon without running PRV: no guarantee means
+# anything there, and PRV's grid grows with epsilon (opacus 1.5: minutes, then inf, near 5000).
+PRV_ABOVE_RDP_SKIPPED = 100.0
+
+
+def merged_history(events: list[LedgerEvent]) -> tuple[tuple[float, float, int], ...]:
+    """(sigma, q, steps) per distinct mechanism, steps summed, in first-seen order.
+
+    Exact: composition is commutative, so k events of one (sigma, q) compose as one event of
+    their summed steps. A federated ledger holds one event per round at its site's planned
+    (sigma, q); unmerged, PRV convolves each one (36 s at 50 rounds, 96 s at 200, on 2 CPU
+    cores) instead of once.
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for e in events:
+        if e.steps > 0:
+            key = (e.noise_multiplier, e.sample_rate)
+            steps[key] = steps.get(key, 0) + e.steps
+    return tuple((sigma, q, n) for (sigma, q), n in steps.items())
+
+
 def epsilon_of(events: list[LedgerEvent], delta: float, accountant: str = "rdp") -> float:
     """Epsilon of the composition of all events (0 when nothing was spent).
 
     RDP: opacus' RDP accountant's arithmetic (RDP adds over steps and events, then the
     conversion to (epsilon, delta) at the best of its default orders), with per-step values
-    cached. PRV: opacus' PRV accountant on the whole history.
+    cached. PRV: the smaller of opacus' PRV accountant's upper bound and the RDP bound (both
+    valid upper bounds, so their minimum is one); the RDP bound alone past
+    `PRV_ABOVE_RDP_SKIPPED`, or where PRV runs out of memory.
     """
-    history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in events if e.steps > 0]
+    history = merged_history(events)
     if not history:
         return 0.0
-    if accountant == "rdp":
-        total = sum(steps * np.array(_rdp_per_step(sigma, q)) for sigma, q, steps in history)
-        with largest_order_quiet():
-            epsilon, _ = opacus_rdp().get_privacy_spent(
-                orders=list(DEFAULT_ORDERS), rdp=total, delta=delta
-            )
-        return float(epsilon)
-    return _accountant_epsilon(tuple(history), delta, accountant)
+    rdp_bound = _rdp_epsilon(history, delta)
+    if accountant == "rdp" or rdp_bound > PRV_ABOVE_RDP_SKIPPED:
+        return rdp_bound
+    try:
+        return min(_accountant_epsilon(history, delta, accountant), rdp_bound)
+    except MemoryError:
+        return rdp_bound
+
+
+def _rdp_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    total = sum(steps * np.array(_rdp_per_step(sigma, q)) for sigma, q, steps in history)
+    with largest_order_quiet():
+        epsilon, _ = opacus_rdp().get_privacy_spent(
+            orders=list(DEFAULT_ORDERS), rdp=total, delta=delta
+        )
+    return float(epsilon)
 
 
 @lru_cache(maxsize=4096)

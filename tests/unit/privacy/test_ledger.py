@@ -1,3 +1,5 @@
+import math
+
 import pytest
 from opacus.accountants import RDPAccountant
 
@@ -197,3 +199,57 @@ def test_an_unused_ledger_takes_the_rules_of_the_first_run_that_spends(tmp_path)
     store.save(spent)
     with pytest.raises(PrivacyError, match="delta, accountant, unit"):
         store.load(delta=1e-5, accountant="rdp", unit="patch")
+
+
+def test_a_federated_ledger_of_many_rounds_is_accounted_as_one_mechanism() -> None:
+    """One event per round at the site's planned (sigma, q): composing k of them is composing
+    their summed steps (exact), so PRV convolves once, not once per round (96 s at 200 rounds
+    unmerged on 2 cores)."""
+    from common.privacy.ledger import _accountant_epsilon, epsilon_of, merged_history
+
+    rounds = [
+        LedgerEvent(noise_multiplier=1.3, sample_rate=0.05, steps=20, round=r) for r in range(200)
+    ]
+    other = LedgerEvent(noise_multiplier=2.0, sample_rate=0.05, steps=7, kind="dp-gan")
+    history = merged_history([rounds[0], other, *rounds[1:]])
+    assert history == ((1.3, 0.05, 4000), (2.0, 0.05, 7))
+    whole = [LedgerEvent(noise_multiplier=1.3, sample_rate=0.05, steps=4000), other]
+    before = _accountant_epsilon.cache_info().misses
+    assert epsilon_of([rounds[0], other, *rounds[1:]], 1e-5, "prv") == epsilon_of(
+        whole, 1e-5, "prv"
+    )
+    assert _accountant_epsilon.cache_info().misses <= before + 1  # one PRV run for both
+    assert epsilon_of(rounds, 1e-5, "rdp") == pytest.approx(
+        epsilon_of(whole[:1], 1e-5, "rdp"), rel=1e-12
+    )
+
+
+def test_prv_past_any_meaningful_epsilon_reports_the_rdp_bound_without_running_prv() -> None:
+    """sigma 0.3 at q 1 for 1000 steps: opacus' PRV runs minutes and returns inf; the ledger
+    reports the RDP bound (a valid upper bound, far past every budget) at once."""
+    from common.privacy.ledger import PRV_ABOVE_RDP_SKIPPED, _accountant_epsilon, epsilon_of
+
+    extreme = [LedgerEvent(noise_multiplier=0.3, sample_rate=1.0, steps=1000)]
+    before = _accountant_epsilon.cache_info().misses
+    rdp = epsilon_of(extreme, 1e-5, "rdp")
+    assert math.isfinite(rdp) and rdp > PRV_ABOVE_RDP_SKIPPED
+    assert epsilon_of(extreme, 1e-5, "prv") == rdp
+    assert _accountant_epsilon.cache_info().misses == before
+
+
+def test_prv_is_never_looser_than_the_rdp_bound_and_falls_back_to_it_out_of_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import common.privacy.ledger as ledger_module
+
+    events = [LedgerEvent(noise_multiplier=1.1, sample_rate=0.1, steps=300)]
+    rdp = ledger_module.epsilon_of(events, 1e-5, "rdp")
+    assert ledger_module.epsilon_of(events, 1e-5, "prv") < rdp  # PRV is the tighter here
+
+    def out_of_memory(*_: object) -> float:
+        raise MemoryError
+
+    monkeypatch.setattr(ledger_module, "_accountant_epsilon", out_of_memory)
+    assert ledger_module.epsilon_of(events, 1e-5, "prv") == rdp
+    monkeypatch.setattr(ledger_module, "_accountant_epsilon", lambda *_: rdp + 1.0)
+    assert ledger_module.epsilon_of(events, 1e-5, "prv") == rdp
