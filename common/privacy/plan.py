@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from common.errors import ConfigError, PrivacyError
-from common.privacy.ledger import LedgerEvent, epsilon_of
+from common.privacy.ledger import PRV_ABOVE_RDP_SKIPPED, LedgerEvent, epsilon_of
 from common.privacy.rdp_analysis import largest_order_quiet
 
 
@@ -138,12 +138,20 @@ def noise_multiplier_for(
     tolerance: float = 0.01,
 ) -> float:
     """Smallest sigma (within `tolerance` in epsilon) such that prior + (sigma, q, steps) spends
-    at most `target_epsilon`. Without prior events this is opacus' `get_noise_multiplier`."""
+    at most `target_epsilon` by the ledger's own accounting (`epsilon_of`). Without prior events
+    this is opacus' `get_noise_multiplier` where the ledger agrees with it (not under `prv` past
+    `PRV_ABOVE_RDP_SKIPPED`, where the ledger counts RDP's figure: sigma is then sized by it)."""
     prior = [e for e in prior_events if e.steps > 0]
     if not prior:
-        return _opacus_noise_multiplier(
-            target_epsilon, delta, sample_rate, steps, accountant, tolerance
+        # past the threshold the ledger's figure under prv is RDP's: size sigma by RDP (PRV's
+        # search there visits sigmas whose grid takes minutes)
+        searched = "rdp" if target_epsilon > PRV_ABOVE_RDP_SKIPPED else accountant
+        sigma = _opacus_noise_multiplier(
+            target_epsilon, delta, sample_rate, steps, searched, tolerance
         )
+        planned = LedgerEvent(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        if epsilon_of([planned], delta, accountant) <= target_epsilon * (1 + 1e-9):
+            return sigma
     already = epsilon_of(list(prior), delta, accountant)
     if already >= target_epsilon:
         raise PrivacyError(
