@@ -48,7 +48,7 @@ from server.client_dp import ClientLevelDP
 from server.exchange import send_and_collect
 from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
 from server.outputs import write_outputs
-from server.pretrain import pool_synthetic, pretrain
+from server.pretrain import pool_synthetic, pretrain, synthetic_summary
 from server.strategy import EligibleNodes, build_strategy, load_strategy_state, strategy_state
 
 log = logging.getLogger("mammofl.server")
@@ -246,6 +246,7 @@ class Federation:
                 synthetic = parse_synthetic_reply(reply.content, count, size)
                 self.adopt_reply_status(reply, self.reply_status(reply))  # now with its GAN
                 sets[self.site_of(reply)] = synthetic
+                log.info("%s: %s", self.site_of(reply), synthetic_summary(synthetic))
             except ReplySchemaError as error:
                 log.warning("%s: synthetic reply rejected: %s", self.site_of(reply), error)
         if not sets:

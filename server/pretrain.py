@@ -26,6 +26,22 @@ class SyntheticPool:
     provenance: dict[str, dict[str, Any]]  # per site
 
 
+def synthetic_summary(synthetic: tuple[np.ndarray, np.ndarray, dict[str, Any]]) -> str:
+    """One log line for a site's accepted synthetic set: what the README promises happened at
+    the site (an MCGAN trained there, its patches memorisation-checked or covered by DP).
+    Formats what the site sent as it is: a provenance field of an unexpected type is printed,
+    never a crash of the run."""
+    pixels, _, provenance = synthetic
+    if provenance.get("dp") is True:
+        privacy = f"DP-MCGAN, epsilon {provenance.get('epsilon')!s:.8}"
+    else:
+        privacy = "MCGAN without DP"
+    return (
+        f"{len(pixels)} synthetic patches from its {privacy}; memorisation check: "
+        f"{provenance.get('memorisation_check')!s:.80}"
+    )
+
+
 def pool_synthetic(
     sets: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]],
 ) -> SyntheticPool:

@@ -151,6 +151,14 @@ def run_federate(
     arms: dict[str, Path] = {"main": config.run_path}
     if not stopped:
         arms.update(run_comparison_arms(config, overrides, verbose))
+    elif config.simulation.compare:
+        log.info(
+            "comparison arms (%s): not run, the main arm stopped after round %d of %d; they "
+            "run when it is resumed (federation.resume=true)",
+            ", ".join(config.simulation.compare),
+            config.federation.stop_after_round,
+            config.federation.rounds,
+        )
     timings["arms"] = time.time() - started - sum(timings.values())
     table = comparison_table(config, arms, timings)
     summary = config.run_path / "summary.md"

@@ -4,6 +4,7 @@ every output, the per-round budget, resume, and a run extended beyond the sites'
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,19 @@ def test_final_model_loads_in_mammofl_evaluate(full_run: Path, tiny_workspace: P
     )
 
 
-def test_stopped_and_resumed_equals_uninterrupted(full_run: Path, tiny_workspace: Path) -> None:
+def test_stopped_and_resumed_equals_uninterrupted(
+    full_run: Path, tiny_workspace: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     run_dir = tiny_workspace / "runs" / "resumed"
     compare = "simulation.compare=[]"
-    _federate(tiny_workspace, run_dir, compare, "federation.stop_after_round=2")
+    with caplog.at_level(logging.INFO, logger="mammofl.federate"):
+        # the preset's comparison arms: a stopped main arm says they wait for its resume
+        arms = _federate(tiny_workspace, run_dir, "federation.stop_after_round=2")["arms"]
+    assert list(arms) == ["main"]
+    assert (
+        "comparison arms (no_synpre, site_alone): not run, the main arm stopped after round 2 "
+        "of 3; they run when it is resumed (federation.resume=true)"
+    ) in caplog.text
     stopped = _read(run_dir / "result.json")
     assert stopped["rounds_completed"] == 2 and stopped["stopped_after_round"] == 2
     _federate(tiny_workspace, run_dir, compare, "federation.resume=true")
