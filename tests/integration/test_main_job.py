@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.job_processes import JobProcesses
 
 PROJECT = Path(__file__).resolve().parents[2]
 OUTPUTS = (
@@ -34,13 +36,9 @@ def test_readme_starts_with_the_two_commands() -> None:
 @pytest.mark.slow
 def test_main_job_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "federated"
-    done = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "federate", f"out_dir={out}"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    job = JobProcesses(str(tmp_path))
+    args = [sys.executable, "-m", "simulations.cli", "federate", f"out_dir={out}"]
+    done = job.run(args, PROJECT, tmp_path / "logs", 1200, dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]
     for name in OUTPUTS:
         assert (out / name).is_file(), name
@@ -54,5 +52,4 @@ def test_main_job_end_to_end(tmp_path: Path) -> None:
         assert site["epsilon_dp_sgd"] <= site["budget"]
     for arm in ("SynPre + DP rounds", "DP rounds, no SynPre", "site-a alone"):
         assert arm in done.stdout
-    left = subprocess.run(["pgrep", "-f", "ray::"], capture_output=True, text=True)
-    assert left.stdout.strip() == ""  # nothing left running
+    assert job.wait_until_gone(10) == []  # nothing left running (Ray's processes included)

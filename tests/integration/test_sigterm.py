@@ -23,6 +23,7 @@ import torch
 
 from common.runs.termination import Terminated, note_saved, sigterm_raises
 from simulations import cli
+from tests.job_processes import JobProcesses
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY_CELL = [
@@ -113,22 +114,31 @@ def test_an_interrupted_loopback_names_its_run_dir_once_it_holds_a_federation(
         assert "interrupted; no partial result was written (a rerun starts again)" in err
 
 
-def _start(args: list[str], logs: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], logs: Path, env: dict[str, str], job: JobProcesses | None = None
+) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
     return subprocess.Popen(
         [sys.executable, "-m", "simulations.cli", *args],
         cwd=PROJECT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        env=job.env(full_env) if job else full_env,
         stdout=(logs / "stdout").open("wb"),
         stderr=(logs / "stderr").open("wb"),
     )
 
 
 def _wait_until(
-    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 240
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float = 240,
+    job: JobProcesses | None = None,
 ) -> None:
+    """Poll `ready` until it holds; `job` records the process tree meanwhile."""
     deadline = time.monotonic() + timeout
     while not ready():
+        if job is not None:
+            job.record(process.pid)
         if process.poll() is not None:
             pytest.fail(f"the job ended ({process.returncode}) before it could be interrupted")
         if time.monotonic() > deadline:
@@ -220,16 +230,18 @@ def test_federate_stops_mid_round_with_its_state_intact(tmp_path: Path) -> None:
     the simulation and its Ray processes, and leaves the server and site states loadable."""
     out = tmp_path / "federated"
     logs = tmp_path / "logs"
-    process = _start(["federate", "experiment=federated/tiny", f"out_dir={out}"], logs, {})
-    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), timeout=400)
+    job = JobProcesses(str(tmp_path))
+    process = _start(["federate", "experiment=federated/tiny", f"out_dir={out}"], logs, {}, job)
+    started = lambda: "round 1:" in (logs / "stderr").read_text()  # noqa: E731
+    _wait_until(process, started, timeout=400, job=job)
+    job.record(process.pid)
     err = _terminate(process, logs)
     assert f"mammofl federate: stopped by SIGTERM; state saved in {out} (" in err
     assert torch.load(out / "server" / "checkpoint.pt", weights_only=False)["round"] == 0
     for ledger in (out / "sites").glob("*/state/ledger.json"):
         json.loads(ledger.read_text())
     _no_temporary_files(out)
-    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True)
-    assert left.stdout.strip() == b""
+    assert job.wait_until_gone(10) == [], "Ray processes outlived the stopped job"
 
 
 @pytest.mark.slow
@@ -241,15 +253,18 @@ def test_federate_stops_on_one_ctrl_c(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir(parents=True)
     args = ["federate", "experiment=federated/tiny", f"out_dir={out}"]
+    job = JobProcesses(str(tmp_path))
     process = subprocess.Popen(
         [sys.executable, "-m", "simulations.cli", *args],
         cwd=PROJECT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=job.env({**os.environ, "HF_HUB_OFFLINE": "1"}),
         stdout=(logs / "stdout").open("wb"),
         stderr=(logs / "stderr").open("wb"),
         start_new_session=True,  # its own process group, as a shell's foreground job
     )
-    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), timeout=400)
+    started = lambda: "round 1:" in (logs / "stderr").read_text()  # noqa: E731
+    _wait_until(process, started, timeout=400, job=job)
+    job.record(process.pid)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=60) == 130
     err = (logs / "stderr").read_text(errors="replace")
@@ -258,10 +273,7 @@ def test_federate_stops_on_one_ctrl_c(tmp_path: Path) -> None:
     for ledger in (out / "sites").glob("*/state/ledger.json"):
         json.loads(ledger.read_text())
     _no_temporary_files(out)
-    deadline = time.monotonic() + 15
-    while subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True).stdout:
-        assert time.monotonic() < deadline, "Ray processes outlived the interrupted job"
-        time.sleep(0.5)
+    assert job.wait_until_gone(15) == [], "Ray processes outlived the interrupted job"
 
 
 def test_gan_train_keeps_its_last_epoch_on_ctrl_c(phantom_dir: Path, tmp_path: Path) -> None:
