@@ -10,7 +10,6 @@ Matching names such as `raylet` would also find the jobs of other tests running 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ class JobProcesses:
         self.tag = tag
         self.seen: dict[int, float] = {}  # pid -> creation time (a reused pid is not ours)
 
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """`base` (default: this process's environment) with the job's tag."""
-        return {**(os.environ if base is None else base), TAG_VARIABLE: self.tag}
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """The environment `base` with the job's tag."""
+        return {**base, TAG_VARIABLE: self.tag}
 
     def record(self, root_pid: int) -> None:
         """Remember the process `root_pid` and all its descendants as they are now."""

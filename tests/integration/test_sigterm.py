@@ -134,11 +134,14 @@ def _wait_until(
     timeout: float = 240,
     job: JobProcesses | None = None,
 ) -> None:
-    """Poll `ready` until it holds; `job` records the process tree meanwhile."""
+    """Poll `ready` until it holds; `job` records the process tree at each poll, the last
+    one included."""
     deadline = time.monotonic() + timeout
-    while not ready():
+    while True:
         if job is not None:
             job.record(process.pid)
+        if ready():
+            return
         if process.poll() is not None:
             pytest.fail(f"the job ended ({process.returncode}) before it could be interrupted")
         if time.monotonic() > deadline:
@@ -232,9 +235,7 @@ def test_federate_stops_mid_round_with_its_state_intact(tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     job = JobProcesses(str(tmp_path))
     process = _start(["federate", "experiment=federated/tiny", f"out_dir={out}"], logs, {}, job)
-    started = lambda: "round 1:" in (logs / "stderr").read_text()  # noqa: E731
-    _wait_until(process, started, timeout=400, job=job)
-    job.record(process.pid)
+    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), 400, job)
     err = _terminate(process, logs)
     assert f"mammofl federate: stopped by SIGTERM; state saved in {out} (" in err
     assert torch.load(out / "server" / "checkpoint.pt", weights_only=False)["round"] == 0
@@ -262,9 +263,7 @@ def test_federate_stops_on_one_ctrl_c(tmp_path: Path) -> None:
         stderr=(logs / "stderr").open("wb"),
         start_new_session=True,  # its own process group, as a shell's foreground job
     )
-    started = lambda: "round 1:" in (logs / "stderr").read_text()  # noqa: E731
-    _wait_until(process, started, timeout=400, job=job)
-    job.record(process.pid)
+    _wait_until(process, lambda: "round 1:" in (logs / "stderr").read_text(), 400, job)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=60) == 130
     err = (logs / "stderr").read_text(errors="replace")
