@@ -135,17 +135,20 @@ def follow(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     stream = follower.start_stream()
     pause, ended_polls = (STATUS_EVERY_S, 0) if stream is not None else (BROKEN_POLL_S, None)
+    stream_seen_ended = stream is None
     try:
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None, follower.last
             wait = pause if left is None else min(pause, left)
-            if stream is not None and stream.poll() is None:
-                try:
-                    code: int | None = stream.wait(timeout=wait)
-                except subprocess.TimeoutExpired:
-                    code = None
+            if stream is not None and not stream_seen_ended:
+                # also a stream that ended before the first look (it was taken for one
+                # still streaming, and its exit code never read)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stream.wait(timeout=wait)
+                code = stream.poll()
+                stream_seen_ended = code is not None
                 if code is not None and code != 0:
                     pause, ended_polls = BROKEN_POLL_S, None
                     follower.say(

@@ -111,6 +111,36 @@ def test_a_broken_stream_is_not_taken_for_the_runs_end(
     assert "the log stream ended (flwr log exit 1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("log", ["broken", "ends"])
+def test_a_stream_over_before_the_first_look_is_still_read(
+    fake_flwr: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    log: str,
+) -> None:
+    """The stream's end was read only if it came while being waited on: a `flwr log` that
+    exited first (a loaded machine, CI under pytest-xdist) was taken for one still streaming,
+    so a broken stream was never reported and an ended one never counted."""
+    start = submit_module.Follower.start_stream
+
+    def started_and_over(self: submit_module.Follower) -> object:
+        stream = start(self)
+        assert stream is not None
+        stream.wait()
+        return stream
+
+    monkeypatch.setattr(submit_module.Follower, "start_stream", started_and_over)
+    statuses = ",".join(["running"] * 5 + ["finished:failed"])
+    env = {**fake_flwr, "FAKE_LOG": log, "FAKE_STATUSES": statuses}
+    status, _ = submit_module.follow(7, "consortium", env, timeout_s=30)
+    assert status is not None and status["status"] == "finished:failed"
+    expected = {
+        "broken": "the log stream ended (flwr log exit 1)",
+        "ends": "the log stream ended but run 7 is running",
+    }
+    assert expected[log] in capsys.readouterr().err
+
+
 def test_a_stream_that_ends_before_the_run_is_taken_as_broken(
     fake_flwr: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
