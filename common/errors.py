@@ -13,6 +13,11 @@ class DataError(MammoflError, ValueError):
     """Input data is unusable; the message names the file or field."""
 
 
+class OutputError(MammoflError, RuntimeError):
+    """An output cannot be written (disk full, permissions): the run stops, naming the path;
+    what it wrote before stays whole (writes are atomic)."""
+
+
 class SplitLeakageError(DataError):
     """A patient appears in more than one split."""
 

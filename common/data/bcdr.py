@@ -65,13 +65,28 @@ def read_bcdr_lesions(root: Path) -> tuple[list[Lesion], list[tuple[str, str]]]:
         skipped.extend(table.skipped)
         for csv_row in table.rows:
             row, where = csv_row.values, table.where(csv_row)
-            if row["mammography_nodule"].strip() != "1":
-                continue  # not a mass (calcification, distortion, ...): not for this task
             try:
+                if not is_flag_set(row["mammography_nodule"], "mammography_nodule"):
+                    continue  # not a mass (calcification, distortion, ...): not for this task
                 lesions.append(replace(_lesion(row, csv.parent), origin=where))
             except (DataError, ValueError) as error:
                 skipped.append((where, str(error)))
     return lesions, skipped
+
+
+FLAG_WORDS = {
+    **{word: True for word in ("1", "1.0", "true", "yes", "y")},
+    **{word: False for word in ("0", "0.0", "false", "no", "n", "")},
+}
+
+
+def is_flag_set(value: str, field: str) -> bool:
+    """A 0/1 flag as spreadsheets write it (1, 1.0, TRUE, yes); DataError for anything else,
+    so a row is reported rather than taken for 'not a mass' and dropped."""
+    flag = FLAG_WORDS.get(str(value).strip().lower())
+    if flag is None:
+        raise DataError(f"field {field}: {value!r} is not a 0/1 flag (1, 0, true, false)")
+    return flag
 
 
 def _lesion(row: dict[str, str], folder: Path) -> Lesion:

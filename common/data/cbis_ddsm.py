@@ -16,6 +16,8 @@ Mass-Test / Calc-Training / Calc-Test folders, the per-patient split every paper
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +31,8 @@ from common.data.lesions import Lesion
 from common.data.mammogram_io import image_shape, read_mask
 from common.data.masks import cluster_box, mask_boxes
 from common.errors import DataError
+
+log = logging.getLogger(__name__)
 
 ABNORMALITIES = {"mass": ("mass",), "calc": ("calcification",), "all": ("mass", "calcification")}
 PATHOLOGY = {"MALIGNANT": 1, "BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0}
@@ -90,9 +94,24 @@ def index_dicoms(root: Path) -> tuple[dict[UidKey, list[Path]], list[tuple[str, 
 
 
 def pixel_spacing(path: Path) -> str:
+    """'row,column' mm from PixelSpacing (else ImagerPixelSpacing), or '' when absent. A
+    malformed value (not two positive numbers) is metadata the patch does not need: it is
+    left empty and a warning names the file, rather than losing the lesion."""
     header = read_dicom_header(path)
-    spacing = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
-    return ",".join(str(float(v)) for v in spacing) if spacing else ""
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = header.get(tag)
+            values = [value] if isinstance(value, str | bytes | int | float) else list(value or [])
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError) as error:  # pydicom converts DS values on access
+            value, numbers = f"unreadable ({error})", []
+        if not value:
+            continue
+        if len(numbers) == 2 and all(math.isfinite(n) and n > 0 for n in numbers):
+            return ",".join(str(n) for n in numbers)
+        log.warning("%s: %s %r is not two positive numbers (mm): left empty", path, tag, value)
+        return ""
+    return ""
 
 
 def read_cbis_ddsm(
@@ -122,7 +141,7 @@ def read_cbis_ddsm(
                     )
                 found = row_lesions(row, index, kind, official_split(row, csv))
                 lesions.extend(replace(les, origin=f"{csv}:{line}") for les in found)
-            except DataError as error:
+            except ValueError as error:  # DataError, or a header value pydicom cannot convert
                 skipped.append((f"{csv}:{line}", str(error)))
     return _without_repeated_lesions(lesions, skipped)
 

@@ -10,6 +10,8 @@ High Bit = Bits Stored - 1), one frame (C.7.6.6, multi-frame) and the presentati
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,11 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from common.errors import DataError
 
+# pydicom logs a traceback for each decoder that fails on a file and warns of a file that ends
+# early; mammofl's readers turn every such failure into a DataError naming the file, which the
+# caller reports (prepare: skipped, with the reason, in report.json), so pydicom's own copies
+# would only bury that report (its import set the level; this comes after it)
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 #: DX family SOP classes "For Processing" (PS3.4 B.5): mammography, general DX, intra-oral.
 FOR_PROCESSING_SOP_CLASSES = frozenset(
     {
@@ -61,12 +68,22 @@ def _read(path: Path, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     forced = False
-    with dicom_errors(path, "not a readable DICOM file", "check the download is complete"):
+    with (
+        dicom_errors(path, "not a readable DICOM file", "check the download is complete"),
+        warnings.catch_warnings(record=True) as warned,
+    ):
+        warnings.simplefilter("always")
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:  # no preamble / "DICM" / file meta: a bare dataset
             forced = True
             dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        ended_early = [str(w.message) for w in warned if "End of file" in str(w.message)]
+        if ended_early and not stop_before_pixels:
+            raise DataError(
+                f"{path}: the file ends early ({ended_early[0]}): a truncated download; "
+                "download it again"
+            )
         if forced and not _looks_like_image_dataset(dataset):
             raise DataError(f"{path}: not a DICOM file (no preamble, file meta or image tags)")
         _ensure_transfer_syntax(dataset)

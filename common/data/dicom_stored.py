@@ -37,10 +37,17 @@ def stored_values(dataset: Dataset, path: Path) -> tuple[np.ndarray, str]:
     try:
         decoded = np.asarray(dataset.pixel_array)
     except Exception as error:  # missing codec, truncated data: pydicom raises many types
+        # pydicom 3: a decoder was found and failed on these bytes, or none can run
+        failed = "raised by all available plugins" in str(error)
+        fix = (
+            "the installed decoders all failed on it: the compressed data are damaged, "
+            "download the file again"
+            if failed
+            else "install its decoder (pylibjpeg, gdcm) or re-export the file uncompressed"
+        )
         raise DataError(
             f"{path}: cannot decode pixel data (transfer syntax {transfer_syntax(dataset)}): "
-            f"{type(error).__name__}: {error}; install its decoder (pylibjpeg, gdcm) or "
-            "re-export the file uncompressed"
+            f"{fix} ({type(error).__name__}: {error})"
         ) from error
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if decoded.shape != (rows, columns) or decoded.dtype.kind not in "iu":

@@ -3,7 +3,9 @@
 Fields: `image` (DICOM, PNG, TIFF or PGM; relative to the CSV's folder or absolute), `label`
 (1/0, malignant/benign, B/M, or CBIS-DDSM's MALIGNANT/BENIGN/BENIGN_WITHOUT_CALLBACK),
 `patient_id`, and the lesion as one of: `mask` (an ROI image; each blob is a lesion), `x,y,w,h`
-(a box), or `cx,cy,radius`. Optional: `laterality`, `view`, `lesion_id`. `columns` maps these
+(a box), or `cx,cy,radius`. Optional: `laterality`, `view`, `lesion_id`, and `split` (train or
+test: the site's own official split, kept by `split=official`; empty: prepare splits the patient).
+Any other column is not read, and a warning names it. `columns` maps these
 names to a dataset's own column names, so its annotation table is read as published.
 `y_origin` says whether rows count from the top (default) or the bottom of the image.
 A bad row is skipped and reported with its `file:line` and the reason.
@@ -11,6 +13,7 @@ A bad row is skipped and reported with its `file:line` and the reason.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,13 +26,15 @@ from common.data.masks import mask_boxes
 from common.data.patch_geometry import Box
 from common.errors import DataError
 
+log = logging.getLogger(__name__)
 LABEL_WORDS = {
     **{word: 1 for word in ("1", "malignant", "malign", "m")},
     **{word: 0 for word in ("0", "benign", "benign_without_callback", "b")},
 }
 REQUIRED = ("image", "label", "patient_id")
 GEOMETRIES = (("mask",), ("x", "y", "w", "h"), ("cx", "cy", "radius"))
-OPTIONAL = ("laterality", "view", "lesion_id")
+OPTIONAL = ("laterality", "view", "lesion_id", "split")
+SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "": ""}
 FIELDS = (*REQUIRED, *(name for geometry in GEOMETRIES for name in geometry), *OPTIONAL)
 
 
@@ -40,6 +45,18 @@ def parse_label(value: str) -> int:
             f"unknown label {value!r} (1/0, malignant/benign, M/B, BENIGN_WITHOUT_CALLBACK)"
         )
     return label
+
+
+def parse_split(value: str, shown: str = "split") -> str:
+    """The row's own split: train, test, or '' (prepare splits the patient itself)."""
+    split = SPLIT_WORDS.get(str(value).strip().lower())
+    if split is None:
+        raise DataError(
+            f"field {shown}: {value!r} is not a split (train or test, or empty to let prepare "
+            "split the patient; a validation split is carved from train per patient with "
+            "val_fraction)"
+        )
+    return split
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,15 @@ def read_lesion_manifest(
     wanted = _check_names(columns or {})
     table = read_csv_table(csv, what="lesion manifest")
     mapping = column_map(csv, wanted, table.columns)
+    unread = [c for c in table.columns if c not in mapping.values()]
+    if unread:
+        log.warning(
+            "%s: columns %s are not lesion manifest fields and are not read (fields: %s; map "
+            "yours with columns.<field>=<your column>)",
+            csv,
+            ", ".join(unread),
+            ", ".join(FIELDS),
+        )
     geometry = _geometry(csv, mapping, wanted, table.columns)
     shown = {n: n if c == n else f"{n} ({c})" for n, c in mapping.items()}
     layout = _Layout(csv.parent, geometry, shown, y_origin, site)
@@ -192,6 +218,7 @@ def _row_lesions(fields: Mapping[str, str], layout: _Layout) -> list[Lesion]:
     for box in boxes:
         box.check_inside(height, width)
     lesion_id = fields.get("lesion_id", "").strip()
+    split = parse_split(fields.get("split", ""), layout.shown.get("split", "split"))
     return [
         Lesion(
             str(image),
@@ -202,6 +229,7 @@ def _row_lesions(fields: Mapping[str, str], layout: _Layout) -> list[Lesion]:
             lesion_id=f"{lesion_id}#{k}" if len(boxes) > 1 else lesion_id,
             view=fields.get("view", "").strip(),
             laterality=fields.get("laterality", "").strip(),
+            official_split=split,
         )
         for k, box in enumerate(boxes)
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,13 @@ from tqdm import tqdm
 from common.atomic_io import atomic_write_png, atomic_write_text
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet
-from common.errors import DataError
+from common.errors import DataError, OutputError
 
 T = TypeVar("T")
 ImageReader = Callable[[str], tuple[np.ndarray, str]]  # path -> (uint8 pixels, steps applied)
+# the names prepare gives its patches (write_lesion_patches): only such files in out_dir/images
+# are ever taken for an earlier run's or removed; a hospital's own PNGs never are
+PATCH_NAME = re.compile(r".+_\d{6}_[0-9a-f]{8}\.png")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,17 @@ class Lesion:
     abnormality: str = ""  # the lesion type the source names (mass, calcification), or ''
     official_split: str = ""  # train / test when the source says (CBIS-DDSM's CSVs), or ''
     origin: str = ""  # where the source names it ("file:line"), for skip reports
+
+    def __post_init__(self) -> None:
+        """Refuse, where the source names the lesion (its reader reports the file:line), what
+        would only fail once its patch is written: an empty patient id or a label not 0/1."""
+        if not self.patient_id.strip():
+            raise DataError(
+                "empty patient id: every lesion needs its patient (splits and patient-level "
+                "DP are per patient); fill in the row's patient id"
+            )
+        if self.label not in (0, 1):
+            raise DataError(f"label {self.label!r}: 1 (malignant) or 0 (benign)")
 
     @property
     def where(self) -> str:
@@ -104,17 +119,29 @@ def run_patch_job(job: PatchJob) -> tuple[list[PatchRecord], list[tuple[str, str
             if not target.is_file() or steps is None:
                 if image is None:
                     image, steps = job.read_image(job.image_path)
-                    atomic_write_text(steps_file, steps)
+                    write_output(steps_file, atomic_write_text, steps)
                 patch = extract_patch(
                     image, lesion.box, mode=job.mode, out_size=job.out_size, border=job.border
                 )
-                atomic_write_png(target, patch)
-        except (DataError, OSError, ValueError) as error:
+                write_output(target, atomic_write_png, patch)
+            assert steps is not None
+            records.append(_record(target, lesion, steps))
+        except (DataError, OSError, ValueError) as error:  # the source's fault: this lesion
             skipped.append((lesion.where, str(error)))
-            continue
-        assert steps is not None
-        records.append(_record(target, lesion, steps))
     return records, skipped
+
+
+def write_output(target: Path, write: Callable[..., object], *args: object) -> None:
+    """`write(target, *args)`; a failure (disk full, permissions) is the output's fault, not
+    the record's: OutputError stops the run instead of skipping every later lesion with it."""
+    try:
+        write(target, *args)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write {target}: {error.strerror or error}; free disk space or fix the "
+            "permissions, then run prepare again (the patches written so far are kept and "
+            "reused)"
+        ) from error
 
 
 def _record(target: Path, lesion: Lesion, steps: str) -> PatchRecord:
@@ -191,9 +218,15 @@ def patch_digest(lesion: Lesion, mode: str, out_size: int, border: str) -> str:
 
 
 def stale_patches(out_dir: Path, patch_set: PatchSet) -> list[Path]:
-    """PNGs in `out_dir/images` that the patch set does not name (an earlier run's)."""
+    """Patches in `out_dir/images` (prepare's own names, PATCH_NAME) that the patch set does
+    not name: an earlier run's."""
     named = {Path(r.path).name for r in patch_set.records}
-    return sorted(p for p in (out_dir / "images").glob("*.png") if p.name not in named)
+    return sorted(p for p in prepared_patches(out_dir) if p.name not in named)
+
+
+def prepared_patches(out_dir: Path) -> list[Path]:
+    """The PNGs in `out_dir/images` named as prepare names its patches (PATCH_NAME)."""
+    return [p for p in (out_dir / "images").glob("*.png") if PATCH_NAME.fullmatch(p.name)]
 
 
 def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:

@@ -21,13 +21,19 @@ from common.atomic_io import atomic_write_text
 from common.data.bcdr import read_bcdr_lesions
 from common.data.cbis_ddsm import ABNORMALITIES, read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
-from common.data.lesions import stale_patches, write_lesion_patches
+from common.data.lesions import (
+    Lesion,
+    prepared_patches,
+    stale_patches,
+    write_lesion_patches,
+    write_output,
+)
 from common.data.mammogram_io import read_mammogram_recorded
 from common.data.patch_geometry import BORDERS
 from common.data.patch_set import SPLITS, PatchSet, write_manifest
 from common.data.readers import read_released
-from common.data.split_assignment import SPLIT_MODES, assign_splits
-from common.errors import ConfigError, DataError
+from common.data.split_assignment import SPLIT_MODES, assign_splits, refuse_partly_marked
+from common.errors import ConfigError, DataError, OutputError
 
 log = logging.getLogger(__name__)
 SOURCES = ("cbis-ddsm", "bcdr", "manifest", "released")
@@ -78,16 +84,10 @@ class PrepareOptions:
         return self.site or SOURCE_SITES.get(self.source, "site")
 
 
-def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
-    """Every lesion of the source cut into `out_dir/images/` (the released source: its patches
-    in place); records carry the source's official split, if it has one."""
-    if options.source == "released":
-        return read_released(options.root, "train")  # released patches are used in place
+def read_lesions(options: PrepareOptions) -> tuple[list[Lesion], list[tuple[str, str]]]:
+    """Every lesion the source names (not for `released`), and the rows it skipped."""
     if options.source == "cbis-ddsm":
-        csvs = [Path(c) for c in options.csv.split(",") if c] or sorted(
-            options.root.rglob("*case_description*.csv")
-        )
-        lesions, skipped = read_cbis_ddsm(options.root, csvs, options.abnormality)
+        lesions, skipped = read_cbis_ddsm(options.root, cbis_csvs(options), options.abnormality)
     elif options.source == "bcdr":
         lesions, skipped = read_bcdr_lesions(options.root)
     elif options.source == "manifest":
@@ -101,6 +101,19 @@ def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
         raise ConfigError(f"source={options.source!r}: choose one of {', '.join(SOURCES)}")
     if options.site:
         lesions = [replace(lesion, site=options.site) for lesion in lesions]
+    return lesions, skipped
+
+
+def cbis_csvs(options: PrepareOptions) -> list[Path]:
+    return [Path(c) for c in options.csv.split(",") if c] or sorted(
+        options.root.rglob("*case_description*.csv")
+    )
+
+
+def cut_patches(
+    options: PrepareOptions, lesions: list[Lesion], skipped: list[tuple[str, str]], progress: bool
+) -> PatchSet:
+    """Every lesion cut into `out_dir/images/`; records carry the source's official split."""
     patch_set = write_lesion_patches(
         lesions,
         partial(read_mammogram_recorded, allow_for_processing=options.allow_for_processing),
@@ -115,17 +128,73 @@ def patch_set_for(options: PrepareOptions, progress: bool = True) -> PatchSet:
     return patch_set
 
 
+def check_outputs_apart(options: PrepareOptions, lesions: list[Lesion]) -> None:
+    """Refuse (ConfigError, before anything is written or removed) an out_dir whose outputs
+    would land on the source: its images in out_dir/images (a rerun would take them for an
+    earlier run's patches) or its table as out_dir/manifest.csv or report.json."""
+    out = options.out_dir.resolve()
+    tables = cbis_csvs(options) if options.source == "cbis-ddsm" else []
+    if options.root.is_file():
+        tables.append(options.root)
+    for table in tables:
+        if table.resolve() in (out / "manifest.csv", out / "report.json"):
+            raise ConfigError(
+                f"out_dir={options.out_dir}: prepare writes {table.name} there and would "
+                f"overwrite the input table {table}; choose another out_dir"
+            )
+    for folder in (out / "images", out / ".pixel_steps"):
+        inside = next((les for les in lesions if _under(les.image_path, folder)), None)
+        if inside is not None:
+            raise ConfigError(
+                f"out_dir={options.out_dir}: the source's image {inside.image_path} is in "
+                f"{folder}, where prepare writes its own files; choose an out_dir outside the "
+                "source's folders"
+            )
+
+
+def _under(path: str, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder)
+
+
+def check_writable(out_dir: Path) -> None:
+    """OutputError before any source is read when out_dir cannot take prepare's files (a
+    real download takes hours to decode before the first write would fail)."""
+    probe = out_dir / ".prepare-write-check"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(
+            f"out_dir={out_dir} cannot be written ({error.strerror or error}): choose a folder "
+            "you can write to, with room for the patches"
+        ) from error
+
+
 def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     """Cut, split and write a site's patch set; returns the report (also in report.json).
 
     Raises DataError, with the skip summary, when no patch could be cut (nothing is written
-    then but the report and the patches' folder).
+    then but the report and the patches' folder; an earlier run's manifest is removed);
+    ConfigError, before anything is written, when out_dir's outputs would land on the source;
+    OutputError when out_dir cannot be written (checked before any source is read).
     """
     if not options.root.exists():
         raise DataError(f"root={options.root} not found: give the download folder or the CSV")
+    check_writable(options.out_dir)
+    lesions: list[Lesion] = []
+    read_skipped: list[tuple[str, str]] = []
+    if options.source != "released":  # a release's patches are used in place
+        lesions, read_skipped = read_lesions(options)
+        check_outputs_apart(options, lesions)
+        if options.split == "official":  # before hours of cutting, not after
+            refuse_partly_marked([(les.official_split, les.where) for les in lesions])
     if options.fresh:
         clear_outputs(options.out_dir)
-    patch_set = patch_set_for(options, progress)
+    if options.source == "released":
+        patch_set = read_released(options.root, "train")
+    else:
+        patch_set = cut_patches(options, lesions, read_skipped, progress)
     skipped = [{"record": r, "reason": why} for r, why in patch_set.skipped]
     report: dict[str, Any] = {
         "source": options.source,
@@ -135,7 +204,9 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
         "skip_summary": skip_summary(patch_set.skipped),
     }
     if not patch_set.records:
-        atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        # an earlier run's manifest beside this report would still be read as the site's set
+        write_output(options.out_dir / "manifest.csv", Path.unlink, True)
+        write_report(options.out_dir, report)
         why = (
             f"all {len(skipped)} records were skipped ({format_summary(report['skip_summary'])})"
             if skipped
@@ -152,7 +223,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
         val_fraction=options.val_fraction,
         seed=options.seed,
     )
-    write_manifest(patch_set, options.out_dir)
+    write_output(options.out_dir, lambda out: write_manifest(patch_set, out))
     stale = stale_patches(options.out_dir, patch_set) if options.source != "released" else []
     if stale:
         log.warning(
@@ -169,8 +240,12 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
         "patients": {s: len({r.patient_key for r in records}) for s, records in parts.items()},
         "stale_files": [p.name for p in stale],
     }
-    atomic_write_text(options.out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_report(options.out_dir, report)
     return report
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    write_output(out_dir / "report.json", atomic_write_text, json.dumps(report, indent=2) + "\n")
 
 
 def skip_summary(skipped: list[tuple[str, str]]) -> dict[str, int]:
@@ -189,12 +264,12 @@ def skip_summary(skipped: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def clear_outputs(out_dir: Path) -> None:
-    """fresh=true: remove what prepare writes (patches, their steps, manifest, report)."""
+    """fresh=true: remove what prepare writes (its patches by their names, their steps,
+    manifest, report); no other file in out_dir is touched."""
     for name in ("manifest.csv", "report.json"):
         (out_dir / name).unlink(missing_ok=True)
-    for folder, pattern in (("images", "*.png"), (".pixel_steps", "*.txt")):
-        for path in (out_dir / folder).glob(pattern):
-            path.unlink()
+    for path in [*prepared_patches(out_dir), *(out_dir / ".pixel_steps").glob("*.txt")]:
+        path.unlink()
 
 
 def format_summary(summary: dict[str, int]) -> str:

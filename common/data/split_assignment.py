@@ -4,13 +4,15 @@ CBIS-DDSM's description CSVs say which patients are Training and which Test: the
 split every paper uses, kept by default. A validation split is always carved from train only
 (seeded, per patient, label-stratified), never from test. A source of Test rows only (a
 Test-only download) is all test. When the source holds no official split or Training rows only
-(a Training-only download, BCDR, a lesion manifest) or a random split is asked for, the test
-patients are a seeded per-patient split of all patients, and the rule says so.
+(a Training-only download, BCDR, a lesion manifest without a split column) or a random split is
+asked for, the test patients are a seeded per-patient split of all patients, and the rule says
+so. Records with an official split beside records without one are refused, by name.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 
 from common.data.patch_set import PatchSet, show_patient
@@ -35,6 +37,8 @@ def assign_splits(
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name}={value}: use a fraction in [0, 1)")
     official = {r.split for r in patch_set.records}
+    if mode == "official":
+        refuse_partly_marked([(r.split, r.provenance_file or r.path) for r in patch_set.records])
     if mode == "official" and official == {"test"}:
         # a Test-only download (the usual way to build the test set): every patient is test;
         # a seeded split would send most official test patients to train and val
@@ -71,6 +75,25 @@ def _seeded(patch_set: PatchSet, fraction: float, seed: int) -> tuple[PatchSet, 
     if fraction == 0.0 or len(patch_set) == 0:
         return patch_set, patch_set.subset([])
     return split_by_patient(patch_set, fraction, seed)
+
+
+def refuse_partly_marked(marks: Sequence[tuple[str, str]]) -> None:
+    """DataError when some records have an official split and others none, naming the latter
+    (`marks`: (official split or '', where the record comes from)). A seeded split of them all
+    would move official Test patients into train (a Test-only download plus one unmarked table
+    would no longer be all test)."""
+    unmarked = sorted({where for split, where in marks if not split})
+    marked = Counter(split for split, _ in marks if split)
+    if not unmarked or not marked:
+        return
+    shown = ", ".join(unmarked[:3]) + (", ..." if len(unmarked) > 3 else "")
+    raise DataError(
+        f"{sum(1 for split, _ in marks if not split)} records have no official split "
+        f"({shown}) while {', '.join(f'{n} are {s}' for s, n in sorted(marked.items()))}: "
+        "prepare them apart (CBIS-DDSM: a description CSV or folders without Training/Test in "
+        "their names; a manifest: fill its split column), or re-split every patient at random "
+        "on purpose with split=random"
+    )
 
 
 def _refuse_patients_on_both_sides(patch_set: PatchSet) -> None:
