@@ -385,6 +385,8 @@ STATE_HINTS = {
     "table1": "{out_dir}/cells (finished cells; a rerun skips them)",
     "federate": FEDERATION_STATE,
     "loopback": FEDERATION_STATE,
+    "prepare": "{out_dir}/images (the patches cut so far; a rerun into the same out_dir keeps "
+    "them and cuts the rest)",
 }
 
 

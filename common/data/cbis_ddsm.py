@@ -70,11 +70,19 @@ def read_description_csv(path: Path) -> pd.DataFrame:
 
 
 def series_key(csv_path: str) -> UidKey:
-    """(StudyInstanceUID, SeriesInstanceUID) from `<folder>/<study>/<series>/<file>`."""
-    parts = [p.strip() for p in "".join(csv_path.split()).split("/") if p.strip()]
-    if len(parts) < 3:
-        raise DataError(f"path {csv_path!r} has no <study>/<series> UIDs")
-    return parts[1], parts[2]
+    """(StudyInstanceUID, SeriesInstanceUID) from `<folder>/<study>/<series>/<file>` (with
+    `/` or Windows' `\\`; a leading folder such as `CBIS-DDSM/` before them is allowed)."""
+    return _path_parts(csv_path)[1:]
+
+
+def _path_parts(csv_path: str) -> tuple[str, str, str]:
+    """(folder, study UID, series UID) of a description CSV's path."""
+    text = "".join(csv_path.split()).replace("\\", "/")
+    parts = [p for p in text.split("/") if p]
+    end = len(parts) - 1 if parts and parts[-1].lower().endswith(".dcm") else len(parts)
+    if end < 3:
+        raise DataError(f"path {csv_path!r} has no <folder>/<study>/<series> UIDs")
+    return parts[end - 3], parts[end - 2], parts[end - 1]
 
 
 def index_dicoms(root: Path) -> tuple[dict[UidKey, list[Path]], list[tuple[str, str]]]:
@@ -83,8 +91,10 @@ def index_dicoms(root: Path) -> tuple[dict[UidKey, list[Path]], list[tuple[str, 
     index: dict[UidKey, list[Path]] = defaultdict(list)
     skipped: list[tuple[str, str]] = []
     for path in sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", "")
-    ):
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in (".dcm", "") and p.name.upper() != "DICOMDIR"
+    ):  # a DICOMDIR is the media's index of the files, not an image
         try:
             header = read_dicom_header(path)
             index[(str(header.StudyInstanceUID), str(header.SeriesInstanceUID))].append(path)
@@ -155,14 +165,18 @@ def _lesion_key(lesion: Lesion) -> tuple[str, ...]:
 def _without_repeated_lesions(
     lesions: list[Lesion], skipped: list[tuple[str, str]]
 ) -> tuple[list[Lesion], list[tuple[str, str]]]:
-    """One lesion (patient, side, view, abnormality type and id) described by two rows (none
-    does in TCIA's CSVs) means two downloads merged under one root, e.g. two hospitals whose
-    patient ids collide: every such row is skipped, naming the others, rather than one
-    patient made of two people."""
+    """One lesion (patient, side, view, abnormality type and id) described by two rows on two
+    different mammograms (none is in TCIA's CSVs) means two downloads merged under one root,
+    e.g. two hospitals whose patient ids collide: every such row is skipped, naming the
+    others, rather than one patient made of two people. Rows on the same mammogram (a row
+    repeated, a copy of a CSV) are one lesion: the patch writer keeps the first and reports
+    the others as duplicates."""
     rows: dict[tuple[str, ...], set[str]] = {}
+    images: dict[tuple[str, ...], set[str]] = {}
     for lesion in lesions:
         rows.setdefault(_lesion_key(lesion), set()).add(lesion.origin)
-    repeated = {key: sorted(origins) for key, origins in rows.items() if len(origins) > 1}
+        images.setdefault(_lesion_key(lesion), set()).add(lesion.image_path)
+    repeated = {key: sorted(origins) for key, origins in rows.items() if len(images[key]) > 1}
     if not repeated:
         return lesions, skipped
     kept = [lesion for lesion in lesions if _lesion_key(lesion) not in repeated]
@@ -198,7 +212,7 @@ def abnormality_type(row: dict[Any, str]) -> str:
 def official_split(row: dict[Any, str], csv: Path) -> str:
     """train or test: TCIA's folder prefix (Mass-Training_P_..., Calc-Test_P_...), else the CSV
     name (..._train_set.csv), else '' (unknown: prepare splits such rows itself)."""
-    folder = row["image_path"].strip().split("/")[0].lower()
+    folder = _path_parts(row["image_path"])[0].lower()
     name = csv.name.lower()
     for text, marks in ((folder, ("-training_", "-test_")), (name, ("_train", "_test"))):
         for split, mark in zip(("train", "test"), marks, strict=True):
@@ -231,6 +245,9 @@ def row_lesions(
     keys = {series_key(row["mask_path"]), series_key(row["crop_path"])}
     candidates = sorted({p for key in keys for p in index.get(key, [])})
     masks = [p for p in candidates if image_shape(p)[0] > 0.5 * shape[0]]
+    if len(masks) > 1:  # a large mass's crop may be taller than half the mammogram too
+        same_size = [p for p in masks if image_shape(p) == shape]
+        masks = same_size if len(same_size) == 1 else masks
     if len(masks) != 1:
         raise DataError(
             f"ROI mask of {image.name}: {len(masks)} files taller than half the image, 1 "

@@ -154,6 +154,9 @@ def check_image_header(dataset: Dataset, path: Path, *, allow_for_processing: bo
     except (TypeError, ValueError) as error:
         raise DataError(f"{path}: malformed image pixel attribute ({error})") from error
     photometric = str(dataset.PhotometricInterpretation).strip().upper()
+    # a code string is upper case (PS3.5 6.2, CS); pydicom's decoders match it exactly, so a
+    # writer's 'monochrome2' would otherwise fail as an undecodable file
+    dataset.PhotometricInterpretation = photometric
     if frames > 1:
         raise DataError(
             f"{path}: multi-frame ({frames} frames): tomosynthesis or a cine; "

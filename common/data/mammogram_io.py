@@ -118,7 +118,9 @@ def read_mask(path: Path) -> np.ndarray:
     """ROI mask as bool (nonzero = lesion), at full depth: 8/16-bit PNG, TIFF, color, DICOM.
 
     A 16-bit PNG mask with lesion value 1 stays a lesion (an 8-bit read would drop it); a color
-    mask is a lesion where any color channel (not alpha) is nonzero. DICOM: nonzero stored
+    mask is a lesion where any color channel is nonzero, and with an alpha channel that is not
+    uniform, where it is opaque (a drawing on a transparent background, whatever colour that
+    background holds). DICOM: nonzero stored
     value (masked to Bits Stored, no LUT, no padding, no scaling) = lesion, whatever the
     photometric interpretation, as CBIS-DDSM masks are 0/255 MONOCHROME2.
     """
@@ -127,5 +129,7 @@ def read_mask(path: Path) -> np.ndarray:
         raise DataError(f"{path}: mask file not found")
     if path.suffix.lower() in RASTER_SUFFIXES:
         image = read_raster(path)
+        if image.ndim == 3 and image.shape[2] == 4 and image[:, :, 3].min() != image[:, :, 3].max():
+            return np.asarray(image[:, :, 3] != 0)
         return np.asarray(image[:, :, :3].any(axis=2) if image.ndim == 3 else image != 0)
     return read_dicom_stored(path) != 0

@@ -13,6 +13,9 @@ from common.errors import DataError
 # a mask of another size is resized to its image (CBIS-DDSM has such pairs); of another shape
 # (aspect ratio off by more than this) it belongs to another image
 ASPECT_TOLERANCE = 0.05
+# a lesion mask covering more than this share of its image, up to every border, is taken for
+# an inverted or empty-background mask (a CBIS-DDSM mass covers about 1 % of its mammogram)
+MAX_FOREGROUND = 0.5
 
 
 def binary_mask(mask: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
@@ -29,7 +32,22 @@ def binary_mask(mask: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
         binary = cv2.resize(binary, (width, height), interpolation=cv2.INTER_NEAREST)
     if not binary.any():
         raise DataError("empty ROI mask (no foreground pixel)")
+    _refuse_background_as_lesion(binary)
     return binary
+
+
+def _refuse_background_as_lesion(binary: np.ndarray) -> None:
+    """DataError for a mask whose foreground covers most of the image and touches all four
+    borders: an inverted mask (lesion 0 on 255), an all-white one, or a white background that
+    only an ignored channel marked as background; cut, it would be the whole mammogram."""
+    share = float(binary.mean())
+    borders = (binary[0].any(), binary[-1].any(), binary[:, 0].any(), binary[:, -1].any())
+    if share > MAX_FOREGROUND and all(borders):
+        raise DataError(
+            f"ROI mask foreground covers {share:.0%} of the image and every border: an "
+            "inverted mask (lesion 0 on 255) or no mask at all; export the lesion as the "
+            "nonzero pixels (or give the row a box, x,y,w,h)"
+        )
 
 
 def mask_boxes(mask: np.ndarray, image_shape: tuple[int, int]) -> list[Box]:

@@ -59,21 +59,23 @@ def test_sigterm_raises_terminated_past_except_exception() -> None:
 
 
 @pytest.mark.parametrize(
-    ("saved", "args", "expected"),
+    ("command", "saved", "args", "expected"),
     [
-        (["/run/gan/checkpoints"], [], "state saved in /run/gan/checkpoints"),
-        ([], ["out_dir=/run/t1"], "state saved in /run/t1/cells (finished cells"),
-        ([], [], "no partial result was written"),
+        ("train", ["/run/gan/checkpoints"], [], "state saved in /run/gan/checkpoints"),
+        ("table1", [], ["out_dir=/run/t1"], "state saved in /run/t1/cells (finished cells"),
+        # prepare keeps the patches it cut (it said "no partial result was written")
+        ("prepare", [], ["out_dir=/site"], "state saved in /site/images (the patches cut so far"),
+        ("train", [], [], "no partial result was written"),
     ],
 )
 def test_the_cli_exits_143_with_where_the_state_is(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    command: str,
     saved: list[str],
     args: list[str],
     expected: str,
 ) -> None:
-    command = "table1" if args else "train"
 
     def job(_: object) -> int:
         for path in saved:

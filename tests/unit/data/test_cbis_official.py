@@ -230,14 +230,23 @@ def test_malformed_description_rows_name_their_physical_line(
 
 def test_two_downloads_under_one_root_do_not_make_one_patient_of_two(tmp_path: Path) -> None:
     """Two hospitals' downloads whose patient ids collide, prepared from one root: the same
-    lesion (patient, side, view, type, id) described twice is skipped at both rows, naming
-    the other (TCIA's own CSVs never repeat one), not merged into one patient."""
+    lesion (patient, side, view, type, id) described on two mammograms is skipped at both
+    rows, naming the other (TCIA's own CSVs never repeat one), not merged into one patient.
+    (A row repeated on the same mammogram is one lesion: test_prepare_faults.)"""
     from common.data.cbis_ddsm import read_cbis_ddsm
 
-    cbis_like(tmp_path / "dl")
+    truth = cbis_like(tmp_path / "dl")
     csv = tmp_path / "dl" / "mass_case_description_train_set.csv"
     again = tmp_path / "dl" / "second_hospital_mass_case_description_train_set.csv"
-    again.write_text(csv.read_text())
+    rows = []
+    for k, patient in enumerate(truth["mass_train"]):  # the same ids, other mammograms
+        folder = f"Mass-Training_{patient}_LEFT_CC"
+        image, crop, mask = _case(tmp_path / "dl" / "hospital-b", folder, _mass_mask(), 100 + k)
+        rows.append(
+            f"{patient},2,LEFT,CC,1,mass,OVAL,CIRCUMSCRIBED,4,BENIGN,3,{image},{crop},"
+            f'"{mask}\n"\n'
+        )
+    again.write_text(HEADER + "".join(rows))
     lesions, skipped = read_cbis_ddsm(tmp_path / "dl", [csv, again])
     assert lesions == []
     repeated = [(where, why) for where, why in skipped if "repeated lesion" in why]

@@ -280,3 +280,56 @@ def test_damaged_dicom_pixels_are_skipped_with_the_right_fix_and_no_traceback(
     damaged = reasons[str(files["damaged"])]
     assert "compressed data are damaged" in damaged and "install its decoder" not in damaged
     assert "truncated download" in reasons[str(files["truncated"])]
+
+
+def test_inverted_masks_are_refused_and_a_transparent_background_is_no_lesion(
+    tmp_path: Path,
+) -> None:
+    """An inverted mask (lesion 0 on 255) or an all-white one would cut the whole mammogram;
+    an RGBA mask's white but transparent background is background."""
+    rng = np.random.default_rng(4)
+    lesion = np.zeros((300, 200), bool)
+    lesion[100:140, 60:100] = True
+    masks = {
+        "inverted.png": np.where(lesion, 0, 255).astype(np.uint8),
+        "white.png": np.full((300, 200), 255, np.uint8),
+        "rgba.png": np.dstack(
+            [np.full((300, 200, 3), 255, np.uint8), lesion.astype(np.uint8) * 255]
+        ),
+    }
+    rows = ["image,label,patient_id,mask"]
+    for k, (name, mask) in enumerate(masks.items()):
+        cv2.imwrite(str(tmp_path / name), mask)
+        cv2.imwrite(str(tmp_path / f"m{k}.png"), rng.integers(0, 255, (300, 200), np.uint8))
+        rows.append(f"m{k}.png,{k % 2},P{k},{name}")
+    (tmp_path / "lesions.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["prepare", "source=manifest", f"root={tmp_path / 'lesions.csv'}",
+                 f"out_dir={out}", "split=random", "test_fraction=0"]) == 0  # fmt: skip
+    skipped = {s["record"].rsplit(":", 1)[1]: s["reason"] for s in _report(out)["skipped"]}
+    assert set(skipped) == {"2", "3"} and all("inverted mask" in r for r in skipped.values())
+    assert list(_manifest(out)["box"]) == ["60,100,40,40"]
+
+
+def test_cbis_rows_repeated_or_spelled_otherwise_still_give_their_lesion(tmp_path: Path) -> None:
+    """A row repeated in its CSV is one lesion (the copy reported as a duplicate, not both
+    lost as 'repeated lesion'); Windows backslashes and a leading CBIS-DDSM/ in the paths; a
+    DICOMDIR in the tree is no unreadable image; a lower-case photometric interpretation."""
+    cbis_like(tmp_path / "dl")
+    csv = tmp_path / "dl" / "mass_case_description_train_set.csv"
+    text = csv.read_text()
+    first_row = text[text.index("\n") + 1 : text.index('\n"\n') + 3]
+    second_row = text[text.index('\n"\n') + 3 :].split('\n"\n')[0] + '\n"\n'
+    spelled = second_row.replace("/", "\\")  # Windows paths, the same files
+    csv.write_text(text.replace(second_row, spelled) + first_row)
+    (tmp_path / "dl" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    image = next((tmp_path / "dl" / "CBIS-DDSM").glob("Mass-Training_*_LEFT_CC/d1/full/1-1.dcm"))
+    dataset = pydicom.dcmread(image)
+    dataset.PhotometricInterpretation = "monochrome2"
+    dataset.save_as(image)
+    assert _prepare(tmp_path / "dl", tmp_path / "out") == 0
+    report = _report(tmp_path / "out")
+    assert [s["reason"].split(" (")[0] for s in report["skipped"] if "calc" not in s["record"]] == [
+        "duplicate lesion"
+    ]
+    assert len(_manifest(tmp_path / "out")) == 6
