@@ -6,12 +6,30 @@ patients, not patches, because one patient's patches are correlated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 METRICS = ("auroc", "auprc_malignant", "auprc_benign")
+# metrics that leave a site are rounded to this many decimals (see `released`)
+RELEASE_DECIMALS = 3
+
+
+def released(value: Any) -> Any:
+    """`value` (a number, or dicts and lists of them) with every float rounded to
+    RELEASE_DECIMALS, for what leaves a site. AUROC is U / (n_malignant * n_benign) and AUPRC a
+    ratio of counts too: at full precision a fraction's denominator gives the site's class
+    counts away (DESIGN.md: no exact count leaves a site); at 3 decimals, a set with more than
+    about 30 patches per class no longer pins them. NaN stays NaN; other values are kept."""
+    if isinstance(value, float):
+        return value if not math.isfinite(value) else round(value, RELEASE_DECIMALS)
+    if isinstance(value, dict):
+        return {k: released(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [released(v) for v in value]
+    return value
 
 
 def auprc(labels: np.ndarray, scores: np.ndarray, positive: str) -> float:

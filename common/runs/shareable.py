@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from common.eval.metrics import released
+
 REDACTED = "<kept at the site>"
 # per-test-set metrics: exact counts of private test records
 COUNT_KEYS = ("n", "n_patients", "n_positive", "n_negative")
@@ -43,6 +45,11 @@ def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str,
         for value in metrics.values():  # resamples with one class: a function of the labels
             if isinstance(value, dict):
                 value.pop("bootstrap_dropped", None)
+    # metrics and losses of private sets, rounded: a full-precision AUROC's denominator is
+    # n_malignant * n_benign (`released`)
+    for key in ("tests", "history"):
+        if key in shared:
+            shared[key] = released(shared[key])
     privacy = shared.get("privacy", {})
     if privacy.get("delta_note"):  # its text names the exact N
         privacy["delta_note"] = "delta above 1/(10 N) (N in site_only.json)"

@@ -22,7 +22,7 @@ from common.atomic_io import atomic_torch_save
 from common.config.federated_schema import FederatedRunConfig
 from common.data.images import LoadedPatches
 from common.errors import ConfigError, PrivacyError, SitePolicyError
-from common.eval.metrics import point_metrics
+from common.eval.metrics import point_metrics, released
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
@@ -376,7 +376,8 @@ class SiteRuntime:
             self.config.train.feature_batch_size,
             str(self.facts.state_dir / "features"),
         )
-        return point_metrics(np.asarray(validation.patch_set.labels), scores)
+        # rounded: full-precision AUROC/AUPRC would give the validation class counts away
+        return released(point_metrics(np.asarray(validation.patch_set.labels), scores))
 
 
 def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:

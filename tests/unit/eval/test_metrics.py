@@ -62,3 +62,32 @@ def test_too_few_patients_for_an_interval_is_said() -> None:
         bootstrap=20,
     )
     assert "ci_note" not in many
+
+
+def test_metrics_that_leave_a_site_do_not_give_the_class_counts_away() -> None:
+    """AUROC = U / (n_malignant * n_benign): at full precision the smallest denominator that
+    gives the value back is the product of the class counts (37 * 52 = 1924 here); what
+    leaves a site (result.json, a federated site's scores) is rounded to 3 decimals, which
+    many denominators fit."""
+    from fractions import Fraction
+
+    from common.eval.metrics import point_metrics, released
+    from common.runs.shareable import shareable_record
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 37 + [0] * 52)
+    scores = rng.random(89) + 0.3 * labels
+    exact = point_metrics(labels, scores)
+    assert 1924 % Fraction(exact["auroc"]).limit_denominator(5000).denominator == 0
+    sent = released(exact)
+    assert all(v == round(v, 3) for v in sent.values())
+    fits = [d for d in range(100, 5000) if abs(round(sent["auroc"] * d) / d - sent["auroc"]) < 5e-4]
+    assert len(fits) > 3000  # most denominators from 100 to 5000 fit the rounded value
+    record = {
+        "tests": {"t": {"auroc": {"value": exact["auroc"], "ci_low": 0.61234567}, "n": 89}},
+        "history": [{"epoch": 1, "val_auroc": exact["auroc"], "train_loss": 0.69314718}],
+    }
+    shared = shareable_record(record, seeded_noise=False)
+    assert shared["tests"]["t"]["auroc"] == {"value": sent["auroc"], "ci_low": 0.612}
+    assert shared["history"] == [{"epoch": 1, "val_auroc": sent["auroc"], "train_loss": 0.693}]
+    assert released(float("nan")) != released(float("nan"))  # NaN stays NaN

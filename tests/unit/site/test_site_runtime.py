@@ -229,3 +229,13 @@ def test_the_sites_delta_cap_refuses_a_larger_delta_before_anything_is_spent(
     assert not (runtime.facts.state_dir / "ledger.json").exists()
     roomy = SiteRuntime(dataclasses.replace(runtime.facts, delta_cap=0.5), runtime.config)
     assert roomy.initialize()["epsilon"] == 0.0
+
+
+def test_local_evaluation_sends_rounded_scores(tiny_workspace: Path, tmp_path: Path) -> None:
+    """A site's local AUROC/AUPRC leave it rounded to 3 decimals (full precision gives the
+    validation class counts away: test_metrics)."""
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    scores = runtime.evaluate(trainable, sha)
+    assert set(scores) == {"auroc", "auprc_malignant", "auprc_benign"}
+    assert all(v == round(v, 3) for v in scores.values() if v == v)
