@@ -79,13 +79,21 @@ def train_site_gan(
     if trainer.plan is not None:
         assert trainer.plan.noise_multiplier is not None
         gan_events = [i for i, e in enumerate(ledger.events) if e.kind == "dp-gan"]
-        if gan_events and resumed:
-            reservation = gan_events[-1]  # this run was charged when it started: resume it
-        else:  # a first run, or its checkpoints are gone: a new run on the data, a new charge
+        last = ledger.events[gan_events[-1]] if gan_events else None
+        if resumed and last is not None and (done or last.status == "reserved"):
+            # an interrupted run resumes in the charge it reserved when it started; a finished
+            # one is reused as it is
+            reservation = gan_events[-1]
+        else:
+            # a first run; its checkpoints gone (a new run on the data); or a settled run whose
+            # later checkpoints are gone, resumed from an earlier epoch: the epochs trained
+            # again are a new use of the data (the first run's samples may have left the
+            # site), so they are a new charge
+            epochs_left = gan_config.train.epochs - trainer.epoch
             event = LedgerEvent(
                 noise_multiplier=trainer.plan.noise_multiplier,
                 sample_rate=trainer.plan.sample_rate,
-                steps=trainer.plan.steps,
+                steps=trainer.plan.steps_per_epoch * epochs_left,
                 kind="dp-gan",
                 label="mcgan-D",
             )
@@ -99,7 +107,10 @@ def train_site_gan(
         trainer.fit(progress=False)
     if reservation is not None and ledger.events[reservation].status == "reserved":
         assert trainer.plan is not None
-        ledger.settle(reservation, steps=trainer.plan.steps_per_epoch * trainer.epoch)
+        # the steps taken, at most the reservation's (a charge from a later epoch covers the
+        # epochs from there; one that stopped early is rounded up, never down)
+        taken = trainer.plan.steps_per_epoch * trainer.epoch
+        ledger.settle(reservation, steps=min(taken, ledger.events[reservation].steps))
         persist(ledger)
     return trainer
 

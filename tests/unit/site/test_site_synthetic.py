@@ -105,3 +105,36 @@ def test_a_later_run_with_another_seed_reuses_the_sites_mcgan_and_its_charge(
     runtime = SiteRuntime(simulated_site(later, 0), later)
     runtime.synthesize(4)
     assert [e["kind"] for e in runtime.status()["ledger"]["events"]] == ["dp-gan"]
+
+
+def test_a_settled_dp_mcgan_resumed_from_an_earlier_epoch_charges_the_epochs_again(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """Its later checkpoints gone, a finished DP-MCGAN resumes from an earlier epoch: the
+    epochs it trains again are a new use of the data (the first run's samples may have left
+    the site), charged as a new event, not hidden in the settled first charge."""
+    config = tiny_federated_config(
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",
+        "gan.train.epochs=3",
+        "gan.train.checkpoint_every=1",
+    )
+    runtime = SiteRuntime(simulated_site(config, 0), config)
+    runtime.synthesize(4)
+    (first,) = runtime.status()["ledger"]["events"]
+    assert first["status"] == "settled" and first["steps"] % 3 == 0
+    per_epoch = first["steps"] // 3
+    checkpoints = sorted((runtime.facts.state_dir / "gan" / "checkpoints").glob("epoch_*.pt"))
+    for later in checkpoints[1:]:  # epochs 2 and 3 lost: resumes from epoch 1
+        later.unlink()
+    runtime.synthesize(4)
+    events = runtime.status()["ledger"]["events"]
+    assert [(e["kind"], e["status"], e["steps"]) for e in events] == [
+        ("dp-gan", "settled", 3 * per_epoch),
+        ("dp-gan", "settled", 2 * per_epoch),
+    ]
+    runtime.synthesize(4)  # finished: reused, nothing charged
+    assert len(runtime.status()["ledger"]["events"]) == 2
