@@ -243,8 +243,7 @@ def test_two_downloads_under_one_root_do_not_make_one_patient_of_two(tmp_path: P
         folder = f"Mass-Training_{patient}_LEFT_CC"
         image, crop, mask = _case(tmp_path / "dl" / "hospital-b", folder, _mass_mask(), 100 + k)
         rows.append(
-            f"{patient},2,LEFT,CC,1,mass,OVAL,CIRCUMSCRIBED,4,BENIGN,3,{image},{crop},"
-            f'"{mask}\n"\n'
+            f'{patient},2,LEFT,CC,1,mass,OVAL,CIRCUMSCRIBED,4,BENIGN,3,{image},{crop},"{mask}\n"\n'
         )
     again.write_text(HEADER + "".join(rows))
     lesions, skipped = read_cbis_ddsm(tmp_path / "dl", [csv, again])
