@@ -4,6 +4,7 @@ state, mirrored ledgers, metric history. `federation.resume=true` continues from
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic_io import atomic_torch_save
+from common.atomic_io import atomic_torch_save, atomic_write_text
 from common.config.recorded_diff import changed_leaves
 from common.errors import ConfigError
 
@@ -37,6 +38,32 @@ def checkpoint_path(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, state: ServerState) -> None:
     atomic_torch_save(checkpoint_path(run_dir), {"version": VERSION, **state.__dict__})
+
+
+def sent_round_path(run_dir: Path) -> Path:
+    return run_dir / "server" / "round_sent.json"
+
+
+def save_sent_round(run_dir: Path, round_number: int, ledgers: dict[str, Any]) -> None:
+    """Write ahead, before round `round_number`'s train messages go out: the mirrored ledgers
+    with that round presumed at every site it is sent to. A site may reserve the round the
+    moment its message arrives; should the server die before the round's checkpoint, a
+    resumed run still counts it for a site that never reports again."""
+    atomic_write_text(
+        sent_round_path(run_dir), json.dumps({"round": round_number, "ledgers": ledgers})
+    )
+
+
+def ledgers_to_resume(run_dir: Path, state: ServerState) -> dict[str, Any]:
+    """The mirrored ledgers a resumed run starts from: those written ahead of the round after
+    the checkpoint's, when its messages were sent (the server died during that round), else
+    the checkpoint's. Sites that report their own ledgers on resume replace them."""
+    path = sent_round_path(run_dir)
+    if path.is_file():
+        sent = json.loads(path.read_text())
+        if sent["round"] == state.round + 1:
+            return dict(sent["ledgers"])
+    return state.ledgers
 
 
 def load_checkpoint(run_dir: Path, overrides: list[str]) -> ServerState:

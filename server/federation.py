@@ -9,6 +9,7 @@ after every round, and budget-aware site selection.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
@@ -43,7 +44,13 @@ from common.fl_records import (
 from common.models.classifier import Classifier
 from common.training.engine import load_trainable, state_fingerprint, trainable_state
 from common.training.settings import resolve_device
-from server.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from server.checkpoint import (
+    ServerState,
+    ledgers_to_resume,
+    load_checkpoint,
+    save_checkpoint,
+    save_sent_round,
+)
 from server.client_dp import ClientLevelDP
 from server.exchange import send_and_collect
 from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
@@ -341,13 +348,16 @@ class Federation:
         if isinstance(self.strategy, ClientLevelDP):
             # configure_train raises PrivacyBudgetExhausted before anything is sent
             self.strategy.sample(len(nodes), round_number)
-        messages = self.strategy.configure_train(
-            round_number,
-            to_array_record(state.trainable),
-            config,
-            EligibleNodes(self.grid, nodes),
+        messages = list(
+            self.strategy.configure_train(
+                round_number,
+                to_array_record(state.trainable),
+                config,
+                EligibleNodes(self.grid, nodes),
+            )
         )
-        replies = self.send(self.with_base_model(list(messages), state))
+        self.write_ahead(round_number, [m.metadata.dst_node_id for m in messages])
+        replies = self.send(self.with_base_model(messages, state))
         expected = {k: tuple(v.shape) for k, v in state.trainable.items()}
         valid, refused, trained = [], {}, []
         evaluations: dict[str, dict[str, float]] = {}
@@ -411,6 +421,14 @@ class Federation:
             evaluations,
         )
 
+    def write_ahead(self, round_number: int, nodes: list[int]) -> None:
+        """Save the mirror with round `round_number` presumed at `nodes` before it is sent
+        (`save_sent_round`); the live mirror presumes it only for a site that fails it."""
+        ahead = MirroredLedgers.from_state_dict(copy.deepcopy(self.mirror.state_dict()))
+        for node in nodes:
+            ahead.presume_round(self.sites[node], round_number)
+        save_sent_round(self.run_dir, round_number, ahead.state_dict())
+
     def _clipped(self, reply: Message, state: ServerState) -> bool:
         """Under client-level DP the guarantee needs every update (sent weights to returned
         ones) within the clipping norm; a site whose ClientApp did not clip is refused."""
@@ -460,7 +478,7 @@ class Federation:
         )
         if config.federation.resume:
             state = load_checkpoint(self.run_dir, self.overrides)
-            self.mirror = MirroredLedgers.from_state_dict(state.ledgers)
+            self.mirror = MirroredLedgers.from_state_dict(ledgers_to_resume(self.run_dir, state))
             for status in statuses:  # each site's own ledger, as it reports it now
                 self.mirror.adopt_status(status)
             load_strategy_state(self.strategy, state.strategy)

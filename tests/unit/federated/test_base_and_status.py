@@ -26,7 +26,7 @@ from common.fl_records import (
     with_site_status,
 )
 from server.federation import Federation
-from server.ledgers import BASE_MODEL_MISSING
+from server.ledgers import BASE_MODEL_MISSING, MirroredLedgers
 from tests.unit.federated.conftest import site_status
 
 SITES = {1: "site-a", 2: "site-b", 3: "site-c"}
@@ -321,3 +321,36 @@ def test_a_new_node_naming_an_online_site_mid_run_is_not_admitted(
     assert server.sites == SITES
     with pytest.raises(ConfigError, match="both claim to be site 'site-a'"):
         server.query_status([4], at_start=True)
+
+
+def test_a_round_sent_before_the_server_died_is_still_counted_on_resume(
+    server: ScriptedFederation, tmp_path: Path
+) -> None:
+    """The server dies after round 1's train messages went out and before its checkpoint; a
+    site may have reserved the round on arrival. Resumed, the server starts from the mirror
+    written ahead of the send, so a site that never reports again is still counted for the
+    round (ledger.json never understates it); a site that reports replaces it by its own."""
+    from server.checkpoint import ServerState, ledgers_to_resume
+
+    for site in SITES.values():
+        server.mirror.adopt_status({**_status(site), "plan": PLAN})
+    checkpoint = ServerState(0, {}, "f" * 64, {}, {}, server.mirror.state_dict(), {}, [])
+
+    class ServerDied(Exception):
+        pass
+
+    def die(message: Message) -> Message | None:
+        raise ServerDied
+
+    server.answer = die
+    with pytest.raises(ServerDied):
+        server.train_round(1, STATE, [1, 2, 3])  # type: ignore[arg-type]
+    assert checkpoint.ledgers == server.mirror.state_dict()  # nothing presumed in memory yet
+    resumed = MirroredLedgers.from_state_dict(ledgers_to_resume(tmp_path, checkpoint))
+    resumed.adopt_status({**_status("site-a"), "plan": PLAN})  # back online: its own word
+    report = resumed.report()
+    assert [e["round"] for e in report["site-c"]["events"]] == [1]
+    assert report["site-c"]["epsilon"] > 0 and report["site-a"]["epsilon"] == 0
+    # once round 1's checkpoint exists, what was written ahead of it is no longer read
+    after = ServerState(1, {}, "f" * 64, {}, {}, {"checkpointed": {}}, {}, [])
+    assert ledgers_to_resume(tmp_path, after) == {"checkpointed": {}}
