@@ -42,6 +42,7 @@ from common.fl_records import (
     to_array_record,
 )
 from common.models.classifier import Classifier
+from common.privacy.randomness import seeded_stream
 from common.training.engine import load_trainable, state_fingerprint, trainable_state
 from common.training.settings import resolve_device
 from server.checkpoint import (
@@ -85,7 +86,8 @@ class Federation:
         self.timeout = config.federation.reply_timeout_s
         self.mirror = MirroredLedgers()
         population = len(config.sites) or config.federation.min_sites
-        noise_seed = config.seed + 7 if config.privacy.seeded_noise else None
+        seeded = config.privacy.seeded_noise
+        noise_seed = seeded_stream(config.seed, "client-dp") if seeded else None
         self.strategy = build_strategy(config.federation, population, noise_seed)
         self.sites: dict[int, str] = {}
         self.stale: set[int] = set()  # nodes whose ledger may hold what they did not report

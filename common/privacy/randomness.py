@@ -10,28 +10,44 @@ installed here; a CSPRNG-seeded Mersenne Twister is the same choice opacus makes
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 SEEDED_NOISE_NOTE = "seeded noise: reproducible; no guarantee against anyone who knows the seed"
 
 
 def private_generator(
-    device: torch.device | str = "cpu", seed: int | None = None
+    device: torch.device | str = "cpu", seed: int | None = None, *, stream: str = "noise"
 ) -> torch.Generator:
     """A generator for Poisson masks and DP noise on `device`.
 
     `seed=None` (the default): seeded from 8 bytes of OS entropy, never recorded. An integer seed
-    is the explicit research mode (see `SEEDED_NOISE_NOTE`).
+    is the explicit research mode (see `SEEDED_NOISE_NOTE`); the generator then draws the
+    stream `seeded_stream(seed, stream)`, so two mechanisms given one seed but different
+    `stream` names never share their draws.
     """
     generator = torch.Generator(device)
     if seed is None:
         generator.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(seeded_stream(seed, stream))
     return generator
+
+
+def seeded_stream(seed: int, *key: str | int) -> int:
+    """A 63-bit seed for the stream named by `key` in the seeded research mode, derived from
+    `seed` by numpy's SeedSequence (a hash, as its `spawn` does), not by offsets: with offsets,
+    one mechanism's seed + 1 was another's seed + 1001 + 1000 * round, and their draws were
+    the same numbers. `key`: names and whole numbers >= 0 (e.g. "dp-sgd", ledger position)."""
+    words = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in key]
+    if seed < 0 or any(w < 0 for w in words):
+        raise ValueError(f"seeded_stream({seed}, {key}): seed and numbers must be >= 0")
+    state = np.random.SeedSequence(seed, spawn_key=tuple(words)).generate_state(2, np.uint64)
+    return ((int(state[0]) << 64) | int(state[1])) & ((1 << 63) - 1)
 
 
 def noise_mode(seed: int | None) -> str:

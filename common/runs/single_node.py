@@ -25,7 +25,7 @@ from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plan import PrivacyPlan
-from common.privacy.randomness import noise_mode
+from common.privacy.randomness import noise_mode, seeded_stream
 from common.runs.planning import plan_for
 from common.runs.provenance import file_sha256, git_commit, package_versions
 from common.runs.run_data import RunData, load_run_data
@@ -115,7 +115,7 @@ def engine_settings(
         feature_cache_dir=config.train.feature_cache_dir,
         dp=dp,
         progress=progress,
-        noise_seed=config.seed + 1 if config.privacy.seeded_noise else None,
+        noise_seed=seeded_stream(config.seed, "dp-sgd") if config.privacy.seeded_noise else None,
         **recipe_options(config.train),
     )
 

@@ -30,7 +30,7 @@ from common.privacy.delta import check_delta
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_store import LedgerStore
-from common.privacy.randomness import SEEDED_NOISE_NOTE
+from common.privacy.randomness import SEEDED_NOISE_NOTE, seeded_stream
 from common.site.budget import SitePlan, load_or_plan, site_budget
 from common.site.data import SiteData, load_site_data
 from common.site.facts import SiteFacts
@@ -307,7 +307,7 @@ class SiteRuntime:
             self.config.train.engine,
             data.train,
             None,
-            self._engine_settings(model, plan, round_number),
+            self._engine_settings(model, plan, round_number, history=len(ledger.events)),
             epochs=plan.local_epochs,
             ledger=ledger,
             selection="last",
@@ -326,12 +326,15 @@ class SiteRuntime:
         return RoundResult(state, event, ledger.epsilon(), weight)
 
     def _engine_settings(
-        self, model: Classifier, plan: SitePlan, round_number: int
+        self, model: Classifier, plan: SitePlan, round_number: int, *, history: int
     ) -> EngineSettings:
         config = self.config
         noise_seed = None
         if config.privacy.seeded_noise:  # research mode, with the site's consent and seed
-            noise_seed = self._seed_allowed() + 1000 * round_number
+            # keyed by the ledger's length too: a later run on the same state dir (a second
+            # federation) never replays round r's batches and noise, which the server could
+            # then subtract from one another
+            noise_seed = seeded_stream(self._seed_allowed(), "dp-sgd", history, round_number)
         return EngineSettings(
             batch_size=config.train.batch_size,
             lr=config.train.lr,

@@ -95,14 +95,14 @@ class CachedEngine(TrainableParameters):
         self.mechanism: GaussianMechanism | None = None
         if settings.dp is not None:
             seed = settings.noise_seed
-            self.sampling = private_generator("cpu", seed)
+            self.sampling = private_generator("cpu", seed, stream="poisson")
             self.records = RecordGroups.for_unit(settings.dp.unit, train.patch_set.patient_keys)
             self.mechanism = GaussianMechanism(
                 noise_multiplier=settings.dp.noise_multiplier,
                 max_grad_norm=settings.dp.max_grad_norm,
                 expected_batch_size=settings.dp.expected_batch_size
                 or expected_batch_size(self.records.records, settings.dp.sample_rate),
-                generator=private_generator(settings.device, None if seed is None else seed + 1),
+                generator=private_generator(settings.device, seed, stream="noise"),
             )
         self.steps_done = 0
 

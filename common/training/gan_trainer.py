@@ -113,12 +113,10 @@ class GanTrainer:
         )
         self.rng = torch.Generator().manual_seed(config.seed)  # augmentation, z, fake labels
         # Poisson batches and DP noise: OS entropy unless the seeded research mode is asked for
-        # (offset from the fixed sample-grid seed, config.seed + 2, so no stream is shared)
-        self.noise_seed = config.seed + 1001 if config.dp.seeded_noise else None
-        self.sampling_rng = private_generator("cpu", self.noise_seed)
-        self.noise_rng = private_generator(
-            device, None if self.noise_seed is None else self.noise_seed + 1
-        )
+        # (then streams hashed from the seed and their names: `seeded_stream`)
+        self.noise_seed = config.seed if config.dp.seeded_noise else None
+        self.sampling_rng = private_generator("cpu", self.noise_seed, stream="dp-gan-poisson")
+        self.noise_rng = private_generator(device, self.noise_seed, stream="dp-gan-noise")
         fixed = torch.Generator().manual_seed(config.seed + 2)
         k = t.samples_per_class
         self.fixed_z = torch.randn(2 * k, shape.latent_dim, generator=fixed).to(device)

@@ -97,16 +97,16 @@ class NaiveEngine(TrainableParameters):
             self.model, batch_first=True, loss_reduction="sum", strict=False
         )
         seed = self.settings.noise_seed
-        self.sampling = private_generator("cpu", seed)
+        self.sampling = private_generator("cpu", seed, stream="poisson")
         # masks of the backbone's stochastic depth (train mode), see private_stochastic_layers
-        self.layer_rng = private_generator("cpu", None if seed is None else seed + 2)
+        self.layer_rng = private_generator("cpu", seed, stream="stochastic-depth")
         self.records = RecordGroups.for_unit(dp.unit, self.patients)
         self.mechanism = GaussianMechanism(
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
             expected_batch_size=dp.expected_batch_size
             or expected_batch_size(self.records.records, dp.sample_rate),
-            generator=private_generator(self.settings.device, None if seed is None else seed + 1),
+            generator=private_generator(self.settings.device, seed, stream="noise"),
         )
 
     def _set_train_mode(self) -> None:

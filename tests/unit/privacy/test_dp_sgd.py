@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +63,30 @@ def test_os_entropy_noise_differs_seeded_repeats() -> None:
 def test_guard_refuses_rows_that_are_not_records() -> None:
     with pytest.raises(UnsupportedDPModelError, match="rows for a batch of 2"):
         check_per_record_rows([torch.zeros(8, 3)], records=2)
+
+
+def test_seeded_streams_of_different_names_never_share_draws() -> None:
+    """With additive offsets one mechanism's seed + 1 was another's seed + 1001 + 1000 * r: a
+    DP-SGD round's noise was the Box-Muller transform of the DP-MCGAN's Poisson uniforms.
+    Streams are now hashed from (seed, names, numbers)."""
+    from common.privacy.randomness import seeded_stream
+
+    seed = 1234
+    round_one = seeded_stream(seed, "dp-sgd", 0, 1)
+    streams = {
+        "dp-sgd round 1, noise": private_generator("cpu", round_one, stream="noise"),
+        "dp-sgd round 1, poisson": private_generator("cpu", round_one, stream="poisson"),
+        "dp-sgd round 2, noise": private_generator(
+            "cpu", seeded_stream(seed, "dp-sgd", 1, 2), stream="noise"
+        ),
+        "dp-sgd round 1 again, later run": private_generator(
+            "cpu", seeded_stream(seed, "dp-sgd", 3, 1), stream="noise"
+        ),
+        "dp-gan poisson": private_generator("cpu", seed, stream="dp-gan-poisson"),
+        "dp-gan noise": private_generator("cpu", seed, stream="dp-gan-noise"),
+    }
+    draws = {name: torch.rand(64, generator=g) for name, g in streams.items()}
+    for a, b in itertools.combinations(draws, 2):
+        assert not torch.isclose(draws[a], draws[b]).any(), (a, b)
+    assert seeded_stream(seed, "dp-sgd", 0, 1) == round_one  # reproducible
+    assert 0 <= round_one < 2**63

@@ -239,3 +239,21 @@ def test_local_evaluation_sends_rounded_scores(tiny_workspace: Path, tmp_path: P
     scores = runtime.evaluate(trainable, sha)
     assert set(scores) == {"auroc", "auprc_malignant", "auprc_benign"}
     assert all(v == round(v, 3) for v in scores.values() if v == v)
+
+
+def test_seeded_rounds_reproduce_but_a_later_run_on_the_same_state_draws_anew(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """Seeded research mode: the same round on a fresh state gives the same weights; a later
+    run on the same state dir (the ledger grown) draws other batches and noise, so the
+    server cannot subtract two updates of one round to cancel their noise."""
+    weights = []
+    for state in ("a", "b", "a"):  # the third: a later run on the first one's state
+        runtime = _runtime(
+            tiny_workspace, tmp_path / state, "privacy.seeded_noise=true", "federation.rounds=6"
+        )
+        trainable, sha = _start(runtime)
+        weights.append(runtime.train_round(1, trainable, sha).trainable)
+    same = [np.array_equal(weights[0][k], weights[1][k]) for k in weights[0]]
+    later = [np.array_equal(weights[0][k], weights[2][k]) for k in weights[0]]
+    assert all(same) and not any(later)
