@@ -140,6 +140,8 @@ def check_image_header(dataset: Dataset, path: Path, *, allow_for_processing: bo
             f"{path}: DICOM without pixel data (float or double float pixel data and "
             "headers-only files are not mammograms mammofl can read)"
         )
+    if not dataset.get("PixelData"):
+        raise DataError(f"{path}: the pixel data element is empty (a failed export?): re-export it")
     missing = [name for name in REQUIRED if name not in dataset]
     if missing:
         raise DataError(f"{path}: DICOM image without {', '.join(missing)} (PS3.3 C.7.6.3)")

@@ -333,3 +333,12 @@ def test_cbis_rows_repeated_or_spelled_otherwise_still_give_their_lesion(tmp_pat
         "duplicate lesion"
     ]
     assert len(_manifest(tmp_path / "out")) == 6
+
+
+def test_an_empty_pixel_data_element_is_named(tmp_path: Path) -> None:
+    from common.data.dicom_stored import read_dicom_stored
+    from common.errors import DataError
+
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((20, 20), np.uint16), extra={"PixelData": b""})
+    with pytest.raises(DataError, match="pixel data element is empty"):
+        read_dicom_stored(path)
