@@ -15,6 +15,8 @@ from typing import Any
 from common.eval.metrics import released
 
 REDACTED = "<kept at the site>"
+# an epoch record's values computed from private records (EpochRecord)
+HISTORY_METRICS = ("train_loss", "val_loss", "val_auprc")
 # per-test-set metrics: exact counts of private test records
 COUNT_KEYS = ("n", "n_patients", "n_positive", "n_negative")
 # config keys that hold paths at the site (data.*.path, folders derived from them, a start model)
@@ -46,10 +48,11 @@ def shareable_record(record: dict[str, Any], *, seeded_noise: bool) -> dict[str,
             if isinstance(value, dict):
                 value.pop("bootstrap_dropped", None)
     # metrics and losses of private sets, rounded: a full-precision AUROC's denominator is
-    # n_malignant * n_benign (`released`)
-    for key in ("tests", "history"):
-        if key in shared:
-            shared[key] = released(shared[key])
+    # n_malignant * n_benign (`released`); an epoch's epsilon is accounting, not data: kept
+    if "tests" in shared:
+        shared["tests"] = released(shared["tests"])
+    for epoch in shared.get("history", []):
+        epoch.update({k: released(epoch[k]) for k in HISTORY_METRICS if k in epoch})
     privacy = shared.get("privacy", {})
     if privacy.get("delta_note"):  # its text names the exact N
         privacy["delta_note"] = "delta above 1/(10 N) (N in site_only.json)"

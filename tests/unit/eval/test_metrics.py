@@ -85,9 +85,13 @@ def test_metrics_that_leave_a_site_do_not_give_the_class_counts_away() -> None:
     assert len(fits) > 3000  # most denominators from 100 to 5000 fit the rounded value
     record = {
         "tests": {"t": {"auroc": {"value": exact["auroc"], "ci_low": 0.61234567}, "n": 89}},
-        "history": [{"epoch": 1, "val_auroc": exact["auroc"], "train_loss": 0.69314718}],
+        "history": [
+            {"epoch": 1, "val_auprc": exact["auroc"], "train_loss": 0.69314718, "epsilon": 1e-4}
+        ],
     }
     shared = shareable_record(record, seeded_noise=False)
     assert shared["tests"]["t"]["auroc"] == {"value": sent["auroc"], "ci_low": 0.612}
-    assert shared["history"] == [{"epoch": 1, "val_auroc": sent["auroc"], "train_loss": 0.693}]
+    assert shared["history"] == [  # the epoch's epsilon is accounting, not data: kept
+        {"epoch": 1, "val_auprc": sent["auroc"], "train_loss": 0.693, "epsilon": 1e-4}
+    ]
     assert released(float("nan")) != released(float("nan"))  # NaN stays NaN
