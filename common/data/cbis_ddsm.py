@@ -79,7 +79,10 @@ def _path_parts(csv_path: str) -> tuple[str, str, str]:
     """(folder, study UID, series UID) of a description CSV's path."""
     text = "".join(csv_path.split()).replace("\\", "/")
     parts = [p for p in text.split("/") if p]
-    end = len(parts) - 1 if parts and parts[-1].lower().endswith(".dcm") else len(parts)
+    # <folder>/<study>/<series>/<file>, the file with or without .dcm, perhaps after a leading
+    # folder (CBIS-DDSM/); three parts name no file
+    has_file = len(parts) >= 4 or (bool(parts) and parts[-1].lower().endswith(".dcm"))
+    end = len(parts) - 1 if has_file else len(parts)
     if end < 3:
         raise DataError(f"path {csv_path!r} has no <folder>/<study>/<series> UIDs")
     return parts[end - 3], parts[end - 2], parts[end - 1]

@@ -79,6 +79,8 @@ def _read(path: Path, *, stop_before_pixels: bool) -> tuple[Dataset, bool]:
             forced = True
             dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         ended_early = [str(w.message) for w in warned if "End of file" in str(w.message)]
+        for other in (w for w in warned if "End of file" not in str(w.message)):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
         if ended_early and not stop_before_pixels:
             raise DataError(
                 f"{path}: the file ends early ({ended_early[0]}): a truncated download; "

@@ -34,7 +34,13 @@ LABEL_WORDS = {
 REQUIRED = ("image", "label", "patient_id")
 GEOMETRIES = (("mask",), ("x", "y", "w", "h"), ("cx", "cy", "radius"))
 OPTIONAL = ("laterality", "view", "lesion_id", "split")
-SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "": ""}
+# a table's own validation rows are training rows here: mammofl carves its validation
+# patients from train itself (val_fraction), never from test
+SPLIT_WORDS = {
+    **{word: "train" for word in ("train", "training", "val", "valid", "validation")},
+    **{word: "test" for word in ("test", "testing")},
+    "": "",
+}
 FIELDS = (*REQUIRED, *(name for geometry in GEOMETRIES for name in geometry), *OPTIONAL)
 
 
@@ -52,9 +58,9 @@ def parse_split(value: str, shown: str = "split") -> str:
     split = SPLIT_WORDS.get(str(value).strip().lower())
     if split is None:
         raise DataError(
-            f"field {shown}: {value!r} is not a split (train or test, or empty to let prepare "
-            "split the patient; a validation split is carved from train per patient with "
-            "val_fraction)"
+            f"field {shown}: {value!r} is not a split (train, val or test, or empty to let "
+            "prepare split the patient; val rows count as train: the validation patients are "
+            "carved from train with val_fraction)"
         )
     return split
 

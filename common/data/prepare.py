@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import partial
@@ -159,11 +160,11 @@ def _under(path: str, folder: Path) -> bool:
 def check_writable(out_dir: Path) -> None:
     """OutputError before any source is read when out_dir cannot take prepare's files (a
     real download takes hours to decode before the first write would fail)."""
-    probe = out_dir / ".prepare-write-check"
     try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # a name of its own (two runs never remove each other's) that no reader takes for data
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-", suffix=".tmp"):
+            pass
     except OSError as error:
         raise OutputError(
             f"out_dir={out_dir} cannot be written ({error.strerror or error}): choose a folder "

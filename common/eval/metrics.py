@@ -23,8 +23,8 @@ def released(value: Any) -> Any:
     ratio of counts too: at full precision a fraction's denominator gives the site's class
     counts away (DESIGN.md: no exact count leaves a site); at 3 decimals, a set with more than
     about 30 patches per class no longer pins them. NaN stays NaN; other values are kept."""
-    if isinstance(value, float):
-        return value if not math.isfinite(value) else round(value, RELEASE_DECIMALS)
+    if isinstance(value, float | np.floating):  # numpy's float32 is no Python float
+        return value if not math.isfinite(value) else round(float(value), RELEASE_DECIMALS)
     if isinstance(value, dict):
         return {k: released(v) for k, v in value.items()}
     if isinstance(value, list):

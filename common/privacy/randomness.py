@@ -42,11 +42,11 @@ def seeded_stream(seed: int, *key: str | int) -> int:
     """A 63-bit seed for the stream named by `key` in the seeded research mode, derived from
     `seed` by numpy's SeedSequence (a hash, as its `spawn` does), not by offsets: with offsets,
     one mechanism's seed + 1 was another's seed + 1001 + 1000 * round, and their draws were
-    the same numbers. `key`: names and whole numbers >= 0 (e.g. "dp-sgd", ledger position)."""
-    words = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in key]
-    if seed < 0 or any(w < 0 for w in words):
-        raise ValueError(f"seeded_stream({seed}, {key}): seed and numbers must be >= 0")
-    state = np.random.SeedSequence(seed, spawn_key=tuple(words)).generate_state(2, np.uint64)
+    the same numbers. `key`: names and whole numbers (e.g. "dp-sgd", ledger position)."""
+    # SeedSequence takes integers >= 0: a negative seed (torch accepts one) as its 64-bit word
+    words = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) % 2**64 for k in key]
+    entropy = seed % 2**64
+    state = np.random.SeedSequence(entropy, spawn_key=tuple(words)).generate_state(2, np.uint64)
     return ((int(state[0]) << 64) | int(state[1])) & ((1 << 63) - 1)
 
 

@@ -85,15 +85,19 @@ def train_site_gan(
             # one is reused as it is
             reservation = gan_events[-1]
         else:
-            # a first run; its checkpoints gone (a new run on the data); or a settled run whose
-            # later checkpoints are gone, resumed from an earlier epoch: the epochs trained
-            # again are a new use of the data (the first run's samples may have left the
-            # site), so they are a new charge
-            epochs_left = gan_config.train.epochs - trainer.epoch
+            # a first run, or its checkpoints gone (a new run on the data): the whole plan;
+            # a settled run resumed from an earlier epoch (its later checkpoints gone): the
+            # epochs trained again are a new use of the data (the first run's samples may
+            # have left the site). A checkpoint with no charge in the ledger (restored from
+            # an older backup) is charged in full: its training is on no record
+            steps = trainer.plan.steps
+            if resumed and last is not None:
+                epochs_left = gan_config.train.epochs - trainer.epoch
+                steps = trainer.plan.steps_per_epoch * epochs_left
             event = LedgerEvent(
                 noise_multiplier=trainer.plan.noise_multiplier,
                 sample_rate=trainer.plan.sample_rate,
-                steps=trainer.plan.steps_per_epoch * epochs_left,
+                steps=steps,
                 kind="dp-gan",
                 label="mcgan-D",
             )

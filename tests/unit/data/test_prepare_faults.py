@@ -140,7 +140,7 @@ def test_a_rerun_that_cuts_nothing_removes_the_earlier_manifest(tmp_path: Path) 
 
 
 def test_a_manifests_split_column_is_the_official_split(tmp_path: Path) -> None:
-    table = _site_folder(tmp_path / "site", splits=["Test", "train", "TEST", "training"])
+    table = _site_folder(tmp_path / "site", splits=["Test", "val", "TEST", "training"])
     out = tmp_path / "out"
     assert main(["prepare", "source=manifest", f"root={table}", f"out_dir={out}"]) == 0
     manifest = _manifest(out)
@@ -342,3 +342,20 @@ def test_an_empty_pixel_data_element_is_named(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "a.dcm", np.zeros((20, 20), np.uint16), extra={"PixelData": b""})
     with pytest.raises(DataError, match="pixel data element is empty"):
         read_dicom_stored(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Mass-Training_P_1_LCC/1.3.6.1/1.3.6.2/000000.dcm",
+        "Mass-Training_P_1_LCC/1.3.6.1/1.3.6.2/000000",  # a rebuilt CSV: no .dcm
+        "CBIS-DDSM/Mass-Training_P_1_LCC/1.3.6.1/1.3.6.2/000000.dcm",
+        "Mass-Training_P_1_LCC\\1.3.6.1\\1.3.6.2\\000000.dcm",
+        "Mass-Training_P_1_LCC/1.3.6.1/1.3.6.2",
+    ],
+)
+def test_description_csv_paths_in_every_spelling_name_the_same_series(path: str) -> None:
+    from common.data.cbis_ddsm import official_split, series_key
+
+    assert series_key(path) == ("1.3.6.1", "1.3.6.2")
+    assert official_split({"image_path": path}, Path("extra.csv")) == "train"

@@ -138,3 +138,30 @@ def test_a_settled_dp_mcgan_resumed_from_an_earlier_epoch_charges_the_epochs_aga
     ]
     runtime.synthesize(4)  # finished: reused, nothing charged
     assert len(runtime.status()["ledger"]["events"]) == 2
+
+
+def test_a_dp_mcgan_checkpoint_with_no_charge_on_record_is_charged_in_full(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A site whose ledger was restored from a backup older than its DP-MCGAN: the finished
+    checkpoint is on disk, its charge on no record; reusing it is charged as the whole run
+    (charging the 0 epochs left would let its samples leave uncharged)."""
+    from common.privacy.ledger import PrivacyLedger
+    from common.site.runtime import _at_size
+    from common.site.synthetic import train_site_gan
+
+    config = tiny_federated_config(
+        tiny_workspace,
+        f"run_dir={tmp_path}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",
+    )
+    runtime = SiteRuntime(simulated_site(config, 0), config)
+    runtime.synthesize(4)
+    (charged,) = runtime.status()["ledger"]["events"]
+    restored = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
+    train = _at_size(runtime._data().train, config.gan.model.image_size)
+    train_site_gan(runtime.facts, config, train, restored, runtime.budget, lambda _: None)
+    (event,) = restored.events
+    assert (event.kind, event.status, event.steps) == ("dp-gan", "settled", charged["steps"])
