@@ -7,9 +7,11 @@ one row per partition id). Nothing here is ever sent to the server except the si
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
@@ -52,8 +54,13 @@ class SiteFacts:
     noise_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"site name {self.name!r}: non-empty, no '/'")
+        if (
+            not self.name.strip()
+            or "/" in self.name
+            or "\\" in self.name
+            or self.name in (".", "..")
+        ):
+            raise ConfigError(f"site name {self.name!r}: non-empty, no '/' or '\\', not . or ..")
         if self.epsilon_cap is not None and self.epsilon_cap <= 0:
             raise ConfigError(f"site {self.name}: epsilon-cap must be > 0")
         if self.delta_cap is not None and not 0 < self.delta_cap < 1:
@@ -65,9 +72,39 @@ def _flag(node_config: Mapping[str, object], key: str) -> bool:
     return flag(f"node_config {key}", node_config.get(key, False))
 
 
-def _number(node_config: Mapping[str, object], key: str) -> float:
+def _number(node_config: Mapping[str, object], key: str, example: str) -> float:
     """A finite number (a NaN cap would be ignored by min(), an infinite one is no cap)."""
-    return number(f"node_config {key}", node_config[key], example="6")
+    return number(f"node_config {key}", node_config[key], example=example)
+
+
+def _folder(node_config: Mapping[str, object], key: str) -> Path:
+    """A folder key: an empty value would be '.', the SuperNode's working directory."""
+    value = str(node_config[key]).strip()
+    if not value:
+        raise ConfigError(f"node_config {key} is empty: give the folder, e.g. {key}='/srv/site'")
+    return Path(value)
+
+
+# Flower's own keys of a simulated node (never read from a deployed one)
+FLOWER_KEYS = ("partition-id", "num-partitions")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def _check_keys(node_config: Mapping[str, object]) -> None:
+    """ConfigError naming a key mammofl does not know: a misspelt `delta-cap` would otherwise
+    be no delta cap at all, a misspelt `device` the CPU."""
+    unknown = [k for k in node_config if k not in (*NODE_CONFIG_KEYS, *FLOWER_KEYS)]
+    if unknown:
+        hints = [
+            f"{k!r} (did you mean {close[0]!r}?)"
+            if (close := get_close_matches(k, NODE_CONFIG_KEYS, 1))
+            else repr(k)
+            for k in unknown
+        ]
+        raise ConfigError(
+            f"node_config: unknown key {', '.join(hints)}; the keys are "
+            f"{', '.join(NODE_CONFIG_KEYS)}"
+        )
 
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
@@ -80,19 +117,26 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
             "\"site-name='...' data-dir='...' state-dir='...' epsilon-cap=6\" (the cap is the "
             "hospital's own, never the server's)"
         )
-    raw = node_config.get("raw-dir")
+    _check_keys(node_config)
     seed = node_config.get("noise-seed")
     seeded = _flag(node_config, "seeded-noise")
     if seeded and seed in (None, ""):
         raise ConfigError("node_config seeded-noise=true needs noise-seed=<the site's own seed>")
+    device = str(node_config.get("device", "cpu")).strip()
+    if not DEVICE.fullmatch(device):
+        raise ConfigError(f"node_config device={device!r}: cpu, cuda, cuda:<index> or mps")
     return SiteFacts(
         name=str(node_config["site-name"]),
-        state_dir=Path(str(node_config["state-dir"])),
-        data_dir=Path(str(node_config["data-dir"])),
-        raw_dir=Path(str(raw)) if raw else None,
-        epsilon_cap=_number(node_config, "epsilon-cap"),
-        delta_cap=_number(node_config, "delta-cap") if "delta-cap" in node_config else None,
-        device=str(node_config.get("device", "cpu")),
+        state_dir=_folder(node_config, "state-dir"),
+        data_dir=_folder(node_config, "data-dir"),
+        raw_dir=_folder(node_config, "raw-dir") if "raw-dir" in node_config else None,
+        epsilon_cap=_number(node_config, "epsilon-cap", example="6"),
+        delta_cap=(
+            _number(node_config, "delta-cap", example="1e-5")
+            if "delta-cap" in node_config
+            else None
+        ),
+        device=device,
         share_exact_count=_flag(node_config, "share-exact-count"),
         allow_non_dp_synthetic=_flag(node_config, "allow-non-dp-synthetic"),
         noise_seed=whole_number("node_config noise-seed", seed, minimum=0) if seeded else None,

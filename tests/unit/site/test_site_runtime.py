@@ -164,6 +164,29 @@ def test_node_config_needs_the_sites_own_cap_and_seed() -> None:
     assert facts_from_node_config({**capped, "seeded-noise": True, "noise-seed": 7}).noise_seed == 7
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # a misspelt key would silently be no delta cap at all, or the CPU
+        ({"delta_cap": 1e-5}, "unknown key 'delta_cap' \\(did you mean 'delta-cap'\\?\\)"),
+        ({"devise": "cuda"}, "unknown key 'devise' \\(did you mean 'device'\\?\\)"),
+        ({"device": "gpu"}, "device='gpu': cpu, cuda, cuda:<index> or mps"),
+        ({"state-dir": ""}, "state-dir is empty"),
+        ({"data-dir": "  "}, "data-dir is empty"),
+        ({"site-name": ".."}, "site name '..'"),
+        ({"delta-cap": "abc"}, "e.g. node_config delta-cap=1e-5"),
+    ],
+)
+def test_a_node_config_typo_is_refused_by_name(extra: dict[str, object], message: str) -> None:
+    from common.errors import ConfigError
+    from common.site.facts import facts_from_node_config
+
+    base = {"site-name": "h1", "data-dir": "/d", "state-dir": "/s", "epsilon-cap": 4}
+    with pytest.raises(ConfigError, match=message):
+        facts_from_node_config({**base, **extra})
+    assert facts_from_node_config({**base, "device": "cuda:1"}).device == "cuda:1"
+
+
 def test_no_non_dp_synthetic_data_without_consent(tiny_workspace: Path, tmp_path: Path) -> None:
     runtime = _runtime(tiny_workspace, tmp_path, "sites.0.allow_non_dp_synthetic=false")
     with pytest.raises(PrivacyError, match="allow-non-dp-synthetic"):
