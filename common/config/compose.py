@@ -51,18 +51,23 @@ def _groups_in(folder: Path) -> frozenset[str]:
     return frozenset(path.name for path in folder.iterdir() if path.is_dir())
 
 
-def check_presets(overrides: Sequence[str], federated: bool) -> None:
-    """A mistyped preset must never compose as no preset at all (the defaults list makes the
-    experiment optional, so hydra would silently drop it, and with it DP). Raises ConfigError
-    naming the known presets of this kind (federated/* for `mammofl federate`/`loopback`)."""
+def check_presets(overrides: Sequence[str], schema: type) -> None:
+    """A mistyped preset must never compose as no preset at all (the defaults list makes
+    `experiment` and `gan_preset` optional, so hydra would silently drop it, and with it DP:
+    `gan_preset=dpp` trained the non-DP MCGAN). Raises ConfigError naming the known presets
+    of this kind (federated/* for `mammofl federate`/`loopback`)."""
+    group = "gan_preset" if schema is GanConfig else "experiment"
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
-        if key != "experiment" or not sep or value in ("", "null"):
+        if key != group or not sep or value in ("", "null"):
             continue
-        known = [n for n in experiment_names() if n.startswith("federated/") == federated]
+        known = preset_names(group)
+        if group == "experiment":
+            federated = schema is FederatedRunConfig
+            known = [n for n in known if n.startswith("federated/") == federated]
         if value not in known:
             raise ConfigError(
-                f"experiment={value}: no such preset here. Known presets: {', '.join(known)}"
+                f"{group}={value}: no such preset here. Known presets: {', '.join(known)}"
             )
 
 
@@ -93,8 +98,7 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
     the dict at `key` (hydra alone would merge nothing into it); `+data.tests.NAME.path=DIR`
     adds a test set (after any emptying: `data.tests={} +data.tests.mine.path=DIR` keeps
     only that one)."""
-    if schema is not GanConfig:
-        check_presets(overrides, federated=schema is FederatedRunConfig)
+    check_presets(overrides, schema)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     check_added_keys(schema, overrides, config_groups())
     try:
@@ -140,5 +144,10 @@ def compose_federated_config(overrides: Sequence[str] = ()) -> FederatedRunConfi
 
 def experiment_names() -> list[str]:
     """Every preset under configs/experiment, as `experiment=` values."""
-    root = config_dir() / "experiment"
+    return preset_names("experiment")
+
+
+def preset_names(group: str) -> list[str]:
+    """Every preset under configs/<group> (experiment, gan_preset), as `<group>=` values."""
+    root = config_dir() / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))

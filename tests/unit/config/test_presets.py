@@ -132,6 +132,16 @@ def test_unknown_presets_are_refused_with_the_known_ones(compose, name: str) -> 
     assert all(k in str(error.value) for k in known)
 
 
+def test_a_mistyped_gan_preset_is_refused_not_dropped() -> None:
+    """`gan_preset=dpp` (meant: dp) composed as no preset: the non-DP MCGAN trained."""
+    from common.config.compose import compose_gan_config
+
+    with pytest.raises(ConfigError, match="gan_preset=dpp: no such preset") as error:
+        compose_gan_config(["gan_preset=dpp"])
+    assert all(k in str(error.value) for k in ("dp", "fast", "reduced", "tiny"))
+    assert compose_gan_config(["gan_preset=dp"]).dp.enabled
+
+
 def test_a_seeded_dp_mcgan_alone_marks_the_federated_run_seeded() -> None:
     """The run's records say "seeded noise" when any DP mechanism of it is seeded, the sites'
     DP-MCGAN included (it was marked only by privacy.seeded_noise)."""
