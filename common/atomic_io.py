@@ -91,3 +91,29 @@ def atomic_write_png(target: Path, image: Any) -> None:
     if not ok:
         raise ValueError(f"cannot encode {target} as PNG")
     atomic_write_bytes(target, encoded.tobytes(), durable=False)
+
+
+def check_writable_dir(path: Path, key: str = "out_dir") -> None:
+    """OutputError unless `path` is (or can be made) a folder this process can write in,
+    checked without creating it: before a job's work, not after (a bad out_dir found once a
+    DP run has trained would lose the run and the epsilon it spent). The test is a real
+    temporary file in `path`, or else in its nearest existing ancestor (permission bits say
+    nothing to root)."""
+    from common.errors import OutputError
+
+    probe_dir = Path(path)
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    problem = ""
+    if not probe_dir.is_dir():
+        problem = f"{probe_dir} is a file, not a folder"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".write-check-", suffix=".tmp"):
+                pass
+        except OSError as error:
+            problem = f"{probe_dir}: {error.strerror or error}"
+    if problem:
+        raise OutputError(
+            f"{key}={path} cannot be written ({problem}): choose a folder you can write to"
+        )

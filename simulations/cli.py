@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.atomic_io import check_writable_dir
 from common.config.option_values import flag, number, whole_number, whole_numbers
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
@@ -105,6 +106,27 @@ def out_dir_and_integers(
     return Path(options["out_dir"]), numbers
 
 
+# the options that name a local folder a command writes into (`submit`'s out_dir is a path
+# on the SuperLink's machine: not checked here)
+OUTPUT_FOLDER_KEYS = ("out_dir", "work_dir", "run_dir")
+LOCAL_OUTPUT_COMMANDS = frozenset(
+    {"train", "table1", "tune", "prepare", "phantom", "phantom-patches", "federate"}
+    | {"loopback", "certs", "audit", "gan", "demo"}
+)
+
+
+def check_output_folders(command: str, args: Sequence[str]) -> None:
+    """OutputError before any work when a folder the command would write is not writable
+    (a file, a read-only place): `train` found it only after training."""
+    if command not in LOCAL_OUTPUT_COMMANDS:
+        return
+    for arg in args:
+        key, sep, value = arg.lstrip("+").partition("=")
+        value = value.strip().strip("'\"")
+        if sep and key in OUTPUT_FOLDER_KEYS and value:
+            check_writable_dir(Path(value), key)
+
+
 def parse_list(value: str) -> list[str]:
     return [v.strip() for v in value.strip("[]").split(",") if v.strip()]
 
@@ -152,7 +174,13 @@ def check_no_finished_run(out_dir: Path, overwrite: bool) -> None:
     finished = out_dir / "result.json"
     if not finished.is_file() or overwrite:
         return
-    spent = json.loads(finished.read_text()).get("privacy", {}).get("epsilon_spent")
+    try:
+        spent = json.loads(finished.read_text()).get("privacy", {}).get("epsilon_spent")
+    except (ValueError, AttributeError) as error:  # broken JSON, or JSON that is no record
+        raise ConfigError(
+            f"{finished} cannot be read ({error}); a run here would replace it: look at it, "
+            "then pass another out_dir=, or overwrite=true to replace it"
+        ) from error
     what = f"a DP run that spent epsilon {spent:.3f}" if spent else "a finished run"
     raise ConfigError(
         f"{out_dir} already holds {what} (result.json). A run here would replace it"
@@ -460,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ray's C++ failure handler would turn SIGTERM into an abort (exit 134) in a simulation
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
+        check_output_folders(argv[0], argv[1:])
         with sigterm_raises(on_terminate=quiet_flower):
             return COMMANDS[argv[0]](argv[1:])
     except MammoflError as error:

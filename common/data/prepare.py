@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common.atomic_io import atomic_write_text
+from common.atomic_io import atomic_write_text, check_writable_dir
 from common.data.bcdr import read_bcdr_lesions
 from common.data.cbis_ddsm import ABNORMALITIES, read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
@@ -34,7 +33,7 @@ from common.data.patch_geometry import BORDERS
 from common.data.patch_set import SPLITS, PatchSet, write_manifest
 from common.data.readers import read_released
 from common.data.split_assignment import SPLIT_MODES, assign_splits, refuse_partly_marked
-from common.errors import ConfigError, DataError, OutputError
+from common.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 SOURCES = ("cbis-ddsm", "bcdr", "manifest", "released")
@@ -157,21 +156,6 @@ def _under(path: str, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(folder)
 
 
-def check_writable(out_dir: Path) -> None:
-    """OutputError before any source is read when out_dir cannot take prepare's files (a
-    real download takes hours to decode before the first write would fail)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # a name of its own (two runs never remove each other's) that no reader takes for data
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-", suffix=".tmp"):
-            pass
-    except OSError as error:
-        raise OutputError(
-            f"out_dir={out_dir} cannot be written ({error.strerror or error}): choose a folder "
-            "you can write to, with room for the patches"
-        ) from error
-
-
 def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     """Cut, split and write a site's patch set; returns the report (also in report.json).
 
@@ -182,7 +166,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     """
     if not options.root.exists():
         raise DataError(f"root={options.root} not found: give the download folder or the CSV")
-    check_writable(options.out_dir)
+    check_writable_dir(options.out_dir)  # before hours of decoding, not after
     lesions: list[Lesion] = []
     read_skipped: list[tuple[str, str]] = []
     if options.source != "released":  # a release's patches are used in place

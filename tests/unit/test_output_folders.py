@@ -1,0 +1,41 @@
+"""A folder a command writes into is checked before any work: `mammofl train` found an
+out_dir that was a file only after training (the run and, under DP, its epsilon lost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import main
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "experiment=tiny"],
+        ["table1", "rows=[real]"],
+        ["federate", "prepare_only=true"],
+        ["phantom-patches"],
+        ["certs", "sites=[a,b]"],
+        ["loopback"],
+    ],
+)
+def test_an_output_folder_that_cannot_be_written_stops_the_command_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    key = "work_dir" if command[0] == "loopback" else "out_dir"
+    assert main([*command, f"{key}={blocker / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}={blocker / 'run'} cannot be written" in err and "is a file" in err
+    assert list(tmp_path.iterdir()) == [blocker]  # nothing created, nothing trained
+
+
+def test_a_broken_result_json_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "result.json").write_text("{oops")
+    assert main(["train", "experiment=tiny", f"out_dir={tmp_path}"]) == 2
+    assert "result.json cannot be read" in capsys.readouterr().err
