@@ -43,11 +43,17 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of {shown}")
 
 
+# an epsilon above this bounds nothing a reader could use, and the accountants' searches and
+# the PLD cross-check take minutes to hours there (1e9 hung `mammofl plan`)
+MAX_EPSILON = 1e5
+
+
 def _positive_epsilon(key: str, value: float | None) -> None:
-    """An epsilon (target or cap) must be a finite number > 0 when it is given at all."""
-    if value is not None and not (math.isfinite(value) and value > 0):
+    """An epsilon (target or cap) must be a finite number in (0, MAX_EPSILON] when given."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_EPSILON):
         raise ConfigError(
-            f"{key}={value} is not a privacy budget: use a finite number > 0 (e.g. {key}=6)"
+            f"{key}={value} is not a privacy budget: use a finite number > 0 and at most "
+            f"{MAX_EPSILON:g} (e.g. {key}=6; privacy.enabled=false for a run without DP)"
         )
 
 

@@ -114,17 +114,24 @@ def _opacus_noise_multiplier(
     call for thousands of steps: cached)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    with largest_order_quiet():
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
-                epsilon_tolerance=tolerance,
+    try:
+        with largest_order_quiet():
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                    epsilon_tolerance=tolerance,
+                )
             )
-        )
+    except ValueError as error:  # opacus: "The privacy budget is too low."
+        raise PrivacyError(
+            f"target epsilon {target_epsilon} cannot be reached in {steps} steps at sample rate "
+            f"{sample_rate:.4g} with delta {delta:g} (opacus: {error}); raise the target "
+            "epsilon, or train fewer epochs or with a smaller batch"
+        ) from error
 
 
 def noise_multiplier_for(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
 from common.config.option_values import flag, number, whole_number
-from common.config.schema import PatchSourceConfig
+from common.config.schema import MAX_EPSILON, PatchSourceConfig
 from common.errors import ConfigError
 
 NODE_CONFIG_KEYS = (
@@ -61,8 +61,8 @@ class SiteFacts:
             or self.name in (".", "..")
         ):
             raise ConfigError(f"site name {self.name!r}: non-empty, no '/' or '\\', not . or ..")
-        if self.epsilon_cap is not None and self.epsilon_cap <= 0:
-            raise ConfigError(f"site {self.name}: epsilon-cap must be > 0")
+        if self.epsilon_cap is not None and not 0 < self.epsilon_cap <= MAX_EPSILON:
+            raise ConfigError(f"site {self.name}: epsilon-cap must be > 0, at most {MAX_EPSILON:g}")
         if self.delta_cap is not None and not 0 < self.delta_cap < 1:
             raise ConfigError(f"site {self.name}: delta-cap must be in (0, 1), e.g. 1e-5")
 

@@ -90,3 +90,18 @@ def test_seeded_streams_of_different_names_never_share_draws() -> None:
         assert not torch.isclose(draws[a], draws[b]).any(), (a, b)
     assert seeded_stream(seed, "dp-sgd", 0, 1) == round_one  # reproducible
     assert 0 <= round_one < 2**63
+
+
+def test_an_unreachable_or_meaningless_epsilon_is_refused_by_name() -> None:
+    """opacus' bare ValueError for a budget too low becomes a PrivacyError with the fix; an
+    epsilon of 1e9 (the PLD cross-check hung on it) is no budget."""
+    from common.config.compose import compose_config
+    from common.errors import ConfigError, PrivacyError
+    from common.privacy.plan import noise_multiplier_for
+
+    with pytest.raises(PrivacyError, match="cannot be reached in 18 steps"):
+        noise_multiplier_for(
+            target_epsilon=0.01, delta=1e-4, sample_rate=1 / 6, steps=18, accountant="rdp"
+        )
+    with pytest.raises(ConfigError, match="at most 100000"):
+        compose_config(["experiment=tiny", "privacy.enabled=true", "privacy.target_epsilon=1e9"])
