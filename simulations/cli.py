@@ -212,6 +212,8 @@ def cmd_table1(args: Sequence[str]) -> int:
         raise ConfigError("mammofl table1 needs out_dir=DIR")
     grid = flag("grid", options.get("grid", "true"))
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
+    if not rows:
+        raise ConfigError("rows=[]: name at least one row, e.g. rows=[real,real_eps6]")
     seeds = (
         whole_numbers("seeds", options["seeds"], minimum=0, distinct=True)
         if "seeds" in options

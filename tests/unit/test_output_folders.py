@@ -39,3 +39,9 @@ def test_a_broken_result_json_is_named_not_a_traceback(
     (tmp_path / "result.json").write_text("{oops")
     assert main(["train", "experiment=tiny", f"out_dir={tmp_path}"]) == 2
     assert "result.json cannot be read" in capsys.readouterr().err
+
+
+def test_table1_without_rows_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["table1", "rows=[]", f"out_dir={tmp_path / 't'}"]) == 2
+    assert "rows=[]: name at least one row" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
