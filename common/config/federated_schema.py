@@ -8,6 +8,7 @@ in a simulation `sites` is the launcher-side site table, one row per simulated S
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from common.config.schema import (
     TrainConfig,
     _choice,
     _device,
+    _finite,
     _positive_epsilon,
     check_dp_trainable,
 )
@@ -52,6 +54,11 @@ class SiteEntry:
     allow_non_dp_synthetic: bool = True  # a simulated site accepts the paper's non-DP MCGAN
 
     def __post_init__(self) -> None:
+        if not self.name.strip() or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise ConfigError(
+                f"sites.name={self.name!r}: a folder name (its archive and state go under it): "
+                "non-empty, no / or \\, not . or .."
+            )
         sources = [self.phantom_style is not None, self.raw is not None, self.patches is not None]
         if sum(sources) != 1:
             raise ConfigError(f"site {self.name!r}: set exactly one of phantom_style, raw, patches")
@@ -73,6 +80,16 @@ class PhantomDataConfig:
     ambiguity: float = 0.1
     conspicuity: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patients < 2 or self.test_patients < 1 or self.long_side < 256:
+            raise ConfigError(
+                "phantom: patients >= 2, test_patients >= 1 and long_side >= 256 (e.g. "
+                "phantom.patients=40)"
+            )
+        if not (math.isfinite(self.ambiguity) and 0 <= self.ambiguity <= 1):
+            raise ConfigError(f"phantom.ambiguity={self.ambiguity} must be in [0, 1]")
+        _finite("phantom.conspicuity", self.conspicuity, low=0, strict=True, example="1.0")
 
 
 @dataclass
@@ -120,8 +137,8 @@ class SynPreConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("synpre.epochs and synpre.batch_size must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"synpre.lr={self.lr} must be > 0, e.g. 1e-3")
+        _finite("synpre.lr", self.lr, low=0, strict=True, example="1e-3")
+        _finite("synpre.weight_decay", self.weight_decay, low=0, strict=False, example="1e-4")
 
 
 @dataclass
@@ -140,8 +157,10 @@ class ClientDPConfig:
     max_epsilon: float | None = None  # the consortium's client-level budget (None: report only)
 
     def __post_init__(self) -> None:
-        if self.enabled and (self.noise_multiplier <= 0 or self.clipping_norm <= 0):
-            raise ConfigError("federation.client_dp: noise_multiplier and clipping_norm > 0")
+        if self.enabled:
+            for key in ("noise_multiplier", "clipping_norm"):
+                _finite(f"federation.client_dp.{key}", getattr(self, key), low=0, strict=True,
+                        example="1.0")  # fmt: skip
         if not 0 < self.delta < 1:
             raise ConfigError("federation.client_dp.delta must be in (0, 1)")
         _positive_epsilon("federation.client_dp.max_epsilon", self.max_epsilon)
@@ -178,12 +197,19 @@ class FederationConfig:
         _choice("federation.weighting", self.weighting, WEIGHTINGS)
         if self.rounds < 1 or self.local_epochs < 1 or self.min_sites < 1:
             raise ConfigError("federation.rounds, local_epochs and min_sites must be >= 1")
-        if self.reply_timeout_s <= 0 or self.node_wait_timeout_s <= 0:
-            raise ConfigError("federation.reply_timeout_s and node_wait_timeout_s must be > 0")
+        for key in ("reply_timeout_s", "node_wait_timeout_s"):
+            _finite(f"federation.{key}", getattr(self, key), low=0, strict=True, example="900")
+        _finite("federation.proximal_mu", self.proximal_mu, low=0, strict=False, example="0.01")
+        _finite("federation.server_learning_rate", self.server_learning_rate, low=0,
+                strict=True, example="0.1")  # fmt: skip
         for key in ("stop_after_round", "kill_after_round"):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"federation.{key}={value} must be >= 1 (or null)")
+            if value is not None and not 1 <= value <= self.rounds:
+                raise ConfigError(
+                    f"federation.{key}={value} must be a round of the run, 1 to "
+                    f"federation.rounds={self.rounds} (or null): past the last round it would "
+                    "never act"
+                )
         if self.client_dp.enabled and self.strategy == "fedadam":
             raise ConfigError(
                 "federation.client_dp needs FedAvg's own aggregation (fedavg or fedprox): "
@@ -205,6 +231,8 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         for arm in self.compare:
             _choice("simulation.compare", arm, COMPARISON_ARMS)
+        _finite("simulation.num_cpus", self.num_cpus, low=0, strict=True, example="1")
+        _finite("simulation.num_gpus", self.num_gpus, low=0, strict=False, example="0.5")
 
 
 @dataclass
@@ -239,6 +267,8 @@ class FederatedRunConfig:
         return self.privacy.seeded_noise or (gan.enabled and gan.dp.enabled and gan.dp.seeded_noise)
 
     def __post_init__(self) -> None:
+        if not self.out_dir.strip():
+            raise ConfigError("out_dir is empty: give the run's folder (out_dir=runs/federated)")
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ConfigError(f"site names must be unique: {names}")

@@ -57,6 +57,15 @@ def _positive_epsilon(key: str, value: float | None) -> None:
         )
 
 
+def _finite(key: str, value: float, *, low: float, strict: bool, example: str) -> None:
+    """ConfigError unless `value` is a finite number > `low` (strict) or >= `low`: NaN passes
+    every comparison test such as `value <= 0` and would reach training unnoticed."""
+    above = value > low if strict else value >= low
+    if not (math.isfinite(value) and above):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigError(f"{key}={value}: expected a finite number {bound}, e.g. {key}={example}")
+
+
 def _device(key: str, value: str) -> None:
     if not DEVICE_PATTERN.fullmatch(value):
         raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:<index> or mps")
@@ -268,6 +277,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr} must be a finite number > 0 (e.g. 1e-3)")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        _finite("train.weight_decay", self.weight_decay, low=0, strict=False, example="1e-8")
         if self.feature_batch_size < 1 or self.num_workers < 0:
             raise ConfigError("train.feature_batch_size >= 1 and train.num_workers >= 0")
 

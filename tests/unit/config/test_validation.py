@@ -7,6 +7,7 @@ data is read or any budget reserved.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,8 +45,8 @@ DP6 = PrivacyConfig(enabled=True, target_epsilon=6)
 SWIN_T = ("swin_tiny_patch4_window7_224", "swin_t", "swinv2_tiny_window8_256", "swin_v2_t")
 
 
-# ---- epsilon <= 0 ----------------------------------------------------------------------------
-@pytest.mark.parametrize("epsilon", [0.0, -1.0, float("inf"), float("nan")])
+# ---- epsilon <= 0, or past any meaning --------------------------------------------------------
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, float("inf"), float("nan"), 1e9])
 @pytest.mark.parametrize(
     ("make", "key"),
     [
@@ -61,7 +62,9 @@ SWIN_T = ("swin_tiny_patch4_window7_224", "swin_t", "swinv2_tiny_window8_256", "
 def test_a_budget_must_be_a_finite_positive_epsilon(
     make: Callable[[float], object], key: str, epsilon: float
 ) -> None:
-    with pytest.raises(ConfigError, match=rf"{key}=.*finite number > 0 \(e\.g\. {key}=6\)"):
+    with pytest.raises(
+        ConfigError, match=rf"{key}=.*finite number > 0 and at most 100000 \(e\.g\. {key}=6"
+    ):
         make(epsilon)
 
 
@@ -285,3 +288,36 @@ def test_added_keys_stay_allowed_in_free_dicts() -> None:
 
     with pytest.raises(ConfigError, match=r"did you mean sites\.0\.epsilon_cap\?"):
         compose_federated_config(["+sites.0.epsilon_capp=2"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("federation.client_dp.noise_multiplier=nan", "noise_multiplier=nan: expected a finite"),
+        ("federation.client_dp.clipping_norm=inf", "clipping_norm=inf: expected a finite"),
+        ("federation.reply_timeout_s=nan", "reply_timeout_s=nan"),
+        ("federation.proximal_mu=-1", "proximal_mu=-1.0: expected a finite number >= 0"),
+        ("federation.server_learning_rate=0", "server_learning_rate=0.0"),
+        ("federation.stop_after_round=9", "stop_after_round=9 must be a round of the run"),
+        ("federation.kill_after_round=4", "kill_after_round=4 must be a round of the run"),
+        ("simulation.num_cpus=0", "simulation.num_cpus=0.0"),
+        ("train.weight_decay=nan", "train.weight_decay=nan"),
+        ("synpre.lr=inf", "synpre.lr=inf"),
+        ("synpre.weight_decay=-1", "synpre.weight_decay=-1.0"),
+        ("phantom.patients=0", "phantom: patients >= 2"),
+        ("phantom.ambiguity=2", "phantom.ambiguity=2.0"),
+        ("sites.0.name=..", "sites.name='..'"),
+        ("out_dir=", "out_dir is empty"),
+    ],
+)
+def test_federated_settings_that_would_act_as_nonsense_are_refused(
+    override: str, message: str
+) -> None:
+    """NaN passes every `<= 0` test; a stop past the last round never acts; a site named ..
+    writes its archive beside the run: each refused by name."""
+    from common.config.compose import compose_federated_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_federated_config(
+            ["experiment=federated/tiny", "federation.client_dp.enabled=true", override]
+        )
