@@ -79,7 +79,10 @@ def load_space(name_or_path: str) -> SearchSpace:
     if not path.is_file():
         known = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
         raise ConfigError(f"search space {name_or_path!r}: no file {path}; known: {known}")
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a mapping with base, axes, trials, seeds expected")
     try:
@@ -203,6 +206,14 @@ def run_search(
         overrides = [*overrides, f"train.feature_cache_dir={out_dir / '_features'}"]
     load = shared_loader()
     found = candidates(space)
+    for candidate in found:  # a typo in an axis or override is the search's fault: say so now
+        try:
+            trial_config(space, candidate, chosen_seeds[0], overrides)
+        except ConfigError as error:
+            raise ConfigError(
+                f"search space {space.name}, candidate {' '.join(candidate_overrides(candidate))}"
+                f": {error}"
+            ) from error
     log.info(
         "%s: %d of %d candidates x %d seeds", space.name, len(found), space.size, len(chosen_seeds)
     )

@@ -119,3 +119,21 @@ def test_a_resume_compares_overrides_as_a_set_unless_a_key_repeats() -> None:
     # a dict value merges into the node: data.real.path= before or after data.real= differs
     nested = ["data.real.path=b", "data.real={format:patchset,path:a}"]
     assert comparable_overrides(nested) != comparable_overrides(list(reversed(nested)))
+
+
+def test_a_typo_in_an_axis_or_override_stops_the_search_before_any_trial(
+    tmp_path: Path,
+) -> None:
+    """Every trial of a misspelt key failed, was saved as a failure, and the search exited 0;
+    a file that is no YAML gave a yaml traceback without its name."""
+    axes = {"lr": ["train.lr=1e-3", "train.lrr=1e-2"]}
+    space = load_space(str(_space(tmp_path, axes=axes, seeds=[42])))
+    with pytest.raises(ConfigError, match=r"candidate train\.lrr=1e-2: .*train\.lrr"):
+        run_search(space, [], tmp_path / "search")
+    assert not (tmp_path / "search" / "trials").exists()
+    with pytest.raises(ConfigError, match=r"train\.epochz"):
+        run_search(load_space(str(_space(tmp_path))), ["train.epochz=3"], tmp_path / "s2")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("axes: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_space(str(broken))
