@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,20 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+MAX_VALID_DAYS = 3650
+DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address, or a DNS name of RFC 1123 labels (what a certificate's SAN may hold)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return 0 < len(host) <= 253 and all(DNS_LABEL.fullmatch(label) for label in labels)
+
+
 def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -87,8 +102,22 @@ def make_consortium(
         )
     if not hosts:
         raise ConfigError("certificates: give the SuperLink's host names (hosts=[...])")
-    if len(set(sites)) != len(sites) or any(not s or "/" in s for s in sites):
-        raise ConfigError(f"certificates: site names must be unique, non-empty, no '/': {sites}")
+    bad_hosts = [h for h in hosts if not _is_host(h)]
+    if bad_hosts:
+        raise ConfigError(
+            f"certificates: {bad_hosts} are neither IP addresses nor DNS names (letters, "
+            "digits, - and . only), e.g. hosts=[superlink.hospital.org,10.0.0.5]"
+        )
+    if not sites:
+        raise ConfigError("certificates: name the sites (sites=[a,b]): one key pair each")
+    if len(set(sites)) != len(sites) or any(
+        not s or "/" in s or "\\" in s or s in (".", "..") for s in sites
+    ):
+        raise ConfigError(
+            f"certificates: site names must be unique, non-empty, no / or \\, not . or ..: {sites}"
+        )
+    if not 1 <= valid_days <= MAX_VALID_DAYS:
+        raise ConfigError(f"valid_days={valid_days}: 1 to {MAX_VALID_DAYS} (ten years)")
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=valid_days)
 

@@ -44,12 +44,24 @@ def test_each_site_gets_its_own_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("hosts", "sites"), [([], ["a"]), (["localhost"], ["a", "a"]), (["localhost"], ["x/y"])]
+    ("hosts", "sites", "days"),
+    [
+        ([], ["a"], 365),
+        (["localhost"], ["a", "a"], 365),
+        (["localhost"], ["x/y"], 365),
+        (["localhost"], [".."], 365),  # its private key would sit beside ca.key
+        (["localhost"], [], 365),  # a CA with no site keys, then refused as existing
+        (["not a host!"], ["a"], 365),
+        (["localhost"], ["a"], 100_000_000),  # an OverflowError traceback
+    ],
 )
-def test_bad_names_are_refused(tmp_path: Path, hosts: list[str], sites: list[str]) -> None:
+def test_bad_names_are_refused(
+    tmp_path: Path, hosts: list[str], sites: list[str], days: int
+) -> None:
     with pytest.raises(ConfigError):
-        make_consortium(tmp_path, hosts, sites)
+        make_consortium(tmp_path, hosts, sites, valid_days=days)
     assert not any(tmp_path.iterdir())  # nothing half-written
+    assert make_consortium(tmp_path / "ok", ["superlink.hospital-a.org", "10.0.0.5"], ["a"])
 
 
 def test_an_existing_ca_is_never_overwritten(tmp_path: Path) -> None:
