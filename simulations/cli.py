@@ -196,7 +196,7 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     options, rest = split_options(args, names)
     if rest or "run_dir" not in options or "patches" not in options:
         raise ConfigError(
-            "usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name= "
+            "usage: mammofl evaluate run_dir=DIR patches=PATH [format= split= name= out=DIR "
             "allow_patient_overlap=true]"
         )
     allow = flag("allow_patient_overlap", options.pop("allow_patient_overlap", "false"))

@@ -9,6 +9,7 @@ the overlap is written into the evaluation record.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,28 @@ def run_record(run_dir: Path) -> dict[str, Any]:
         result = run_dir / "result.json"
     if not result.is_file():
         raise ConfigError(f"{result} not found: run_dir must be a `mammofl train` output folder")
-    record: dict[str, Any] = json.loads(result.read_text())
+    try:
+        record = json.loads(result.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{result} is not a readable run record ({error})") from error
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ConfigError(
+            f"{result} holds no run config: run_dir must be a `mammofl train` output folder"
+        )
     return record
 
 
 def load_run_config(run_dir: Path, record: dict[str, Any] | None = None) -> MammoflConfig:
-    """The run's config; `record` when the caller has read it already."""
+    """The run's config; `record` when the caller has read it already. ConfigError when the
+    stored config does not fit this mammofl's (another version, an edited file)."""
     stored = (record if record is not None else run_record(run_dir))["config"]
-    merged = OmegaConf.merge(OmegaConf.structured(MammoflConfig), stored)
-    config = OmegaConf.to_object(merged)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(MammoflConfig), stored)
+        config = OmegaConf.to_object(merged)
+    except Exception as error:  # omegaconf's validation and conversion errors, many types
+        raise ConfigError(
+            f"{run_dir}: its stored config does not fit this mammofl's ({error})"
+        ) from error
     assert isinstance(config, MammoflConfig)
     return config
 
@@ -58,6 +72,11 @@ def evaluate_run(
     out: str | None = None,
     allow_patient_overlap: bool = False,
 ) -> dict[str, Any]:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ConfigError(
+            f"name={name!r}: letters, digits, _ . - only (it names files and a folder in the "
+            "run: evaluation_<name>)"
+        )
     folder = Path(run_dir)
     stored = run_record(folder)
     config = load_run_config(folder, stored)

@@ -28,11 +28,19 @@ def load_generator(checkpoint: Path) -> tuple[Generator, dict[str, Any]]:
 
     if not checkpoint.is_file():
         raise ConfigError(f"checkpoint {checkpoint} not found (see DIR/checkpoints/epoch_*.pt)")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GanConfig), state["config"]))
-    assert isinstance(config, GanConfig)
-    generator = Generator(shape_of(config))
-    generator.load_state_dict(state["generator"])
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        config = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(GanConfig), state["config"])
+        )
+        assert isinstance(config, GanConfig)
+        generator = Generator(shape_of(config))
+        generator.load_state_dict(state["generator"])
+    except Exception as error:  # not a file torch reads, or no MCGAN checkpoint inside
+        raise ConfigError(
+            f"{checkpoint} is not an MCGAN checkpoint of this mammofl ({type(error).__name__}: "
+            f"{error}); give DIR/checkpoints/epoch_*.pt of a `mammofl gan train` run"
+        ) from error
     return generator.eval(), state
 
 

@@ -45,3 +45,36 @@ def test_table1_without_rows_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["table1", "rows=[]", f"out_dir={tmp_path / 't'}"]) == 2
     assert "rows=[]: name at least one row" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{oops", "not a readable run record"), ('{"tests": {}}', "holds no run config")],
+)
+def test_evaluate_names_a_run_folder_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    (tmp_path / "result.json").write_text(content)
+    assert main(["evaluate", f"run_dir={tmp_path}", f"patches={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_name_that_leaves_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", f"run_dir={tmp_path}", f"patches={tmp_path}", "name=../../x"]) == 2
+    assert "name='../../x'" in capsys.readouterr().err
+
+
+def test_gan_generate_names_a_file_that_is_no_mcgan_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    for path, payload in ((tmp_path / "a.pt", {"weights": 1}), (tmp_path / "b.pt", None)):
+        if payload is None:
+            path.write_bytes(b"not a pickle")
+        else:
+            torch.save(payload, path)
+        assert main(["gan", "generate", f"checkpoint={path}", f"out_dir={tmp_path / 'o'}"]) == 2
+        assert "is not an MCGAN checkpoint" in capsys.readouterr().err
