@@ -102,7 +102,8 @@ def check_writable_dir(path: Path, key: str = "out_dir") -> None:
     from common.errors import OutputError
 
     probe_dir = Path(path)
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+    # os.path.exists: False, not PermissionError, below a folder that cannot be searched
+    while not os.path.exists(probe_dir) and probe_dir != probe_dir.parent:
         probe_dir = probe_dir.parent
     problem = ""
     if not probe_dir.is_dir():

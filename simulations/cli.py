@@ -123,7 +123,8 @@ def check_output_folders(command: str, args: Sequence[str]) -> None:
     for arg in args:
         key, sep, value = arg.lstrip("+").partition("=")
         value = value.strip().strip("'\"")
-        if sep and key in OUTPUT_FOLDER_KEYS and value:
+        # an interpolation (${...}) or null is hydra's to resolve: not probed here
+        if sep and key in OUTPUT_FOLDER_KEYS and value and "${" not in value and value != "null":
             check_writable_dir(Path(value), key)
 
 

@@ -59,6 +59,7 @@ def check_presets(overrides: Sequence[str], schema: type) -> None:
     group = "gan_preset" if schema is GanConfig else "experiment"
     for override in overrides:
         key, sep, value = override.lstrip("+~").partition("=")
+        value = value.strip().strip("'\"")
         if key != group or not sep or value in ("", "null"):
             continue
         known = preset_names(group)

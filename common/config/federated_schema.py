@@ -82,13 +82,13 @@ class PhantomDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.patients < 2 or self.test_patients < 1 or self.long_side < 256:
+        if self.patients < 2 or self.test_patients < 2 or self.long_side < 256:
             raise ConfigError(
-                "phantom: patients >= 2, test_patients >= 1 and long_side >= 256 (e.g. "
-                "phantom.patients=40)"
+                "phantom: patients >= 2, test_patients >= 2 (both classes) and long_side >= "
+                "256 (e.g. phantom.patients=40)"
             )
-        if not (math.isfinite(self.ambiguity) and 0 <= self.ambiguity <= 1):
-            raise ConfigError(f"phantom.ambiguity={self.ambiguity} must be in [0, 1]")
+        if not (math.isfinite(self.ambiguity) and 0 <= self.ambiguity < 0.5):
+            raise ConfigError(f"phantom.ambiguity={self.ambiguity} must be in [0, 0.5)")
         _finite("phantom.conspicuity", self.conspicuity, low=0, strict=True, example="1.0")
 
 

@@ -55,7 +55,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 MAX_VALID_DAYS = 3650
-DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# RFC 1123 labels, and _ (container service names) and a leading * (a wildcard) as TLS
+# stacks accept them
+DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def _is_host(host: str) -> bool:
@@ -65,6 +67,8 @@ def _is_host(host: str) -> bool:
         return True
     except ValueError:
         labels = host.rstrip(".").split(".")
+        if len(labels) > 1 and labels[0] == "*":
+            labels = labels[1:]
         return 0 < len(host) <= 253 and all(DNS_LABEL.fullmatch(label) for label in labels)
 
 

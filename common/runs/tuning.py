@@ -197,14 +197,12 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or resume) every (candidate, seed); write trials/<id>/seed<s>.json, tune.csv
     (candidates ranked by mean hold-out AUROC; failed ones last) and tune.json; returns the
-    summary. A candidate that cannot run (a ConfigError such as a batch larger than the set)
-    or diverges (NonFiniteError) is recorded as failed, with the reason, and the search goes on.
-    Raises ConfigError when out_dir holds another search."""
+    summary. A candidate whose overrides do not compose (a misspelt key or value) stops the
+    search before any trial (ConfigError naming it); one that composes but cannot run on the
+    data (a ConfigError such as a batch larger than the set) or diverges (NonFiniteError) is
+    recorded as failed, with the reason, and the search goes on. Raises ConfigError when
+    out_dir holds another search."""
     chosen_seeds = tuple(seeds) if seeds else space.seeds
-    _check_same_search(out_dir, space, overrides)
-    if not any(o.startswith("train.feature_cache_dir=") for o in overrides):
-        overrides = [*overrides, f"train.feature_cache_dir={out_dir / '_features'}"]
-    load = shared_loader()
     found = candidates(space)
     for candidate in found:  # a typo in an axis or override is the search's fault: say so now
         try:
@@ -214,6 +212,10 @@ def run_search(
                 f"search space {space.name}, candidate {' '.join(candidate_overrides(candidate))}"
                 f": {error}"
             ) from error
+    _check_same_search(out_dir, space, overrides)  # writes search.json: after the checks
+    if not any(o.startswith("train.feature_cache_dir=") for o in overrides):
+        overrides = [*overrides, f"train.feature_cache_dir={out_dir / '_features'}"]
+    load = shared_loader()
     log.info(
         "%s: %d of %d candidates x %d seeds", space.name, len(found), space.size, len(chosen_seeds)
     )

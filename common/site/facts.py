@@ -7,6 +7,7 @@ one row per partition id). Nothing here is ever sent to the server except the si
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from common.config.option_values import flag, number, whole_number
 from common.config.schema import MAX_EPSILON, PatchSourceConfig
 from common.errors import ConfigError
 
+log = logging.getLogger(__name__)
 NODE_CONFIG_KEYS = (
     "site-name",
     "data-dir",
@@ -87,24 +89,23 @@ def _folder(node_config: Mapping[str, object], key: str) -> Path:
 
 # Flower's own keys of a simulated node (never read from a deployed one)
 FLOWER_KEYS = ("partition-id", "num-partitions")
-DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 def _check_keys(node_config: Mapping[str, object]) -> None:
-    """ConfigError naming a key mammofl does not know: a misspelt `delta-cap` would otherwise
-    be no delta cap at all, a misspelt `device` the CPU."""
+    """ConfigError for a key that looks like a misspelt mammofl key: `delta_cap` would
+    otherwise be no delta cap at all, `devise` the CPU. A SuperNode's node_config is shared by
+    every Flower app it runs, so a key unlike any of mammofl's is another app's: logged."""
     unknown = [k for k in node_config if k not in (*NODE_CONFIG_KEYS, *FLOWER_KEYS)]
-    if unknown:
-        hints = [
-            f"{k!r} (did you mean {close[0]!r}?)"
-            if (close := get_close_matches(k, NODE_CONFIG_KEYS, 1))
-            else repr(k)
-            for k in unknown
-        ]
+    close = {k: get_close_matches(k, NODE_CONFIG_KEYS, 1) for k in unknown}
+    misspelt = {k: match[0] for k, match in close.items() if match}
+    if misspelt:
+        hints = ", ".join(f"{k!r} (did you mean {key!r}?)" for k, key in misspelt.items())
         raise ConfigError(
-            f"node_config: unknown key {', '.join(hints)}; the keys are "
-            f"{', '.join(NODE_CONFIG_KEYS)}"
+            f"node_config: unknown key {hints}; the keys are {', '.join(NODE_CONFIG_KEYS)}"
         )
+    if unknown:
+        log.warning("node_config keys %s are not mammofl's: not read", ", ".join(unknown))
 
 
 def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
@@ -124,12 +125,12 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         raise ConfigError("node_config seeded-noise=true needs noise-seed=<the site's own seed>")
     device = str(node_config.get("device", "cpu")).strip()
     if not DEVICE.fullmatch(device):
-        raise ConfigError(f"node_config device={device!r}: cpu, cuda, cuda:<index> or mps")
+        raise ConfigError(f"node_config device={device!r}: auto, cpu, cuda, cuda:<index> or mps")
     return SiteFacts(
         name=str(node_config["site-name"]),
         state_dir=_folder(node_config, "state-dir"),
         data_dir=_folder(node_config, "data-dir"),
-        raw_dir=_folder(node_config, "raw-dir") if "raw-dir" in node_config else None,
+        raw_dir=_folder(node_config, "raw-dir") if node_config.get("raw-dir") else None,
         epsilon_cap=_number(node_config, "epsilon-cap", example="6"),
         delta_cap=(
             _number(node_config, "delta-cap", example="1e-5")

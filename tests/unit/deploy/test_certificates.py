@@ -61,7 +61,8 @@ def test_bad_names_are_refused(
     with pytest.raises(ConfigError):
         make_consortium(tmp_path, hosts, sites, valid_days=days)
     assert not any(tmp_path.iterdir())  # nothing half-written
-    assert make_consortium(tmp_path / "ok", ["superlink.hospital-a.org", "10.0.0.5"], ["a"])
+    hosts_seen = ["superlink.hospital-a.org", "10.0.0.5", "::1", "super_link", "*.hosp.org"]
+    assert make_consortium(tmp_path / "ok", hosts_seen, ["a"])
 
 
 def test_an_existing_ca_is_never_overwritten(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def test_node_config_needs_the_sites_own_cap_and_seed() -> None:
         # a misspelt key would silently be no delta cap at all, or the CPU
         ({"delta_cap": 1e-5}, "unknown key 'delta_cap' \\(did you mean 'delta-cap'\\?\\)"),
         ({"devise": "cuda"}, "unknown key 'devise' \\(did you mean 'device'\\?\\)"),
-        ({"device": "gpu"}, "device='gpu': cpu, cuda, cuda:<index> or mps"),
+        ({"device": "gpu"}, "device='gpu': auto, cpu, cuda, cuda:<index> or mps"),
         ({"state-dir": ""}, "state-dir is empty"),
         ({"data-dir": "  "}, "data-dir is empty"),
         ({"site-name": ".."}, "site name '..'"),
@@ -185,6 +185,9 @@ def test_a_node_config_typo_is_refused_by_name(extra: dict[str, object], message
     with pytest.raises(ConfigError, match=message):
         facts_from_node_config({**base, **extra})
     assert facts_from_node_config({**base, "device": "cuda:1"}).device == "cuda:1"
+    assert facts_from_node_config({**base, "device": "auto"}).device == "auto"  # loopback's
+    # another Flower app's key on the same SuperNode (nothing like mammofl's): not refused
+    assert facts_from_node_config({**base, "fds-partition": 3, "raw-dir": ""}).raw_dir is None
 
 
 def test_no_non_dp_synthetic_data_without_consent(tiny_workspace: Path, tmp_path: Path) -> None:
