@@ -107,22 +107,28 @@ def test_a_later_run_with_another_seed_reuses_the_sites_mcgan_and_its_charge(
     assert [e["kind"] for e in runtime.status()["ledger"]["events"]] == ["dp-gan"]
 
 
+def _dp_gan_site(workspace: Path, run: Path, *overrides: str) -> SiteRuntime:
+    """A tiny site whose MCGAN trains with DP (epsilon 2, batch 4)."""
+    config = tiny_federated_config(
+        workspace,
+        f"run_dir={run}",
+        "gan.dp.enabled=true",
+        "gan.dp.target_epsilon=2",
+        "gan.train.batch_size=4",
+        *overrides,
+    )
+    return SiteRuntime(simulated_site(config, 0), config)
+
+
 def test_a_settled_dp_mcgan_resumed_from_an_earlier_epoch_charges_the_epochs_again(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
     """Its later checkpoints gone, a finished DP-MCGAN resumes from an earlier epoch: the
     epochs it trains again are a new use of the data (the first run's samples may have left
     the site), charged as a new event, not hidden in the settled first charge."""
-    config = tiny_federated_config(
-        tiny_workspace,
-        f"run_dir={tmp_path}",
-        "gan.dp.enabled=true",
-        "gan.dp.target_epsilon=2",
-        "gan.train.batch_size=4",
-        "gan.train.epochs=3",
-        "gan.train.checkpoint_every=1",
+    runtime = _dp_gan_site(
+        tiny_workspace, tmp_path, "gan.train.epochs=3", "gan.train.checkpoint_every=1"
     )
-    runtime = SiteRuntime(simulated_site(config, 0), config)
     runtime.synthesize(4)
     (first,) = runtime.status()["ledger"]["events"]
     assert first["status"] == "settled" and first["steps"] % 3 == 0
@@ -150,14 +156,8 @@ def test_a_dp_mcgan_checkpoint_with_no_charge_on_record_is_charged_in_full(
     from common.site.runtime import _at_size
     from common.site.synthetic import train_site_gan
 
-    config = tiny_federated_config(
-        tiny_workspace,
-        f"run_dir={tmp_path}",
-        "gan.dp.enabled=true",
-        "gan.dp.target_epsilon=2",
-        "gan.train.batch_size=4",
-    )
-    runtime = SiteRuntime(simulated_site(config, 0), config)
+    runtime = _dp_gan_site(tiny_workspace, tmp_path)
+    config = runtime.config
     runtime.synthesize(4)
     (charged,) = runtime.status()["ledger"]["events"]
     restored = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
