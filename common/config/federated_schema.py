@@ -18,6 +18,7 @@ from common.config.gan_schema import (
     GanTrainConfig,
     check_fast_with_dp,
 )
+from common.config.option_values import is_folder_name
 from common.config.schema import (
     EvalConfig,
     ModelConfig,
@@ -54,7 +55,7 @@ class SiteEntry:
     allow_non_dp_synthetic: bool = True  # a simulated site accepts the paper's non-DP MCGAN
 
     def __post_init__(self) -> None:
-        if not self.name.strip() or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+        if not is_folder_name(self.name):
             raise ConfigError(
                 f"sites.name={self.name!r}: a folder name (its archive and state go under it): "
                 "non-empty, no / or \\, not . or .."

@@ -78,3 +78,9 @@ def whole_numbers(
     if distinct and len(set(numbers)) != len(numbers):
         raise ConfigError(f"{name}={value}: each once")
     return numbers
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether `name` can name one folder of its own (a site's state, archive or key files):
+    non-empty, no / or \\, not . or .. (which would put them beside or above the others)."""
+    return bool(name.strip()) and not any(c in name for c in "/\\") and name not in (".", "..")

@@ -84,10 +84,13 @@ class PrepareOptions:
         return self.site or SOURCE_SITES.get(self.source, "site")
 
 
-def read_lesions(options: PrepareOptions) -> tuple[list[Lesion], list[tuple[str, str]]]:
-    """Every lesion the source names (not for `released`), and the rows it skipped."""
+def read_lesions(
+    options: PrepareOptions, tables: list[Path]
+) -> tuple[list[Lesion], list[tuple[str, str]]]:
+    """Every lesion the source names (not for `released`), and the rows it skipped;
+    `tables`: the CBIS-DDSM description CSVs (`input_tables`)."""
     if options.source == "cbis-ddsm":
-        lesions, skipped = read_cbis_ddsm(options.root, cbis_csvs(options), options.abnormality)
+        lesions, skipped = read_cbis_ddsm(options.root, tables, options.abnormality)
     elif options.source == "bcdr":
         lesions, skipped = read_bcdr_lesions(options.root)
     elif options.source == "manifest":
@@ -104,10 +107,14 @@ def read_lesions(options: PrepareOptions) -> tuple[list[Lesion], list[tuple[str,
     return lesions, skipped
 
 
-def cbis_csvs(options: PrepareOptions) -> list[Path]:
-    return [Path(c) for c in options.csv.split(",") if c] or sorted(
-        options.root.rglob("*case_description*.csv")
-    )
+def input_tables(options: PrepareOptions) -> list[Path]:
+    """The tables the source is read from: CBIS-DDSM's description CSVs (`csv=`, else every
+    one under root), or the manifest file itself."""
+    if options.source == "cbis-ddsm":
+        return [Path(c) for c in options.csv.split(",") if c] or sorted(
+            options.root.rglob("*case_description*.csv")
+        )
+    return [options.root] if options.root.is_file() else []
 
 
 def cut_patches(
@@ -128,14 +135,11 @@ def cut_patches(
     return patch_set
 
 
-def check_outputs_apart(options: PrepareOptions, lesions: list[Lesion]) -> None:
+def check_outputs_apart(options: PrepareOptions, lesions: list[Lesion], tables: list[Path]) -> None:
     """Refuse (ConfigError, before anything is written or removed) an out_dir whose outputs
     would land on the source: its images in out_dir/images (a rerun would take them for an
     earlier run's patches) or its table as out_dir/manifest.csv or report.json."""
     out = options.out_dir.resolve()
-    tables = cbis_csvs(options) if options.source == "cbis-ddsm" else []
-    if options.root.is_file():
-        tables.append(options.root)
     for table in tables:
         if table.resolve() in (out / "manifest.csv", out / "report.json"):
             raise ConfigError(
@@ -170,8 +174,9 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     lesions: list[Lesion] = []
     read_skipped: list[tuple[str, str]] = []
     if options.source != "released":  # a release's patches are used in place
-        lesions, read_skipped = read_lesions(options)
-        check_outputs_apart(options, lesions)
+        tables = input_tables(options)
+        lesions, read_skipped = read_lesions(options, tables)
+        check_outputs_apart(options, lesions, tables)
         if options.split == "official":  # before hours of cutting, not after
             refuse_partly_marked([(les.official_split, les.where) for les in lesions])
     if options.fresh:
@@ -190,7 +195,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
     }
     if not patch_set.records:
         # an earlier run's manifest beside this report would still be read as the site's set
-        write_output(options.out_dir / "manifest.csv", Path.unlink, True)
+        write_output(options.out_dir / "manifest.csv", lambda path: path.unlink(missing_ok=True))
         write_report(options.out_dir, report)
         why = (
             f"all {len(skipped)} records were skipped ({format_summary(report['skip_summary'])})"

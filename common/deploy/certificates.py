@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.atomic_io import atomic_write_bytes
+from common.config.option_values import is_folder_name
 from common.errors import ConfigError
 
 CURVE = ec.SECP384R1()  # a NIST curve: flwr 1.42 refuses others for SuperNode keys
@@ -114,9 +115,7 @@ def make_consortium(
         )
     if not sites:
         raise ConfigError("certificates: name the sites (sites=[a,b]): one key pair each")
-    if len(set(sites)) != len(sites) or any(
-        not s or "/" in s or "\\" in s or s in (".", "..") for s in sites
-    ):
+    if len(set(sites)) != len(sites) or not all(map(is_folder_name, sites)):
         raise ConfigError(
             f"certificates: site names must be unique, non-empty, no / or \\, not . or ..: {sites}"
         )

@@ -16,7 +16,7 @@ from difflib import get_close_matches
 from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
-from common.config.option_values import flag, number, whole_number
+from common.config.option_values import flag, is_folder_name, number, whole_number
 from common.config.schema import MAX_EPSILON, PatchSourceConfig
 from common.errors import ConfigError
 
@@ -56,12 +56,7 @@ class SiteFacts:
     noise_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if (
-            not self.name.strip()
-            or "/" in self.name
-            or "\\" in self.name
-            or self.name in (".", "..")
-        ):
+        if not is_folder_name(self.name):
             raise ConfigError(f"site name {self.name!r}: non-empty, no '/' or '\\', not . or ..")
         if self.epsilon_cap is not None and not 0 < self.epsilon_cap <= MAX_EPSILON:
             raise ConfigError(f"site {self.name}: epsilon-cap must be > 0, at most {MAX_EPSILON:g}")
