@@ -107,10 +107,10 @@ def out_dir_and_integers(
 
 
 # the options that name a local folder a command writes into (`submit`'s out_dir is a path
-# on the SuperLink's machine: not checked here)
+# on the SuperLink's machine: not checked here; `prepare` checks its own, as a library call)
 OUTPUT_FOLDER_KEYS = ("out_dir", "work_dir", "run_dir")
 LOCAL_OUTPUT_COMMANDS = frozenset(
-    {"train", "table1", "tune", "prepare", "phantom", "phantom-patches", "federate"}
+    {"train", "table1", "tune", "phantom", "phantom-patches", "federate"}
     | {"loopback", "certs", "audit", "gan", "demo"}
 )
 
