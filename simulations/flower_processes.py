@@ -55,9 +55,20 @@ def flower_env(flwr_home: Path | None, extra: Mapping[str, str] | None = None) -
 
 
 def free_port() -> int:
+    """A loopback port free now; another program may take it before the Flower process
+    binds it (see `lost_port_race`)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+PORT_TRIES = 3  # starts of one process, each on a new port, before a taken port is an error
+
+
+def lost_port_race(process: ManagedProcess) -> bool:
+    """The process exited because the port `free_port` gave it was taken meanwhile (uvicorn:
+    "[Errno 98] ... address already in use"): worth starting again on a new port."""
+    return not process.alive() and "address already in use" in process.log_since_start().lower()
 
 
 @dataclass

@@ -26,9 +26,11 @@ from common.deploy.certificates import ConsortiumFiles, make_consortium
 from common.errors import ConfigError
 from common.site.facts import site_root
 from simulations.flower_processes import (
+    PORT_TRIES,
     ManagedProcess,
     flower_env,
     free_port,
+    lost_port_race,
     register_supernode,
     submit_run,
     superlink_args,
@@ -95,6 +97,7 @@ class LoopbackFederation:
         max_wait_time_s: float = 300.0,
     ) -> None:
         self.work = work.resolve()
+        self.port_chosen = port is None  # a port of our choosing may be changed if taken
         self.port = port or free_port()
         self.env = flower_env(self.work / "flwr-home", env)
         self.node_configs = {name: dict(values) for name, values in node_configs.items()}
@@ -129,7 +132,34 @@ class LoopbackFederation:
         shutil.rmtree(self.work / "certs", ignore_errors=True)
         (self.work / "superlink.db").unlink(missing_ok=True)
         self.certs = make_consortium(self.work / "certs", HOSTS, list(self.node_configs))
-        self.superlink = ManagedProcess(
+        for attempt in range(1, PORT_TRIES + 1):
+            self.superlink = self._superlink().start()
+            write_connection(self.work / "flwr-home", self.address, self.certs.ca_certificate)
+            try:
+                wait_for(
+                    "SuperLink",
+                    lambda: self._check_superlink() or supernodes(self.env) is not None,
+                    timeout,
+                )
+                break
+            except ConfigError:
+                retry = self.port_chosen and attempt < PORT_TRIES
+                if not (retry and lost_port_race(self.superlink)):
+                    raise
+                self.superlink.stop()  # its children, if any got started
+                log.info("port %d was taken before the SuperLink bound it: a new one", self.port)
+                self.port = free_port()
+        for name, values in self.node_configs.items():
+            node_id = register_supernode(self.certs.site_public_keys[name], self.env)
+            self.sites[name] = SiteNode(name, values, self._supernode(name, values), node_id)
+        for site in self.sites.values():
+            site.process.start()
+        self.wait_online(list(self.sites), timeout, started=True)
+        log.info("SuperLink %s with %d SuperNodes online", self.address, len(self.sites))
+
+    def _superlink(self) -> ManagedProcess:
+        assert self.certs is not None
+        return ManagedProcess(
             "superlink",
             superlink_args(
                 self.port,
@@ -140,20 +170,7 @@ class LoopbackFederation:
             ),
             self.work / "logs" / "superlink.log",
             self.env,
-        ).start()
-        write_connection(self.work / "flwr-home", self.address, self.certs.ca_certificate)
-        wait_for(
-            "SuperLink",
-            lambda: self._check_superlink() or supernodes(self.env) is not None,
-            timeout,
         )
-        for name, values in self.node_configs.items():
-            node_id = register_supernode(self.certs.site_public_keys[name], self.env)
-            self.sites[name] = SiteNode(name, values, self._supernode(name, values), node_id)
-        for site in self.sites.values():
-            site.process.start()
-        self.wait_online(list(self.sites), timeout, started=True)
-        log.info("SuperLink %s with %d SuperNodes online", self.address, len(self.sites))
 
     def _supernode(self, name: str, values: Mapping[str, Any]) -> ManagedProcess:
         assert self.certs is not None
@@ -191,13 +208,20 @@ class LoopbackFederation:
             site = self.sites[name]
             return f"SuperNode ID: {site.node_id}" in site.process.log_since_start()
 
+        starts = dict.fromkeys(names, 1)
+
         def ready() -> bool:
             self._check_superlink()
             for name in names:
-                if not self.sites[name].process.alive():
-                    raise ConfigError(
-                        f"SuperNode {name} exited:\n{self.sites[name].process.log_tail()}"
-                    )
+                site = self.sites[name]
+                if site.process.alive():
+                    continue
+                if started and starts[name] < PORT_TRIES and lost_port_race(site.process):
+                    log.info("%s: its runtime port was taken before it bound it: a new one", name)
+                    site.process = self._supernode(name, site.node_config).start()
+                    starts[name] += 1
+                    continue
+                raise ConfigError(f"SuperNode {name} exited:\n{site.process.log_tail()}")
             if started and not all(activated(name) for name in names):
                 return False
             return wanted <= self.online()

@@ -15,6 +15,7 @@ The uninterrupted reference is `mammofl loopback` itself (its own SuperLink, sto
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import pytest
 
 from common.deploy.certificates import make_consortium
 from common.privacy.ledger import LedgerEvent, PrivacyLedger
+from simulations import loopback
 from simulations.flower_processes import (
     ManagedProcess,
     free_port,
@@ -79,10 +81,21 @@ def reference(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def consortium(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The module's consortium, started as a busy machine can start it: the port chosen for
+    the SuperLink and the one for the first SuperNode are taken by another program before
+    they bind them (`test_a_port_taken_before_binding_is_replaced` checks both moved on)."""
     work = tmp_path_factory.mktemp("consortium")
     config = tiny_federated_config(tiny_workspace)
-    with LoopbackFederation(work, site_node_configs(config, work / "unused")) as federation:
-        yield federation
+    with socket.socket() as other_program, pytest.MonkeyPatch.context() as patch:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        taken = other_program.getsockname()[1]
+        chosen = iter([taken, 0, taken])  # SuperLink, its second try, the first SuperNode
+        patch.setattr(loopback, "free_port", lambda: next(chosen, 0) or free_port())
+        with LoopbackFederation(work, site_node_configs(config, work / "unused")) as federation:
+            patch.undo()  # later starts (restarts, new node configs) choose ports as usual
+            federation.taken_port = taken  # type: ignore[attr-defined]
+            yield federation
     left = wait_for("processes gone", lambda: not federation.leftovers(), 30)
     assert left
 
@@ -114,6 +127,17 @@ def test_three_supernodes_complete_tiny_rounds_with_both_guarantees(reference: P
     # federation.site_evaluation=false: no site scored its validation patients, none recorded it
     assert all(r["sites"] == {} for r in _json(reference / "metrics.json")["rounds"])
     assert all(site["non_dp_uses"] == [] for site in ledger["sites"].values())
+
+
+def test_a_port_taken_before_binding_is_replaced(consortium: LoopbackFederation) -> None:
+    """`free_port` only probes: a port taken between the probe and the bind made `mammofl
+    loopback` fail at random ("address already in use"); each process now moves on."""
+    taken = consortium.taken_port  # type: ignore[attr-defined]
+    assert consortium.port != taken
+    first = next(iter(consortium.sites.values())).process
+    assert first.args[first.args.index("--port") + 1] != str(taken)
+    assert first.log_tail(100_000).lower().count("address already in use") == 1
+    assert consortium.online() == {site.node_id for site in consortium.sites.values()}
 
 
 # ---- admission ---------------------------------------------------------------------------
