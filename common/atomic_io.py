@@ -9,6 +9,7 @@ so a power cut cannot leave an empty file under the old name.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,17 @@ def _fsync(path: Path | str, folder: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+# atomic_write's temporaries: ".<target name>.<mkstemp's 8 characters>.tmp"
+TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temporary_target(path: Path) -> str | None:
+    """The name of the file `path` was written for, if `path` is an `atomic_write`
+    temporary (one a killed process left behind: SIGKILL runs no `finally`), else None."""
+    match = TEMPORARY_NAME.fullmatch(path.name)
+    return match["target"] if match else None
 
 
 def atomic_write(

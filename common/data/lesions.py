@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from common.atomic_io import atomic_write_png, atomic_write_text
+from common.atomic_io import atomic_write_png, atomic_write_text, temporary_target
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import DataError, OutputError
@@ -227,6 +227,28 @@ def stale_patches(out_dir: Path, patch_set: PatchSet) -> list[Path]:
 def prepared_patches(out_dir: Path) -> list[Path]:
     """The PNGs in `out_dir/images` named as prepare names its patches (PATCH_NAME)."""
     return [p for p in (out_dir / "images").glob("*.png") if PATCH_NAME.fullmatch(p.name)]
+
+
+def interrupted_writes(out_dir: Path) -> list[Path]:
+    """Temporary files that an interrupted prepare left in `out_dir` (a worker killed
+    mid-write): those of its patches (PATCH_NAME), their `.pixel_steps`, its manifest and
+    report. Nothing else there is named so; a later run removes them."""
+
+    def steps_of_a_patch(name: str) -> bool:
+        return name.endswith(".txt") and PATCH_NAME.fullmatch(name[: -len(".txt")]) is not None
+
+    owners: list[tuple[Path, Callable[[str], object]]] = [
+        (out_dir / "images", PATCH_NAME.fullmatch),
+        (out_dir / ".pixel_steps", steps_of_a_patch),
+        (out_dir, {"manifest.csv", "report.json"}.__contains__),
+    ]
+    found = []
+    for folder, owned in owners:
+        for path in folder.glob(".*.tmp"):
+            target = temporary_target(path)
+            if target is not None and owned(target):
+                found.append(path)
+    return sorted(found)
 
 
 def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:

@@ -23,6 +23,7 @@ from common.data.cbis_ddsm import ABNORMALITIES, read_cbis_ddsm
 from common.data.lesion_manifest import read_lesion_manifest
 from common.data.lesions import (
     Lesion,
+    interrupted_writes,
     prepared_patches,
     stale_patches,
     write_lesion_patches,
@@ -181,6 +182,7 @@ def prepare(options: PrepareOptions, progress: bool = True) -> dict[str, Any]:
             refuse_partly_marked([(les.official_split, les.where) for les in lesions])
     if options.fresh:
         clear_outputs(options.out_dir)
+    remove_interrupted_writes(options.out_dir)
     if options.source == "released":
         patch_set = read_released(options.root, "train")
     else:
@@ -260,6 +262,16 @@ def clear_outputs(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     for path in [*prepared_patches(out_dir), *(out_dir / ".pixel_steps").glob("*.txt")]:
         path.unlink()
+
+
+def remove_interrupted_writes(out_dir: Path) -> None:
+    """An interrupted run's temporary files (`interrupted_writes`): never read, only in the
+    way. One prepare at a time per out_dir, as always: another's would be in flight."""
+    leftovers = interrupted_writes(out_dir)
+    for path in leftovers:
+        write_output(path, lambda target: target.unlink(missing_ok=True))
+    if leftovers:
+        log.info("removed %d temporary files an interrupted run left", len(leftovers))
 
 
 def format_summary(summary: dict[str, int]) -> str:

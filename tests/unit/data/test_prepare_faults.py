@@ -10,6 +10,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -91,6 +92,36 @@ def test_fresh_removes_only_prepares_own_patches(tmp_path: Path) -> None:
         main(["prepare", "source=manifest", f"root={table}", f"out_dir={out}", "fresh=true"]) == 0
     )
     assert own.is_file() and len(list((out / "images").glob("*.png"))) == 5
+
+
+def _left_by_a_killed_write(target: Path) -> Path:
+    """The temporary `atomic_write` makes for `target` (as mkstemp names it), left behind."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def test_temporaries_of_an_interrupted_run_are_removed_and_no_others(tmp_path: Path) -> None:
+    """A worker killed mid-write (SIGTERM with workers=2) runs no cleanup: its temporaries
+    stayed in images/ and .pixel_steps/ for good. The next run removes prepare's own."""
+    table = _site_folder(tmp_path / "site")
+    out = tmp_path / "out"
+    assert main(["prepare", "source=manifest", f"root={table}", f"out_dir={out}"]) == 0
+    patch = Path(_manifest(out)["path"][0]).name
+    own = [
+        _left_by_a_killed_write(out / "images" / patch),
+        _left_by_a_killed_write(out / ".pixel_steps" / f"{patch}.txt"),
+        _left_by_a_killed_write(out / "manifest.csv"),
+    ]
+    others = [  # a user's or another program's files, however named
+        _left_by_a_killed_write(out / "images" / "scan_of_the_week.png"),
+        _left_by_a_killed_write(out / "notes.txt"),
+        out / "images" / f".{patch}.tmp",
+    ]
+    others[-1].write_bytes(b"")
+    assert main(["prepare", "source=manifest", f"root={table}", f"out_dir={out}"]) == 0
+    assert [p for p in own if p.exists()] == []
+    assert all(p.exists() for p in others)
 
 
 def test_an_out_dir_that_cannot_be_written_stops_before_any_source_is_read(
