@@ -176,8 +176,7 @@ def check_image_header(dataset: Dataset, path: Path, *, allow_for_processing: bo
             f"{path}: unknown photometric interpretation {photometric!r}; "
             "expected MONOCHROME1 or MONOCHROME2 (PS3.3 C.7.6.3.1.2)"
         )
-    if rows < 1 or columns < 1:
-        raise DataError(f"{path}: image of {rows}x{columns} pixels")
+    check_image_size(rows, columns, path)
     _check_bits(path, allocated, stored, high, representation)
     if not allow_for_processing:
         _refuse_for_processing(dataset, path)
@@ -213,3 +212,13 @@ def is_for_processing(dataset: Dataset) -> bool:
     return intent == "FOR PROCESSING" or str(dataset.get("SOPClassUID", "")) in (
         FOR_PROCESSING_SOP_CLASSES
     )
+
+
+def check_image_size(rows: int, columns: int, path: Path) -> None:
+    """An image with no pixel in a dimension (Rows or Columns 0) has nothing to cut: say so,
+    before any box is checked against it (which would blame the box)."""
+    if rows < 1 or columns < 1:
+        raise DataError(
+            f"{path}: empty image ({rows} rows x {columns} columns): a failed export? "
+            "re-export the file"
+        )

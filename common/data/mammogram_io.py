@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.data.dicom_file import read_dicom_header
+from common.data.dicom_file import check_image_size, read_dicom_header
 from common.data.dicom_pixels import read_dicom_values
 from common.data.dicom_stored import read_dicom_stored
 from common.errors import DataError
@@ -71,9 +71,11 @@ def image_shape(path: Path) -> tuple[int, int]:
         return int(image.shape[0]), int(image.shape[1])
     header = read_dicom_header(path)
     try:
-        return int(header.Rows), int(header.Columns)
+        rows, columns = int(header.Rows), int(header.Columns)
     except (AttributeError, TypeError, ValueError) as error:
         raise DataError(f"{path}: DICOM header without Rows / Columns ({error})") from error
+    check_image_size(rows, columns, path)
+    return rows, columns
 
 
 def read_mammogram_recorded(

@@ -375,6 +375,20 @@ def test_an_empty_pixel_data_element_is_named(tmp_path: Path) -> None:
         read_dicom_stored(path)
 
 
+def test_a_mammogram_with_no_rows_or_columns_is_named_not_its_box(tmp_path: Path) -> None:
+    """Its header read first (to check the box): an empty image blamed the box ("outside
+    the image of 0x0 pixels"), not the file."""
+    table = _site_folder(tmp_path / "site")
+    write_dicom(tmp_path / "site/images/m0.dcm", np.zeros((8, 8), np.uint16), extra={"Rows": 0})
+    table.write_text(table.read_text().replace("images/m0.png", "images/m0.dcm"))
+    out = tmp_path / "out"
+    assert main(["prepare", "source=manifest", f"root={table}", f"out_dir={out}"]) == 0
+    [skipped] = _report(out)["skipped"]
+    assert skipped["record"].endswith("lesions.csv:2")
+    assert "m0.dcm: empty image (0 rows x 8 columns)" in skipped["reason"]
+    assert "re-export" in skipped["reason"] and "box" not in skipped["reason"]
+
+
 @pytest.mark.parametrize(
     "path",
     [
