@@ -98,6 +98,17 @@ def test_command_line_overrides_the_preset() -> None:
     assert config.privacy.target_epsilon == 3 and config.model.name == "efficientnet_lite0"
 
 
+def test_a_federated_run_takes_a_model_file_over_its_presets_model() -> None:
+    """`federate model=efficientnet_lite0` was refused ("no match in the defaults list": the
+    federated config had no model group); a misspelt name must name the known files."""
+    config = compose_federated_config(["experiment=federated/tiny", "model=efficientnet_lite0"])
+    assert (config.model.name, config.model.head) == ("efficientnet_lite0", "mlp2")
+    assert compose_federated_config(["experiment=federated/tiny"]).model.name == "test_resnet"
+    with pytest.raises(ConfigError, match="model/efficientnet_lit") as error:
+        compose_federated_config(["model=efficientnet_lit"])
+    assert "efficientnet_lite0" in str(error.value)
+
+
 def test_no_preset_writes_a_noise_multiplier() -> None:
     for path in (config_dir()).rglob("*.yaml"):
         assert "noise_multiplier" not in path.read_text(), path
