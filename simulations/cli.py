@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common.atomic_io import check_writable_dir
 from common.config.option_values import flag, number, whole_number, whole_numbers
+from common.config.override_text import readable_override
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
@@ -121,7 +122,7 @@ def check_output_folders(command: str, args: Sequence[str]) -> None:
     if command not in LOCAL_OUTPUT_COMMANDS:
         return
     for arg in args:
-        key, sep, value = arg.lstrip("+").partition("=")
+        key, sep, value = readable_override(arg).lstrip("+").partition("=")
         value = value.strip().strip("'\"")
         # an interpolation (${...}) or null is hydra's to resolve: not probed here
         if sep and key in OUTPUT_FOLDER_KEYS and value and "${" not in value and value != "null":

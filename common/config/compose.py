@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from common.config.federated_schema import FederatedRunConfig
 from common.config.gan_schema import GanConfig
+from common.config.override_text import readable_override
 from common.config.schema import MammoflConfig
 from common.config.typed_entries import apply_entry_overrides, split_entry_overrides
 from common.config.unknown_keys import check_added_keys, explain_hydra_error
@@ -99,6 +100,7 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
     the dict at `key` (hydra alone would merge nothing into it); `+data.tests.NAME.path=DIR`
     adds a test set (after any emptying: `data.tests={} +data.tests.mine.path=DIR` keeps
     only that one)."""
+    overrides = [readable_override(o) for o in overrides]
     check_presets(overrides, schema)
     ConfigStore.instance().store(name=SCHEMA_NAMES[schema], node=schema)
     check_added_keys(schema, overrides, config_groups())
