@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config.option_values import whole_number
+from common.config.option_values import key_values, whole_number
 from common.deploy.certificates import make_consortium
 from common.errors import ConfigError
 
@@ -21,10 +21,10 @@ def _names(value: str) -> list[str]:
 
 
 def run_certs(args: Sequence[str]) -> int:
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = set(options) - {"out_dir", "sites", "hosts", "valid_days"}
-    if unknown or len(options) != len(args) or not {"out_dir", "sites"} <= set(options):
-        raise ConfigError(f"{USAGE} (got {list(args)})")
+    known = ("out_dir", "sites", "hosts", "valid_days")
+    options = key_values(args, known)  # each key=value, each key known
+    if not {"out_dir", "sites"} <= set(options):
+        raise ConfigError(f"{USAGE} (missing out_dir= or sites=)")
     days = whole_number("valid_days", options.get("valid_days", "365"), minimum=1)
     files = make_consortium(
         Path(options["out_dir"]),

@@ -6,6 +6,7 @@ each command's help (e.g. `rows=`, `seeds=` for table1).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -17,8 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.atomic_io import check_writable_dir
-from common.config.option_values import flag, number, whole_number, whole_numbers
-from common.config.override_text import readable_override
+from common.config.option_values import (
+    SEED_MAX,
+    flag,
+    number,
+    seed_number,
+    shell_value,
+    whole_number,
+    whole_numbers,
+)
+from common.config.override_text import check_command_line, readable_override
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
@@ -90,7 +99,7 @@ def split_options(args: Sequence[str], names: Sequence[str]) -> tuple[dict[str, 
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in names:
-            options[key] = value
+            options[key] = shell_value(value)
         else:
             rest.append(arg)
     return options, rest
@@ -103,7 +112,11 @@ def out_dir_and_integers(
     options, rest = split_options(args, ("out_dir", *names))
     if rest or "out_dir" not in options:
         raise ConfigError(f"usage: mammofl {command} out_dir=DIR [{'= '.join(names)}=]")
-    numbers = {k: whole_number(k, v, minimum=0) for k, v in options.items() if k != "out_dir"}
+    numbers = {
+        k: seed_number(k, v) if k == "seed" else whole_number(k, v, minimum=0)
+        for k, v in options.items()
+        if k != "out_dir"
+    }
     return Path(options["out_dir"]), numbers
 
 
@@ -217,7 +230,7 @@ def cmd_table1(args: Sequence[str]) -> int:
     if not rows:
         raise ConfigError("rows=[]: name at least one row, e.g. rows=[real,real_eps6]")
     seeds = (
-        whole_numbers("seeds", options["seeds"], minimum=0, distinct=True)
+        whole_numbers("seeds", options["seeds"], minimum=0, maximum=SEED_MAX, distinct=True)
         if "seeds" in options
         else list(DEFAULT_SEEDS)
     )
@@ -481,17 +494,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     if not argv or argv[0] in ("-h", "--help", "help") or argv[0] not in COMMANDS:
-        print(
-            USAGE,
-            file=sys.stdout if argv and argv[0] in ("-h", "--help", "help") else sys.stderr,
-        )
-        return 0 if argv and argv[0] in ("-h", "--help", "help") else 2  # no command: usage
+        asked = bool(argv) and argv[0] in ("-h", "--help", "help")
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+        if argv and not asked:
+            near = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            print(f"mammofl: error: unknown command {argv[0]!r}{hint}", file=sys.stderr)
+        return 0 if asked else 2  # no command: usage
     if any(arg in ("-h", "--help") for arg in argv[1:]):
         print(command_usage(argv[0]))
         return 0
     # Ray's C++ failure handler would turn SIGTERM into an abort (exit 134) in a simulation
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
+        check_command_line(argv[1:])
         check_output_folders(argv[0], argv[1:])
         with sigterm_raises(on_terminate=quiet_flower):
             return COMMANDS[argv[0]](argv[1:])

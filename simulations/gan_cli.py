@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,14 @@ import pandas as pd
 import torch
 
 from common.atomic_io import atomic_write_png, atomic_write_text
-from common.config.option_values import flag, key_values, whole_number, whole_numbers
+from common.config.option_values import (
+    SEED_MAX,
+    flag,
+    key_values,
+    seed_number,
+    whole_number,
+    whole_numbers,
+)
 from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
@@ -82,7 +88,9 @@ def backbone_features(
 
 def parse_seeds(value: str) -> list[int]:
     """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
-    return whole_numbers("seeds", value, minimum=0, distinct=True)  # numpy: no negative seed
+    return whole_numbers(
+        "seeds", value, minimum=0, maximum=SEED_MAX, distinct=True
+    )  # numpy: no negative seed
 
 
 def latest_checkpoint(trainer: GanTrainer, saved: Path | None) -> str | None:
@@ -191,14 +199,7 @@ def cmd_generate(args: Sequence[str]) -> int:
         ("checkpoint", "out_dir"),
     )
     out_dir = Path(options["out_dir"])
-    if (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png")):
-        if not flag("overwrite", options.get("overwrite", "false")):
-            raise ConfigError(
-                f"{out_dir} already holds a generated set: a new one would mix with its images "
-                "and replace its provenance; use another out_dir=, or overwrite=true to "
-                "replace it"
-            )
-        shutil.rmtree(out_dir / "images", ignore_errors=True)  # none of the old set is kept
+    overwrite = flag("overwrite", options.get("overwrite", "false"))
     if "malignant" in options or "benign" in options:
         counts = {
             1: whole_number("malignant", options.get("malignant", 0), minimum=0),
@@ -207,11 +208,17 @@ def cmd_generate(args: Sequence[str]) -> int:
     else:
         n = whole_number("n", options.get("n", 3000), minimum=1)
         counts = {1: n - n // 2, 0: n // 2}
+    seed = seed_number("seed", options.get("seed", 0))
+    held = (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png"))
+    if held and not overwrite:
+        raise ConfigError(
+            f"{out_dir} already holds a generated set: a new one would mix with its images "
+            "and replace its provenance; use another out_dir=, or overwrite=true to "
+            "replace it"
+        )
+    # the old set goes only once the options and the checkpoint are known good
     patch_set = generate_patch_set(
-        Path(options["checkpoint"]),
-        Path(options["out_dir"]),
-        counts,
-        seed=whole_number("seed", options.get("seed", 0), minimum=0),
+        Path(options["checkpoint"]), out_dir, counts, seed=seed, replace=held
     )
     print(json.dumps({"out_dir": options["out_dir"], **patch_set.counts()}, indent=2))
     return 0
@@ -249,7 +256,7 @@ def cmd_score(args: Sequence[str]) -> int:
         native["synthetic"],
         features["real"],
         features["synthetic"],
-        seed=whole_number("seed", options.get("seed", 0), minimum=0),
+        seed=seed_number("seed", options.get("seed", 0)),
         inception_weights=options.get("inception_weights"),
     )
     report["backbone"] = options.get("backbone", "efficientnet_lite0")

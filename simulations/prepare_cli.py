@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config.option_values import flag, number, whole_number
+from common.config.option_values import flag, number, seed_number, whole_number
 from common.data.prepare import PrepareOptions, prepare
 from common.errors import ConfigError
 from simulations.cli import split_options
@@ -60,7 +60,11 @@ def prepare_options(args: Sequence[str]) -> PrepareOptions:
     for key, kind in NUMBERS.items():
         if key in options:
             typed[key] = (
-                number(key, options[key]) if kind is float else whole_number(key, options[key])
+                number(key, options[key])
+                if kind is float
+                else seed_number(key, options[key])
+                if key == "seed"
+                else whole_number(key, options[key])
             )
     for key in FLAGS:
         if key in options:

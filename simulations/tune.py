@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config.option_values import whole_numbers
+from common.config.option_values import SEED_MAX, whole_numbers
 from common.errors import ConfigError
 from common.runs.tuning import load_space, run_search
 
@@ -23,7 +23,7 @@ def cmd_tune(args: Sequence[str]) -> int:
     if "space" not in options or "out_dir" not in options:
         raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
     seeds = (
-        whole_numbers("seeds", options["seeds"], minimum=0, distinct=True)
+        whole_numbers("seeds", options["seeds"], minimum=0, maximum=SEED_MAX, distinct=True)
         if "seeds" in options
         else None
     )

@@ -20,6 +20,7 @@ from common.config.override_text import readable_override
 from common.config.schema import MammoflConfig
 from common.config.typed_entries import apply_entry_overrides, split_entry_overrides
 from common.config.unknown_keys import check_added_keys, explain_hydra_error
+from common.config.value_ranges import check_value_ranges
 from common.errors import ConfigError
 
 T = TypeVar("T")
@@ -126,6 +127,7 @@ def compose_typed(config_name: str, schema: type[T], overrides: Sequence[str]) -
             "its keys one by one"
         ) from error
     assert isinstance(obj, schema)
+    check_value_ranges(obj)
     return obj
 
 

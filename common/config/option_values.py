@@ -6,10 +6,14 @@ is refused, not taken as false)."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Sequence
 
 from common.errors import ConfigError
 
+# keys whose value names a file or folder (`out_dir`, `data.real.path`): an empty one would be
+# the current folder; `a/b/` and `a/b` are one folder
+PATH_KEYS = frozenset({"out_dir", "work_dir", "run_dir", "root", "path", "checkpoint", "csv"})
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
 
@@ -24,15 +28,39 @@ def flag(name: str, value: object) -> bool:
     raise ConfigError(f"{name}={value}: expected true or false")
 
 
-def whole_number(name: str, value: object, minimum: int | None = None) -> int:
-    """An integer (`7`, not `7.5` or `seven`), at least `minimum` when given."""
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds: a negative or larger one is a traceback
+
+
+def whole_number(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """An integer (`7`, not `7.5` or `seven`), at least `minimum` and at most `maximum` when
+    given."""
     try:
         number = int(str(value).strip())
     except ValueError:
         raise ConfigError(f"{name}={value}: expected a whole number, e.g. {name}=3") from None
     if minimum is not None and number < minimum:
         raise ConfigError(f"{name}={value}: expected a whole number >= {minimum}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name}={value}: expected a whole number <= {maximum}")
     return number
+
+
+def seed_number(name: str, value: object) -> int:
+    """A seed numpy and torch take: a whole number in [0, 2**32 - 1]."""
+    return whole_number(name, value, minimum=0, maximum=SEED_MAX)
+
+
+def shell_value(value: str) -> str:
+    """A command option's value as the shell user meant it, the way Hydra reads an override:
+    one pair of surrounding quotes removed, a leading `~` the home folder (sh and zsh leave
+    it). Without this, `out_dir='~/certs'` wrote a folder named `~` here."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    if value == "~" or value.startswith("~/"):
+        value = os.path.expanduser(value)
+    return value
 
 
 def key_values(args: Sequence[str], known: Collection[str]) -> dict[str, str]:
@@ -43,7 +71,7 @@ def key_values(args: Sequence[str], known: Collection[str]) -> dict[str, str]:
         key, sep, value = arg.partition("=")
         if not sep or key not in known:
             raise ConfigError(f"{arg!r}: expected key=value, key one of {', '.join(known)}")
-        options[key] = value
+        options[key] = shell_value(value)
     return options
 
 
@@ -61,7 +89,12 @@ def number(name: str, value: object, *, positive: bool = False, example: str = "
 
 
 def whole_numbers(
-    name: str, value: str, minimum: int | None = None, *, distinct: bool = False
+    name: str,
+    value: str,
+    minimum: int | None = None,
+    *,
+    maximum: int | None = None,
+    distinct: bool = False,
 ) -> list[int]:
     """`[42,43,44]` or `42,43` -> [42, 43, 44]: at least one, each a whole number, each once
     when `distinct` (seeds: a repeated one would train the same cell twice)."""
@@ -75,6 +108,8 @@ def whole_numbers(
         raise ConfigError(f"{name}={value}: expected whole numbers, e.g. {example}") from None
     if minimum is not None and min(numbers) < minimum:
         raise ConfigError(f"{name}={value}: each must be >= {minimum}")
+    if maximum is not None and max(numbers) > maximum:
+        raise ConfigError(f"{name}={value}: each must be <= {maximum}")
     if distinct and len(set(numbers)) != len(numbers):
         raise ConfigError(f"{name}={value}: each once")
     return numbers

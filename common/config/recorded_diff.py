@@ -5,8 +5,11 @@ resume composes now: the rules behind "resume only the same run" in `mammofl gan
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+
+from common.config.option_values import PATH_KEYS
 
 
 def changed_sections(
@@ -44,8 +47,15 @@ def changed_leaves(
     return [
         f"{key}: {was.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(was) | set(current))
-        if not key.startswith(skip) and was.get(key) != current.get(key)
+        if not key.startswith(skip) and not _same(key, was.get(key), current.get(key))
     ]
+
+
+def _same(key: str, was: Any, now: Any) -> bool:
+    """Equal settings; a path (`out_dir=/runs/a/` and `/runs/a`) compared as the folder."""
+    if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(was, str) and isinstance(now, str):
+        return os.path.normpath(was) == os.path.normpath(now)
+    return bool(was == now)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

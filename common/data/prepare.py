@@ -33,7 +33,12 @@ from common.data.mammogram_io import read_mammogram_recorded
 from common.data.patch_geometry import BORDERS
 from common.data.patch_set import SPLITS, PatchSet, write_manifest
 from common.data.readers import read_released
-from common.data.split_assignment import SPLIT_MODES, assign_splits, refuse_partly_marked
+from common.data.split_assignment import (
+    SPLIT_MODES,
+    assign_splits,
+    check_fractions,
+    refuse_partly_marked,
+)
 from common.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ class PrepareOptions:
                 raise ConfigError(f"{key}={value!r}: choose one of {', '.join(map(str, allowed))}")
         if self.workers < 1:
             raise ConfigError(f"workers={self.workers}: at least 1")
+        check_fractions(self.test_fraction, self.val_fraction)  # not after hours of cutting
 
     @property
     def site_name(self) -> str:

@@ -22,6 +22,13 @@ from common.errors import ConfigError, DataError
 SPLIT_MODES = ("official", "random")
 
 
+def check_fractions(test_fraction: float, val_fraction: float) -> None:
+    """ConfigError unless both fractions are in [0, 1)."""
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name}={value}: use a fraction in [0, 1)")
+
+
 def assign_splits(
     patch_set: PatchSet, *, mode: str, test_fraction: float, val_fraction: float, seed: int
 ) -> tuple[PatchSet, str]:
@@ -33,9 +40,7 @@ def assign_splits(
     """
     if mode not in SPLIT_MODES:
         raise ConfigError(f"split={mode!r}: choose one of {', '.join(SPLIT_MODES)}")
-    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name}={value}: use a fraction in [0, 1)")
+    check_fractions(test_fraction, val_fraction)
     official = {r.split for r in patch_set.records}
     if mode == "official":
         refuse_partly_marked([(r.split, r.provenance_file or r.path) for r in patch_set.records])

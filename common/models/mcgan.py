@@ -31,9 +31,12 @@ class MCGANShape:
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or 2 ** int(math.log2(self.image_size)) != self.image_size:
-            raise ConfigError(f"gan.image_size={self.image_size}: use a power of two >= 8")
+            raise ConfigError(
+                f"MCGAN image_size={self.image_size} (`model.image_size` of mammofl gan, "
+                "`gan.model.image_size` of federate): use a power of two >= 8"
+            )
         if self.discriminator_norm not in ("batch", "group"):
-            raise ConfigError("gan.discriminator_norm: batch or group")
+            raise ConfigError("MCGAN discriminator_norm (model.discriminator_norm): batch or group")
 
     @property
     def doublings(self) -> int:

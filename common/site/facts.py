@@ -16,7 +16,7 @@ from difflib import get_close_matches
 from pathlib import Path
 
 from common.config.federated_schema import FederatedRunConfig, SiteEntry
-from common.config.option_values import flag, is_folder_name, number, whole_number
+from common.config.option_values import flag, is_folder_name, number, seed_number
 from common.config.schema import MAX_EPSILON, PatchSourceConfig
 from common.errors import ConfigError
 
@@ -135,7 +135,7 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         device=device,
         share_exact_count=_flag(node_config, "share-exact-count"),
         allow_non_dp_synthetic=_flag(node_config, "allow-non-dp-synthetic"),
-        noise_seed=whole_number("node_config noise-seed", seed, minimum=0) if seeded else None,
+        noise_seed=seed_number("node_config noise-seed", seed) if seeded else None,
     )
 
 

@@ -8,6 +8,7 @@ in `provenance.json`; without DP the record says that no formal guarantee covers
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,15 @@ def generate_patch_set(
     counts: dict[int, int],
     seed: int = 0,
     batch_size: int = 64,
+    replace: bool = False,
 ) -> PatchSet:
-    """`counts`: {label: how many} (1 = malignant). Writes PNGs, manifest.csv, provenance.json."""
+    """`counts`: {label: how many} (1 = malignant). Writes PNGs, manifest.csv, provenance.json.
+    `replace`: remove a set already in out_dir (its images and manifest) once the checkpoint
+    has loaded, not before (a mistyped checkpoint must not cost the old set)."""
     generator, state = load_generator(checkpoint)
+    if replace:
+        shutil.rmtree(out_dir / "images", ignore_errors=True)  # none of the old set is kept
+        (out_dir / "manifest.csv").unlink(missing_ok=True)
     provenance = provenance_of(checkpoint, state)
     tag = provenance["checkpoint_sha256"][:12]
     rng = torch.Generator().manual_seed(seed)

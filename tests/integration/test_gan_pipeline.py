@@ -12,17 +12,22 @@ from common.privacy.ledger import PrivacyLedger
 from common.runs.single_node import run_cell
 from simulations.cli import main
 
-TINY_GAN = ["gan_preset=tiny", "data.limit=48", "train.epochs=1"]
+TINY_GAN = ["gan_preset=tiny", "data.limit=48"]  # + train.epochs=N: each key once
 
 
 @pytest.mark.slow
 def test_syn_row_runs_from_gan_generate_output(release_dir: Path, tmp_path: Path) -> None:
-    assert main(["gan", "train", *TINY_GAN, f"out_dir={tmp_path / 'gan'}"]) == 0
+    assert main(["gan", "train", *TINY_GAN, "train.epochs=1", f"out_dir={tmp_path / 'gan'}"]) == 0
     checkpoint = tmp_path / "gan" / "checkpoints" / "epoch_00001.pt"
     generate = ["gan", "generate", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'syn'}"]
     assert main([*generate, "n=40"]) == 0
     # a second set into the same folder would mix with the first: refused, or replaced whole
     assert main([*generate, "n=6"]) == 2
+    # a mistyped checkpoint or count with overwrite=true must not cost the old set
+    wrong = [*generate[:2], f"checkpoint={checkpoint}.typo", *generate[3:]]
+    assert main([*wrong, "n=6", "overwrite=true"]) == 2
+    assert main([*generate, "n=abc", "overwrite=true"]) == 2
+    assert len(list((tmp_path / "syn" / "images").glob("*.png"))) == 40
     assert main([*generate, "n=6", "overwrite=true"]) == 0
     assert len(list((tmp_path / "syn" / "images").glob("*.png"))) == 6
     assert main([*generate, "n=40", "overwrite=true"]) == 0
@@ -148,7 +153,7 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
 
     monkeypatch.setattr(GanGrid, "fit", counted)
     out = tmp_path / "grid"
-    assert main(["gan", "train", *TINY_GAN, "seeds=[1,2]", f"out_dir={out}"]) == 0
+    assert main(["gan", "train", *TINY_GAN, "train.epochs=1", "seeds=[1,2]", f"out_dir={out}"]) == 0
     assert programs == [2]  # both seeds in one program
     first_epoch = [out / f"seed{s}" / "checkpoints" / "epoch_00001.pt" for s in (1, 2)]
     states = [torch.load(path, weights_only=False) for path in first_epoch]
@@ -157,7 +162,7 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
     assert any(not torch.equal(first[k], second[k]) for k in first)  # seeds differ
     written = [path.stat().st_mtime_ns for path in first_epoch]
     # more epochs and a third seed: 1 and 2 resume from epoch 1, 3 starts from scratch
-    more = [a.replace("train.epochs=1", "train.epochs=2") for a in TINY_GAN]
+    more = [*TINY_GAN, "train.epochs=2"]
     assert main(["gan", "train", *more, "seeds=[1,2,3]", f"out_dir={out}"]) == 0
     assert sorted(programs[1:]) == [1, 2]
     assert [path.stat().st_mtime_ns for path in first_epoch] == written  # resumed, not redone
@@ -176,7 +181,7 @@ def test_gan_train_with_seeds_trains_one_mcgan_per_seed_as_one_program(
     assert main(["gan", "train", *more, "train.batch_size=4", "seeds=[1]", f"out_dir={out}"]) == 2
     assert "train.batch_size: 8 -> 4" in capsys.readouterr().err
     for bad in ("seeds=[1,x]", "seeds=[]", "seeds=[-1]"):
-        assert main(["gan", "train", *TINY_GAN, bad, f"out_dir={out}"]) == 2
+        assert main(["gan", "train", *TINY_GAN, "train.epochs=1", bad, f"out_dir={out}"]) == 2
 
 
 def test_gan_scores_read_only_the_training_rows_of_a_prepared_set(tmp_path: Path) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from common.runs.grid_lanes import usable_cores
 from simulations.cli import main
 
 
@@ -19,8 +18,9 @@ def test_dp_finetune_benchmark_prints_the_three_engines(capsys: pytest.CaptureFi
         for line in out.splitlines()
         if line[:6] in ("naive ", "cached", "grid  ", "grid/2")
     }
-    # on 2+ cores also the cells as 2 grids side by side (mammofl table1's lanes)
-    lanes = {"grid/2"} if (os.cpu_count() or 1) >= 2 else set()
+    # on 2+ usable cores also the cells as 2 grids side by side (mammofl table1's lanes); the
+    # cores this process may use (torch's thread count, which an earlier test may have set)
+    lanes = {"grid/2"} if usable_cores() >= 2 else set()
     assert set(table) == {"naive", "cached", "grid", *lanes}
     assert all(row[-1].endswith("x") for row in table.values())
     assert bool(lanes) == ("one grid's training" in out)

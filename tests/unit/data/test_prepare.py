@@ -206,8 +206,8 @@ def test_conflicting_duplicates_and_misfit_masks_are_reported_with_their_lines(
     ]
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    base = ["prepare", "source=manifest", f"out_dir={out}", "val_fraction=0", "test_fraction=0"]
-    assert main([*base, f"root={tmp_path / 'boxes.csv'}"]) == 0
+    base = ["prepare", "source=manifest", "val_fraction=0", "test_fraction=0"]
+    assert main([*base, f"root={tmp_path / 'boxes.csv'}", f"out_dir={out}"]) == 0
     (skip,) = json.loads((out / "report.json").read_text())["skipped"]
     assert skip["record"].endswith("boxes.csv:3")
     assert "boxes.csv:2" in skip["reason"] and "label 0 vs 1" in skip["reason"]

@@ -24,6 +24,12 @@ def test_order_and_spelling_do_not_matter_settings_do() -> None:
         check_same_run(FIRST, ["experiment=federated/tiny", "privacy.target_epsilon=3"])
 
 
+def test_a_folder_written_with_a_trailing_slash_is_the_same_folder() -> None:
+    check_same_run([*FIRST, "out_dir=/runs/f0"], [*FIRST, "out_dir=/runs/f0/"])
+    with pytest.raises(ConfigError, match="out_dir"):
+        check_same_run([*FIRST, "out_dir=/runs/f0"], [*FIRST, "out_dir=/runs/f1"])
+
+
 def test_a_resume_is_checked_before_the_simulation_starts(tmp_path: Path) -> None:
     overrides = [*FIRST, f"out_dir={tmp_path}", "federation.resume=true"]
     config = compose_federated_config(overrides)
