@@ -123,7 +123,14 @@ def _handle(message: Message, context: Context, handler: Handler) -> Message:
                 # a budget refusal's text holds only ledger figures the server mirrors anyway,
                 # a policy refusal's only the run's setting and the site's rule
                 public = isinstance(error, (PrivacyBudgetExceeded, SitePolicyError))
-                reason = str(error) if public else "see the site's log"
+                # before the runtime (a refused node config) the site's log is not open yet
+                where = (
+                    "see the site's log"
+                    if name != "?"
+                    else "see the SuperNode's output (its node config was refused before the "
+                    "site's log opened)"
+                )
+                reason = str(error) if public else where
                 return error_reply(message, code, f"site {name}: {summary}: {reason}")
         return error_reply(
             message, p.ErrorCode.INTERNAL, f"site {name}: internal error {type(error).__name__}"

@@ -100,6 +100,7 @@ class Federation:
         self.started = time.time()
         self.clock = RoundClock(self.run_dir / "server" / TIMING_FILE)  # per-round wall times
         simulated = hasattr(grid, "pull_interval")  # only Flower's in-memory grid has it
+        self.deployed = not simulated
         self.pull_interval_s = (
             SIMULATION_PULL_INTERVAL_S if simulated else DEPLOYMENT_PULL_INTERVAL_S
         )
@@ -507,7 +508,15 @@ class Federation:
         self.collect_owed_status([n for n in nodes if n in online])
         client_level = self.strategy.report() if isinstance(self.strategy, ClientLevelDP) else None
         return write_outputs(
-            self.run_dir, config, state, model, evaluator, self.mirror, self.started, client_level
+            self.run_dir,
+            config,
+            state,
+            model,
+            evaluator,
+            self.mirror,
+            self.started,
+            client_level,
+            deployed=self.deployed,
         )
 
     def refuse_a_spent_federation(self, nodes: list[int]) -> None:

@@ -102,7 +102,11 @@ class MirroredLedgers:
         known = self.sites.get(name)
         mirror = _mirror_of(status)
         if known is not None:
-            mirror.epsilon_after_round = known.epsilon_after_round
+            # the rounds it was presumed to spend, now that its own ledger says what it did:
+            # spending only grows, so by any past round it had spent at most what it has now
+            # (ledger.json's per-round list and plot said 6.0 where the total said 0.0)
+            now = mirror.epsilon()
+            mirror.epsilon_after_round = [min(e, now) for e in known.epsilon_after_round]
             mirror.excluded = "" if known.excluded in TRANSIENT else known.excluded
             if known.excluded == BUDGET_SPENT and not mirror.next_round_fits():
                 mirror.excluded = BUDGET_SPENT  # still true by the site's own ledger

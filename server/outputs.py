@@ -50,6 +50,14 @@ def evaluate_compatible_config(config: FederatedRunConfig) -> dict[str, Any]:
     return dataclasses.asdict(single)
 
 
+# an auditor read the preset's caps and consents (`federated_config.sites`) as the hospitals'
+DEPLOYED_SITES_NOTE = (
+    "deployed run: the sites were the SuperNodes that took part (privacy.budget, ledger.json); "
+    "each one's epsilon cap and consents came from its own node config. "
+    "federated_config.sites is the preset's table of simulated sites and was not used"
+)
+
+
 def write_outputs(
     run_dir: Path,
     config: FederatedRunConfig,
@@ -59,9 +67,12 @@ def write_outputs(
     mirror: MirroredLedgers,
     started: float,
     client_level: dict[str, Any] | None = None,
+    *,
+    deployed: bool = False,
 ) -> dict[str, Any]:
     """`client_level`: the client-level DP report (a whole site as the unit), beside each
-    site's sample-level ledger, when `federation.client_dp` is on."""
+    site's sample-level ledger, when `federation.client_dp` is on. `deployed`: the sites were
+    SuperNodes, so the preset's site table was not theirs (`sites_note` says so)."""
     final = evaluator.evaluate(model, bootstrap=config.eval.bootstrap, seed=config.seed)
     sites = mirror.report()
     noise = SEEDED_NOISE_NOTE if config.seeded_noise else "os-entropy"
@@ -98,6 +109,7 @@ def write_outputs(
             if client_level is None
             else {k: client_level[k] for k in ("unit", "epsilon", "delta", "noise_multiplier")},
         },
+        "sites_note": DEPLOYED_SITES_NOTE if deployed else None,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "seconds": round(time.time() - started, 1),

@@ -113,6 +113,8 @@ def _overrides(tiny_workspace: Path, run_dir: Path, *extra: str) -> list[str]:
 def test_three_supernodes_complete_tiny_rounds_with_both_guarantees(reference: Path) -> None:
     result = _json(reference / "result.json")
     assert result["rounds_completed"] == 3
+    # the preset's site table (caps, consents) is not taken for the hospitals' node configs
+    assert "own node config" in result["sites_note"]
     ledger = _json(reference / "ledger.json")
     assert sorted(ledger["sites"]) == ["site-a", "site-b", "site-c"]
     for site in ledger["sites"].values():  # sample-level: each site's patches, DP-SGD

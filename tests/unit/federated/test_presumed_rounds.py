@@ -59,11 +59,28 @@ def test_a_site_that_never_reserved_is_not_taken_for_one_that_lost_history() -> 
     mirror = MirroredLedgers()
     mirror.adopt_status(_status([]))
     mirror.record_round("site-c", _event(1), PLAN)
+    mirror.close_round()
     mirror.presume_round("site-c", 2)
+    mirror.close_round()
+    presumed = mirror.report()["site-c"]["epsilon_after_round"]
+    assert presumed[1] > presumed[0]
     mirror.adopt_status(_status([_event(1)]))  # it died before reserving round 2
     site = mirror.sites["site-c"]
     assert site.unconfirmed == [] and site.excluded == ""
     assert len(site.events) == 1
+    # the per-round record (and its plot) agrees with the total: round 2 cost it nothing
+    report = mirror.report()["site-c"]
+    assert report["epsilon_after_round"] == [report["epsilon"], report["epsilon"]]
+
+
+def test_a_round_presumed_before_any_plan_is_not_kept_at_the_budget() -> None:
+    mirror = MirroredLedgers()
+    mirror.adopt_status({**_status([]), "plan": None})
+    mirror.presume_round("site-c", 1)  # killed in round 1: nothing to count it at
+    mirror.close_round()
+    assert mirror.report()["site-c"]["epsilon_after_round"] == [6.0]  # bounded by the budget
+    mirror.adopt_status({**_status([]), "plan": None})  # back: it had spent nothing
+    assert mirror.report()["site-c"]["epsilon_after_round"] == [0.0]
 
 
 def test_a_budget_exclusion_from_presumed_rounds_is_lifted_by_the_sites_ledger() -> None:

@@ -131,6 +131,18 @@ def test_errors_never_carry_private_paths(site, tmp_path: Path) -> None:  # type
     assert "train failed: " in log and "Traceback" not in log
 
 
+def test_a_refused_node_config_points_to_the_supernodes_output(site) -> None:  # type: ignore[no-untyped-def]
+    """Refused before the site's log opens: "see the site's log" sent its IT to a log that
+    did not hold the message."""
+    context, _ = site
+    context.node_config = {"site-name": "h1", "data-dir": "/d", "state-dir": "/s"}
+    context.node_config |= {"epsilon-cap": 4, "delta_cap": 1e-5}  # meant: delta-cap
+    reply = _ask(context, p.STATUS, RecordDict())
+    assert reply.has_error() and reply.error.code == p.ErrorCode.CONFIG
+    assert "see the SuperNode's output" in reply.error.reason
+    assert "delta_cap" not in reply.error.reason  # the details stay at the site
+
+
 def test_scores_come_after_training_and_their_failure_costs_only_them(
     site, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
