@@ -212,7 +212,7 @@ def test_table1_keeps_finished_cells_and_no_partial_one(phantom_dir: Path, tmp_p
     logs = tmp_path / "logs"
     # 300 epochs (about 6 s a cell here): seed 43 is still training when SIGTERM arrives;
     # 3 epochs take under a second and the signal could land after its result was written
-    cell = [*TINY_CELL, "train.epochs=300"]
+    cell = [a.replace("train.epochs=3", "train.epochs=300") for a in TINY_CELL]
     args = ["table1", "rows=[real_eps6]", "seeds=[42,43]", f"out_dir={out}", *cell]
     process = _start(args, logs, {"MAMMOFL_PHANTOM": str(phantom_dir)})
     _wait_until(process, lambda: "seed 43: training" in (logs / "stderr").read_text())
