@@ -418,8 +418,23 @@ def command_usage(command: str) -> str:
     return (
         f"usage: mammofl {command} [key=value ...]\n\n"
         + "\n".join(block)
-        + ("\n\nother key=value arguments are hydra overrides, e.g. experiment=table1/real_eps6")
+        + OVERRIDES_HINT.get(command, "")
     )
+
+
+# what other key=value arguments are, per command: hydra overrides of the run config, of the
+# federated config, of the GAN config, or nothing (the command takes only its own options)
+_RUN_HINT = "\n\nother key=value arguments are hydra overrides, e.g. experiment=table1/real_eps6"
+_FEDERATED_HINT = (
+    "\n\nother key=value arguments are hydra overrides of the federated config, e.g. "
+    "experiment=federated/tiny privacy.target_epsilon=3"
+)
+OVERRIDES_HINT = {
+    **dict.fromkeys(("plan", "train", "table1", "tune", "audit", "demo"), _RUN_HINT),
+    **dict.fromkeys(("federate", "loopback", "submit"), _FEDERATED_HINT),
+    "gan": "\n\n`gan train`: other key=value arguments are hydra overrides of the GAN config, "
+    "e.g. gan_preset=dp train.epochs=50",
+}
 
 
 FEDERATION_STATE = (

@@ -178,7 +178,9 @@ def _check_same_search(out_dir: Path, space: SearchSpace, overrides: Sequence[st
     stamp = {"base": list(space.base), "axes": {k: list(v) for k, v in space.axes.items()}}
     stamp["overrides"] = comparable_overrides(overrides)
     path = out_dir / "search.json"
-    if path.is_file():
+    # a search that wrote no trial (it stopped on its first: a data or setting error) has
+    # nothing to protect: the corrected command starts it afresh in the same out_dir
+    if path.is_file() and any((out_dir / "trials").glob("*/seed*.json")):
         before = json.loads(path.read_text())
         before["overrides"] = comparable_overrides(before.get("overrides", []))
         differ = [k for k in stamp if before.get(k) != stamp[k]]

@@ -204,3 +204,13 @@ def test_gan_scores_read_only_the_training_rows_of_a_prepared_set(tmp_path: Path
     (tmp_path / "manifest.csv").write_text("path,label\n")
     with pytest.raises(DataError, match=r"holds a manifest\.csv, so it is a prepared patch set"):
         read_patch_source(_source({"real": str(tmp_path)}, "real", "released"))
+
+
+def test_a_backbone_built_for_small_patches_gets_them_at_its_size(tmp_path: Path) -> None:
+    """`backbone=tiny_swin` (a 32 px model, a listed group) was an AssertionError: the
+    patches went in at 224 px."""
+    pp = tmp_path / "pp"
+    assert main(["phantom-patches", f"out_dir={pp}", "patients=4", "test_patients=2"]) == 0
+    args = ["gan", "memorisation", f"real={pp / 'train'}", "real_format=patchset"]
+    args += [f"synthetic={pp / 'test'}", f"out_dir={tmp_path / 'm'}", "backbone=tiny_swin"]
+    assert main(args) == 0

@@ -102,6 +102,22 @@ def test_a_candidate_that_cannot_run_is_recorded_and_ranked_last(
     assert summary["best"]["batch"] == "train.batch_size=16"
 
 
+def test_a_search_that_wrote_no_trial_does_not_hold_its_folder(tmp_path: Path) -> None:
+    """A search stopped on its first trial (a data error) kept its folder: the corrected
+    command was refused as "another search"."""
+    from common.runs.tuning import _check_same_search
+
+    space = load_space(str(_space(tmp_path, seeds=[42])))
+    out = tmp_path / "search"
+    out.mkdir()
+    _check_same_search(out, space, ["experiment=tiny"])
+    _check_same_search(out, space, [])  # nothing ran: the corrected search takes the folder
+    (out / "trials" / "c1").mkdir(parents=True)
+    (out / "trials" / "c1" / "seed42.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds another search"):
+        _check_same_search(out, space, ["experiment=tiny"])
+
+
 def test_a_faulty_space_names_its_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"space\.yaml"):
         load_space(str(_space(tmp_path, trials="many")))
