@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config.option_values import SEED_MAX, flag, number, whole_number, whole_numbers
+from common.config.option_values import flag, number, seed_numbers, whole_number, whole_numbers
 from common.errors import ConfigError
 from simulations.cli import command_usage, split_options
 
@@ -48,7 +48,7 @@ def _options(options: dict[str, str], default_seed: int) -> Any:
     return AuditOptions(
         out_dir=Path(options["out_dir"]),
         seeds=(
-            tuple(whole_numbers("seeds", options["seeds"], minimum=0, maximum=SEED_MAX))
+            tuple(seed_numbers("seeds", options["seeds"], distinct=False))
             if "seeds" in options
             else (default_seed,)
         ),

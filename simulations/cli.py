@@ -19,15 +19,14 @@ from pathlib import Path
 
 from common.atomic_io import check_writable_dir
 from common.config.option_values import (
-    SEED_MAX,
     flag,
     number,
     seed_number,
+    seed_numbers,
     shell_value,
     whole_number,
-    whole_numbers,
 )
-from common.config.override_text import check_command_line, readable_override
+from common.config.override_text import check_command_line
 from common.errors import ConfigError, MammoflError
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
@@ -135,8 +134,8 @@ def check_output_folders(command: str, args: Sequence[str]) -> None:
     if command not in LOCAL_OUTPUT_COMMANDS:
         return
     for arg in args:
-        key, sep, value = readable_override(arg).lstrip("+").partition("=")
-        value = value.strip().strip("'\"")
+        key, sep, value = arg.lstrip("+").partition("=")
+        value = shell_value(value.strip())  # as the run reads it: unquoted, ~ the home
         # an interpolation (${...}) or null is hydra's to resolve: not probed here
         if sep and key in OUTPUT_FOLDER_KEYS and value and "${" not in value and value != "null":
             check_writable_dir(Path(value), key)
@@ -229,11 +228,7 @@ def cmd_table1(args: Sequence[str]) -> int:
     rows = parse_list(options["rows"]) if "rows" in options else list(DEFAULT_ROWS)
     if not rows:
         raise ConfigError("rows=[]: name at least one row, e.g. rows=[real,real_eps6]")
-    seeds = (
-        whole_numbers("seeds", options["seeds"], minimum=0, maximum=SEED_MAX, distinct=True)
-        if "seeds" in options
-        else list(DEFAULT_SEEDS)
-    )
+    seeds = seed_numbers("seeds", options["seeds"]) if "seeds" in options else list(DEFAULT_SEEDS)
     lanes = options.get("lanes", "auto")
     if lanes != "auto" and not (lanes.isdigit() and int(lanes) >= 1):
         raise ConfigError(f"lanes={lanes!r}: auto, or a whole number >= 1")

@@ -15,12 +15,11 @@ import torch
 
 from common.atomic_io import atomic_write_png, atomic_write_text
 from common.config.option_values import (
-    SEED_MAX,
     flag,
     key_values,
     seed_number,
+    seed_numbers,
     whole_number,
-    whole_numbers,
 )
 from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
@@ -102,9 +101,7 @@ def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:
 
 def parse_seeds(value: str) -> list[int]:
     """`[42,43,44]` (or `42,43`) -> [42, 43, 44]; ConfigError naming the option otherwise."""
-    return whole_numbers(
-        "seeds", value, minimum=0, maximum=SEED_MAX, distinct=True
-    )  # numpy: no negative seed
+    return seed_numbers("seeds", value)
 
 
 def latest_checkpoint(trainer: GanTrainer, saved: Path | None) -> str | None:

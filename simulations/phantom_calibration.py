@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from common.config.compose import compose_federated_config
-from common.config.option_values import SEED_MAX, whole_number, whole_numbers
+from common.config.option_values import seed_numbers, whole_number
 from common.data.images import LoadedPatches
 from common.data.patch_set import PatchSet
 from common.eval.central import CentralEvaluator
@@ -32,9 +32,7 @@ def main(args: list[str]) -> int:
     overrides = [a for a in args if a.split("=", 1)[0] not in ("epochs", "seeds")]
     overrides = overrides or ["out_dir=runs/phantom_calibration"]
     epochs = whole_number("epochs", options.get("epochs", 40), minimum=1)
-    seeds = whole_numbers(
-        "seeds", options.get("seeds", "0,1,2"), minimum=0, maximum=SEED_MAX, distinct=True
-    )
+    seeds = seed_numbers("seeds", options.get("seeds", "0,1,2"))
     config = compose_federated_config(overrides)
     prepare_workspace(config)
     sites = [

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config.option_values import SEED_MAX, whole_numbers
+from common.config.option_values import seed_numbers
 from common.errors import ConfigError
 from common.runs.tuning import load_space, run_search
 
@@ -22,11 +22,7 @@ def cmd_tune(args: Sequence[str]) -> int:
     options, rest = split_options(args, ("space", "out_dir", "seeds"))
     if "space" not in options or "out_dir" not in options:
         raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
-    seeds = (
-        whole_numbers("seeds", options["seeds"], minimum=0, maximum=SEED_MAX, distinct=True)
-        if "seeds" in options
-        else None
-    )
+    seeds = seed_numbers("seeds", options["seeds"]) if "seeds" in options else None
     summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
     keys = ("candidates", "cell_runs", "best", "privacy_note")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))

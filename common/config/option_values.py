@@ -52,15 +52,28 @@ def seed_number(name: str, value: object) -> int:
     return whole_number(name, value, minimum=0, maximum=SEED_MAX)
 
 
+def seed_numbers(name: str, value: str, *, distinct: bool = True) -> list[int]:
+    """`seeds=[42,43]`: each a seed (`seed_number`'s range), each once when `distinct`."""
+    return whole_numbers(name, value, minimum=0, maximum=SEED_MAX, distinct=distinct)
+
+
+def is_path_key(key: str) -> bool:
+    """Whether the (dotted) key names a file or folder (its last part is one of PATH_KEYS)."""
+    return key.rsplit(".", 1)[-1] in PATH_KEYS
+
+
 def shell_value(value: str) -> str:
     """A command option's value as the shell user meant it, the way Hydra reads an override:
     one pair of surrounding quotes removed, a leading `~` the home folder (sh and zsh leave
     it). Without this, `out_dir='~/certs'` wrote a folder named `~` here."""
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]
-    if value == "~" or value.startswith("~/"):
-        value = os.path.expanduser(value)
-    return value
+    return expand_home(value)
+
+
+def expand_home(value: str) -> str:
+    """A leading `~` (alone or `~/...`) as the home folder, as the shell would have made it."""
+    return os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
 
 
 def key_values(args: Sequence[str], known: Collection[str]) -> dict[str, str]:

@@ -7,13 +7,12 @@ Hydra reads an unquoted value only when it is ASCII letters, digits and a few sy
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from common.config.option_values import PATH_KEYS, shell_value
+from common.config.option_values import expand_home, is_path_key, shell_value
 from common.errors import ConfigError
 
 HYDRA_SYNTAX = "[]{}$,"  # a value holding one of these is Hydra syntax: left as it is
@@ -35,9 +34,7 @@ def readable_override(override: str) -> str:
     quote = '"' if "'" in value else "'"  # `l'hôpital` goes in double quotes
     if quote in value:
         return override  # both kinds of quote: Hydra's to explain
-    if value == "~" or value.startswith("~/"):
-        value = os.path.expanduser(value)
-    return f"{key}={quote}{value}{quote}"
+    return f"{key}={quote}{expand_home(value)}{quote}"
 
 
 def check_command_line(args: Sequence[str]) -> None:
@@ -53,7 +50,7 @@ def check_command_line(args: Sequence[str]) -> None:
         if key in seen:
             raise ConfigError(f"{key} is given twice ({seen[key]} and {arg}): give each key once")
         seen[key] = arg
-        if key.rsplit(".", 1)[-1] in PATH_KEYS and not shell_value(value.strip()).strip():
+        if is_path_key(key) and not shell_value(value.strip()).strip():
             raise ConfigError(
                 f"{key}= is empty: give a path (an empty one would be the current folder)"
             )

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from common.config.option_values import PATH_KEYS
+from common.config.option_values import is_path_key
 
 
 def changed_sections(
@@ -53,7 +53,7 @@ def changed_leaves(
 
 def _same(key: str, was: Any, now: Any) -> bool:
     """Equal settings; a path (`out_dir=/runs/a/` and `/runs/a`) compared as the folder."""
-    if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(was, str) and isinstance(now, str):
+    if is_path_key(key) and isinstance(was, str) and isinstance(now, str):
         return os.path.normpath(was) == os.path.normpath(now)
     return bool(was == now)
 
