@@ -55,6 +55,17 @@ def temporary_target(path: Path) -> str | None:
     return match["target"] if match else None
 
 
+def leftover_temporaries(folder: Path, owned: Callable[[str], object]) -> list[Path]:
+    """The `atomic_write` temporaries in `folder` written for a target name that `owned`
+    accepts. Only the one process that writes those targets may remove them, and only while
+    no write of its own is in flight: another's temporary is its next version."""
+    return [
+        path
+        for path in folder.glob(".*.tmp")
+        if (target := temporary_target(path)) is not None and owned(target)
+    ]
+
+
 def atomic_write(
     target: Path, write: Callable[[str], Any], mode: int | None = None, durable: bool = True
 ) -> None:

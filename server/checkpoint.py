@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic_io import atomic_torch_save, atomic_write_text
+from common.atomic_io import atomic_torch_save, atomic_write_text, leftover_temporaries
 from common.config.recorded_diff import changed_leaves
 from common.errors import ConfigError
 
 VERSION = 1
+log = logging.getLogger("mammofl.server")
 
 
 @dataclass
@@ -64,6 +66,18 @@ def ledgers_to_resume(run_dir: Path, state: ServerState) -> dict[str, Any]:
         if sent["round"] == state.round + 1:
             return dict(sent["ledgers"])
     return state.ledgers
+
+
+def remove_interrupted_saves(run_dir: Path) -> None:
+    """The temporaries a server killed mid-save (SIGKILL runs no `finally`) left beside its
+    checkpoint and write-ahead file: a full model each, never read. Called on resume, before
+    this server saves anything; nothing else writes those names."""
+    own = {checkpoint_path(run_dir).name, sent_round_path(run_dir).name}
+    leftovers = leftover_temporaries(checkpoint_path(run_dir).parent, own.__contains__)
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    if leftovers:
+        log.info("removed %d temporary files a killed server left", len(leftovers))
 
 
 def load_checkpoint(run_dir: Path, overrides: list[str]) -> ServerState:

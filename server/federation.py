@@ -48,6 +48,7 @@ from server.checkpoint import (
     ServerState,
     ledgers_to_resume,
     load_checkpoint,
+    remove_interrupted_saves,
     save_checkpoint,
     save_sent_round,
 )
@@ -480,6 +481,7 @@ class Federation:
         )
         if config.federation.resume:
             state = load_checkpoint(self.run_dir, self.overrides)
+            remove_interrupted_saves(self.run_dir)
             self.mirror = MirroredLedgers.from_state_dict(ledgers_to_resume(self.run_dir, state))
             for status in statuses:  # each site's own ledger, as it reports it now
                 self.mirror.adopt_status(status)

@@ -174,7 +174,7 @@ def main(argv: Sequence[str]) -> None:
 
     header = ("engine", "one-off s", "s/epoch/cell", "cell s", f"{cells} cells s", "vs naive")
     print("{:8} {:>10} {:>13} {:>9} {:>11} {:>9}".format(*header))
-    rows = (
+    rows: list[tuple[str, float, float, float, float]] = [
         ("naive", 0.0, naive_step * dp.steps_per_epoch, naive_cell, naive_cell * cells),
         (
             "cached",
@@ -184,10 +184,10 @@ def main(argv: Sequence[str]) -> None:
             feature_pass + cached_epoch * epochs * cells,
         ),
         ("grid", feature_pass, grid_epoch / cells, grid_total / cells, grid_total),
-    )
+    ]
     if lanes > 1:
-        rows += (
-            (f"grid/{lanes}", feature_pass, lanes_epoch / cells, lanes_total / cells, lanes_total),
+        rows.append(
+            (f"grid/{lanes}", feature_pass, lanes_epoch / cells, lanes_total / cells, lanes_total)
         )
     for name, setup, per_epoch, cell, total in rows:
         speedup = naive_cell * cells / total

@@ -63,7 +63,7 @@ def run_flower(config: FederatedRunConfig, overrides: list[str], verbose: bool =
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=len(config.sites),
-                backend_config=backend,  # type: ignore[arg-type]
+                backend_config=backend,
             )
     finally:
         flwr_logger.setLevel(level)

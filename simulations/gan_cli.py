@@ -330,7 +330,7 @@ def plot_ncc_histogram(path: Path, report: Any) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(0, 1, 81)
+    bins = np.linspace(0, 1, 81).tolist()
     ax.hist(
         [m.ncc for m in report.reference],
         bins,

@@ -51,6 +51,7 @@ def site_node_configs(config: FederatedRunConfig, state_root: Path) -> dict[str,
     download and prepared patches (the workspace's), its own state dir, its own epsilon cap and
     consents. The cap defaults to the run's per-site budget."""
     target = config.privacy.target_epsilon
+    assert target is not None, "federated rounds are DP-SGD (checked when composed)"
     nodes = {}
     for entry in config.sites:
         root = site_root(config, entry.name)

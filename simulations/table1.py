@@ -188,11 +188,11 @@ def cell_done(
     if compare_settings if compare_settings is not None else overrides is not None:
         assert overrides is not None, "comparing settings needs the run's overrides"
         changes = changed_settings(record, cell_config(out_dir, row, seed, overrides, synpre))
-        origin = synpre if is_finetune(row) else start
-        if origin is not None:
-            path = start_model(out_dir, origin, seed)
+        start_row = synpre if is_finetune(row) else start
+        if start_row is not None:
+            path = start_model(out_dir, start_row, seed)
             # a start model gone matters only when its row runs again (`rows`: this run's)
-            if path.is_file() or rows is None or origin in rows:
+            if path.is_file() or rows is None or start_row in rows:
                 why = start_changed(record.get("start_model_sha256"), path)
                 changes = ([why] if why else []) + changes
         if changes:

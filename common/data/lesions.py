@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from common.atomic_io import atomic_write_png, atomic_write_text, temporary_target
+from common.atomic_io import atomic_write_png, atomic_write_text, leftover_temporaries
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import DataError, OutputError
@@ -242,13 +242,7 @@ def interrupted_writes(out_dir: Path) -> list[Path]:
         (out_dir / ".pixel_steps", steps_of_a_patch),
         (out_dir, {"manifest.csv", "report.json"}.__contains__),
     ]
-    found = []
-    for folder, owned in owners:
-        for path in folder.glob(".*.tmp"):
-            target = temporary_target(path)
-            if target is not None and owned(target):
-                found.append(path)
-    return sorted(found)
+    return sorted(path for folder, owned in owners for path in leftover_temporaries(folder, owned))
 
 
 def _tracked(results: Iterable[T], bar: tqdm) -> Iterator[T]:

@@ -116,7 +116,18 @@ def test_stopped_and_resumed_equals_uninterrupted(
     ) in caplog.text
     stopped = _read(run_dir / "result.json")
     assert stopped["rounds_completed"] == 2 and stopped["stopped_after_round"] == 2
+    # what a server killed mid-save leaves (atomic_write's temporaries): its own are removed on
+    # resume, a file it did not write stays
+    server_dir = run_dir / "server"
+    killed_saves = [
+        server_dir / ".checkpoint.pt.k2x9q0ab.tmp",
+        server_dir / ".round_sent.json.7hz_3kq1.tmp",
+    ]
+    not_its_own = server_dir / ".notes.txt.k2x9q0ab.tmp"
+    for path in [*killed_saves, not_its_own]:
+        path.write_bytes(b"half a model")
     _federate(tiny_workspace, run_dir, compare, "federation.resume=true")
+    assert not any(path.exists() for path in killed_saves) and not_its_own.exists()
     resumed = _read(run_dir / "result.json")
     assert resumed["rounds_completed"] == 3 and resumed["stopped_after_round"] is None
     assert _events(run_dir) == _events(full_run)
