@@ -63,6 +63,7 @@ def site_node_configs(config: FederatedRunConfig, state_root: Path) -> dict[str,
             "device": entry.device,
             "allow-non-dp-synthetic": entry.allow_non_dp_synthetic,
             "share-exact-count": entry.share_exact_count,
+            "share-small-set-metrics": entry.share_small_set_metrics,
         }
         if entry.phantom_style is not None:
             values["raw-dir"] = str((Path(config.out_dir) / "raw" / entry.name).resolve())

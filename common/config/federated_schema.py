@@ -52,6 +52,8 @@ class SiteEntry:
     epsilon_cap: float | None = None  # the site's own cap (None: the run's per-site budget)
     device: str = "cpu"
     share_exact_count: bool = False  # opt-in for federation.weighting=examples
+    # a simulated site's researcher is every party: its small validation sets may be scored
+    share_small_set_metrics: bool = True
     allow_non_dp_synthetic: bool = True  # a simulated site accepts the paper's non-DP MCGAN
 
     def __post_init__(self) -> None:

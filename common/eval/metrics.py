@@ -32,6 +32,21 @@ def released(value: Any) -> Any:
     return value
 
 
+# the fewest patches of each class whose metrics may leave a site unless it consents to less:
+# AUROC is U / (n_malignant * n_benign), so with n_malignant * n_benign >= 10**RELEASE_DECIMALS
+# its lattice is no coarser than the rounding and the values sent over rounds no longer show
+# the denominator; 32 * 32 = 1024. AUPRC's terms are precisions i/k over the n_malignant
+# (or n_benign) ranks: each class needs the count, not only their product.
+MIN_RELEASED_CLASS_COUNT = math.isqrt(10**RELEASE_DECIMALS - 1) + 1
+
+
+def counts_hidden_by_rounding(labels: Sequence[int] | np.ndarray) -> bool:
+    """Whether metrics of a set with these labels (1 = malignant), rounded by `released`,
+    keep its class counts: both classes have MIN_RELEASED_CLASS_COUNT patches or more."""
+    malignant = int(np.sum(np.asarray(labels) == 1))
+    return min(malignant, len(labels) - malignant) >= MIN_RELEASED_CLASS_COUNT
+
+
 def auprc(labels: np.ndarray, scores: np.ndarray, positive: str) -> float:
     """AUPRC with the named class as positive (benign: the paper's, on 1 - score)."""
     from sklearn.metrics import average_precision_score  # lazy: a ClientApp process per message

@@ -30,6 +30,7 @@ NODE_CONFIG_KEYS = (
     "delta-cap",
     "device",
     "share-exact-count",
+    "share-small-set-metrics",
     "allow-non-dp-synthetic",
     "seeded-noise",
     "noise-seed",
@@ -50,6 +51,9 @@ class SiteFacts:
     delta_cap: float | None = None
     device: str = "cpu"
     share_exact_count: bool = False
+    # may this site send local validation metrics of a set too small for the rounding to hide
+    # its class counts (fewer than MIN_RELEASED_CLASS_COUNT patches of a class)?
+    share_small_set_metrics: bool = False
     # may this site send synthetic patches of an MCGAN trained without DP (no formal guarantee)?
     allow_non_dp_synthetic: bool = False
     # the seeded research mode, only with the site's consent and a seed the server never sees
@@ -134,6 +138,7 @@ def facts_from_node_config(node_config: Mapping[str, object]) -> SiteFacts:
         ),
         device=device,
         share_exact_count=_flag(node_config, "share-exact-count"),
+        share_small_set_metrics=_flag(node_config, "share-small-set-metrics"),
         allow_non_dp_synthetic=_flag(node_config, "allow-non-dp-synthetic"),
         noise_seed=seed_number("node_config noise-seed", seed) if seeded else None,
     )
@@ -165,6 +170,7 @@ def facts_from_entry(entry: SiteEntry, config: FederatedRunConfig, state_dir: Pa
         epsilon_cap=entry.epsilon_cap,
         device=entry.device,
         share_exact_count=entry.share_exact_count,
+        share_small_set_metrics=entry.share_small_set_metrics,
         allow_non_dp_synthetic=entry.allow_non_dp_synthetic,
         # a simulation's researcher is every party: its seeded mode is the launcher's choice
         noise_seed=(config.seed + zlib.crc32(entry.name.encode()) if config.seeded_noise else None),

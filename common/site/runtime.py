@@ -22,7 +22,12 @@ from common.atomic_io import atomic_torch_save
 from common.config.federated_schema import FederatedRunConfig
 from common.data.images import LoadedPatches
 from common.errors import ConfigError, PrivacyError, SitePolicyError
-from common.eval.metrics import point_metrics, released
+from common.eval.metrics import (
+    MIN_RELEASED_CLASS_COUNT,
+    counts_hidden_by_rounding,
+    point_metrics,
+    released,
+)
 from common.eval.predict import predict_probabilities
 from common.models.classifier import Classifier, build_classifier
 from common.models.policies import apply_trainable_policy, backbone_has_batchnorm
@@ -364,10 +369,21 @@ class SiteRuntime:
     # ---- local evaluation ----------------------------------------------------------------
     def evaluate(self, trainable: Mapping[str, np.ndarray], base_sha: str) -> dict[str, float]:
         """AUROC / AUPRC of the given weights on the site's local validation patients
-        (not covered by DP, as the paper's selection; a few numbers, no counts)."""
+        (not covered by DP, as the paper's selection; a few numbers, no counts). None (an empty
+        dict) for a set too small for the rounding to hide its class counts
+        (`counts_hidden_by_rounding`), unless the site consents (share-small-set-metrics)."""
         model = self._base_model(base_sha)
         load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
         validation = self._data().validation
+        labels = np.asarray(validation.patch_set.labels)
+        if not (self.facts.share_small_set_metrics or counts_hidden_by_rounding(labels)):
+            logging.getLogger(f"mammofl.site.{self.facts.name}").warning(  # its site.log
+                "local scores withheld: a validation class has fewer than %d patches, too few "
+                "for rounded metrics to keep its count (node_config share-small-set-metrics=true "
+                "sends them)",
+                MIN_RELEASED_CLASS_COUNT,
+            )
+            return {}
         with site_lock(self.facts.state_dir, wait=True):
             ledger = self._ledger()
             if ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION):
@@ -380,7 +396,7 @@ class SiteRuntime:
             str(self.facts.state_dir / "features"),
         )
         # rounded: full-precision AUROC/AUPRC would give the validation class counts away
-        return released(point_metrics(np.asarray(validation.patch_set.labels), scores))
+        return released(point_metrics(labels, scores))
 
 
 def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:

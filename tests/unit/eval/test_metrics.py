@@ -95,3 +95,23 @@ def test_metrics_that_leave_a_site_do_not_give_the_class_counts_away() -> None:
         {"epoch": 1, "val_auprc": sent["auroc"], "train_loss": 0.693, "epsilon": 1e-4}
     ]
     assert released(float("nan")) != released(float("nan"))  # NaN stays NaN
+
+
+def test_metrics_leave_a_site_only_when_the_rounding_hides_the_class_counts() -> None:
+    """With MIN_RELEASED_CLASS_COUNT (32) patches per class, 32 * 32 >= 1000: every 3-decimal
+    AUROC in [0, 1] is some U / 1024, so the values a site sends over rounds do not show the
+    lattice; at 31 per class some 3-decimal values can never occur, and those that can show
+    the denominator 961."""
+    from common.eval.metrics import MIN_RELEASED_CLASS_COUNT, counts_hidden_by_rounding
+
+    def reachable(pairs: int) -> set[float]:
+        return {round(u / pairs, 3) for u in range(pairs + 1)}
+
+    grid = {round(k / 1000, 3) for k in range(1001)}
+    count = MIN_RELEASED_CLASS_COUNT
+    assert count == 32 and reachable(count * count) == grid
+    assert reachable((count - 1) ** 2) < grid
+    assert counts_hidden_by_rounding([1] * count + [0] * count)
+    assert not counts_hidden_by_rounding([1] * (count - 1) + [0] * 500)
+    assert not counts_hidden_by_rounding([1] * 500 + [0] * (count - 1))
+    assert not counts_hidden_by_rounding([0] * 100)

@@ -151,12 +151,21 @@ def test_node_config_needs_the_sites_own_cap_and_seed() -> None:
     facts = facts_from_node_config({**base, "epsilon-cap": 4})
     assert facts.epsilon_cap == 4.0 and facts.noise_seed is None
     assert not facts.allow_non_dp_synthetic and not facts.share_exact_count
+    assert not facts.share_small_set_metrics
     with pytest.raises(ConfigError, match="noise-seed"):
         facts_from_node_config({**base, "epsilon-cap": 4, "seeded-noise": "true"})
     # TOML gives a bool; a mistyped yes/no or seed is refused, not read as "no" or a traceback
     capped = {**base, "epsilon-cap": 4}
     assert facts_from_node_config({**capped, "allow-non-dp-synthetic": True}).allow_non_dp_synthetic
-    for key in ("allow-non-dp-synthetic", "share-exact-count", "seeded-noise"):
+    assert facts_from_node_config(
+        {**capped, "share-small-set-metrics": "true"}
+    ).share_small_set_metrics
+    for key in (
+        "allow-non-dp-synthetic",
+        "share-exact-count",
+        "share-small-set-metrics",
+        "seeded-noise",
+    ):
         with pytest.raises(ConfigError, match=f"node_config {key}=ture: expected true or false"):
             facts_from_node_config({**capped, key: "ture"})
     with pytest.raises(ConfigError, match="node_config noise-seed=abc: expected a whole number"):
@@ -265,6 +274,35 @@ def test_local_evaluation_sends_rounded_scores(tiny_workspace: Path, tmp_path: P
     scores = runtime.evaluate(trainable, sha)
     assert set(scores) == {"auroc", "auprc_malignant", "auprc_benign"}
     assert all(v == round(v, 3) for v in scores.values() if v == v)
+
+
+def test_a_small_validation_set_is_scored_only_with_the_sites_consent(
+    tiny_workspace: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below MIN_RELEASED_CLASS_COUNT patches of a class the rounding no longer hides the
+    counts: a deployed site (node_config default) sends no scores and charges no local
+    evaluation; a simulated site (the researcher is every party) consents and sends them."""
+    import dataclasses
+    import logging
+
+    from common.eval.metrics import MIN_RELEASED_CLASS_COUNT
+
+    consenting = _runtime(tiny_workspace, tmp_path / "simulated")
+    assert consenting.facts.share_small_set_metrics
+    trainable, sha = _start(consenting)
+    labels = np.asarray(consenting._data().validation.patch_set.labels)
+    assert 0 < int(labels.sum()) < MIN_RELEASED_CLASS_COUNT  # the tiny sites' sets are small
+    assert set(consenting.evaluate(trainable, sha)) == {"auroc", "auprc_malignant", "auprc_benign"}
+
+    simulated = _runtime(tiny_workspace, tmp_path / "deployed")
+    deployed = SiteRuntime(
+        dataclasses.replace(simulated.facts, share_small_set_metrics=False), simulated.config
+    )
+    trainable, sha = _start(deployed)
+    with caplog.at_level(logging.WARNING):
+        assert deployed.evaluate(trainable, sha) == {}
+    assert "local scores withheld" in caplog.text and "share-small-set-metrics" in caplog.text
+    assert deployed.status()["ledger"]["non_dp_uses"] == []  # nothing left the site
 
 
 def test_seeded_rounds_reproduce_but_a_later_run_on_the_same_state_draws_anew(
