@@ -25,7 +25,8 @@ REVEALS = (
     "The server sees, per site and round, (noise multiplier, sample rate, steps). With "
     "q = 1/ceil(N/B) these reveal ceil(N/B), i.e. the site's number of training patches to "
     "within one batch B; the trainable weights each round (no secure aggregation); and the "
-    "sites' local validation AUROC/AUPRC, which DP does not cover."
+    "sites' local validation AUROC/AUPRC, which DP does not cover (none from a site whose "
+    "validation set has fewer than 32 patches of a class, unless it consents)."
 )
 
 

@@ -42,7 +42,7 @@ MIN_RELEASED_CLASS_COUNT = math.isqrt(10**RELEASE_DECIMALS - 1) + 1
 
 def counts_hidden_by_rounding(labels: Sequence[int] | np.ndarray) -> bool:
     """Whether metrics of a set with these labels (1 = malignant), rounded by `released`,
-    keep its class counts: both classes have MIN_RELEASED_CLASS_COUNT patches or more."""
+    keep its class counts hidden: both classes have MIN_RELEASED_CLASS_COUNT patches or more."""
     malignant = int(np.sum(np.asarray(labels) == 1))
     return min(malignant, len(labels) - malignant) >= MIN_RELEASED_CLASS_COUNT
 

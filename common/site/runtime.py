@@ -369,11 +369,10 @@ class SiteRuntime:
     # ---- local evaluation ----------------------------------------------------------------
     def evaluate(self, trainable: Mapping[str, np.ndarray], base_sha: str) -> dict[str, float]:
         """AUROC / AUPRC of the given weights on the site's local validation patients
-        (not covered by DP, as the paper's selection; a few numbers, no counts). None (an empty
-        dict) for a set too small for the rounding to hide its class counts
-        (`counts_hidden_by_rounding`), unless the site consents (share-small-set-metrics)."""
-        model = self._base_model(base_sha)
-        load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
+        (not covered by DP, as the paper's selection; a few numbers, no counts). Nothing (an
+        empty dict, the model not even loaded) for a set too small for the rounding to hide its
+        class counts (`counts_hidden_by_rounding`), unless the site consents
+        (share-small-set-metrics)."""
         validation = self._data().validation
         labels = np.asarray(validation.patch_set.labels)
         if not (self.facts.share_small_set_metrics or counts_hidden_by_rounding(labels)):
@@ -384,6 +383,8 @@ class SiteRuntime:
                 MIN_RELEASED_CLASS_COUNT,
             )
             return {}
+        model = self._base_model(base_sha)
+        load_trainable(model, {k: torch.as_tensor(np.asarray(v)) for k, v in trainable.items()})
         with site_lock(self.facts.state_dir, wait=True):
             ledger = self._ledger()
             if ledger.record_non_dp_use("local-evaluation", LOCAL_EVALUATION):
