@@ -13,6 +13,7 @@ from common.atomic_io import atomic_write_text
 from common.config.federated_schema import FederatedRunConfig
 from common.config.schema import DataConfig, MammoflConfig, PrivacyConfig
 from common.eval.central import CentralEvaluator
+from common.eval.metrics import MIN_RELEASED_CLASS_COUNT
 from common.eval.records import save_model, write_json
 from common.models.classifier import Classifier
 from common.privacy.randomness import SEEDED_NOISE_NOTE
@@ -26,7 +27,8 @@ REVEALS = (
     "q = 1/ceil(N/B) these reveal ceil(N/B), i.e. the site's number of training patches to "
     "within one batch B; the trainable weights each round (no secure aggregation); and the "
     "sites' local validation AUROC/AUPRC, which DP does not cover (none from a site whose "
-    "validation set has fewer than 32 patches of a class, unless it consents)."
+    f"validation set has fewer than {MIN_RELEASED_CLASS_COUNT} patches of a class, unless it "
+    "consents)."
 )
 
 

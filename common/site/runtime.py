@@ -378,8 +378,8 @@ class SiteRuntime:
         if not (self.facts.share_small_set_metrics or counts_hidden_by_rounding(labels)):
             logging.getLogger(f"mammofl.site.{self.facts.name}").warning(  # its site.log
                 "local scores withheld: a validation class has fewer than %d patches, too few "
-                "for rounded metrics to keep its count (node_config share-small-set-metrics=true "
-                "sends them)",
+                "for rounded metrics to keep its count hidden (node_config "
+                "share-small-set-metrics=true sends them)",
                 MIN_RELEASED_CLASS_COUNT,
             )
             return {}
