@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -84,19 +83,15 @@ def backbone_features(
     size = int(config.model.kwargs.get("img_size", 0) or 0)
     return {
         name: extract_features(
-            model.backbone, _at_size(loaded, size), (0,), 16, device, progress=True
+            model.backbone,
+            loaded.at_size(size) if size else loaded,
+            (0,),
+            16,
+            device,
+            progress=True,
         )[0].numpy()
         for name, loaded in loaded_by_size.items()
     }
-
-
-def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:
-    if not size or loaded.pixels.shape[-1] == size:
-        return loaded
-    pixels = np.stack(
-        [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in loaded.pixels]
-    )
-    return LoadedPatches(loaded.patch_set, pixels)
 
 
 def parse_seeds(value: str) -> list[int]:

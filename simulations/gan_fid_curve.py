@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 
 from common.atomic_io import atomic_write_text
 from common.config.option_values import key_values, whole_number
-from common.data.images import LoadedPatches, load_patches
+from common.data.images import LoadedPatches, load_patches, resized
 from common.data.patch_set import PatchRecord, PatchSet
 from common.data.readers import read_patch_source
 from common.errors import ConfigError
@@ -29,7 +28,7 @@ from simulations.gan_cli import backbone_features
 
 
 def _upsampled(pixels: np.ndarray, labels: list[int], size: int = 224) -> LoadedPatches:
-    wide = np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
+    wide = resized(pixels, size)
     records = [PatchRecord(f"/memory/{i}.png", int(y), f"m{i}") for i, y in enumerate(labels)]
     return LoadedPatches(PatchSet(records), wide)
 

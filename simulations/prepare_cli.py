@@ -59,13 +59,8 @@ def prepare_options(args: Sequence[str]) -> PrepareOptions:
     typed["root"], typed["out_dir"] = Path(options["root"]), Path(options["out_dir"])
     for key, kind in NUMBERS.items():
         if key in options:
-            typed[key] = (
-                number(key, options[key])
-                if kind is float
-                else seed_number(key, options[key])
-                if key == "seed"
-                else whole_number(key, options[key])
-            )
+            parse = number if kind is float else seed_number if key == "seed" else whole_number
+            typed[key] = parse(key, options[key])
     for key in FLAGS:
         if key in options:
             typed[key] = flag(key, options[key])

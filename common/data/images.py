@@ -28,6 +28,20 @@ class LoadedPatches:
     def labels(self) -> torch.Tensor:
         return torch.tensor(self.patch_set.labels, dtype=torch.long)
 
+    def at_size(self, size: int) -> LoadedPatches:
+        """These patches at size x size (INTER_AREA, as loaded): e.g. for a backbone built for
+        one input size (tiny_swin: 32 px) or an MCGAN's resolution; itself when already so."""
+        if self.pixels.shape[-1] == size:
+            return self
+        return LoadedPatches(self.patch_set, resized(self.pixels, size))
+
+
+def resized(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N, H, W] -> [N, size, size], each with INTER_AREA (load_patches' resize)."""
+    if len(pixels) == 0:
+        return np.zeros((0, size, size), pixels.dtype)
+    return np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
+
 
 def read_gray(path: str) -> np.ndarray:
     """Read an 8-bit grayscale image; raise ValueError with the reason when unusable."""

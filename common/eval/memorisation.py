@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from common.data.images import resized
+
 FLIPS = ((False, False), (True, False), (False, True), (True, True))
 
 
@@ -28,7 +30,7 @@ def _flip(image: np.ndarray, variant: int) -> np.ndarray:
 
 
 def _small_vectors(pixels: np.ndarray, size: int = 32) -> np.ndarray:
-    small = np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
+    small = resized(pixels, size)
     flat = small.reshape(len(pixels), -1).astype(np.float32)
     flat -= flat.mean(1, keepdims=True)
     return flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-6)

@@ -20,7 +20,6 @@ import torch
 
 from common.atomic_io import atomic_torch_save
 from common.config.federated_schema import FederatedRunConfig
-from common.data.images import LoadedPatches
 from common.errors import ConfigError, PrivacyError, SitePolicyError
 from common.eval.metrics import (
     MIN_RELEASED_CLASS_COUNT,
@@ -212,7 +211,7 @@ class SiteRuntime:
                 "patch, so its charge cannot enter a per-patient ledger; use privacy.unit=patch"
             )
         with site_lock(self.facts.state_dir, wait=False):
-            train = _at_size(self._data().train, gan.model.image_size)
+            train = self._data().train.at_size(gan.model.image_size)
             trainer = train_site_gan(
                 self.facts, self.config, train, self._ledger(), self.budget, self._persist
             )
@@ -398,14 +397,3 @@ class SiteRuntime:
         )
         # rounded: full-precision AUROC/AUPRC would give the validation class counts away
         return released(point_metrics(labels, scores))
-
-
-def _at_size(loaded: LoadedPatches, size: int) -> LoadedPatches:
-    if loaded.pixels.shape[-1] == size:
-        return loaded
-    import cv2
-
-    pixels = np.stack(
-        [cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in loaded.pixels]
-    )
-    return LoadedPatches(loaded.patch_set, pixels)

@@ -153,7 +153,6 @@ def test_a_dp_mcgan_checkpoint_with_no_charge_on_record_is_charged_in_full(
     checkpoint is on disk, its charge on no record; reusing it is charged as the whole run
     (charging the 0 epochs left would let its samples leave uncharged)."""
     from common.privacy.ledger import PrivacyLedger
-    from common.site.runtime import _at_size
     from common.site.synthetic import train_site_gan
 
     runtime = _dp_gan_site(tiny_workspace, tmp_path)
@@ -161,7 +160,7 @@ def test_a_dp_mcgan_checkpoint_with_no_charge_on_record_is_charged_in_full(
     runtime.synthesize(4)
     (charged,) = runtime.status()["ledger"]["events"]
     restored = PrivacyLedger(delta=config.privacy.delta, accountant=config.privacy.accountant)
-    train = _at_size(runtime._data().train, config.gan.model.image_size)
+    train = runtime._data().train.at_size(config.gan.model.image_size)
     train_site_gan(runtime.facts, config, train, restored, runtime.budget, lambda _: None)
     (event,) = restored.events
     assert (event.kind, event.status, event.steps) == ("dp-gan", "settled", charged["steps"])
