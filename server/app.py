@@ -20,14 +20,26 @@ class RunRefused(RuntimeError):
     the run failed and shows this message, without mammofl's or hydra's chained stack."""
 
 
+class _RefusalsWithoutTraceback(logging.Filter):
+    """Flower logs the exception that ends a ServerApp with its traceback; a refusal is the
+    user's error (a mistyped override, a spent budget), already said in one line: no stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RunRefused):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _log_through_flower() -> bool:
     """In its own process (a deployed SuperLink's ServerApp) mammofl's progress goes where
     Flower's goes: the run's log (`flwr log`, `flwr run --stream`); True then. In-process (a
     simulation launched by `mammofl federate`) the launcher's logging already shows it."""
     if logging.getLogger().handlers:
         return False
-    ours = logging.getLogger("mammofl")
-    for handler in logging.getLogger("flwr").handlers:
+    ours, flower = logging.getLogger("mammofl"), logging.getLogger("flwr")
+    if not any(isinstance(f, _RefusalsWithoutTraceback) for f in flower.filters):
+        flower.addFilter(_RefusalsWithoutTraceback())
+    for handler in flower.handlers:
         if handler not in ours.handlers:
             ours.addHandler(handler)
     ours.setLevel(logging.INFO)

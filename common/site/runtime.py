@@ -241,7 +241,8 @@ class SiteRuntime:
                 f"{expected_sha[:12]}"
             )
         self._install(tensors, sha)
-        atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
+        with site_lock(self.facts.state_dir, wait=True):  # its only writer (GUARDED_FILES)
+            atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
         assert self.base_sha is not None
         return self.base_sha
 

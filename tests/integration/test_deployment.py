@@ -303,6 +303,7 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
     assert "ended finished:failed" in refused.stderr, refused.stderr
     log_text = refused.stdout  # the run's log, streamed
     assert "mammofl: error: no round can run: " in log_text  # site-c may have one round left
+    assert "Traceback" not in log_text  # a refusal, said in one line
     assert "site-a: budget spent" in log_text and "site-b: budget spent" in log_text
     assert not (again / "server" / "checkpoint.pt").exists()
     assert not (again / "result.json").exists()

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from common.data.splits import read_prepared_split
 from common.errors import PrivacyError
@@ -18,7 +22,7 @@ from common.privacy.ledger import PrivacyBudgetExceeded, PrivacyLedger
 from common.site.budget import load_or_plan
 from common.site.facts import simulated_site
 from common.site.runtime import SiteRuntime
-from common.training.engine import trainable_state
+from common.training.engine import state_fingerprint, trainable_state
 from tests.conftest import tiny_federated_config
 
 
@@ -321,3 +325,40 @@ def test_seeded_rounds_reproduce_but_a_later_run_on_the_same_state_draws_anew(
     same = [np.array_equal(weights[0][k], weights[1][k]) for k in weights[0]]
     later = [np.array_equal(weights[0][k], weights[2][k]) for k in weights[0]]
     assert all(same) and not any(later)
+
+
+def _killed_mid_write(target: Path) -> None:
+    """A process killed (SIGKILL: no cleanup runs) while `atomic_write` writes `target`."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from common.atomic_io import atomic_write\n"
+        "def write(tmp):\n"
+        "    Path(tmp).write_bytes(b'half a model')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(Path(sys.argv[1]), write)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(target)], cwd=Path.cwd(), check=False)
+    assert done.returncode == -signal.SIGKILL
+
+
+def test_a_killed_writers_temporaries_go_when_the_site_next_holds_its_lock(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    """A SuperNode killed while saving the server's model (or the ledger) leaves a temporary
+    beside it, a whole model each time; the next operation of the site removes it, and nothing
+    it does not own (the feature cache's, another folder's)."""
+    runtime = _runtime(tiny_workspace, tmp_path)
+    trainable, sha = _start(runtime)
+    state = runtime.facts.state_dir
+    for name in ("base_model.pt", "ledger.json"):
+        _killed_mid_write(state / name)
+    _killed_mid_write(state / "features" / "cache.npy")
+    left = sorted(p.name for p in state.glob(".*.tmp"))
+    assert [n.split(".")[1] for n in left] == ["base_model", "ledger"]
+    assert len(list((state / "features").glob(".*.tmp"))) == 1
+    runtime.train_round(1, trainable, sha)
+    assert not list(state.glob(".*.tmp"))
+    assert len(list((state / "features").glob(".*.tmp"))) == 1  # not the lock's to remove
+    # the model saved before the kill is whole: the server's, by its fingerprint
+    assert state_fingerprint(torch.load(state / "base_model.pt", weights_only=True)) == sha
