@@ -4,14 +4,15 @@ Flower may hand a node's next message to another worker while the previous one s
 (e.g. after a reply timed out); two processes reading, charging and writing one ledger would
 lose a charge. Operations that charge the ledger refuse to start while another holds the lock.
 
-The lock's holder is also the only writer of the state dir's own files (`GUARDED_FILES`): a
+The lock's holder is also the only writer of the state dir's own files (`GUARDED`): a
 temporary of one of them found on taking the lock is a write a killed process left (SIGKILL
-runs no cleanup; a base model's is a whole model), and is removed then.
+runs no cleanup; a base model's or an MCGAN checkpoint's is a whole model), removed then.
 """
 
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +20,21 @@ from pathlib import Path
 from common.atomic_io import leftover_temporaries
 from common.errors import PrivacyError
 
-# written only under the lock (ledger, DP plan, the server's model); the GAN's checkpoints
-# and the feature caches have their own folders and are not among them
-GUARDED_FILES = frozenset({"ledger.json", "dp_plan.json", "base_model.pt"})
+# written only under the lock, by folder: the ledger, DP plan and server's model, the MCGAN's
+# checkpoints and sample grids (`synthesize`); not the feature caches (written beside unlocked
+# evaluations)
+GUARDED = {
+    ".": re.compile(r"ledger\.json|dp_plan\.json|base_model\.pt"),
+    "gan/checkpoints": re.compile(r"epoch_\d+\.pt"),
+    "gan/samples": re.compile(r"epoch_\d+\.png"),
+}
 
 
 @contextmanager
 def site_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
     """Hold `state_dir/site.lock` exclusively. `wait=False`: raise PrivacyError at once when
     another process holds it (a round or a GAN of this site is still running). Once held, the
-    temporaries of `GUARDED_FILES` that a killed writer left are removed."""
+    temporaries of `GUARDED` files that a killed writer left are removed."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with (state_dir / "site.lock").open("a") as handle:
         flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
@@ -40,8 +46,9 @@ def site_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
                 "refused rather than run two at once"
             ) from error
         try:
-            for path in leftover_temporaries(state_dir, GUARDED_FILES.__contains__):
-                path.unlink(missing_ok=True)
+            for folder, names in GUARDED.items():
+                for path in leftover_temporaries(state_dir / folder, names.fullmatch):
+                    path.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -241,7 +241,7 @@ class SiteRuntime:
                 f"{expected_sha[:12]}"
             )
         self._install(tensors, sha)
-        with site_lock(self.facts.state_dir, wait=True):  # its only writer (GUARDED_FILES)
+        with site_lock(self.facts.state_dir, wait=True):  # its only writer (lock.GUARDED)
             atomic_torch_save(self.facts.state_dir / "base_model.pt", tensors)
         assert self.base_sha is not None
         return self.base_sha

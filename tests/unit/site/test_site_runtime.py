@@ -345,20 +345,22 @@ def _killed_mid_write(target: Path) -> None:
 def test_a_killed_writers_temporaries_go_when_the_site_next_holds_its_lock(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
-    """A SuperNode killed while saving the server's model (or the ledger) leaves a temporary
-    beside it, a whole model each time; the next operation of the site removes it, and nothing
-    it does not own (the feature cache's, another folder's)."""
+    """A SuperNode killed while saving the server's model (or the ledger, or an MCGAN
+    checkpoint) leaves a temporary beside it, a whole model each time; the next operation of the
+    site removes it, and nothing it does not own (the feature cache's)."""
     runtime = _runtime(tiny_workspace, tmp_path)
     trainable, sha = _start(runtime)
     state = runtime.facts.state_dir
-    for name in ("base_model.pt", "ledger.json"):
-        _killed_mid_write(state / name)
+    checkpoints = state / "gan" / "checkpoints"
+    for target in ("base_model.pt", "ledger.json", "gan/checkpoints/epoch_00040.pt"):
+        _killed_mid_write(state / target)
     _killed_mid_write(state / "features" / "cache.npy")
     left = sorted(p.name for p in state.glob(".*.tmp"))
     assert [n.split(".")[1] for n in left] == ["base_model", "ledger"]
+    assert len(list(checkpoints.glob(".epoch_00040.pt.*.tmp"))) == 1
     assert len(list((state / "features").glob(".*.tmp"))) == 1
     runtime.train_round(1, trainable, sha)
-    assert not list(state.glob(".*.tmp"))
+    assert not list(state.glob(".*.tmp")) and not list(checkpoints.glob(".*.tmp"))
     assert len(list((state / "features").glob(".*.tmp"))) == 1  # not the lock's to remove
     # the model saved before the kill is whole: the server's, by its fingerprint
     assert state_fingerprint(torch.load(state / "base_model.pt", weights_only=True)) == sha
