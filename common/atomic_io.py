@@ -66,6 +66,15 @@ def leftover_temporaries(folder: Path, owned: Callable[[str], object]) -> list[P
     ]
 
 
+def remove_leftover_temporaries(folder: Path, owned: Callable[[str], object]) -> list[Path]:
+    """Remove `leftover_temporaries(folder, owned)`, under the same rule (only their one
+    writer, with no write of its own in flight); returns what was removed."""
+    leftovers = leftover_temporaries(folder, owned)
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def atomic_write(
     target: Path, write: Callable[[str], Any], mode: int | None = None, durable: bool = True
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.atomic_io import atomic_torch_save, atomic_write_text, leftover_temporaries
+from common.atomic_io import atomic_torch_save, atomic_write_text, remove_leftover_temporaries
 from common.config.recorded_diff import changed_leaves
 from common.errors import ConfigError
 
@@ -73,9 +73,7 @@ def remove_interrupted_saves(run_dir: Path) -> None:
     checkpoint and write-ahead file: a full model each, never read. Called on resume, before
     this server saves anything; nothing else writes those names."""
     own = {checkpoint_path(run_dir).name, sent_round_path(run_dir).name}
-    leftovers = leftover_temporaries(checkpoint_path(run_dir).parent, own.__contains__)
-    for path in leftovers:
-        path.unlink(missing_ok=True)
+    leftovers = remove_leftover_temporaries(checkpoint_path(run_dir).parent, own.__contains__)
     if leftovers:
         log.info("removed %d temporary files a killed server left", len(leftovers))
 

@@ -37,10 +37,15 @@ class LoadedPatches:
 
 
 def resized(pixels: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [N, H, W] -> [N, size, size], each with INTER_AREA (load_patches' resize)."""
+    """uint8 [N, H, W] -> [N, size, size], each as load_patches resizes it (`area_resize`)."""
     if len(pixels) == 0:
         return np.zeros((0, size, size), pixels.dtype)
-    return np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
+    return np.stack([area_resize(p, size) for p in pixels])
+
+
+def area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """One image [H, W] -> [size, size] with INTER_AREA (averaging: no aliasing downwards)."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def read_gray(path: str) -> np.ndarray:
@@ -66,7 +71,7 @@ def load_patches(patch_set: PatchSet, size: int, progress: bool = False) -> Load
             skipped.append((record.path, str(error)))
             continue
         if image.shape != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            image = area_resize(image, size)
         kept.append(index)
         pixels.append(image)
     subset = patch_set.subset(kept)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.atomic_io import leftover_temporaries
+from common.atomic_io import remove_leftover_temporaries
 from common.errors import PrivacyError
 
 # written only under the lock, by folder: the ledger, DP plan and server's model, the MCGAN's
@@ -47,8 +47,7 @@ def site_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
             ) from error
         try:
             for folder, names in GUARDED.items():
-                for path in leftover_temporaries(state_dir / folder, names.fullmatch):
-                    path.unlink(missing_ok=True)
+                remove_leftover_temporaries(state_dir / folder, names.fullmatch)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
