@@ -125,6 +125,11 @@ def atomic_write_png(target: Path, image: Any) -> None:
     atomic_write_bytes(target, encoded.tobytes(), durable=False)
 
 
+def atomic_savefig(target: Path, figure: Any, dpi: int) -> None:
+    """Save a matplotlib figure atomically, in the format its suffix names (e.g. ".png")."""
+    atomic_write(target, lambda tmp: figure.savefig(tmp, dpi=dpi, format=target.suffix[1:]))
+
+
 def check_writable_dir(path: Path, key: str = "out_dir") -> None:
     """OutputError unless `path` is (or can be made) a folder this process can write in,
     checked without creating it: before a job's work, not after (a bad out_dir found once a

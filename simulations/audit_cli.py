@@ -20,6 +20,7 @@ from typing import Any
 
 from common.config.option_values import flag, number, seed_numbers, whole_number, whole_numbers
 from common.errors import ConfigError
+from common.runs.output_lock import output_lock
 from simulations.cli import command_usage, split_options
 
 OPTIONS = (
@@ -116,7 +117,8 @@ def cmd_audit(args: Sequence[str]) -> int:
         folders = [Path(p) for p in _names(options["compare"])]
         if len(folders) < 1:
             raise ConfigError("compare=[DIR_A,DIR_B]: name at least one audit folder")
-        result = compare_audits(folders, Path(options["out_dir"]))
+        with output_lock("audit", out_dir=Path(options["out_dir"])):
+            result = compare_audits(folders, Path(options["out_dir"]))
         print("\n".join(result["table"]))
         print(json.dumps(result["separation_tpr_at_1pct_fpr"], indent=2))
         return 0
@@ -125,7 +127,8 @@ def cmd_audit(args: Sequence[str]) -> int:
 
     config = compose_config(overrides)
     audit_options = _options(options, config.seed)
-    record = run_audit(config, audit_options)
+    with output_lock("audit", out_dir=audit_options.out_dir):
+        record = run_audit(config, audit_options)
     print(json.dumps(_summary(record, audit_options.out_dir), indent=2))
     if not record["verdict"]["passed"]:
         _shout(record)

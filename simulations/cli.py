@@ -28,6 +28,7 @@ from common.config.option_values import (
 )
 from common.config.override_text import check_command_line
 from common.errors import ConfigError, MammoflError
+from common.runs.output_lock import output_lock
 from common.runs.termination import EXIT_CODE, Terminated, saved_state, sigterm_raises
 
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a job ended by Ctrl-C (SIGINT)
@@ -162,8 +163,9 @@ def cmd_train(args: Sequence[str]) -> int:
     config = compose_config(rest)
     if not config.out_dir:
         raise ConfigError("mammofl train needs out_dir=DIR")
-    check_no_finished_run(Path(config.out_dir), overwrite)
-    record = run_cell(config, Path(config.out_dir))
+    with output_lock("train", out_dir=Path(config.out_dir)):
+        check_no_finished_run(Path(config.out_dir), overwrite)
+        record = run_cell(config, Path(config.out_dir))
     summary = {
         name: {m: t[m]["value"] for m in ("auroc", "auprc_malignant", "auprc_benign")}
         for name, t in record["tests"].items()
@@ -232,14 +234,15 @@ def cmd_table1(args: Sequence[str]) -> int:
     lanes = options.get("lanes", "auto")
     if lanes != "auto" and not (lanes.isdigit() and int(lanes) >= 1):
         raise ConfigError(f"lanes={lanes!r}: auto, or a whole number >= 1")
-    paths = run_table1(
-        Path(options["out_dir"]),
-        rows,
-        seeds,
-        rest,
-        grid=grid,
-        lanes=None if lanes == "auto" else int(lanes),
-    )
+    with output_lock("table1", out_dir=Path(options["out_dir"])):
+        paths = run_table1(
+            Path(options["out_dir"]),
+            rows,
+            seeds,
+            rest,
+            grid=grid,
+            lanes=None if lanes == "auto" else int(lanes),
+        )
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 

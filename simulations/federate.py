@@ -25,6 +25,7 @@ from common.errors import ConfigError
 from common.federated import simulation_dispatch
 from common.federated.run_config import SPEC_ENV, write_spec
 from common.federated.simulation_dispatch import dispatch_interval
+from common.runs.output_lock import output_lock
 from server.checkpoint import check_same_run, checkpoint_path, stored_overrides
 from simulations.federated_arms import run_site_alone
 from simulations.federated_summary import comparison_table
@@ -138,6 +139,18 @@ def run_federate(
     config = compose_federated_config(overrides)
     if not config.sites:
         raise ConfigError("the preset has no site table (sites:); simulations need one")
+    with output_lock("federate", run_dir=config.run_path):
+        return _federate(config, overrides, fresh, verbose, prepare_only, started)
+
+
+def _federate(
+    config: FederatedRunConfig,
+    overrides: list[str],
+    fresh: bool,
+    verbose: bool,
+    prepare_only: bool,
+    started: float,
+) -> dict[str, Any]:
     check_fresh(config, fresh, overrides)
     prepare_workspace(config)
     if prepare_only:  # e.g. before `flwr run .`, which has no launcher to write them

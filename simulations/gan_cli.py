@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.atomic_io import atomic_write_png, atomic_write_text
+from common.atomic_io import atomic_savefig, atomic_write_png, atomic_write_text
 from common.config.option_values import (
     flag,
     key_values,
@@ -24,8 +24,10 @@ from common.config.schema import PatchSourceConfig
 from common.data.images import LoadedPatches, load_patches
 from common.data.readers import read_patch_source
 from common.errors import ConfigError
+from common.runs.output_lock import output_lock
 
 if TYPE_CHECKING:
+    from common.config.gan_schema import GanConfig
     from common.training.gan_trainer import GanTrainer
 
 log = logging.getLogger("mammofl.gan")
@@ -114,12 +116,19 @@ def cmd_train(args: Sequence[str]) -> int:
         rest = [a for a in args if not a.startswith("seeds=")]
         return train_seeds(rest, parse_seeds(seeds[-1].partition("=")[2]))
     from common.config.compose import compose_gan_config
-    from common.training.gan_trainer import GanTrainer
-    from common.training.settings import resolve_device
 
     config = compose_gan_config(args)
     if not config.out_dir:
         raise ConfigError("mammofl gan train needs out_dir=DIR")
+    out_dir = Path(config.out_dir)
+    with output_lock("gan train", out_dir=out_dir):
+        return _train(config, out_dir)
+
+
+def _train(config: GanConfig, out_dir: Path) -> int:
+    from common.training.gan_trainer import GanTrainer
+    from common.training.settings import resolve_device
+
     # a prepared site's manifest: its train rows only (never its val or test patients)
     loaded = load_patches(
         read_patch_source(config.data, default_split="train"), config.model.image_size
@@ -128,7 +137,7 @@ def cmd_train(args: Sequence[str]) -> int:
         config,
         loaded.pixels,
         np.asarray(loaded.patch_set.labels),
-        Path(config.out_dir),
+        out_dir,
         resolve_device(config.train.device),
     )
     if trainer.resume_latest():
@@ -155,15 +164,23 @@ def train_seeds(args: Sequence[str], seeds: list[int]) -> int:
     stacked networks, each GAN its own draws, Adam state and checkpoints); with DP one after
     another (the stacked discriminator has no exact per-sample clipping)."""
     from common.config.compose import compose_gan_config
-    from common.training.gan_grid import GanGrid
-    from common.training.gan_trainer import GanTrainer
-    from common.training.settings import resolve_device
 
     if any(a.startswith("seed=") for a in args):
         raise ConfigError("give seeds=[...] or seed=, not both")
     base = compose_gan_config(args)
     if not base.out_dir:
         raise ConfigError("mammofl gan train needs out_dir=DIR")
+    out_dir = Path(base.out_dir)
+    with output_lock("gan train", out_dir=out_dir):
+        return _train_seeds(args, base, seeds, out_dir)
+
+
+def _train_seeds(args: Sequence[str], base: GanConfig, seeds: list[int], out_dir: Path) -> int:
+    from common.config.compose import compose_gan_config
+    from common.training.gan_grid import GanGrid
+    from common.training.gan_trainer import GanTrainer
+    from common.training.settings import resolve_device
+
     loaded = load_patches(
         read_patch_source(base.data, default_split="train"), base.model.image_size
     )
@@ -172,7 +189,7 @@ def train_seeds(args: Sequence[str], seeds: list[int]) -> int:
     trainers = []
     for seed in seeds:
         config = compose_gan_config([*args, f"seed={seed}"])
-        out = Path(base.out_dir) / f"seed{seed}"
+        out = out_dir / f"seed{seed}"
         trainer = GanTrainer(config, loaded.pixels, labels, out, device)
         if trainer.resume_latest():
             log.info("seed %d: resumed at epoch %d (%s)", seed, trainer.epoch, out)
@@ -215,17 +232,18 @@ def cmd_generate(args: Sequence[str]) -> int:
         n = whole_number("n", options.get("n", 3000), minimum=1)
         counts = {1: n - n // 2, 0: n // 2}
     seed = seed_number("seed", options.get("seed", 0))
-    held = (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png"))
-    if held and not overwrite:
-        raise ConfigError(
-            f"{out_dir} already holds a generated set: a new one would mix with its images "
-            "and replace its provenance; use another out_dir=, or overwrite=true to "
-            "replace it"
+    with output_lock("gan generate", out_dir=out_dir):
+        held = (out_dir / "manifest.csv").is_file() or any((out_dir / "images").glob("*.png"))
+        if held and not overwrite:
+            raise ConfigError(
+                f"{out_dir} already holds a generated set: a new one would mix with its images "
+                "and replace its provenance; use another out_dir=, or overwrite=true to "
+                "replace it"
+            )
+        # the old set goes only once the options and the checkpoint are known good
+        patch_set = generate_patch_set(
+            Path(options["checkpoint"]), out_dir, counts, seed=seed, replace=held
         )
-    # the old set goes only once the options and the checkpoint are known good
-    patch_set = generate_patch_set(
-        Path(options["checkpoint"]), out_dir, counts, seed=seed, replace=held
-    )
     print(json.dumps({"out_dir": options["out_dir"], **patch_set.counts()}, indent=2))
     return 0
 
@@ -346,10 +364,8 @@ def plot_ncc_histogram(path: Path, report: Any) -> None:
     ax.set_xlabel("best normalised cross-correlation (flips, shifts <= 4 px)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(path, fig, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 GAN_COMMANDS = {

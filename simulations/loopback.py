@@ -24,6 +24,7 @@ import psutil
 from common.config.federated_schema import FederatedRunConfig
 from common.deploy.certificates import ConsortiumFiles, make_consortium
 from common.errors import ConfigError
+from common.runs.output_lock import output_lock
 from common.site.facts import site_root
 from simulations.flower_processes import (
     PORT_TRIES,
@@ -359,17 +360,18 @@ def run_loopback(
         f"run_dir={config.run_path.resolve()}",
     ]
     rest = [o for o in rest if not o.startswith(("out_dir=", "run_dir="))] + config_paths
-    # a second run must not reuse the sites' spent ledgers; a resume must be the same run
-    check_fresh(config, fresh, [f"experiment={experiment}", *rest], "work_dir=DIR (or run_dir=DIR)")
-    prepare_workspace(config)
-    nodes = site_node_configs(config, config.run_path.resolve() / "sites")
-    started = time.monotonic()
-    with LoopbackFederation(work_dir / "consortium", nodes) as federation:
-        status = federation.run(
-            experiment, rest, timeout=timeout, log_path=config.run_path / "flower-run.log"
-        )
-        leftovers: list[str] = []
-    leftovers = federation.leftovers()
+    with output_lock("loopback", work_dir=work_dir, run_dir=config.run_path):
+        # a second run must not reuse the sites' spent ledgers; a resume must be the same run
+        elsewhere = "work_dir=DIR (or run_dir=DIR)"
+        check_fresh(config, fresh, [f"experiment={experiment}", *rest], elsewhere)
+        prepare_workspace(config)
+        nodes = site_node_configs(config, config.run_path.resolve() / "sites")
+        started = time.monotonic()
+        with LoopbackFederation(work_dir / "consortium", nodes) as federation:
+            status = federation.run(
+                experiment, rest, timeout=timeout, log_path=config.run_path / "flower-run.log"
+            )
+        leftovers = federation.leftovers()
     return {
         "status": status.get("status"),
         "details": status.get("status-details"),

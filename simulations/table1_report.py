@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.atomic_io import atomic_write_text
+from common.atomic_io import atomic_savefig, atomic_write_text
 from simulations.paper_table1 import paper_values
 
 METRICS = ("auroc", "auprc_malignant", "auprc_benign")
@@ -263,10 +263,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         "Privacy-utility (mean ± std)\nopen marker: no formal guarantee for all of it", fontsize=10
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(path, fig, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def plot_selection_curves(
@@ -306,10 +304,8 @@ def plot_selection_curves(
     top.legend(fontsize=7)
     top.set_title("Selection-set curves of the SynPre rows (dot: the selected epoch)", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(path, fig, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common.config.option_values import seed_numbers
 from common.errors import ConfigError
+from common.runs.output_lock import output_lock
 from common.runs.tuning import load_space, run_search
 
 
@@ -23,7 +24,8 @@ def cmd_tune(args: Sequence[str]) -> int:
     if "space" not in options or "out_dir" not in options:
         raise ConfigError("usage: mammofl tune space=NAME out_dir=DIR [seeds=[42,43]] <overrides>")
     seeds = seed_numbers("seeds", options["seeds"]) if "seeds" in options else None
-    summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
+    with output_lock("tune", out_dir=Path(options["out_dir"])):
+        summary = run_search(load_space(options["space"]), rest, Path(options["out_dir"]), seeds)
     keys = ("candidates", "cell_runs", "best", "privacy_note")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0

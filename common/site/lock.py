@@ -11,14 +11,13 @@ runs no cleanup; a base model's or an MCGAN checkpoint's is a whole model), remo
 
 from __future__ import annotations
 
-import fcntl
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from common.atomic_io import remove_leftover_temporaries
 from common.errors import PrivacyError
+from common.folder_lock import FolderInUse, folder_lock
 
 # written only under the lock, by folder: the ledger, DP plan and server's model, the MCGAN's
 # checkpoints and sample grids (`synthesize`); not the feature caches (written beside unlocked
@@ -35,19 +34,12 @@ def site_lock(state_dir: Path, *, wait: bool) -> Iterator[None]:
     """Hold `state_dir/site.lock` exclusively. `wait=False`: raise PrivacyError at once when
     another process holds it (a round or a GAN of this site is still running). Once held, the
     temporaries of `GUARDED` files that a killed writer left are removed."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / "site.lock").open("a") as handle:
-        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+    with ExitStack() as held:
         try:
-            fcntl.flock(handle, flags)
-        except BlockingIOError as error:
+            held.enter_context(folder_lock(state_dir / "site.lock", wait=wait, guarded=GUARDED))
+        except FolderInUse as error:
             raise PrivacyError(
                 "another operation of this site is still running (its ledger is in use); "
                 "refused rather than run two at once"
             ) from error
-        try:
-            for folder, names in GUARDED.items():
-                remove_leftover_temporaries(state_dir / folder, names.fullmatch)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ from common.site.facts import simulated_site
 from common.site.runtime import SiteRuntime
 from common.training.engine import state_fingerprint, trainable_state
 from tests.conftest import tiny_federated_config
+from tests.killed_writes import killed_mid_write
 
 
 def _runtime(workspace: Path, run: Path, *overrides: str) -> SiteRuntime:
@@ -327,21 +325,6 @@ def test_seeded_rounds_reproduce_but_a_later_run_on_the_same_state_draws_anew(
     assert all(same) and not any(later)
 
 
-def _killed_mid_write(target: Path) -> None:
-    """A process killed (SIGKILL: no cleanup runs) while `atomic_write` writes `target`."""
-    code = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from common.atomic_io import atomic_write\n"
-        "def write(tmp):\n"
-        "    Path(tmp).write_bytes(b'half a model')\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "atomic_write(Path(sys.argv[1]), write)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(target)], cwd=Path.cwd(), check=False)
-    assert done.returncode == -signal.SIGKILL
-
-
 def test_a_killed_writers_temporaries_go_when_the_site_next_holds_its_lock(
     tiny_workspace: Path, tmp_path: Path
 ) -> None:
@@ -353,8 +336,8 @@ def test_a_killed_writers_temporaries_go_when_the_site_next_holds_its_lock(
     state = runtime.facts.state_dir
     checkpoints = state / "gan" / "checkpoints"
     for target in ("base_model.pt", "ledger.json", "gan/checkpoints/epoch_00040.pt"):
-        _killed_mid_write(state / target)
-    _killed_mid_write(state / "features" / "cache.npy")
+        killed_mid_write(state / target)
+    killed_mid_write(state / "features" / "cache.npy")
     left = sorted(p.name for p in state.glob(".*.tmp"))
     assert [n.split(".")[1] for n in left] == ["base_model", "ledger"]
     assert len(list(checkpoints.glob(".epoch_00040.pt.*.tmp"))) == 1

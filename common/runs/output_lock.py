@@ -1,0 +1,87 @@
+"""One mammofl command at a time writes an output folder (out_dir, run_dir, work_dir).
+
+Without it two commands on one folder interleave: two `mammofl train` both pass the
+finished-run check and the second result.json replaces the first, losing the record of the
+epsilon the first spent; two `gan train` write one numbering of checkpoints from two models
+(and a DP GAN's epsilon counts one lineage's steps only); two `federate fresh=true` delete
+each other's state. The second command is refused before it reads any data.
+
+Under the lock the command is the only writer of its own outputs, so the `atomic_write`
+temporaries a killed run of it left (a SIGKILLed `gan train` leaves a checkpoint-sized one) are
+removed when it next starts there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from common.errors import OutputError
+from common.folder_lock import FolderInUse, folder_lock
+
+LOCK_NAME = ".mammofl.lock"
+
+_CELL = re.compile(r"result\.json|site_only\.json|model\.pt|predictions_.+\.csv")
+_GAN = {
+    "checkpoints": re.compile(r"epoch_\d+\.pt"),
+    "samples": re.compile(r"epoch_\d+\.png"),
+}
+
+# by command: folder glob (relative to the locked folder) -> the files the command alone writes
+# there (its outputs' names in single_node, table1_report, tuning, gan_trainer)
+OWN_OUTPUTS: dict[str, Mapping[str, re.Pattern[str]]] = {
+    "train": {".": _CELL},
+    "table1": {
+        ".": re.compile(r"table1\.(csv|md)|privacy_utility\.png|synpre_selection_curves\.png"),
+        "cells/*/seed*": _CELL,
+    },
+    "tune": {
+        ".": re.compile(r"search\.json|tune\.(csv|json)"),
+        "trials/*": re.compile(r"seed\d+\.json"),
+    },
+    "gan train": {**_GAN, **{f"seed*/{folder}": names for folder, names in _GAN.items()}},
+}
+
+
+@contextmanager
+def output_lock(command: str, **folders: Path) -> Iterator[None]:
+    """Hold `<folder>/.mammofl.lock` of each folder for `mammofl <command>`, creating them;
+    each keyword is the command-line option that names its folder (out_dir=, run_dir=), for
+    the message. One folder named twice is locked once.
+
+    Raises OutputError at once, naming the holder, when another mammofl command writes one of
+    them. Once held, removes what `OWN_OUTPUTS[command]` says a killed run of it left.
+    """
+    with ExitStack() as held:
+        locked: set[Path] = set()
+        for option, folder in folders.items():
+            if folder.resolve() in locked:
+                continue  # a second flock of one file, even by this process, would refuse
+            locked.add(folder.resolve())
+            held.enter_context(_lock(command, option, folder))
+        yield
+
+
+def _lock(command: str, option: str, folder: Path) -> ExitStack:
+    held = ExitStack()
+    try:
+        held.enter_context(
+            folder_lock(
+                folder / LOCK_NAME,
+                wait=False,
+                guarded=OWN_OUTPUTS.get(command, {}),
+                holder=f"mammofl {command}, pid {os.getpid()}",
+            )
+        )
+    except FolderInUse as error:
+        by = f" ({error.holder})" if error.holder else ""
+        raise OutputError(
+            f"{folder} is being written by another mammofl command{by}: wait for it to "
+            f"end, or pass another {option}="
+        ) from error
+    except OSError as error:
+        raise OutputError(f"cannot lock {folder / LOCK_NAME}: {error}") from error
+    return held

@@ -1,0 +1,130 @@
+"""One mammofl command at a time writes an output folder: a second is refused before it writes
+anything, naming the first; a killed command's lock is free at once and the temporaries it
+left of its own outputs go when it next runs there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.errors import OutputError
+from common.runs.output_lock import LOCK_NAME, OWN_OUTPUTS, output_lock
+from simulations.cli import main
+from tests.killed_writes import killed_mid_write
+
+# each command with the option naming the folder it writes (DIR) and what it needs besides
+COMMANDS = [
+    (["train", "experiment=tiny", "out_dir=DIR"], "out_dir"),
+    (["table1", "rows=[real]", "seeds=[42]", "out_dir=DIR"], "out_dir"),
+    (["tune", "space=dp_eps6", "out_dir=DIR"], "out_dir"),
+    (["gan", "train", "gan_preset=tiny", "out_dir=DIR"], "out_dir"),
+    (["gan", "train", "gan_preset=tiny", "seeds=[1,2]", "out_dir=DIR"], "out_dir"),
+    (["gan", "generate", "checkpoint=none.pt", "out_dir=DIR"], "out_dir"),
+    (["audit", "experiment=tiny", "out_dir=DIR"], "out_dir"),
+    (["audit", "compare=[a,b]", "out_dir=DIR"], "out_dir"),
+    (["federate", "experiment=federated/tiny", "out_dir=WORKSPACE", "run_dir=DIR"], "run_dir"),
+    (["loopback", "work_dir=DIR"], "work_dir"),
+    (["loopback", "work_dir=ELSEWHERE", "run_dir=DIR"], "run_dir"),
+]
+
+
+@pytest.mark.parametrize(("command", "option"), COMMANDS, ids=[" ".join(c) for c, _ in COMMANDS])
+def test_a_second_command_on_a_folder_in_use_is_refused_before_writing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    option: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "busy"
+    names = {"DIR": folder, "WORKSPACE": tmp_path / "ws", "ELSEWHERE": tmp_path / "else"}
+    split = (a.partition("=") for a in command)
+    args = [f"{key}={names.get(value, value)}" if sep else key for key, sep, value in split]
+    with output_lock("train", out_dir=folder):  # another process's flock: one per open file
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} is being written by another mammofl command (mammofl train, pid " in err
+    assert f"pass another {option}=" in err and "Traceback" not in err
+    assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # nothing written, nothing read
+
+
+def test_the_holder_is_named_and_its_lock_is_free_once_it_is_killed(tmp_path: Path) -> None:
+    """flock dies with its holder (SIGKILL too): a killed `gan train` never leaves the folder
+    locked; while it lives, the refusal names it."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from common.runs.output_lock import output_lock\n"
+        "with output_lock('gan train', out_dir=Path(sys.argv[1])):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = pytest.raises(OutputError, match=f"mammofl gan train, pid {holder.pid}")
+        with refused, output_lock("train", out_dir=tmp_path):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while True:  # the kernel releases it as the process goes
+        try:
+            with output_lock("train", out_dir=tmp_path):
+                break
+        except OutputError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_one_folder_named_twice_is_locked_once(tmp_path: Path) -> None:
+    """`mammofl loopback work_dir=D run_dir=D`: its second lock of D must not refuse itself."""
+    with output_lock("loopback", work_dir=tmp_path, run_dir=tmp_path / "." / ""):
+        refused = pytest.raises(OutputError, match="pass another work_dir=")
+        with refused, output_lock("loopback", work_dir=tmp_path):
+            pass
+
+
+# a killed run's temporaries, by command: (target it was writing, whether the command owns it)
+KILLED_WRITES = {
+    "train": [("model.pt", True), ("result.json", True), ("notes.txt", False)],
+    "table1": [
+        ("cells/real/seed42/model.pt", True),
+        ("table1.md", True),
+        ("privacy_utility.png", True),
+        ("_features/shard-train.pt", False),  # a cache: not named in OWN_OUTPUTS
+    ],
+    "tune": [("trials/c01/seed42.json", True), ("tune.csv", True), ("other.json", False)],
+    "gan train": [
+        ("checkpoints/epoch_00003.pt", True),
+        ("seed42/checkpoints/epoch_00001.pt", True),
+        ("samples/epoch_00003.png", True),
+        ("checkpoints/best.pt", False),
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(KILLED_WRITES))
+def test_a_killed_runs_temporaries_go_when_the_command_next_runs_there(
+    tmp_path: Path, command: str
+) -> None:
+    """A SIGKILLed `gan train` (or train, table1, tune) leaves the temporary of the output it
+    was writing, a whole model for a checkpoint; the next run of the command in that folder
+    removes it, and nothing it does not own."""
+    assert command in OWN_OUTPUTS
+    for target, _ in KILLED_WRITES[command]:
+        killed_mid_write(tmp_path / target)
+    with output_lock(command, out_dir=tmp_path):
+        for target, owned in KILLED_WRITES[command]:
+            left = list((tmp_path / target).parent.glob(f".{Path(target).name}.*.tmp"))
+            assert len(left) == (0 if owned else 1), target
