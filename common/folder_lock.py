@@ -10,10 +10,12 @@ mammofl's own writers, which all take it.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from common.atomic_io import remove_leftover_temporaries
 
@@ -34,6 +36,7 @@ def folder_lock(
     wait: bool,
     guarded: Mapping[str, re.Pattern[str]],
     holder: str = "",
+    remove_if_unused: bool = False,
 ) -> Iterator[None]:
     """Hold `lock_file` (created with its folder) exclusively for the `with` block.
 
@@ -42,24 +45,50 @@ def folder_lock(
         names of the files only the holder writes there; their leftover temporaries are
         removed once the lock is held.
     holder: written into the lock file while held, for the next process's FolderInUse.
+    remove_if_unused: folders this call created that hold nothing but the lock file at the
+        end (a command refused before it wrote anything) are removed, lock file included.
     """
     root = lock_file.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with lock_file.open("a+") as handle:
-        flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    handle = _locked(lock_file, wait)
+    try:
+        if holder:
+            handle.truncate(0)
+            handle.write(holder + "\n")
+            handle.flush()
+        for pattern, names in guarded.items():
+            for folder in [root] if pattern == "." else root.glob(pattern):
+                remove_leftover_temporaries(folder, names.fullmatch)
+        yield
+    finally:
+        if remove_if_unused and created and os.listdir(root) == [lock_file.name]:
+            lock_file.unlink()  # still held: the next holder opens a new file (`_locked`)
+            for folder in created:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # not empty: something else was written there
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _locked(lock_file: Path, wait: bool) -> IO[str]:
+    """The lock file, open and flocked. A file removed by its last holder while this process
+    waited for it is no lock any more: the one now at `lock_file` is taken instead."""
+    flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+    while True:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_file.open("a+")
         try:
             fcntl.flock(handle, flags)
         except BlockingIOError as error:
             handle.seek(0)
-            raise FolderInUse(lock_file, handle.read().strip()) from error
+            holder = handle.read().strip()
+            handle.close()
+            raise FolderInUse(lock_file, holder) from error
         try:
-            if holder:
-                handle.truncate(0)
-                handle.write(holder + "\n")
-                handle.flush()
-            for pattern, names in guarded.items():
-                for folder in [root] if pattern == "." else root.glob(pattern):
-                    remove_leftover_temporaries(folder, names.fullmatch)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if os.stat(lock_file).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # closing releases the flock

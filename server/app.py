@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.errors import MammoflError
 from common.federated.run_config import federated_config, overrides_from
+from common.runs.output_lock import output_lock
 from server.federation import Federation
 
 app = ServerApp()
@@ -51,7 +52,10 @@ def main(grid: Grid, context: Context) -> None:
     own_process = _log_through_flower()
     try:
         config = federated_config(context.run_config)
-        Federation(grid, config, list(overrides_from(context.run_config))).run()
+        # a second run given this run_dir while one runs is refused (two ServerApps would
+        # interleave one checkpoint); `mammofl federate` and `loopback` hold it for theirs
+        with output_lock("ServerApp", under_launcher=True, run_dir=config.run_path):
+            Federation(grid, config, list(overrides_from(context.run_config))).run()
     except MammoflError as error:
         if not own_process:
             raise  # `mammofl federate` prints it in one line

@@ -47,10 +47,14 @@ OWN_OUTPUTS: dict[str, Mapping[str, re.Pattern[str]]] = {
 
 
 @contextmanager
-def output_lock(command: str, **folders: Path) -> Iterator[None]:
+def output_lock(command: str, *, under_launcher: bool = False, **folders: Path) -> Iterator[None]:
     """Hold `<folder>/.mammofl.lock` of each folder for `mammofl <command>`, creating them;
     each keyword is the command-line option that names its folder (out_dir=, run_dir=), for
     the message. One folder named twice is locked once.
+
+    under_launcher: a folder whose lock this process or one of its ancestors holds is
+        written under that lock (the ServerApp: in `mammofl federate`'s own process, or under
+        `mammofl loopback`'s SuperLink); without it that is refused as any other holder.
 
     Raises OutputError at once, naming the holder, when another mammofl command writes one of
     them. Once held, removes what `OWN_OUTPUTS[command]` says a killed run of it left.
@@ -61,11 +65,14 @@ def output_lock(command: str, **folders: Path) -> Iterator[None]:
             if folder.resolve() in locked:
                 continue  # a second flock of one file, even by this process, would refuse
             locked.add(folder.resolve())
-            held.enter_context(_lock(command, option, folder))
+            held.enter_context(_lock(command, option, folder, under_launcher))
         yield
 
 
-def _lock(command: str, option: str, folder: Path) -> ExitStack:
+HOLDER = re.compile(r"mammofl (?P<command>.+), pid (?P<pid>\d+)")
+
+
+def _lock(command: str, option: str, folder: Path, under_launcher: bool) -> ExitStack:
     held = ExitStack()
     try:
         held.enter_context(
@@ -74,9 +81,12 @@ def _lock(command: str, option: str, folder: Path) -> ExitStack:
                 wait=False,
                 guarded=OWN_OUTPUTS.get(command, {}),
                 holder=f"mammofl {command}, pid {os.getpid()}",
+                remove_if_unused=True,
             )
         )
     except FolderInUse as error:
+        if under_launcher and _held_by_launcher(error.holder):
+            return held
         by = f" ({error.holder})" if error.holder else ""
         raise OutputError(
             f"{folder} is being written by another mammofl command{by}: wait for it to "
@@ -85,3 +95,14 @@ def _lock(command: str, option: str, folder: Path) -> ExitStack:
     except OSError as error:
         raise OutputError(f"cannot lock {folder / LOCK_NAME}: {error}") from error
     return held
+
+
+def _held_by_launcher(holder: str) -> bool:
+    """Whether the lock's holder (its text, `HOLDER`) is this process or an ancestor of it."""
+    import psutil
+
+    match = HOLDER.fullmatch(holder)
+    if match is None:
+        return False
+    me = psutil.Process()
+    return int(match["pid"]) in {me.pid, *(p.pid for p in me.parents())}

@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from common.errors import OutputError
+from common.folder_lock import folder_lock
 from common.runs.output_lock import LOCK_NAME, OWN_OUTPUTS, output_lock
 from simulations.cli import main
 from tests.killed_writes import killed_mid_write
@@ -49,25 +51,27 @@ def test_a_second_command_on_a_folder_in_use_is_refused_before_writing(
     args = [f"{key}={names.get(value, value)}" if sep else key for key, sep, value in split]
     with output_lock("train", out_dir=folder):  # another process's flock: one per open file
         assert main(args) == 2
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # nothing written, nothing read
     err = capsys.readouterr().err
     assert f"{folder} is being written by another mammofl command (mammofl train, pid " in err
     assert f"pass another {option}=" in err and "Traceback" not in err
-    assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # nothing written, nothing read
+
+
+_HOLDER = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from common.runs.output_lock import output_lock\n"
+    "with output_lock('gan train', out_dir=Path(sys.argv[1])):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(60)\n"
+)
 
 
 def test_the_holder_is_named_and_its_lock_is_free_once_it_is_killed(tmp_path: Path) -> None:
     """flock dies with its holder (SIGKILL too): a killed `gan train` never leaves the folder
     locked; while it lives, the refusal names it."""
-    code = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from common.runs.output_lock import output_lock\n"
-        "with output_lock('gan train', out_dir=Path(sys.argv[1])):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(60)\n"
-    )
     holder = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -85,6 +89,45 @@ def test_the_holder_is_named_and_its_lock_is_free_once_it_is_killed(tmp_path: Pa
         except OutputError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_a_command_that_wrote_nothing_leaves_no_folder(tmp_path: Path) -> None:
+    """A command refused before it wrote anything (a delta above 1/N found once the data is
+    read) leaves no folder; one that wrote something keeps its folder and the lock file."""
+    with output_lock("train", out_dir=tmp_path / "a" / "b"):
+        assert (tmp_path / "a" / "b" / LOCK_NAME).is_file()
+    assert list(tmp_path.iterdir()) == []
+    with output_lock("train", out_dir=tmp_path / "c"):
+        (tmp_path / "c" / "result.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [LOCK_NAME, "result.json"]
+
+
+def test_a_lock_file_removed_by_its_last_holder_is_not_taken_by_a_waiter(tmp_path: Path) -> None:
+    """A waiter whose open lock file was removed meanwhile (its holder wrote nothing) takes the
+    new one: two holders of one folder (one on the removed file) would not exclude each other."""
+    folder = tmp_path / "new"
+    waiter_holds = threading.Event()
+    release = threading.Event()
+
+    def waiter() -> None:
+        with folder_lock(folder / LOCK_NAME, wait=True, guarded={}, holder="waiter"):
+            waiter_holds.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=waiter)
+    with output_lock("train", out_dir=folder):
+        thread.start()
+        time.sleep(0.5)  # the waiter has opened the lock file and blocks on it
+        assert not waiter_holds.is_set()
+    assert waiter_holds.wait(10)
+    try:
+        assert (folder / LOCK_NAME).read_text().strip() == "waiter"  # the file it holds
+        refused = pytest.raises(OutputError, match=r"\(waiter\)")
+        with refused, output_lock("train", out_dir=folder):
+            pass
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def test_one_folder_named_twice_is_locked_once(tmp_path: Path) -> None:
@@ -128,3 +171,75 @@ def test_a_killed_runs_temporaries_go_when_the_command_next_runs_there(
         for target, owned in KILLED_WRITES[command]:
             left = list((tmp_path / target).parent.glob(f".{Path(target).name}.*.tmp"))
             assert len(left) == (0 if owned else 1), target
+
+
+_UNDER_LAUNCHER = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from common.runs.output_lock import output_lock\n"
+    "with output_lock('ServerApp', under_launcher=True, run_dir=Path(sys.argv[1])):\n"
+    "    print('written under the launcher', flush=True)\n"
+)
+
+
+def test_a_server_app_writes_under_its_launchers_lock_and_no_one_elses(tmp_path: Path) -> None:
+    """`mammofl federate` runs the ServerApp in its own process, `mammofl loopback` under its
+    SuperLink (a descendant): both hold the run_dir for it. Another command's lock still
+    refuses a ServerApp, and a plain command is refused even by its own process's lock."""
+    with output_lock("federate", run_dir=tmp_path):
+        with output_lock("ServerApp", under_launcher=True, run_dir=tmp_path):
+            pass
+        refused = pytest.raises(OutputError, match=r"\(mammofl federate, pid ")
+        with refused, output_lock("ServerApp", run_dir=tmp_path):
+            pass
+        child = subprocess.run(
+            [sys.executable, "-c", _UNDER_LAUNCHER, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.strip() == "written under the launcher"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:  # a process that is not this one's ancestor
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = pytest.raises(OutputError, match=f"mammofl gan train, pid {holder.pid}")
+        with refused, output_lock("ServerApp", under_launcher=True, run_dir=tmp_path):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_second_deployed_run_on_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
+    """Two ServerApps on one run_dir (a run submitted again while the first runs) would
+    interleave one checkpoint and summary: the second stops before its first round."""
+    from flwr.app import Context, RecordDict
+
+    from server.app import RunRefused
+    from server.app import main as server_main
+
+    overrides = f"out_dir={tmp_path / 'workspace'} run_dir={tmp_path}"
+    context = Context(
+        run_id=2,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={"experiment": "federated/tiny", "overrides": overrides},
+    )
+    grid = object()  # never reached: the refusal comes first
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises((OutputError, RunRefused)) as refused:
+            server_main(grid, context)  # type: ignore[arg-type]
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    message = f"is being written by another mammofl command (mammofl gan train, pid {holder.pid})"
+    assert message in str(refused.value)
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]
