@@ -1,14 +1,18 @@
 """One writer at a time in a folder: an exclusive `flock` on a lock file inside it.
 
 The kernel releases a flock when its holder exits, SIGKILL included, so a killed writer
-never leaves the folder locked. While held, the holder is the only writer of the files
-`guarded` names; an `atomic_write` temporary of one of them found on taking the lock is what
-a killed writer left (SIGKILL runs no cleanup), removed then. The lock is advisory: it binds
-mammofl's own writers, which all take it.
+never leaves the folder locked. A forked child (a process pool's worker, a DataLoader's)
+would share the lock and could outlive a killed holder: it closes its copies at once.
+
+While held, the holder is the only writer of the files `guarded` names; an `atomic_write`
+temporary of one of them found on taking the lock is what a killed writer left (SIGKILL runs
+no cleanup), removed then. The lock is advisory: it binds mammofl's own writers, which all
+take it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -27,6 +31,20 @@ class FolderInUse(Exception):
     def __init__(self, lock_file: Path, holder: str) -> None:
         super().__init__(f"{lock_file} is held by another process{f' ({holder})' * bool(holder)}")
         self.holder = holder
+
+
+# the lock files this process holds: a forked child closes its copies (`_close_in_child`)
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 @contextmanager
@@ -51,6 +69,7 @@ def folder_lock(
     root = lock_file.parent
     created = [folder for folder in (root, *root.parents) if not folder.exists()]
     handle = _locked(lock_file, wait)
+    _HELD.add(handle.fileno())
     try:
         if holder:
             handle.truncate(0)
@@ -61,24 +80,38 @@ def folder_lock(
                 remove_leftover_temporaries(folder, names.fullmatch)
         yield
     finally:
-        if remove_if_unused and created and os.listdir(root) == [lock_file.name]:
-            lock_file.unlink()  # still held: the next holder opens a new file (`_locked`)
-            for folder in created:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break  # not empty: something else was written there
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        try:
+            if remove_if_unused and created:
+                _remove_if_unused(lock_file, created)
+        finally:
+            _HELD.discard(handle.fileno())
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _remove_if_unused(lock_file: Path, created: list[Path]) -> None:
+    """Remove the lock file and `created` (deepest first) when they hold nothing else; while
+    the lock is still held: the next holder opens a new file (`_locked`)."""
+    try:
+        if os.listdir(lock_file.parent) != [lock_file.name]:
+            return
+        lock_file.unlink()
+        for folder in created:
+            folder.rmdir()
+    except OSError:  # something else was written there, or someone removed the folder
+        return
 
 
 def _locked(lock_file: Path, wait: bool) -> IO[str]:
-    """The lock file, open and flocked. A file removed by its last holder while this process
-    waited for it is no lock any more: the one now at `lock_file` is taken instead."""
+    """The lock file, open and flocked. A file (or folder) removed by its last holder while
+    this process was taking it is no lock any more: the one now at `lock_file` is taken."""
     flags = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
     while True:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        handle = lock_file.open("a+")
+        try:
+            handle = lock_file.open("a+")
+        except FileNotFoundError:
+            continue  # its folder went between the mkdir and the open
         try:
             fcntl.flock(handle, flags)
         except BlockingIOError as error:

@@ -9,7 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.errors import MammoflError
 from common.federated.run_config import federated_config, overrides_from
-from common.runs.output_lock import output_lock
+from common.runs.output_lock import SERVER_LOCK_NAME, output_lock
 from server.federation import Federation
 
 app = ServerApp()
@@ -53,8 +53,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         config = federated_config(context.run_config)
         # a second run given this run_dir while one runs is refused (two ServerApps would
-        # interleave one checkpoint); `mammofl federate` and `loopback` hold it for theirs
-        with output_lock("ServerApp", under_launcher=True, run_dir=config.run_path):
+        # interleave one checkpoint and summary)
+        with output_lock("ServerApp", lock_name=SERVER_LOCK_NAME, run_dir=config.run_path):
             Federation(grid, config, list(overrides_from(context.run_config))).run()
     except MammoflError as error:
         if not own_process:

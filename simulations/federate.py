@@ -25,7 +25,7 @@ from common.errors import ConfigError
 from common.federated import simulation_dispatch
 from common.federated.run_config import SPEC_ENV, write_spec
 from common.federated.simulation_dispatch import dispatch_interval
-from common.runs.output_lock import output_lock
+from common.runs.output_lock import check_no_server_app, output_lock
 from server.checkpoint import check_same_run, checkpoint_path, stored_overrides
 from simulations.federated_arms import run_site_alone
 from simulations.federated_summary import comparison_table
@@ -151,6 +151,7 @@ def _federate(
     prepare_only: bool,
     started: float,
 ) -> dict[str, Any]:
+    check_no_server_app("federate", config.run_path)
     check_fresh(config, fresh, overrides)
     prepare_workspace(config)
     if prepare_only:  # e.g. before `flwr run .`, which has no launcher to write them

@@ -23,6 +23,10 @@ from common.errors import OutputError
 from common.folder_lock import FolderInUse, folder_lock
 
 LOCK_NAME = ".mammofl.lock"
+# the ServerApp's own, apart from its launcher's (`mammofl federate` runs it in its own
+# process, where a second flock of `LOCK_NAME` would refuse): a ServerApp that outlives its
+# launcher (a SIGKILLed `mammofl loopback` leaves its SuperLink running) still holds it
+SERVER_LOCK_NAME = ".mammofl.server.lock"
 
 _CELL = re.compile(r"result\.json|site_only\.json|model\.pt|predictions_.+\.csv")
 _GAN = {
@@ -47,17 +51,14 @@ OWN_OUTPUTS: dict[str, Mapping[str, re.Pattern[str]]] = {
 
 
 @contextmanager
-def output_lock(command: str, *, under_launcher: bool = False, **folders: Path) -> Iterator[None]:
-    """Hold `<folder>/.mammofl.lock` of each folder for `mammofl <command>`, creating them;
+def output_lock(command: str, *, lock_name: str = LOCK_NAME, **folders: Path) -> Iterator[None]:
+    """Hold `<folder>/<lock_name>` of each folder for `mammofl <command>`, creating them;
     each keyword is the command-line option that names its folder (out_dir=, run_dir=), for
     the message. One folder named twice is locked once.
 
-    under_launcher: a folder whose lock this process or one of its ancestors holds is
-        written under that lock (the ServerApp: in `mammofl federate`'s own process, or under
-        `mammofl loopback`'s SuperLink); without it that is refused as any other holder.
-
     Raises OutputError at once, naming the holder, when another mammofl command writes one of
-    them. Once held, removes what `OWN_OUTPUTS[command]` says a killed run of it left.
+    them. Once held, removes what `OWN_OUTPUTS[command]` says a killed run of it left; a
+    folder created here that holds nothing else at the end is removed.
     """
     with ExitStack() as held:
         locked: set[Path] = set()
@@ -65,19 +66,24 @@ def output_lock(command: str, *, under_launcher: bool = False, **folders: Path) 
             if folder.resolve() in locked:
                 continue  # a second flock of one file, even by this process, would refuse
             locked.add(folder.resolve())
-            held.enter_context(_lock(command, option, folder, under_launcher))
+            held.enter_context(_lock(command, option, folder, lock_name))
         yield
 
 
-HOLDER = re.compile(r"mammofl (?P<command>.+), pid (?P<pid>\d+)")
+def check_no_server_app(command: str, run_dir: Path) -> None:
+    """OutputError when a ServerApp writes `run_dir` (a `flwr run`, a deployed run, or one a
+    killed `mammofl loopback` left running with its SuperLink): a launcher checks it, under
+    its own lock, before it resets or resumes the run's state."""
+    with output_lock(command, lock_name=SERVER_LOCK_NAME, run_dir=run_dir):
+        pass
 
 
-def _lock(command: str, option: str, folder: Path, under_launcher: bool) -> ExitStack:
+def _lock(command: str, option: str, folder: Path, lock_name: str) -> ExitStack:
     held = ExitStack()
     try:
         held.enter_context(
             folder_lock(
-                folder / LOCK_NAME,
+                folder / lock_name,
                 wait=False,
                 guarded=OWN_OUTPUTS.get(command, {}),
                 holder=f"mammofl {command}, pid {os.getpid()}",
@@ -85,24 +91,11 @@ def _lock(command: str, option: str, folder: Path, under_launcher: bool) -> Exit
             )
         )
     except FolderInUse as error:
-        if under_launcher and _held_by_launcher(error.holder):
-            return held
         by = f" ({error.holder})" if error.holder else ""
         raise OutputError(
             f"{folder} is being written by another mammofl command{by}: wait for it to "
             f"end, or pass another {option}="
         ) from error
     except OSError as error:
-        raise OutputError(f"cannot lock {folder / LOCK_NAME}: {error}") from error
+        raise OutputError(f"cannot lock {folder / lock_name}: {error}") from error
     return held
-
-
-def _held_by_launcher(holder: str) -> bool:
-    """Whether the lock's holder (its text, `HOLDER`) is this process or an ancestor of it."""
-    import psutil
-
-    match = HOLDER.fullmatch(holder)
-    if match is None:
-        return False
-    me = psutil.Process()
-    return int(match["pid"]) in {me.pid, *(p.pid for p in me.parents())}

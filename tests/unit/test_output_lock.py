@@ -4,19 +4,28 @@ left of its own outputs go when it next runs there."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from common.errors import OutputError
 from common.folder_lock import folder_lock
-from common.runs.output_lock import LOCK_NAME, OWN_OUTPUTS, output_lock
+from common.runs.output_lock import (
+    LOCK_NAME,
+    OWN_OUTPUTS,
+    SERVER_LOCK_NAME,
+    check_no_server_app,
+    output_lock,
+)
 from simulations.cli import main
 from tests.killed_writes import killed_mid_write
 
@@ -57,30 +66,42 @@ def test_a_second_command_on_a_folder_in_use_is_refused_before_writing(
     assert f"pass another {option}=" in err and "Traceback" not in err
 
 
+# another process holding a folder's lock (argv: folder, command, lock file name)
 _HOLDER = (
     "import sys, time\n"
     "from pathlib import Path\n"
     "from common.runs.output_lock import output_lock\n"
-    "with output_lock('gan train', out_dir=Path(sys.argv[1])):\n"
+    "with output_lock(sys.argv[2], lock_name=sys.argv[3], out_dir=Path(sys.argv[1])):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"
 )
 
 
-def test_the_holder_is_named_and_its_lock_is_free_once_it_is_killed(tmp_path: Path) -> None:
-    """flock dies with its holder (SIGKILL too): a killed `gan train` never leaves the folder
-    locked; while it lives, the refusal names it."""
+@contextmanager
+def _held_elsewhere(
+    folder: Path, command: str = "gan train", lock_name: str = LOCK_NAME
+) -> Iterator[int]:
+    """A process that holds `folder`'s lock until the block ends (SIGKILLed then); its pid."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _HOLDER, str(folder), command, lock_name],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        refused = pytest.raises(OutputError, match=f"mammofl gan train, pid {holder.pid}")
-        with refused, output_lock("train", out_dir=tmp_path):
-            pass
+        yield holder.pid
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_the_holder_is_named_and_its_lock_is_free_once_it_is_killed(tmp_path: Path) -> None:
+    """flock dies with its holder (SIGKILL too): a killed `gan train` never leaves the folder
+    locked; while it lives, the refusal names it."""
+    with _held_elsewhere(tmp_path) as pid:
+        refused = pytest.raises(OutputError, match=f"mammofl gan train, pid {pid}")
+        with refused, output_lock("train", out_dir=tmp_path):
+            pass
     deadline = time.monotonic() + 10
     while True:  # the kernel releases it as the process goes
         try:
@@ -117,7 +138,10 @@ def test_a_lock_file_removed_by_its_last_holder_is_not_taken_by_a_waiter(tmp_pat
     thread = threading.Thread(target=waiter)
     with output_lock("train", out_dir=folder):
         thread.start()
-        time.sleep(0.5)  # the waiter has opened the lock file and blocks on it
+        deadline = time.monotonic() + 10
+        while _open_copies(folder / LOCK_NAME) < 2:  # until the waiter has opened it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert not waiter_holds.is_set()
     assert waiter_holds.wait(10)
     try:
@@ -130,9 +154,54 @@ def test_a_lock_file_removed_by_its_last_holder_is_not_taken_by_a_waiter(tmp_pat
         thread.join(10)
 
 
+def _open_copies(path: Path) -> int:
+    """How many of this process's file descriptors are open on `path`."""
+    fds = Path("/proc/self/fd").iterdir()
+    return sum(1 for fd in fds if os.path.realpath(fd) == str(path.resolve()))
+
+
+_FORKING_HOLDER = (
+    "import os, sys, time\n"
+    "from pathlib import Path\n"
+    "from common.runs.output_lock import output_lock\n"
+    "with output_lock('table1', out_dir=Path(sys.argv[1])):\n"
+    "    child = os.fork()\n"
+    "    if child == 0:\n"
+    "        time.sleep(60)\n"
+    "        os._exit(0)\n"
+    "    print(child, flush=True)\n"
+    "    time.sleep(60)\n"
+)
+
+
+def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path: Path) -> None:
+    """A process pool's or DataLoader's forked worker shares its parent's open files: one that
+    outlives a SIGKILLed command must not keep the folder locked."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        refused = pytest.raises(OutputError, match="mammofl table1")
+        with refused, output_lock("train", out_dir=tmp_path):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        os.kill(child, 0)  # the forked child still runs
+        with output_lock("train", out_dir=tmp_path):
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_one_folder_named_twice_is_locked_once(tmp_path: Path) -> None:
-    """`mammofl loopback work_dir=D run_dir=D`: its second lock of D must not refuse itself."""
-    with output_lock("loopback", work_dir=tmp_path, run_dir=tmp_path / "." / ""):
+    """`mammofl loopback work_dir=D run_dir=D` (one folder by two names): its second lock of
+    D must not refuse itself."""
+    alias = tmp_path.parent / f"{tmp_path.name}-alias"
+    alias.symlink_to(tmp_path, target_is_directory=True)
+    with output_lock("loopback", work_dir=tmp_path, run_dir=alias):
         refused = pytest.raises(OutputError, match="pass another work_dir=")
         with refused, output_lock("loopback", work_dir=tmp_path):
             pass
@@ -173,44 +242,36 @@ def test_a_killed_runs_temporaries_go_when_the_command_next_runs_there(
             assert len(left) == (0 if owned else 1), target
 
 
-_UNDER_LAUNCHER = (
-    "import sys\n"
-    "from pathlib import Path\n"
-    "from common.runs.output_lock import output_lock\n"
-    "with output_lock('ServerApp', under_launcher=True, run_dir=Path(sys.argv[1])):\n"
-    "    print('written under the launcher', flush=True)\n"
-)
-
-
-def test_a_server_app_writes_under_its_launchers_lock_and_no_one_elses(tmp_path: Path) -> None:
-    """`mammofl federate` runs the ServerApp in its own process, `mammofl loopback` under its
-    SuperLink (a descendant): both hold the run_dir for it. Another command's lock still
-    refuses a ServerApp, and a plain command is refused even by its own process's lock."""
+def test_a_launcher_and_its_server_app_hold_a_run_dir_together(tmp_path: Path) -> None:
+    """`mammofl federate` runs the ServerApp in its own process: the ServerApp's lock is a
+    file of its own, which the launcher only checks is free."""
     with output_lock("federate", run_dir=tmp_path):
-        with output_lock("ServerApp", under_launcher=True, run_dir=tmp_path):
+        check_no_server_app("federate", tmp_path)
+        with output_lock("ServerApp", lock_name=SERVER_LOCK_NAME, run_dir=tmp_path):
             pass
-        refused = pytest.raises(OutputError, match=r"\(mammofl federate, pid ")
-        with refused, output_lock("ServerApp", run_dir=tmp_path):
-            pass
-        child = subprocess.run(
-            [sys.executable, "-c", _UNDER_LAUNCHER, str(tmp_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert child.returncode == 0, child.stderr
-        assert child.stdout.strip() == "written under the launcher"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:  # a process that is not this one's ancestor
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        refused = pytest.raises(OutputError, match=f"mammofl gan train, pid {holder.pid}")
-        with refused, output_lock("ServerApp", under_launcher=True, run_dir=tmp_path):
-            pass
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
+
+
+@pytest.mark.parametrize("command", ["federate", "loopback"])
+def test_a_launcher_is_refused_while_a_server_app_writes_its_run_dir(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """A ServerApp of `flwr run .`, or one a SIGKILLed `mammofl loopback` left running with
+    its SuperLink, still writes run_dir: a launcher there (`fresh=true` would delete the
+    sites' states under it) stops before touching anything."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", "fresh=true"]
+    args += ["experiment=federated/tiny", f"out_dir={tmp_path / 'ws'}"]
+    args += [f"work_dir={tmp_path / 'w'}"] if command == "loopback" else []
+    (run_dir / "sites" / "site-a" / "state").mkdir(parents=True)
+    with _held_elsewhere(run_dir, "ServerApp", SERVER_LOCK_NAME) as pid:
+        assert main([command, *args]) == 2
+    assert f"(mammofl ServerApp, pid {pid})" in capsys.readouterr().err
+    assert (run_dir / "sites" / "site-a" / "state").is_dir()  # not reset
+    assert not (tmp_path / "ws").exists()  # no workspace prepared
 
 
 def test_a_second_deployed_run_on_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
@@ -230,16 +291,11 @@ def test_a_second_deployed_run_on_a_run_dir_in_use_is_refused(tmp_path: Path) ->
         run_config={"experiment": "federated/tiny", "overrides": overrides},
     )
     grid = object()  # never reached: the refusal comes first
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises((OutputError, RunRefused)) as refused:
-            server_main(grid, context)  # type: ignore[arg-type]
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
-    message = f"is being written by another mammofl command (mammofl gan train, pid {holder.pid})"
+    with (
+        _held_elsewhere(tmp_path, "ServerApp", SERVER_LOCK_NAME) as pid,
+        pytest.raises((OutputError, RunRefused)) as refused,
+    ):
+        server_main(grid, context)  # type: ignore[arg-type]
+    message = f"is being written by another mammofl command (mammofl ServerApp, pid {pid})"
     assert message in str(refused.value)
-    assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]
+    assert [p.name for p in tmp_path.iterdir()] == [SERVER_LOCK_NAME]
