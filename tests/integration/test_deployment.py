@@ -231,7 +231,9 @@ def test_supernode_killed_mid_round_rejoins_and_ledgers_are_right(
         # machine: with 40 epochs (well under a second) CI's kill once came after the round's
         # last step
         "federation.local_epochs=400",
-        "federation.reply_timeout_s=45",
+        # a round's replies expire then: round 1 (the ClientApp's imports, then the first
+        # features) once took 61 s on a busy CI machine, past the 45 s set before
+        "federation.reply_timeout_s=90",
     )
     out: dict[str, Any] = {}
     thread = _run_in_background(consortium, overrides, out)
