@@ -167,6 +167,7 @@ _FORKING_HOLDER = (
     "with output_lock('table1', out_dir=Path(sys.argv[1])):\n"
     "    child = os.fork()\n"
     "    if child == 0:\n"
+    "        print('child running', flush=True)\n"
     "        time.sleep(60)\n"
     "        os._exit(0)\n"
     "    print(child, flush=True)\n"
@@ -181,7 +182,10 @@ def test_a_forked_child_does_not_keep_a_killed_holders_lock(tmp_path: Path) -> N
         [sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None
-    child = int(holder.stdout.readline())
+    # the child's line: it runs (its fork handlers ran); the parent's: the child's pid
+    lines = sorted(holder.stdout.readline().strip() for _ in range(2))
+    assert lines[1] == "child running", lines
+    child = int(lines[0])
     try:
         refused = pytest.raises(OutputError, match="mammofl table1")
         with refused, output_lock("train", out_dir=tmp_path):
