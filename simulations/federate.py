@@ -80,9 +80,11 @@ def check_fresh(
     overrides: Sequence[str],
     elsewhere: str = "out_dir=DIR",
 ) -> None:
-    """A new run never reuses another run's site ledgers by accident. `elsewhere`: the
-    option that starts the command in another folder."""
+    """A new run never reuses another run's site ledgers by accident, nor touches a run_dir
+    a ServerApp still writes. `elsewhere`: the option that starts the command in another
+    folder."""
     run_dir = config.run_path
+    check_no_server_app(run_dir)  # a running ServerApp's state is neither reset nor resumed
     if config.federation.resume:  # before Ray starts: a config the run did not have is refused
         recorded = stored_overrides(run_dir)
         if recorded is None:
@@ -151,7 +153,6 @@ def _federate(
     prepare_only: bool,
     started: float,
 ) -> dict[str, Any]:
-    check_no_server_app("federate", config.run_path)
     check_fresh(config, fresh, overrides)
     prepare_workspace(config)
     if prepare_only:  # e.g. before `flwr run .`, which has no launcher to write them

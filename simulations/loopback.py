@@ -24,7 +24,7 @@ import psutil
 from common.config.federated_schema import FederatedRunConfig
 from common.deploy.certificates import ConsortiumFiles, make_consortium
 from common.errors import ConfigError
-from common.runs.output_lock import check_no_server_app, output_lock
+from common.runs.output_lock import output_lock
 from common.site.facts import site_root
 from simulations.flower_processes import (
     PORT_TRIES,
@@ -363,7 +363,6 @@ def run_loopback(
     with output_lock("loopback", work_dir=work_dir, run_dir=config.run_path):
         # a second run must not reuse the sites' spent ledgers; a resume must be the same run
         elsewhere = "work_dir=DIR (or run_dir=DIR)"
-        check_no_server_app("loopback", config.run_path)
         check_fresh(config, fresh, [f"experiment={experiment}", *rest], elsewhere)
         prepare_workspace(config)
         nodes = site_node_configs(config, config.run_path.resolve() / "sites")

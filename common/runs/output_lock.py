@@ -70,11 +70,11 @@ def output_lock(command: str, *, lock_name: str = LOCK_NAME, **folders: Path) ->
         yield
 
 
-def check_no_server_app(command: str, run_dir: Path) -> None:
+def check_no_server_app(run_dir: Path) -> None:
     """OutputError when a ServerApp writes `run_dir` (a `flwr run`, a deployed run, or one a
     killed `mammofl loopback` left running with its SuperLink): a launcher checks it, under
     its own lock, before it resets or resumes the run's state."""
-    with output_lock(command, lock_name=SERVER_LOCK_NAME, run_dir=run_dir):
+    with output_lock("launcher", lock_name=SERVER_LOCK_NAME, run_dir=run_dir):
         pass
 
 

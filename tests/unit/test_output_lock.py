@@ -250,7 +250,7 @@ def test_a_launcher_and_its_server_app_hold_a_run_dir_together(tmp_path: Path) -
     """`mammofl federate` runs the ServerApp in its own process: the ServerApp's lock is a
     file of its own, which the launcher only checks is free."""
     with output_lock("federate", run_dir=tmp_path):
-        check_no_server_app("federate", tmp_path)
+        check_no_server_app(tmp_path)
         with output_lock("ServerApp", lock_name=SERVER_LOCK_NAME, run_dir=tmp_path):
             pass
 
