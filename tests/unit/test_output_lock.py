@@ -167,10 +167,10 @@ _FORKING_HOLDER = (
     "with output_lock('table1', out_dir=Path(sys.argv[1])):\n"
     "    child = os.fork()\n"
     "    if child == 0:\n"
-    "        print('child running', flush=True)\n"
+    "        os.write(1, b'child running\\n')  # one write: atomic on a pipe\n"
     "        time.sleep(60)\n"
     "        os._exit(0)\n"
-    "    print(child, flush=True)\n"
+    "    os.write(1, f'{child}\\n'.encode())\n"
     "    time.sleep(60)\n"
 )
 
