@@ -4,6 +4,7 @@ separate patients (prepared by the launcher: it belongs to no site)."""
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from common.data.patch_set import PatchSet, write_manifest
 from common.data.phantom.sites import SPLITS, write_phantom_site
 from common.data.prepare import PrepareOptions, prepare
 from common.data.splits import read_prepared_split
+from common.parent_watch import exit_with_parent
 
 log = logging.getLogger(__name__)
 CENTRAL_TEST = "central-test"
@@ -84,7 +86,10 @@ def prepare_workspace(config: FederatedRunConfig, workers: int = 2) -> None:
         for style in styles
     ]
     log.info("phantom: %d downloads in %s", len(jobs), out / "raw")
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # exit_with_parent: a killed command's forked workers would otherwise wait for ever
+    with ProcessPoolExecutor(
+        workers, initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         list(pool.map(_write, jobs))
     combine_central_test(out / CENTRAL_TEST, styles)
 

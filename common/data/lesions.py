@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from common.atomic_io import atomic_write_png, atomic_write_text, leftover_tempo
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import DataError, OutputError
+from common.parent_watch import exit_with_parent
 
 T = TypeVar("T")
 ImageReader = Callable[[str], tuple[np.ndarray, str]]  # path -> (uint8 pixels, steps applied)
@@ -195,7 +197,8 @@ def write_lesion_patches(
     records: list[PatchRecord] = []
     bar = tqdm(total=len(jobs), disable=not progress, desc="images", unit="img")
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        spawn = multiprocessing.get_context("spawn")
+        with spawn.Pool(workers, exit_with_parent, (os.getpid(),)) as pool:
             results = list(_tracked(pool.imap(run_patch_job, jobs), bar))
     else:
         results = list(_tracked(map(run_patch_job, jobs), bar))
