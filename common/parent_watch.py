@@ -19,7 +19,9 @@ POLL_S = 0.5
 def exit_with_parent(parent_pid: int) -> None:
     """Start a daemon thread that ends this process (exit status 1, no cleanup: its parent,
     which owned the work, is gone) once its parent is no longer `parent_pid` (Linux and macOS
-    re-parent an orphan). Use as `initializer=exit_with_parent, initargs=(os.getpid(),)`."""
+    re-parent an orphan). Use as `initializer=exit_with_parent, initargs=(os.getpid(),)` of a
+    pool started by fork or spawn, whose workers are the caller's children; never with
+    forkserver (its workers' parent is the fork server: each would exit at once)."""
     watcher = threading.Thread(
         target=_watch, args=(parent_pid,), name="exit-with-parent", daemon=True
     )

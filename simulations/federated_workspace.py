@@ -4,6 +4,7 @@ separate patients (prepared by the launcher: it belongs to no site)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -86,9 +87,11 @@ def prepare_workspace(config: FederatedRunConfig, workers: int = 2) -> None:
         for style in styles
     ]
     log.info("phantom: %d downloads in %s", len(jobs), out / "raw")
-    # exit_with_parent: a killed command's forked workers would otherwise wait for ever
+    # exit_with_parent: a killed command's forked workers would otherwise wait for ever; fork
+    # named (Python 3.14's default is forkserver, whose workers are not this process's children)
+    fork = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
-        workers, initializer=exit_with_parent, initargs=(os.getpid(),)
+        workers, mp_context=fork, initializer=exit_with_parent, initargs=(os.getpid(),)
     ) as pool:
         list(pool.map(_write, jobs))
     combine_central_test(out / CENTRAL_TEST, styles)

@@ -198,7 +198,7 @@ def write_lesion_patches(
     bar = tqdm(total=len(jobs), disable=not progress, desc="images", unit="img")
     if workers > 1:
         spawn = multiprocessing.get_context("spawn")
-        with spawn.Pool(workers, exit_with_parent, (os.getpid(),)) as pool:
+        with spawn.Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             results = list(_tracked(pool.imap(run_patch_job, jobs), bar))
     else:
         results = list(_tracked(map(run_patch_job, jobs), bar))

@@ -3,13 +3,20 @@ caller's thread, a failing grid, and a stop from the caller."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 import torch
 
-from common.runs.grid_lanes import balance, default_lanes, intra_op_threads, run_lanes
+from common.runs.grid_lanes import (
+    balance,
+    default_lanes,
+    intra_op_threads,
+    run_lanes,
+    usable_cores,
+)
 
 
 def test_a_grid_beyond_its_lanes_share_is_split_and_the_longest_go_first() -> None:
@@ -28,9 +35,18 @@ def test_one_lane_or_single_cells_split_nothing() -> None:
 
 def test_lanes_follow_the_cores_and_stay_one_on_an_accelerator() -> None:
     cpu = torch.device("cpu")
-    assert 1 <= default_lanes(5, [cpu]) <= 5
-    assert default_lanes(1, [cpu]) == 1
-    assert default_lanes(5, [cpu, torch.device("cuda")]) == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the tests' workers run one thread (tests/conftest.py)
+    try:
+        assert (
+            default_lanes(5, [cpu])
+            == min(5, usable_cores())
+            == min(2, len(os.sched_getaffinity(0)))
+        )
+        assert default_lanes(1, [cpu]) == 1
+        assert default_lanes(5, [cpu, torch.device("cuda")]) == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_every_grid_is_finished_in_the_callers_thread() -> None:
