@@ -12,8 +12,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 POLL_S = 0.5
+
+
+def watched_by_this_process() -> dict[str, Any]:
+    """A pool's `initializer` and `initargs` that end each worker with this process, e.g.
+    `ProcessPoolExecutor(2, mp_context=fork, **watched_by_this_process())` (fork or spawn
+    only: see exit_with_parent)."""
+    return {"initializer": exit_with_parent, "initargs": (os.getpid(),)}
 
 
 def exit_with_parent(parent_pid: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from common.data.patch_set import PatchSet, write_manifest
 from common.data.phantom.sites import SPLITS, write_phantom_site
 from common.data.prepare import PrepareOptions, prepare
 from common.data.splits import read_prepared_split
-from common.parent_watch import exit_with_parent
+from common.parent_watch import watched_by_this_process
 
 log = logging.getLogger(__name__)
 CENTRAL_TEST = "central-test"
@@ -87,12 +86,10 @@ def prepare_workspace(config: FederatedRunConfig, workers: int = 2) -> None:
         for style in styles
     ]
     log.info("phantom: %d downloads in %s", len(jobs), out / "raw")
-    # exit_with_parent: a killed command's forked workers would otherwise wait for ever; fork
-    # named (Python 3.14's default is forkserver, whose workers are not this process's children)
+    # watched: a killed command's forked workers would otherwise wait for ever; fork named
+    # (Python 3.14's default is forkserver, whose workers are not this process's children)
     fork = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(
-        workers, mp_context=fork, initializer=exit_with_parent, initargs=(os.getpid(),)
-    ) as pool:
+    with ProcessPoolExecutor(workers, mp_context=fork, **watched_by_this_process()) as pool:
         list(pool.map(_write, jobs))
     combine_central_test(out / CENTRAL_TEST, styles)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from common.atomic_io import atomic_write_png, atomic_write_text, leftover_tempo
 from common.data.patch_geometry import Box, extract_patch
 from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import DataError, OutputError
-from common.parent_watch import exit_with_parent
+from common.parent_watch import watched_by_this_process
 
 T = TypeVar("T")
 ImageReader = Callable[[str], tuple[np.ndarray, str]]  # path -> (uint8 pixels, steps applied)
@@ -198,7 +197,7 @@ def write_lesion_patches(
     bar = tqdm(total=len(jobs), disable=not progress, desc="images", unit="img")
     if workers > 1:
         spawn = multiprocessing.get_context("spawn")
-        with spawn.Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        with spawn.Pool(workers, **watched_by_this_process()) as pool:
             results = list(_tracked(pool.imap(run_patch_job, jobs), bar))
     else:
         results = list(_tracked(map(run_patch_job, jobs), bar))
