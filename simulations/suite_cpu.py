@@ -1,13 +1,15 @@
 """Where the test suite's time goes: wall time and whole-machine CPU time of pytest targets, run
-one at a time in one process each (`-n 0`, `CI=true`), machine named.
+one at a time in one process each (`-n 0`, `CI=true`, one PyTorch thread per process as the
+suite's xdist workers have unless OMP_NUM_THREADS is set).
 
     .venv/bin/python -m simulations.suite_cpu tests/integration/test_deployment.py [TARGET ...]
 
 The CPU time is the machine's (Linux /proc/stat: user, nice, system, irq and softirq of all
 CPUs), not the pytest process's: a test's Flower and Ray processes outlive its process tree or
-are never waited for, so rusage misses them. Run it on an otherwise idle machine; anything else
-running is counted too. CPU seconds above the wall seconds mean more than one core was busy:
-a CPU-bound suite gains nothing from more xdist workers.
+are never waited for, so rusage misses them. Run it on an otherwise idle machine: anything else
+running is counted too, and so is what a target leaves running into the next one. CPU seconds
+above the wall seconds mean more than one core was busy. Steal (time the hypervisor gave to
+other guests) is shown apart: a high one means a slower machine, not more work.
 """
 
 from __future__ import annotations
@@ -16,50 +18,92 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 USAGE = "python -m simulations.suite_cpu TARGET [TARGET ...] (pytest node ids or files)"
-BUSY_FIELDS = (0, 1, 2, 5, 6)  # user, nice, system, irq, softirq (idle, iowait, steal: not)
+BUSY_FIELDS = (0, 1, 2, 5, 6)  # user, nice, system, irq, softirq (guest is counted in user)
+STEAL_FIELD = 7
+NO_COUNTERS_AFTER_S = 5.0  # a target this long with no CPU counted: /proc/stat does not count
 
 
-def busy_ticks(stat_text: str) -> int:
-    """Busy clock ticks of all CPUs from /proc/stat's first (`cpu `) line; ValueError if the
-    text has none (not Linux)."""
+class Ticks(NamedTuple):
+    busy: int
+    steal: int
+
+
+class Measured(NamedTuple):
+    exit_code: int
+    wall_s: float
+    cpu_s: float
+    steal_s: float
+
+
+def read_ticks(stat_text: str) -> Ticks:
+    """Busy and steal clock ticks of all CPUs from /proc/stat's first (`cpu `) line (proc(5));
+    ValueError if the text has none (not Linux)."""
     for line in stat_text.splitlines():
         if line.startswith("cpu "):
             values = [int(v) for v in line.split()[1:]]
-            return sum(values[i] for i in BUSY_FIELDS)
+            steal = values[STEAL_FIELD] if len(values) > STEAL_FIELD else 0
+            return Ticks(sum(values[i] for i in BUSY_FIELDS), steal)
     raise ValueError("no aggregate 'cpu ' line: /proc/stat is Linux's")
 
 
-def machine_cpu_seconds() -> float:
-    """Busy CPU seconds of the whole machine since boot (clock ticks / SC_CLK_TCK)."""
-    return busy_ticks(Path("/proc/stat").read_text()) / os.sysconf("SC_CLK_TCK")
+def machine_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot (ticks / SC_CLK_TCK)."""
+    ticks = read_ticks(Path("/proc/stat").read_text())
+    per_second = os.sysconf("SC_CLK_TCK")
+    return ticks.busy / per_second, ticks.steal / per_second
 
 
-def measure(target: str) -> tuple[int, float, float]:
-    """(pytest exit code, wall seconds, machine CPU seconds) of one target in one process."""
-    env = {**os.environ, "CI": "true"}
-    command = [sys.executable, "-m", "pytest", target, "-n", "0", "-p", "no:randomly", "-q"]
-    cpu, wall = machine_cpu_seconds(), time.perf_counter()
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return done.returncode, time.perf_counter() - wall, machine_cpu_seconds() - cpu
+def measure(target: str, log: Path) -> Measured:
+    """One target in one pytest process, its output in `log`."""
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    command = [sys.executable, "-m", "pytest", target, "-n", "0"]
+    (cpu, steal), wall = machine_seconds(), time.perf_counter()
+    with log.open("wb") as out:
+        done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    cpu_after, steal_after = machine_seconds()
+    return Measured(
+        done.returncode, time.perf_counter() - wall, cpu_after - cpu, steal_after - steal
+    )
 
 
 def main(targets: list[str]) -> int:
+    """Measure each target in turn and print one row each; 1 if any target failed (its
+    output's tail is printed), 2 without targets or where /proc/stat counts no CPU."""
     if not targets:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"{'wall s':>7} {'CPU s':>7} {'cores':>5}  rc  target")
-    failed = 0
-    for target in targets:
-        code, wall, cpu = measure(target)
-        failed |= code != 0
-        print(f"{wall:7.0f} {cpu:7.0f} {cpu / wall:5.2f} {code:3d}  {target}", flush=True)
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; OMP_NUM_THREADS={threads}")
+    print(f"{'wall s':>7} {'CPU s':>7} {'cores':>5} {'steal s':>7}  rc  target")
+    failed = False
+    with tempfile.TemporaryDirectory() as folder:
+        for target in targets:
+            log = Path(folder) / "pytest.log"
+            row = measure(target, log)
+            if row.wall_s > NO_COUNTERS_AFTER_S and row.cpu_s <= 0:
+                print(
+                    "/proc/stat counted no CPU time: this system does not count it", file=sys.stderr
+                )
+                return 2
+            cores = row.cpu_s / row.wall_s
+            print(
+                f"{row.wall_s:7.0f} {row.cpu_s:7.0f} {cores:5.2f} {row.steal_s:7.0f} "
+                f"{row.exit_code:3d}  {target}",
+                flush=True,
+            )
+            if row.exit_code != 0:
+                failed = True
+                print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from simulations.cli import script_main
+
+    script_main("suite_cpu", main)
