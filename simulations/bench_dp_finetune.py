@@ -15,11 +15,9 @@ of `mammofl table1`, `common.runs.grid_lanes`).
 
 from __future__ import annotations
 
-import platform
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +34,7 @@ from common.training.cached_engine import CachedEngine
 from common.training.grid_engine import GridCachedEngine
 from common.training.naive_engine import NaiveEngine
 from common.training.settings import DPSettings, EngineSettings
+from simulations.machine import cpu_name
 
 DEFAULTS = {
     "model": "efficientnet_lite0",
@@ -47,17 +46,6 @@ DEFAULTS = {
     "measure_epochs": "10",
     "size": "0",  # 0: the model's own input size
 }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _model(name: str) -> Classifier:
@@ -108,9 +96,7 @@ def main(argv: Sequence[str]) -> None:
         noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate, steps=steps
     )
     epsilon = epsilon_of([event], 1e-4, "rdp")
-    machine = (
-        torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
-    )
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
     print(
         f"dp-finetune on {device} ({machine}, {torch.get_num_threads()} threads): "
         f"{options['model']} {size}px, N={n}, batch {batch}, {epochs} epochs = {steps} steps, "

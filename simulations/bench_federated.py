@@ -69,12 +69,12 @@ from common.federated.overhead import (
 from common.federated.timing import read_run_timings
 from common.site.data import ensure_prepared
 from common.site.facts import facts_from_entry
-from simulations.bench_dp_finetune import cpu_name
 from simulations.bench_federated_report import RunTiming, print_tables
 from simulations.bench_main_job import tree_rss
 from simulations.cli import split_options
 from simulations.federate import run_flower
 from simulations.federated_workspace import prepare_workspace
+from simulations.machine import cpu_name
 
 DEFAULTS = {
     "preset": "federated/phantom",

@@ -10,7 +10,6 @@ it and all its children every 0.5 s (psutil).
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from simulations.machine import cpu_name
 
 
 def tree_rss(process: psutil.Process) -> tuple[int, int]:
@@ -50,7 +51,7 @@ def main(args: list[str]) -> int:
         print(child.stderr.read() if child.stderr else "", file=sys.stderr)
         return child.returncode
     cpus = os.cpu_count()
-    print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs, no GPU used")
+    print(f"machine: {cpu_name()}, {cpus} CPUs, no GPU used")
     print(f"command: mammofl federate out_dir={out} {' '.join(rest)}")
     print(f"wall time: {seconds:.0f} s ({seconds / 60:.1f} min)")
     print(f"peak resident memory, whole process tree: {peak_total / 2**30:.2f} GiB")

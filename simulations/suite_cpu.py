@@ -4,34 +4,33 @@ suite's xdist workers have unless OMP_NUM_THREADS is set).
 
     .venv/bin/python -m simulations.suite_cpu tests/integration/test_deployment.py [TARGET ...]
 
-The CPU time is the machine's (Linux /proc/stat: user, nice, system, irq and softirq of all
-CPUs), not the pytest process's: a test's Flower and Ray processes outlive its process tree or
-are never waited for, so rusage misses them. Run it on an otherwise idle machine: anything else
-running is counted too, and so is what a target leaves running into the next one. CPU seconds
-above the wall seconds mean more than one core was busy. Steal (time the hypervisor gave to
-other guests) is shown apart: a high one means a slower machine, not more work.
+The CPU time is the machine's (psutil.cpu_times(), from Linux's /proc/stat: user, nice, system,
+irq and softirq of all CPUs), not the pytest process's: a test's Flower and Ray processes
+outlive its process tree or are never waited for, so rusage misses them. Run it on an otherwise
+idle machine: anything else running is counted too, and so is what a target leaves running into
+the next one. CPU seconds above the wall seconds mean more than one core was busy. Steal (time
+the hypervisor gave to other guests) is shown apart: a high one means a slower machine, not
+more work.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import psutil
+
+from simulations.machine import cpu_name
 
 USAGE = "python -m simulations.suite_cpu TARGET [TARGET ...] (pytest node ids or files)"
-BUSY_FIELDS = (0, 1, 2, 5, 6)  # user, nice, system, irq, softirq (guest is counted in user)
-STEAL_FIELD = 7
+# busy: user, nice, system, irq, softirq (guest is counted in user); not idle, iowait, steal
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
 NO_COUNTERS_AFTER_S = 5.0  # a target this long with no CPU counted: /proc/stat does not count
-
-
-class Ticks(NamedTuple):
-    busy: int
-    steal: int
 
 
 class Measured(NamedTuple):
@@ -41,27 +40,21 @@ class Measured(NamedTuple):
     steal_s: float
 
 
-def read_ticks(stat_text: str) -> Ticks:
-    """Busy and steal clock ticks of all CPUs from /proc/stat's first (`cpu `) line (proc(5));
-    ValueError if the text has none (not Linux)."""
-    for line in stat_text.splitlines():
-        if line.startswith("cpu "):
-            values = [int(v) for v in line.split()[1:]]
-            steal = values[STEAL_FIELD] if len(values) > STEAL_FIELD else 0
-            return Ticks(sum(values[i] for i in BUSY_FIELDS), steal)
-    raise ValueError("no aggregate 'cpu ' line: /proc/stat is Linux's")
+def busy_and_steal(times: Any) -> tuple[float, float]:
+    """(busy, steal) seconds of a `psutil.cpu_times()` reading (proc(5)'s /proc/stat fields on
+    Linux; a platform without irq, softirq or steal counts them 0)."""
+    busy = sum(getattr(times, field, 0.0) for field in BUSY_FIELDS)
+    return busy, getattr(times, "steal", 0.0)
 
 
 def machine_seconds() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot (ticks / SC_CLK_TCK)."""
-    ticks = read_ticks(Path("/proc/stat").read_text())
-    per_second = os.sysconf("SC_CLK_TCK")
-    return ticks.busy / per_second, ticks.steal / per_second
+    """(busy, steal) CPU seconds of the whole machine, all CPUs, since boot."""
+    return busy_and_steal(psutil.cpu_times())
 
 
-def measure(target: str, log: Path) -> Measured:
-    """One target in one pytest process, its output in `log`."""
-    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def measure(target: str, log: Path, threads: str) -> Measured:
+    """One target in one pytest process with `threads` PyTorch threads, its output in `log`."""
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": threads}
     command = [sys.executable, "-m", "pytest", target, "-n", "0"]
     (cpu, steal), wall = machine_seconds(), time.perf_counter()
     with log.open("wb") as out:
@@ -79,13 +72,13 @@ def main(targets: list[str]) -> int:
         print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     threads = os.environ.get("OMP_NUM_THREADS", "1")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; OMP_NUM_THREADS={threads}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; OMP_NUM_THREADS={threads}")
     print(f"{'wall s':>7} {'CPU s':>7} {'cores':>5} {'steal s':>7}  rc  target")
     failed = False
     with tempfile.TemporaryDirectory() as folder:
         for target in targets:
             log = Path(folder) / "pytest.log"
-            row = measure(target, log)
+            row = measure(target, log, threads)
             if row.wall_s > NO_COUNTERS_AFTER_S and row.cpu_s <= 0:
                 print(
                     "/proc/stat counted no CPU time: this system does not count it", file=sys.stderr

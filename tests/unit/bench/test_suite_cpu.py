@@ -1,29 +1,23 @@
-"""simulations/suite_cpu: the machine's busy and steal CPU ticks from /proc/stat."""
+"""simulations/suite_cpu: the machine's busy and steal CPU time (psutil.cpu_times)."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from simulations import suite_cpu
 
-STAT = """cpu  100 20 30 4000 50 6 7 800 0 0
-cpu0 50 10 15 2000 25 3 4 400 0 0
-intr 12345
-"""
 
-
-def test_busy_ticks_count_user_nice_system_irq_softirq_and_steal_apart() -> None:
+def test_busy_counts_user_nice_system_irq_softirq_and_steal_apart() -> None:
     # idle 4000 and iowait 50 are no work; steal 800 is other guests' work, shown apart
-    assert suite_cpu.read_ticks(STAT) == suite_cpu.Ticks(busy=100 + 20 + 30 + 6 + 7, steal=800)
-
-
-def test_a_text_without_the_aggregate_line_is_refused() -> None:
-    with pytest.raises(ValueError, match="no aggregate 'cpu ' line"):
-        suite_cpu.read_ticks("cpu0 1 2 3 4 5 6 7 8\n")
+    times = SimpleNamespace(
+        user=100, nice=20, system=30, idle=4000, iowait=50, irq=6, softirq=7, steal=800, guest=0
+    )
+    assert suite_cpu.busy_and_steal(times) == (100 + 20 + 30 + 6 + 7, 800)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
