@@ -46,7 +46,6 @@ What is measured (exact definitions: `common/federated/overhead.py`):
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -67,6 +66,7 @@ from common.federated.overhead import (
     worker_memory,
 )
 from common.federated.timing import read_run_timings
+from common.runs.output_lock import empty_held_folder, output_lock
 from common.site.data import ensure_prepared
 from common.site.facts import facts_from_entry
 from simulations.bench_federated_report import RunTiming, print_tables
@@ -208,14 +208,17 @@ def prepare_sites(base: Sequence[str], count: int, out_dir: Path) -> None:
 def run_one(base: Sequence[str], count: int, mode: Orchestration, out_dir: Path) -> RunTiming:
     """One Flower simulation of `count` sites orchestrated as `mode`, in a fresh run dir."""
     run_dir = out_dir / f"n{count}_{mode.name}"
-    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [*base, *mode.overrides, f"out_dir={out_dir}", f"run_dir={run_dir}"]
     overrides.append(site_table(count))
     config = compose_federated_config(overrides)
-    with intervals(mode), tree_peak_sampler() as peak:
-        launched = time.monotonic()
-        run_flower(config, overrides)
-        returned = time.monotonic()
+    # held for the run, as `mammofl federate` holds it: no other command resets or writes the
+    # run dir meanwhile (its site ledgers included)
+    with output_lock("bench federated", run_dir=run_dir):
+        empty_held_folder(run_dir)
+        with intervals(mode), tree_peak_sampler() as peak:
+            launched = time.monotonic()
+            run_flower(config, overrides)
+            returned = time.monotonic()
     server_rounds, site_records = read_run_timings(run_dir)
     if not site_records or not server_rounds:
         raise ConfigError(f"{run_dir}: no timing records (did the run end before round 1?)")

@@ -4,13 +4,13 @@
     .venv/bin/mammofl bench main-job [out_dir=runs/bench_main_job] [<overrides>]
 
 Runs `mammofl federate` in a fresh out_dir as a subprocess and samples the resident memory of
-it and all its children every 0.5 s (psutil).
+it and all its children every 0.5 s (psutil). It empties out_dir first, so it takes only a new
+or empty folder, or one it wrote before (its mark file inside).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from common.atomic_io import atomic_write_text
+from common.errors import ConfigError
+from common.runs.output_lock import LOCK_NAME, empty_held_folder, output_lock
 from simulations.machine import cpu_name
 
 
@@ -32,11 +35,32 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
+MARK = ".mammofl-bench-main-job"
+
+
+def clear_own_folder(out: Path) -> None:
+    """Empty `out` so that the job runs from scratch (downloads, patches, MCGANs, ledgers):
+    only a new or empty folder, or one this benchmark wrote (its `MARK` inside). Any other may
+    hold a federation's site ledgers, which nothing deletes by accident (`mammofl federate`
+    itself asks for fresh=true). Raises ConfigError for such a folder, OutputError while
+    another mammofl command writes it; either way nothing is deleted."""
+    with output_lock("bench main-job", out_dir=out):
+        entries = [entry for entry in out.iterdir() if entry.name != LOCK_NAME]
+        if entries and not (out / MARK).is_file():
+            raise ConfigError(
+                f"{out} holds files this benchmark did not write (e.g. {entries[0].name}; a "
+                "run's site ledgers, perhaps): it empties its out_dir before each run, so give "
+                "it a new or empty one (out_dir=runs/bench_main_job)"
+            )
+        empty_held_folder(out)
+        atomic_write_text(out / MARK, "mammofl bench main-job empties this folder each run\n")
+
+
 def main(args: list[str]) -> int:
     options = dict(a.split("=", 1) for a in args if a.startswith("out_dir="))
     out = Path(options.get("out_dir", "runs/bench_main_job"))
     rest = [a for a in args if not a.startswith("out_dir=")]
-    shutil.rmtree(out, ignore_errors=True)
+    clear_own_folder(out)
     command = [sys.executable, "-m", "simulations.cli", "federate", f"out_dir={out}", *rest]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -68,6 +69,19 @@ def output_lock(command: str, *, lock_name: str = LOCK_NAME, **folders: Path) ->
             locked.add(folder.resolve())
             held.enter_context(_lock(command, option, folder, lock_name))
         yield
+
+
+def empty_held_folder(folder: Path) -> None:
+    """Remove everything in `folder` but its lock file: for a command that starts over in a
+    folder whose `output_lock` it holds (deleting the lock file too would let a second command
+    take a lock of its own while this one still writes)."""
+    for entry in folder.iterdir():
+        if entry.name in (LOCK_NAME, SERVER_LOCK_NAME):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def check_no_server_app(run_dir: Path) -> None:

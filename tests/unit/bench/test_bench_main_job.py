@@ -1,0 +1,61 @@
+"""`mammofl bench main-job` empties its out_dir before each run: only a folder it wrote itself,
+never one holding a federation's ledgers, never while another mammofl command writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError, OutputError
+from common.runs.output_lock import LOCK_NAME, output_lock
+from simulations.bench_main_job import MARK, clear_own_folder
+from simulations.cli import main
+
+
+def _a_federation(folder: Path) -> Path:
+    ledger = folder / "sites" / "site-a" / "state" / "ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"events": [{"round": 1, "status": "settled"}]}))
+    return ledger
+
+
+def test_a_folder_it_did_not_write_is_refused_and_kept(tmp_path: Path) -> None:
+    ledger = _a_federation(tmp_path / "federated")
+    with pytest.raises(ConfigError, match=r"did not write .* new or empty one"):
+        clear_own_folder(tmp_path / "federated")
+    assert ledger.is_file()
+
+
+def test_the_command_says_so_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = _a_federation(tmp_path / "federated")
+    assert main(["bench", "main-job", f"out_dir={tmp_path / 'federated'}"]) != 0
+    err = capsys.readouterr().err
+    assert "did not write" in err and "Traceback" not in err
+    assert ledger.is_file()
+
+
+def _left(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+
+
+def test_its_own_folder_is_emptied_and_marked(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    clear_own_folder(out)  # new: created and marked
+    assert _left(out) == [MARK]
+    _a_federation(out)  # what the last run left
+    (out / "summary.md").write_text("last run")
+    clear_own_folder(out)
+    assert _left(out) == [MARK]
+
+
+def test_nothing_is_deleted_while_another_command_writes_it(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    clear_own_folder(out)
+    ledger = _a_federation(out)
+    with output_lock("federate", run_dir=out), pytest.raises(OutputError, match="another"):
+        clear_own_folder(out)
+    assert ledger.is_file()
