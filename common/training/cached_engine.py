@@ -199,7 +199,8 @@ class CachedEngine(TrainableParameters):
             for chunk in order.split(self.settings.batch_size):
                 losses.append(self._plain_step(chunk, self._draw_flips(chunk)))
                 self.steps_done += 1
-        return float(np.nanmean(losses)) if losses else float("nan")
+        # an epoch of empty Poisson batches only (noise-only steps) has no loss: NaN, no warning
+        return float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else float("nan")
 
     @torch.no_grad()
     def predict(self, name: str) -> tuple[np.ndarray, float]:
