@@ -19,9 +19,12 @@ from pathlib import Path
 import psutil
 
 from common.atomic_io import atomic_write_text
+from common.config.option_values import shell_value
 from common.errors import ConfigError
 from common.runs.output_lock import LOCK_NAME, empty_held_folder, output_lock
 from simulations.machine import cpu_name
+
+MARK = ".mammofl-bench-main-job"  # in an out_dir this benchmark wrote: it may empty it
 
 
 def tree_rss(process: psutil.Process) -> tuple[int, int]:
@@ -35,15 +38,14 @@ def tree_rss(process: psutil.Process) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-MARK = ".mammofl-bench-main-job"
-
-
 def clear_own_folder(out: Path) -> None:
     """Empty `out` so that the job runs from scratch (downloads, patches, MCGANs, ledgers):
     only a new or empty folder, or one this benchmark wrote (its `MARK` inside). Any other may
     hold a federation's site ledgers, which nothing deletes by accident (`mammofl federate`
-    itself asks for fresh=true). Raises ConfigError for such a folder, OutputError while
-    another mammofl command writes it; either way nothing is deleted."""
+    itself asks for fresh=true). The mark stays while the rest goes, so a folder emptied in
+    part (an entry that would not go) is still its own. Raises ConfigError for another folder
+    and OutputError while another mammofl command or a ServerApp writes it (nothing deleted),
+    or for an entry that cannot be removed."""
     with output_lock("bench main-job", out_dir=out):
         entries = [entry for entry in out.iterdir() if entry.name != LOCK_NAME]
         if entries and not (out / MARK).is_file():
@@ -52,13 +54,14 @@ def clear_own_folder(out: Path) -> None:
                 "run's site ledgers, perhaps): it empties its out_dir before each run, so give "
                 "it a new or empty one (out_dir=runs/bench_main_job)"
             )
-        empty_held_folder(out)
+        empty_held_folder(out, keep=(MARK,))
         atomic_write_text(out / MARK, "mammofl bench main-job empties this folder each run\n")
 
 
 def main(args: list[str]) -> int:
     options = dict(a.split("=", 1) for a in args if a.startswith("out_dir="))
-    out = Path(options.get("out_dir", "runs/bench_main_job"))
+    # as the federate run reads it (quotes, a leading ~), or the mark lands elsewhere
+    out = Path(shell_value(options.get("out_dir", "runs/bench_main_job")))
     rest = [a for a in args if not a.startswith("out_dir=")]
     clear_own_folder(out)
     command = [sys.executable, "-m", "simulations.cli", "federate", f"out_dir={out}", *rest]

@@ -17,46 +17,40 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets, as FID computes it
     (Heusel et al. 2017): ||mu_a - mu_b||^2 + Tr(S_a) + Tr(S_b) - 2 Tr((S_a S_b)^1/2).
 
-    `a` [N_a, D] and `b` [N_b, D], N >= 2 each; covariances with N - 1 (numpy's `cov`). The
-    trace of the root is computed exactly without a matrix square root (`_trace_of_root`).
-    Raises ValueError for sets that are not 2-D, differ in D or have fewer than 2 rows.
+    `a` [N_a, D] and `b` [N_b, D], N >= 2 each, finite; covariances with N - 1 (numpy's
+    `cov`). The trace of the root comes from the sets without a matrix square root
+    (`_trace_of_root`). Raises ValueError for sets that are not 2-D, differ in D, have fewer
+    than 2 rows or hold NaN or inf (e.g. a diverged generator's samples).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sets must be [N, D] with one D, got {a.shape} and {b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"each set needs 2 rows or more for a covariance: {len(a)}, {len(b)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("feature sets hold NaN or inf: no distance can be computed")
     mean_a, mean_b = a.mean(0), b.mean(0)
     centred_a, centred_b = a - mean_a, b - mean_b
     trace_a = float((centred_a**2).sum()) / (len(a) - 1)
     trace_b = float((centred_b**2).sum()) / (len(b) - 1)
-    if min(len(a), len(b)) <= a.shape[1]:
-        root = _trace_of_root_by_sets(centred_a, centred_b)
-    else:
-        root = _trace_of_root_by_features(centred_a, centred_b)
+    root = _trace_of_root(centred_a, centred_b)
     return float(((mean_a - mean_b) ** 2).sum() + trace_a + trace_b - 2 * root)
 
 
-def _trace_of_root_by_sets(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
-    """Tr((S_a S_b)^1/2) from the sets' side, for sets no larger than D: with S = X^T X / (N-1),
-    the non-zero eigenvalues of S_a S_b are those of M M^T, M = X_a X_b^T / sqrt((N_a-1)(N_b-1)),
-    i.e. M's squared singular values, so the trace is M's nuclear norm ([N_a, N_b] SVD).
-    scipy's `sqrtm` of the [D, D] product took seconds at D = 1280 and is ill-conditioned for
-    the rank-deficient covariances of sets smaller than D."""
+def _trace_of_root(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
+    """Tr((S_a S_b)^1/2) for S = X^T X / (N - 1), X a centred set [N, D].
+
+    The non-zero eigenvalues of S_a S_b are those of M M^T with M = X_a X_b^T / sqrt((N_a-1)
+    (N_b-1)), i.e. M's squared singular values, so the trace is M's nuclear norm. With X = Q R
+    (QR, Q orthonormal columns), M's singular values are those of R_a R_b^T / sqrt(...), a
+    matrix of at most [min(N_a, D), min(N_b, D)]: small whatever the sizes, and no root of a
+    round-off eigenvalue enters (scipy's `sqrtm` of the [D, D] product took seconds at D = 1280
+    and was off for singular covariances: sets smaller than D, or features of lower rank)."""
+    # mode "r": R alone (numpy's stubs type every mode as the (Q, R) pair)
+    r_a = np.asarray(np.linalg.qr(centred_a, mode="r"))
+    r_b = np.asarray(np.linalg.qr(centred_b, mode="r"))
     scale = np.sqrt((len(centred_a) - 1) * (len(centred_b) - 1))
-    return float(np.linalg.svd(centred_a @ centred_b.T, compute_uv=False).sum() / scale)
-
-
-def _trace_of_root_by_features(centred_a: np.ndarray, centred_b: np.ndarray) -> float:
-    """Tr((S_a S_b)^1/2) from the features' side, for sets larger than D: S_a S_b is similar to
-    the symmetric R S_b R with R = S_a^1/2, so the trace is the sum of the roots of R S_b R's
-    eigenvalues (two symmetric eigendecompositions of [D, D] matrices)."""
-    cov_a = centred_a.T @ centred_a / (len(centred_a) - 1)
-    cov_b = centred_b.T @ centred_b / (len(centred_b) - 1)
-    values, vectors = np.linalg.eigh(cov_a)
-    root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-    inner = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
-    return float(np.sqrt(np.clip(inner, 0.0, None)).sum())
+    return float(np.linalg.svdvals(r_a @ r_b.T).sum() / scale)
 
 
 def kernel_inception_distance(

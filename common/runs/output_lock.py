@@ -71,17 +71,29 @@ def output_lock(command: str, *, lock_name: str = LOCK_NAME, **folders: Path) ->
         yield
 
 
-def empty_held_folder(folder: Path) -> None:
-    """Remove everything in `folder` but its lock file: for a command that starts over in a
-    folder whose `output_lock` it holds (deleting the lock file too would let a second command
-    take a lock of its own while this one still writes)."""
-    for entry in folder.iterdir():
-        if entry.name in (LOCK_NAME, SERVER_LOCK_NAME):
+def empty_held_folder(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in `folder` but its lock files and the names in `keep`: for a command
+    that starts over in a folder whose `output_lock` it holds (deleting a lock file would let a
+    second command take a lock of its own while this one still writes). A ServerApp writing
+    the folder (its own lock held) is checked first: nothing is removed under it.
+
+    Raises OutputError when a ServerApp writes the folder, or when an entry cannot be removed
+    (naming it; what was removed before stays removed, `keep` stays).
+    """
+    check_no_server_app(folder)
+    for entry in sorted(folder.iterdir()):
+        if entry.name in (LOCK_NAME, SERVER_LOCK_NAME, *keep):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as error:
+            raise OutputError(
+                f"cannot remove {entry} ({error.strerror or error}): fix its permissions, or "
+                f"remove it yourself, then run again"
+            ) from error
 
 
 def check_no_server_app(run_dir: Path) -> None:

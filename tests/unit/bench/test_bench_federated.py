@@ -11,7 +11,7 @@ import pytest
 
 import server.federation
 from common.config.compose import compose_federated_config
-from common.errors import ConfigError
+from common.errors import ConfigError, OutputError
 from common.federated import simulation_dispatch
 from common.federated.overhead import (
     EXACT_UP_TO,
@@ -28,12 +28,14 @@ from common.federated.timing import (
     read_run_timings,
     read_timings,
 )
+from common.runs.output_lock import output_lock
 from simulations.bench_federated import (
     DEFAULTS,
     MODES,
     parse_counts,
     parse_modes,
     phase1_overrides,
+    run_one,
     site_table,
 )
 from simulations.cli import BENCHMARKS
@@ -215,3 +217,13 @@ def test_a_timing_that_cannot_be_written_fails_nothing(tmp_path: Path) -> None:
     blocked.write_text("")  # a file where the folder should be
     append_timing(blocked / "state" / TIMING_FILE, {"site": "a"})
     assert read_timings(blocked / "state" / TIMING_FILE) == []
+
+
+def test_a_run_dir_another_command_writes_is_neither_emptied_nor_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "n3_mammofl"  # run_one's own run dir for 3 sites
+    ledger = run_dir / "sites" / "site-a" / "state" / "ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text('{"events": [{"round": 1}]}')
+    with output_lock("federate", run_dir=run_dir), pytest.raises(OutputError, match="another"):
+        run_one(["experiment=federated/tiny"], 3, MODES["mammofl"], tmp_path)
+    assert ledger.is_file()

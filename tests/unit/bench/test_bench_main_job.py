@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError, OutputError
-from common.runs.output_lock import LOCK_NAME, output_lock
+from common.runs import output_lock as locks
+from common.runs.output_lock import LOCK_NAME, SERVER_LOCK_NAME, output_lock
 from simulations.bench_main_job import MARK, clear_own_folder
 from simulations.cli import main
 
@@ -39,7 +40,7 @@ def test_the_command_says_so_without_a_traceback(
 
 
 def _left(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+    return sorted(p.name for p in folder.iterdir() if p.name not in (LOCK_NAME, SERVER_LOCK_NAME))
 
 
 def test_its_own_folder_is_emptied_and_marked(tmp_path: Path) -> None:
@@ -59,3 +60,33 @@ def test_nothing_is_deleted_while_another_command_writes_it(tmp_path: Path) -> N
     with output_lock("federate", run_dir=out), pytest.raises(OutputError, match="another"):
         clear_own_folder(out)
     assert ledger.is_file()
+
+
+def test_nothing_is_deleted_under_a_running_server_app(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    clear_own_folder(out)
+    ledger = _a_federation(out)
+    server_app = output_lock("server app", lock_name=SERVER_LOCK_NAME, run_dir=out)
+    with server_app, pytest.raises(OutputError, match="another"):
+        clear_own_folder(out)
+    assert ledger.is_file()
+
+
+def test_an_entry_that_will_not_go_is_named_and_the_folder_stays_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "bench"
+    clear_own_folder(out)
+    for name in ("a", "b", "c"):
+        (out / name).mkdir()
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(locks.shutil, "rmtree", refuse)
+    with pytest.raises(OutputError, match=r"cannot remove .*a \(Permission denied\)"):
+        clear_own_folder(out)
+    monkeypatch.undo()
+    assert (out / MARK).is_file() and (out / LOCK_NAME).is_file()
+    clear_own_folder(out)  # the next run empties it
+    assert _left(out) == [MARK]
