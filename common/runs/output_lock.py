@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from common.atomic_io import check_writable_dir
 from common.errors import OutputError
 from common.folder_lock import FolderInUse, folder_lock
 
@@ -123,5 +124,6 @@ def _lock(command: str, option: str, folder: Path, lock_name: str) -> ExitStack:
             f"end, or pass another {option}="
         ) from error
     except OSError as error:
+        check_writable_dir(folder, option)  # a file in the way, no write permission: the fix
         raise OutputError(f"cannot lock {folder / lock_name}: {error}") from error
     return held

@@ -303,3 +303,14 @@ def test_a_second_deployed_run_on_a_run_dir_in_use_is_refused(tmp_path: Path) ->
     message = f"is being written by another mammofl command (mammofl ServerApp, pid {pid})"
     assert message in str(refused.value)
     assert [p.name for p in tmp_path.iterdir()] == [SERVER_LOCK_NAME]
+
+
+@pytest.mark.parametrize("below", ["", "sub/run"])
+def test_a_file_where_the_folder_goes_is_named_with_the_fix(tmp_path: Path, below: str) -> None:
+    """out_dir=a file (or a path through one) said only "[Errno 17] File exists"."""
+    (tmp_path / "results.csv").write_text("a,b\n")
+    folder = tmp_path / "results.csv" / below if below else tmp_path / "results.csv"
+    refused = pytest.raises(OutputError, match=r"results\.csv is a file, not a folder\): choose")
+    with refused, output_lock("train", out_dir=folder):
+        pass
+    assert (tmp_path / "results.csv").read_text() == "a,b\n"
