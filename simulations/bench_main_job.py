@@ -21,7 +21,7 @@ import psutil
 from common.atomic_io import atomic_write_text
 from common.config.option_values import shell_value
 from common.errors import ConfigError
-from common.runs.output_lock import LOCK_NAME, empty_held_folder, output_lock
+from common.runs.output_lock import LOCK_FILES, empty_held_folder, output_lock
 from simulations.machine import cpu_name
 
 MARK = ".mammofl-bench-main-job"  # in an out_dir this benchmark wrote: it may empty it
@@ -47,7 +47,7 @@ def clear_own_folder(out: Path) -> None:
     and OutputError while another mammofl command or a ServerApp writes it (nothing deleted),
     or for an entry that cannot be removed."""
     with output_lock("bench main-job", out_dir=out):
-        entries = [entry for entry in out.iterdir() if entry.name != LOCK_NAME]
+        entries = [entry for entry in out.iterdir() if entry.name not in LOCK_FILES]
         if entries and not (out / MARK).is_file():
             raise ConfigError(
                 f"{out} holds files this benchmark did not write (e.g. {entries[0].name}; a "

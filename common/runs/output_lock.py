@@ -29,6 +29,7 @@ LOCK_NAME = ".mammofl.lock"
 # process, where a second flock of `LOCK_NAME` would refuse): a ServerApp that outlives its
 # launcher (a SIGKILLed `mammofl loopback` leaves its SuperLink running) still holds it
 SERVER_LOCK_NAME = ".mammofl.server.lock"
+LOCK_FILES = (LOCK_NAME, SERVER_LOCK_NAME)  # in a folder, not its contents: kept when emptied
 
 _CELL = re.compile(r"result\.json|site_only\.json|model\.pt|predictions_.+\.csv")
 _GAN = {
@@ -83,7 +84,7 @@ def empty_held_folder(folder: Path, keep: tuple[str, ...] = ()) -> None:
     """
     check_no_server_app(folder)
     for entry in sorted(folder.iterdir()):
-        if entry.name in (LOCK_NAME, SERVER_LOCK_NAME, *keep):
+        if entry.name in (*LOCK_FILES, *keep):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():

@@ -10,7 +10,7 @@ import pytest
 
 from common.errors import ConfigError, OutputError
 from common.runs import output_lock as locks
-from common.runs.output_lock import LOCK_NAME, SERVER_LOCK_NAME, output_lock
+from common.runs.output_lock import LOCK_FILES, LOCK_NAME, SERVER_LOCK_NAME, output_lock
 from simulations.bench_main_job import MARK, clear_own_folder
 from simulations.cli import main
 
@@ -40,7 +40,7 @@ def test_the_command_says_so_without_a_traceback(
 
 
 def _left(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in (LOCK_NAME, SERVER_LOCK_NAME))
+    return sorted(p.name for p in folder.iterdir() if p.name not in LOCK_FILES)
 
 
 def test_its_own_folder_is_emptied_and_marked(tmp_path: Path) -> None:
