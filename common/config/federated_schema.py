@@ -284,6 +284,11 @@ class FederatedRunConfig:
         if not self.privacy.enabled or self.privacy.target_epsilon is None:
             raise ConfigError("federated rounds are DP-SGD: privacy.target_epsilon is the budget")
         check_dp_trainable(self.model, dp=True)
+        if self.model.feature_centring != "none":
+            raise ConfigError(
+                f"model.feature_centring={self.model.feature_centring} is single-node only: a "
+                "site would release a new centre every round (set model.feature_centring=none)"
+            )
         client_dp = self.federation.client_dp
         if client_dp.enabled and self.sites and client_dp.delta >= 1 / len(self.sites):
             raise ConfigError(

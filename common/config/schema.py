@@ -21,6 +21,7 @@ ENGINES = ("naive", "cached")
 HEADS = ("linear", "mlp2")
 OPTIMIZERS = ("adamw", "sgd")
 FEATURE_NORMS = ("none", "l2", "rms_blocks")
+FEATURE_CENTRINGS = ("none", "train_mean")
 POLICIES = ("head", "head_last", "norm_head", "last_stage", "all")
 ACCOUNTANTS = ("rdp", "prv")
 PRIVACY_UNITS = ("patch", "patient")
@@ -69,6 +70,20 @@ def _finite(key: str, value: float, *, low: float, strict: bool, example: str) -
 def _device(key: str, value: str) -> None:
     if not DEVICE_PATTERN.fullmatch(value):
         raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:<index> or mps")
+
+
+def check_feature_centring(model: ModelConfig, train: TrainConfig) -> None:
+    """model.feature_centring=train_mean centres cached features of a frozen backbone once per
+    run: refuse it, before any data is read, where the features are not cached and fixed."""
+    if model.feature_centring == "none":
+        return
+    if train.engine != "cached" or model.trainable != "head":
+        raise ConfigError(
+            f"model.feature_centring={model.feature_centring} centres a frozen backbone's cached "
+            f"features: needs train.engine=cached and model.trainable=head (now "
+            f"train.engine={train.engine}, model.trainable={model.trainable}); or set "
+            "model.feature_centring=none"
+        )
 
 
 def check_dp_trainable(model: ModelConfig, dp: bool) -> None:
@@ -204,6 +219,10 @@ class ModelConfig:
     # final pooled features ([-2, -1] for EfficientNet-Lite0: 112 + 320 channels beside 1280;
     # for Swin-T: 384 + 768 beside 768); a frozen backbone only
     feature_stages: list[int] = field(default_factory=list)
+    # 'train_mean': the head's inputs are centred on the training set's mean feature vector
+    # (after feature_norm); under DP a Gaussian-mechanism estimate charged to the ledger
+    # (privacy.centring_*; DPSGD-F, Sun et al. 2024). Frozen backbone, cached engine, one node
+    feature_centring: str = "none"
 
     def __post_init__(self) -> None:
         if self.trainable == "last_stage" and self.library != "timm":
@@ -220,6 +239,7 @@ class ModelConfig:
         _choice("model.library", self.library, ("timm", "torchvision"))
         _choice("model.head", self.head, HEADS)
         _choice("model.feature_norm", self.feature_norm, FEATURE_NORMS)
+        _choice("model.feature_centring", self.feature_centring, FEATURE_CENTRINGS)
         _choice("model.trainable", self.trainable, POLICIES)
         if self.hidden < 1:
             raise ConfigError(f"model.hidden={self.hidden} must be positive")
@@ -300,8 +320,19 @@ class PrivacyConfig:
     # the records a preset's hyperparameters were tuned on (recipe presets): a run's epsilon
     # covers that run, not the search, so records on that data say so (`tuning_note`)
     tuned_on: str = ""
+    # model.feature_centring=train_mean under DP: the centre's Gaussian mechanism. Each record's
+    # mean feature vector is clipped to centring_max_norm (the feature scale: EfficientNet-Lite0's
+    # pooled features have norm ~12.5); its noise multiplier trades the centre's error against
+    # the DP-SGD noise the rest of the budget allows (docs/recipes.md)
+    centring_noise_multiplier: float = 4.0
+    centring_max_norm: float = 16.0
 
     def __post_init__(self) -> None:
+        for key, value, example in (
+            ("privacy.centring_noise_multiplier", self.centring_noise_multiplier, "4"),
+            ("privacy.centring_max_norm", self.centring_max_norm, "16"),
+        ):
+            _finite(key, value, low=0, strict=True, example=example)
         _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         _choice("privacy.unit", self.unit, PRIVACY_UNITS)
         _positive_epsilon("privacy.target_epsilon", self.target_epsilon)
@@ -364,3 +395,4 @@ class MammoflConfig:
 
     def __post_init__(self) -> None:
         check_dp_trainable(self.model, self.privacy.enabled)
+        check_feature_centring(self.model, self.train)

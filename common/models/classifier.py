@@ -52,6 +52,23 @@ class BlockRMSNormalize(nn.Module):
         return torch.cat(scaled, -1)
 
 
+class FeatureCentre(nn.Module):
+    """x - c ([B, F] -> [B, F]) with c the training set's mean feature vector (after
+    `feature_norm`), set once by the run that trains the head (under DP a Gaussian-mechanism
+    estimate: common.privacy.centring). A buffer, so a saved model predicts as it trained."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(num_features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features - self.centre
+
+
+# set by training, not frozen: excluded from the frozen-weights checksum (models.policies)
+CENTRE_BUFFER = "feature_centre.centre"
+
+
 def build_feature_norm(kind: str, widths: list[int] | None = None) -> nn.Module:
     """`widths`: the feature blocks (pooled stages, then final), needed by `rms_blocks`."""
     if kind == "none":
@@ -73,17 +90,21 @@ class Classifier(nn.Module):
         num_features: int,
         feature_norm: nn.Module | None = None,
         flip_averaging: bool = False,
+        feature_centre: FeatureCentre | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.feature_norm = feature_norm if feature_norm is not None else nn.Identity()
+        self.feature_centre: nn.Module = (
+            feature_centre if feature_centre is not None else nn.Identity()
+        )
         self.head = head
         self.num_features = num_features
         self.flip_averaging = flip_averaging
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits [B, 2] from backbone features [B, F] (the cached engine's entry point)."""
-        return self.head(self.feature_norm(features))
+        """Logits [B, 2] from backbone features [B, F]."""
+        return self.head(self.feature_centre(self.feature_norm(features)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head_logits(self.backbone(images))
@@ -214,6 +235,7 @@ def build_classifier(config: ModelConfig) -> Classifier:
         num_features,
         build_feature_norm(config.feature_norm, widths),
         config.flip_averaging,
+        FeatureCentre(num_features) if config.feature_centring != "none" else None,
     )
     if config.init_from:
         load_classifier_checkpoint(model, config.init_from)

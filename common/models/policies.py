@@ -9,6 +9,7 @@ from torch import nn
 
 from common.errors import ConfigError, UnsupportedDPModelError
 from common.models.backbone_split import split_backbone
+from common.models.classifier import CENTRE_BUFFER
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 # attention modules that run on [batch x windows, tokens, channels] (timm, torchvision Swin;
@@ -96,13 +97,16 @@ def count_trainable(model: nn.Module) -> int:
 
 
 def frozen_checksum(model: nn.Module) -> str:
-    """SHA-256 over every frozen parameter and buffer: proves training left them unchanged."""
+    """SHA-256 over every frozen parameter and buffer: proves training left them unchanged.
+    The feature centre's buffer is not frozen: the run sets it (FeatureCentre)."""
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             digest.update(name.encode())
             digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
     for name, buffer in model.named_buffers():
+        if name == CENTRE_BUFFER:
+            continue
         digest.update(name.encode())
         digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -20,7 +20,7 @@ from common.errors import ConfigError, PrivacyError
 from common.privacy.rdp_analysis import DEFAULT_ORDERS, largest_order_quiet, opacus_rdp
 
 SCHEMA_VERSION = 1
-EVENT_KINDS = ("dp-sgd", "dp-gan")
+EVENT_KINDS = ("dp-sgd", "dp-gan", "dp-centring")
 STATUSES = ("reserved", "settled")
 UNITS = ("patch", "patient")
 
@@ -129,7 +129,10 @@ def _accountant_epsilon(
     run evaluates the same prefixes of its history after every epoch, every seed alike)."""
     acc = make_accountant(accountant)
     acc.history = list(history)
-    with largest_order_quiet():
+    # errstate: opacus' PRV takes log(1 - q), -inf for a mechanism on the whole set (q = 1, a
+    # feature centre); its figure is then the Gaussian mechanism's (checked against PLD in
+    # tests/unit/privacy/test_feature_centring.py), only numpy warns
+    with largest_order_quiet(), np.errstate(divide="ignore"):
         try:
             return float(acc.get_epsilon(delta=delta))
         except MemoryError:  # PRV's grid for a huge epsilon; cached, so not retried each epoch
@@ -148,22 +151,34 @@ class PrivacyLedger:
         if self.unit not in UNITS:
             raise ConfigError(f"privacy unit {self.unit!r}: choose one of {UNITS}")
 
-    def epsilon(self, extra: LedgerEvent | None = None, kind: str | None = None) -> float:
-        """Spent epsilon of all events (or of one `kind`), optionally as if `extra` had also
-        run: the check before spending."""
-        events = self.events + ([extra] if extra is not None else [])
+    def epsilon(
+        self, extra: LedgerEvent | list[LedgerEvent] | None = None, kind: str | None = None
+    ) -> float:
+        """Spent epsilon of all events (or of one `kind`), optionally as if `extra` (one event
+        or several) had also run: the check before spending."""
+        more = [] if extra is None else [extra] if isinstance(extra, LedgerEvent) else extra
+        events = self.events + more
         if kind is not None:
             events = [e for e in events if e.kind == kind]
         return epsilon_of(events, self.delta, self.accountant)
 
     def check_within(self, event: LedgerEvent, cap: float) -> float:
         """Epsilon after `event`; raises PrivacyBudgetExceeded (nothing charged) above `cap`."""
-        projected = self.epsilon(extra=event)
+        return self.check_all_within([event], cap)
+
+    def check_all_within(self, planned: list[LedgerEvent], cap: float) -> float:
+        """Epsilon after every `planned` event (a run's releases, e.g. a feature centre and its
+        DP-SGD steps); raises PrivacyBudgetExceeded (nothing charged) above `cap`."""
+        projected = self.epsilon(extra=planned)
         if not projected <= cap * (1 + 1e-9):  # NaN is refused too
+            what = "; ".join(
+                f"{e.steps} steps at sigma {e.noise_multiplier:.4g}, q {e.sample_rate:.4g}"
+                + ("" if e.kind == "dp-sgd" else f" ({e.kind})")
+                for e in planned
+            )
             raise PrivacyBudgetExceeded(
-                f"{event.steps} more steps at sigma {event.noise_multiplier:.4g}, q "
-                f"{event.sample_rate:.4g} would bring epsilon from {self.epsilon():.4f} to "
-                f"{projected:.4f} > cap {cap}; refused, nothing charged"
+                f"{what} would bring epsilon from {self.epsilon():.4f} to {projected:.4f} > "
+                f"cap {cap}; refused, nothing charged"
             )
         return projected
 

@@ -51,6 +51,8 @@ def grid_key(config: MammoflConfig) -> tuple[Any, ...] | None:
     train, privacy = config.train, config.privacy
     if train.engine != "cached" or config.model.trainable != "head" or privacy.unit != "patch":
         return None
+    if config.model.feature_centring != "none":
+        return None  # each cell releases its own centre: cell by cell
     if not vectorised_optimisation(
         train.optimizer, train.augmentation_multiplicity, train.ema_decay
     ):

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.config.schema import MammoflConfig
 from common.errors import ConfigError, DataError, PrivacyError
+from common.privacy.centring import centring_event
 from common.privacy.delta import check_delta, delta_note
 from common.privacy.group_privacy import group_guarantee
 from common.privacy.independent_accounting import pld_epsilon
@@ -75,7 +76,18 @@ def training_set_size(config: MammoflConfig) -> tuple[int, str]:
     return records.records(config.privacy.unit), records.source
 
 
+def planned_prior_events(config: MammoflConfig) -> list[LedgerEvent]:
+    """What a run of `config` releases before its DP-SGD steps: the feature centre's Gaussian
+    mechanism under DP with model.feature_centring=train_mean, else nothing."""
+    privacy = config.privacy
+    if privacy.enabled and config.model.feature_centring != "none":
+        return [centring_event(privacy.centring_noise_multiplier)]
+    return []
+
+
 def plan_for(config: MammoflConfig, dataset_size: int) -> PrivacyPlan:
+    """The run's plan: sigma such that its prior releases (`planned_prior_events`) and all its
+    DP-SGD steps together spend at most the target epsilon."""
     privacy = config.privacy
     return plan_privacy(
         dataset_size=dataset_size,
@@ -85,6 +97,7 @@ def plan_for(config: MammoflConfig, dataset_size: int) -> PrivacyPlan:
         delta=privacy.delta,
         accountant=privacy.accountant,
         max_grad_norm=privacy.max_grad_norm,
+        prior_events=planned_prior_events(config),
     )
 
 
@@ -106,11 +119,16 @@ def plan_report(config: MammoflConfig) -> dict[str, Any]:
     source = records.source
     accounted = pld = None
     if plan.noise_multiplier is not None:
-        run = LedgerEvent(
-            noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
-        )
-        accounted = epsilon_of([run], plan.delta, plan.accountant)
-        pld = pld_epsilon([run], plan.delta)
+        run = [
+            *planned_prior_events(config),
+            LedgerEvent(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=plan.steps,
+            ),
+        ]
+        accounted = epsilon_of(run, plan.delta, plan.accountant)
+        pld = pld_epsilon(run, plan.delta)
     return {
         "dataset_size": plan.dataset_size,
         "dataset_size_source": source,
@@ -123,6 +141,11 @@ def plan_report(config: MammoflConfig) -> dict[str, Any]:
         "delta": plan.delta,
         "accountant": plan.accountant,
         "max_grad_norm": plan.max_grad_norm,
+        # model.feature_centring=train_mean under DP: the centre's release, composed with the
+        # DP-SGD steps in the plan's sigma and epsilons; None otherwise
+        "centring_noise_multiplier": privacy.centring_noise_multiplier
+        if planned_prior_events(config)
+        else None,
         "delta_note": note,  # delta above 1/(10 N): why that is loose; None otherwise
         # under DP: what the ledger will charge for the planned run (just below the target), and
         # the same run by PLD (RDP's conversion to (epsilon, delta) is loose); None without DP
@@ -154,13 +177,14 @@ def unit_comparison(config: MammoflConfig, records: TrainingRecords) -> dict[str
         run = LedgerEvent(
             noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=plan.steps
         )
+        released = [*planned_prior_events(config), run]
         rows[f"per_{unit}"] = {
             "unit": unit,
             "records": plan.dataset_size,
             "sample_rate": plan.sample_rate,
             "steps": plan.steps,
             "noise_multiplier": plan.noise_multiplier,
-            "epsilon": epsilon_of([run], plan.delta, plan.accountant),
+            "epsilon": epsilon_of(released, plan.delta, plan.accountant),
             "delta": plan.delta,
             "delta_note": note,
         }

@@ -32,6 +32,7 @@ from common.runs.run_data import RunData, load_run_data
 from common.runs.shareable import shareable_record
 from common.training.fit import FitResult, check_fit_consistency, fit
 from common.training.settings import (
+    CentringSettings,
     DPSettings,
     EngineSettings,
     recipe_options,
@@ -116,8 +117,18 @@ def engine_settings(
         dp=dp,
         progress=progress,
         noise_seed=seeded_stream(config.seed, "dp-sgd") if config.privacy.seeded_noise else None,
+        centring=centring_settings(config, dp is not None),
         **recipe_options(config.train),
     )
+
+
+def centring_settings(config: MammoflConfig, dp: bool) -> CentringSettings | None:
+    """model.feature_centring=train_mean: the centre's mechanism (exact without DP)."""
+    if config.model.feature_centring == "none":
+        return None
+    privacy = config.privacy
+    noise = privacy.centring_noise_multiplier if dp else None
+    return CentringSettings(noise_multiplier=noise, max_norm=privacy.centring_max_norm)
 
 
 @dataclass

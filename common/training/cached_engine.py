@@ -88,6 +88,7 @@ class CachedEngine(TrainableParameters):
         else:
             self.train_features, self.eval_features = features.train, dict(features.evaluation)
         self.train_labels = train.labels.to(settings.device)
+        self.patient_keys = list(train.patch_set.patient_keys)
         self.eval_labels = {name: s.labels.to(settings.device) for name, s in eval_sets.items()}
         self.parameters = [p for p in self.head.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.parameters, settings)
@@ -105,6 +106,13 @@ class CachedEngine(TrainableParameters):
                 generator=private_generator(settings.device, seed, stream="noise"),
             )
         self.steps_done = 0
+
+    def centre_features(self, centre: torch.Tensor) -> None:
+        """Subtract the model's feature centre [F] from every cached feature vector (train and
+        evaluation), as the model's FeatureCentre does for a prediction from images."""
+        centre = centre.to(self.train_features)
+        self.train_features = self.train_features - centre
+        self.eval_features = {name: f - centre for name, f in self.eval_features.items()}
 
     def features(self) -> CachedFeatures:
         return CachedFeatures(self.train_features, self.eval_features)

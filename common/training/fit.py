@@ -22,11 +22,15 @@ import torch
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
-from common.errors import NonFiniteError, PrivacyError
+from common.errors import ConfigError, NonFiniteError, PrivacyError
 from common.eval.metrics import auprc
-from common.models.classifier import Classifier
+from common.models.classifier import Classifier, FeatureCentre
 from common.models.policies import check_no_per_window_gradients, frozen_checksum
+from common.privacy.centring import centring_event, exact_centre, private_centre, record_means
+from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import LedgerEvent, PrivacyLedger, epsilon_of
+from common.privacy.randomness import private_generator
+from common.training.cached_engine import CachedEngine
 from common.training.engine import TrainingEngine
 from common.training.engines import make_engine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
@@ -94,13 +98,19 @@ def fit(
     dp = settings.dp
     reservation = None
     planned = None
+    centring = settings.centring
+    centre_release = (
+        [centring_event(centring.noise_multiplier)]
+        if dp is not None and centring is not None and centring.noise_multiplier is not None
+        else []
+    )
     if dp is not None:
         cap = epsilon_cap if epsilon_cap is not None else target_epsilon
         if cap is None:
             raise PrivacyError("a DP run needs a budget: set a target epsilon or a cap")
         check_no_per_window_gradients(model)
         planned = planned_event(settings, epochs, round_number)
-        ledger.check_within(planned, cap)
+        ledger.check_all_within([*centre_release, planned], cap)
     checksum_before = frozen_checksum(model)
     eval_sets = {"validation": validation} if validation is not None else {}
     engine = make_engine(engine_name, model, train, eval_sets, settings)
@@ -115,6 +125,8 @@ def fit(
         else None
     )
     try:
+        if centring is not None:  # before the steps' reservation: the last event is theirs
+            _centre_features(engine, model, settings, ledger, centre_release, persist)
         if planned is not None:
             reservation = ledger.reserve(planned)
             if persist is not None:
@@ -162,6 +174,42 @@ def fit(
         ledger=ledger,
         event=event,
     )
+
+
+def _centre_features(
+    engine: TrainingEngine,
+    model: Classifier,
+    settings: EngineSettings,
+    ledger: PrivacyLedger,
+    release: list[LedgerEvent],
+    persist: Callable[[PrivacyLedger], None] | None,
+) -> None:
+    """Set the model's feature centre from the training set and centre the engine's cached
+    features on it. Under DP (`release`: the centre's ledger event) it is reserved before the
+    noisy sum is drawn and settled after, as a run's steps are."""
+    assert settings.centring is not None
+    if not isinstance(engine, CachedEngine) or not isinstance(model.feature_centre, FeatureCentre):
+        raise ConfigError("model.feature_centring needs train.engine=cached and a FeatureCentre")
+    records = RecordGroups.for_unit(
+        settings.dp.unit if settings.dp is not None else "patch", engine.patient_keys
+    )
+    vectors = record_means(engine.train_features, records)
+    if not release:
+        centre = exact_centre(vectors)
+    else:
+        index = ledger.reserve(release[0])
+        if persist is not None:
+            persist(ledger)
+        generator = private_generator(settings.device, settings.noise_seed, stream="centring")
+        assert settings.centring.noise_multiplier is not None
+        centre = private_centre(
+            vectors, settings.centring.max_norm, settings.centring.noise_multiplier, generator
+        )
+        ledger.settle(index, steps=1)
+        if persist is not None:
+            persist(ledger)
+    model.feature_centre.centre.copy_(centre.to(model.feature_centre.centre))
+    engine.centre_features(centre)
 
 
 def selection_note(selection: str, selector: EpochSelector | LastIterate) -> str:

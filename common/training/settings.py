@@ -27,6 +27,16 @@ class DPSettings:
 
 
 @dataclass(frozen=True)
+class CentringSettings:
+    """model.feature_centring=train_mean: the head's inputs are centred on the training set's
+    mean feature vector, released under DP by the Gaussian mechanism (common.privacy.centring)
+    with `noise_multiplier` over records clipped to `max_norm`; None: the exact mean (no DP)."""
+
+    noise_multiplier: float | None
+    max_norm: float
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     batch_size: int
     lr: float
@@ -49,6 +59,7 @@ class EngineSettings:
     momentum: float = 0.9
     augmentation_multiplicity: int = 1
     ema_decay: float | None = None
+    centring: CentringSettings | None = None
 
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
