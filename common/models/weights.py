@@ -109,6 +109,6 @@ def load_classifier_checkpoint(model: nn.Module, path: str | Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise WeightsError(
-            f"{path} is not a checkpoint of this classifier (model.name, head, feature_stages "
-            f"and feature_norm must match the run that saved it): {error}"
+            f"{path} is not a checkpoint of this classifier (model.name, head, feature_stages, "
+            f"feature_norm and feature_centring must match the run that saved it): {error}"
         ) from error

@@ -99,6 +99,7 @@ def fit(
     reservation = None
     planned = None
     centring = settings.centring
+    check_centring_setup(model, settings)
     centre_release = (
         [centring_event(centring.noise_multiplier)]
         if dp is not None and centring is not None and centring.noise_multiplier is not None
@@ -174,6 +175,24 @@ def fit(
         ledger=ledger,
         event=event,
     )
+
+
+def check_centring_setup(model: Classifier, settings: EngineSettings) -> None:
+    """A model with a FeatureCentre is trained with centring settings and the reverse (else its
+    centre stays zero, or the settings do nothing); under DP the centre must have its noise (an
+    exact mean is a release no ledger covers). Raises ConfigError / PrivacyError."""
+    centred = isinstance(model.feature_centre, FeatureCentre)
+    if centred != (settings.centring is not None):
+        raise ConfigError(
+            "the model has a feature centre but the run sets no centring, or the reverse: build "
+            "both from one config (model.feature_centring)"
+        )
+    centring = settings.centring
+    if settings.dp is not None and centring is not None and centring.noise_multiplier is None:
+        raise PrivacyError(
+            "a DP run's feature centre needs a noise multiplier (the exact mean would be "
+            "released uncounted): set privacy.centring_noise_multiplier"
+        )
 
 
 def _centre_features(

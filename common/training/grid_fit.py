@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from torch import nn
 from tqdm import tqdm
 
 from common.data.images import LoadedPatches
@@ -65,6 +66,12 @@ def fit_grid(
     ConfigError (from the grid engine) for cells that cannot share one program."""
     planned: list[LedgerEvent | None] = []
     for cell in cells:
+        if cell.settings.centring is not None or not isinstance(
+            cell.model.feature_centre, nn.Identity
+        ):
+            raise ConfigError(
+                "a grid cell cannot centre its features (each centred cell trains on its own)"
+            )
         if cell.selection == "best" and validation is None:
             raise ValueError("selection=best needs a validation set")
         event = None

@@ -11,14 +11,19 @@ import math
 import warnings
 
 import dp_accounting
+import numpy as np
 import pytest
 import torch
 
 from common.config.compose import compose_config, compose_federated_config
-from common.errors import ConfigError
+from common.config.schema import ModelConfig
+from common.data.images import LoadedPatches
+from common.data.patch_set import PatchRecord, PatchSet
+from common.errors import ConfigError, PrivacyError
+from common.eval.metrics import auprc
 from common.eval.predict import predict_probabilities
-from common.models.classifier import Classifier, FeatureCentre
-from common.models.policies import frozen_checksum
+from common.models.classifier import Classifier, FeatureCentre, build_classifier
+from common.models.policies import apply_trainable_policy, frozen_checksum
 from common.privacy.centring import (
     CENTRING_KIND,
     centring_event,
@@ -29,11 +34,12 @@ from common.privacy.centring import (
 from common.privacy.dp_sgd import RecordGroups
 from common.privacy.ledger import LedgerEvent, PrivacyBudgetExceeded, PrivacyLedger, epsilon_of
 from common.privacy.plan import plan_privacy
+from common.privacy.randomness import private_generator
 from common.runs.planning import plan_report
 from common.training.cached_engine import CachedEngine
 from common.training.fit import fit
 from common.training.settings import CentringSettings, EngineSettings
-from tests.unit.training.helpers import random_patches, settings, tiny_model
+from tests.unit.training.helpers import TINY_SWIN, random_patches, settings, tiny_model
 
 
 def test_one_record_changes_the_clipped_sum_by_at_most_r_sqrt2() -> None:
@@ -69,6 +75,19 @@ def test_the_centre_estimates_the_mean_of_records() -> None:
     vectors = torch.randn(5000, 4, dtype=torch.float64) + torch.tensor([3.0, -2.0, 0.0, 1.0])
     centre = private_centre(vectors, 10.0, 1.0, torch.Generator().manual_seed(1))
     torch.testing.assert_close(centre, vectors.mean(0), atol=0.02, rtol=0)
+
+
+def test_the_centre_is_the_noisy_sum_over_the_noisy_count() -> None:
+    """Every coordinate, the count's too, carries its noise: the same draws recomputed by hand
+    (an exact count in the divisor would be an uncounted release)."""
+    vectors, radius, sigma = torch.randn(7, 3, dtype=torch.float64) * 4, 2.0, 0.7
+    centre = private_centre(vectors, radius, sigma, torch.Generator().manual_seed(5))
+    noise = torch.normal(
+        0.0, sigma * radius * math.sqrt(2), (4,), generator=torch.Generator().manual_seed(5)
+    ).double()
+    noisy = clipped_record_sum(vectors, radius) + noise
+    torch.testing.assert_close(centre, noisy[:3] / (noisy[3] / radius))
+    assert not torch.allclose(centre, noisy[:3] / 7)
 
 
 def test_record_means_average_a_patients_patches_and_flips() -> None:
@@ -113,8 +132,20 @@ def test_plan_composes_the_centre_with_the_steps() -> None:
 
 
 def _centred_model() -> Classifier:
-    model = tiny_model("swin", head="linear")
-    model.feature_centre = FeatureCentre(model.num_features).double()
+    """The tiny Swin of the engine tests, built with model.feature_centring=train_mean."""
+    config = ModelConfig(
+        name="swin_tiny_patch4_window7_224",
+        weights="none",
+        head="linear",
+        kwargs=TINY_SWIN,
+        drop_path_rate=0.0,
+        feature_centring="train_mean",
+    )
+    torch.manual_seed(0)
+    model = build_classifier(config).double()
+    apply_trainable_policy(model, "head")
+    assert isinstance(model.feature_centre, FeatureCentre)
+    assert not isinstance(tiny_model("swin").feature_centre, FeatureCentre)  # none by default
     return model
 
 
@@ -153,6 +184,96 @@ def test_a_dp_run_charges_the_centre_once_before_its_steps() -> None:
     assert result.history[-1].epsilon == pytest.approx(result.epsilon_spent)
     assert float(model.feature_centre.centre.abs().sum()) > 0
     assert frozen_checksum(model) == checksum  # the backbone is untouched; the centre is not frozen
+
+
+def test_patient_level_dp_centres_on_one_clipped_vector_per_patient() -> None:
+    """Under privacy.unit=patient a patient's patches are one record of the centre's mechanism
+    (seeded research mode, so the centre can be recomputed from the same stream)."""
+    model, pixels = _centred_model(), random_patches(16).pixels
+    base = _centring_settings(noise=2.0)
+    assert base.dp is not None
+    run = dataclasses.replace(base, dp=dataclasses.replace(base.dp, unit="patient"))
+    patients = [f"P{i % 5}" for i in range(16)]  # 5 patients of 3-4 patches
+    records = [PatchRecord(f"/synthetic/{i}.png", i % 2, p) for i, p in enumerate(patients)]
+    data = LoadedPatches(PatchSet(records), pixels)
+    engine = CachedEngine(copy.deepcopy(model), data, {}, run)
+    expected = private_centre(
+        record_means(engine.train_features, RecordGroups.per_patient(patients)),
+        5.0,
+        2.0,
+        private_generator("cpu", run.noise_seed, stream="centring"),
+    )
+    fit(
+        model,
+        "cached",
+        data,
+        None,
+        run,
+        epochs=1,
+        ledger=PrivacyLedger(delta=1e-3, unit="patient"),
+        selection="last",
+        epsilon_cap=1e6,
+    )
+    torch.testing.assert_close(model.feature_centre.centre, expected)
+
+
+def test_the_engine_trains_and_scores_on_the_centred_features() -> None:
+    """The validation loss fit records (the engine's cached features) is the loss of the
+    returned model predicting from images (the model's FeatureCentre). The loss, not AUPRC: an
+    uncentred engine shifts every logit by the same w.c, which leaves any ranking unchanged."""
+    model, train, validation = _centred_model(), random_patches(16), random_patches(12, seed=2)
+    run = _centring_settings(noise=2.0)
+    result = fit(
+        model,
+        "cached",
+        train,
+        validation,
+        run,
+        epochs=2,
+        ledger=PrivacyLedger(delta=1e-3),
+        selection="last",
+        epsilon_cap=1e6,
+    )
+    malignant = predict_probabilities(model, validation, torch.device("cpu"), 4)
+    labels = validation.labels.numpy()
+    p_true = np.where(labels == 1, malignant, 1 - malignant)
+    smooth = run.label_smoothing / 2  # label smoothing over 2 classes
+    by_model = -((1 - smooth) * np.log(p_true) + smooth * np.log(1 - p_true)).mean()
+    assert result.history[-1].val_loss == pytest.approx(by_model, rel=1e-9)
+    scores = auprc(labels, malignant, "benign")
+    assert result.history[-1].val_auprc == pytest.approx(scores, abs=1e-9)
+
+
+def test_a_centre_must_match_its_settings_and_have_noise_under_dp() -> None:
+    data = random_patches(8)
+    with pytest.raises(ConfigError, match="feature centre"):  # a centre nobody sets
+        fit(
+            _centred_model(),
+            "cached",
+            data,
+            None,
+            settings(train_mode=False),
+            epochs=1,
+            ledger=PrivacyLedger(),
+            selection="last",
+            epsilon_cap=1e6,
+        )
+    exact = _centring_settings(noise=None)
+    under_dp = dataclasses.replace(exact, dp=settings(train_mode=False).dp)
+    ledger = PrivacyLedger()
+    with pytest.raises(PrivacyError, match="noise multiplier"):
+        fit(
+            _centred_model(),
+            "cached",
+            data,
+            None,
+            under_dp,
+            epochs=1,
+            ledger=ledger,
+            selection="last",
+            epsilon_cap=1e6,
+        )
+    assert ledger.events == []
 
 
 def test_the_budget_check_counts_the_centre_before_anything_runs() -> None:
