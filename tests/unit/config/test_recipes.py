@@ -67,6 +67,9 @@ def test_a_federated_preset_names_a_recipe_for_its_rounds() -> None:
     assert federated.privacy.target_epsilon == 6
     assert federated.train.batch_size == 16  # the phantom sites' batch, not the recipe's 128
     assert federated.name == "federated_phantom_recipe"
+    # the recipe's feature centre is single-node only: the federated preset turns it off
+    assert recipe.model.feature_centring == "train_mean"
+    assert federated.model.feature_centring == "none"
 
 
 def test_every_shipped_search_space_composes_every_candidate() -> None:
@@ -75,9 +78,13 @@ def test_every_shipped_search_space_composes_every_candidate() -> None:
     from common.runs.tuning import SPACES_DIR, candidates, load_space, trial_config
 
     names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-    assert {"dp_eps6", "dp_eps1", "blocks_eps6", "blocks_eps1", "recipes_prv"} <= set(names)
+    stages = {"dp_eps6", "dp_eps1", "blocks_eps6", "blocks_eps1", "recipes_prv", "centring_eps1"}
+    assert stages <= set(names)
     for name in names:
         space = load_space(name)
         for candidate in candidates(space):
             config = trial_config(space, candidate, 42, [])
             assert config.data.tests == {} and config.privacy.enabled
+            # stages 1-4 ran without the feature centre; stage 5 is the one that added it
+            centred = "train_mean" if name == "centring_eps1" else "none"
+            assert config.model.feature_centring == centred, name
