@@ -34,7 +34,7 @@ from common.training.cached_engine import CachedEngine
 from common.training.engine import TrainingEngine
 from common.training.engines import make_engine
 from common.training.selection import EpochRecord, EpochSelector, LastIterate
-from common.training.settings import EngineSettings
+from common.training.settings import CentringSettings, EngineSettings
 from common.training.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def _centre_features(
             persist(ledger)
         generator = private_generator(settings.device, settings.noise_seed, stream="centring")
         assert settings.centring.noise_multiplier is not None
+        _warn_if_noise_dominates(vectors, settings.centring)
         centre = private_centre(
             vectors, settings.centring.max_norm, settings.centring.noise_multiplier, generator
         )
@@ -229,6 +230,24 @@ def _centre_features(
             persist(ledger)
     model.feature_centre.centre.copy_(centre.to(model.feature_centre.centre))
     engine.centre_features(centre)
+
+
+def _warn_if_noise_dominates(vectors: torch.Tensor, centring: CentringSettings) -> None:
+    """The centre's expected error norm, sigma_c R sqrt(2 F) / N, against the feature norm bound
+    R: past R / 2 (a small training set) the centre is mostly noise and centring likely costs
+    more budget than it saves. A local log line only (it holds N)."""
+    records, width = vectors.shape
+    assert centring.noise_multiplier is not None
+    error = centring.noise_multiplier * centring.max_norm * math.sqrt(2 * width) / max(records, 1)
+    if error > centring.max_norm / 2:
+        log.warning(
+            "feature centre: its expected noise norm %.3g is over half the feature norm bound "
+            "%.3g at %d training records; centring likely costs more than it saves here "
+            "(model.feature_centring=none turns it off)",
+            error,
+            centring.max_norm,
+            records,
+        )
 
 
 def selection_note(selection: str, selector: EpochSelector | LastIterate) -> str:

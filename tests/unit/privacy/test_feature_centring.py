@@ -364,3 +364,23 @@ def test_prv_accounts_a_whole_set_release_as_the_gaussian_mechanism(sigma: float
             by_prv = epsilon_of(events, 1e-4, "prv")
         by_pld = pld_epsilon(events, 1e-4)
         assert by_pld * 0.999 <= by_prv <= by_pld * 1.02 + 0.01
+
+
+def test_a_centre_that_is_mostly_noise_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """16 records of the tiny Swin's 32 features, R = 5: the expected error sigma_c R sqrt(2 F)
+    / N is 2 x 5 x 8 / 16 = 5 > R / 2 at sigma_c 2 (named), 1.25 at sigma_c 0.5 (quiet)."""
+    for noise, named in ((2.0, True), (0.5, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            fit(
+                _centred_model(),
+                "cached",
+                random_patches(16),
+                None,
+                _centring_settings(noise=noise),
+                epochs=1,
+                ledger=PrivacyLedger(delta=1e-3),
+                selection="last",
+                epsilon_cap=1e6,
+            )
+        assert ("centring likely costs more than it saves" in caplog.text) == named, noise
