@@ -16,14 +16,13 @@ import pytest
 import torch
 
 from common.config.compose import compose_config, compose_federated_config
-from common.config.schema import ModelConfig
 from common.data.images import LoadedPatches
 from common.data.patch_set import PatchRecord, PatchSet
 from common.errors import ConfigError, PrivacyError
 from common.eval.metrics import auprc
 from common.eval.predict import predict_probabilities
-from common.models.classifier import Classifier, FeatureCentre, build_classifier
-from common.models.policies import apply_trainable_policy, frozen_checksum
+from common.models.classifier import Classifier, FeatureCentre
+from common.models.policies import frozen_checksum
 from common.privacy.centring import (
     CENTRING_KIND,
     centring_event,
@@ -37,9 +36,9 @@ from common.privacy.plan import plan_privacy
 from common.privacy.randomness import private_generator
 from common.runs.planning import plan_report
 from common.training.cached_engine import CachedEngine
-from common.training.fit import fit
+from common.training.fit import FitResult, fit
 from common.training.settings import CentringSettings, EngineSettings
-from tests.unit.training.helpers import TINY_SWIN, random_patches, settings, tiny_model
+from tests.unit.training.helpers import random_patches, settings, tiny_model
 
 
 def test_one_record_changes_the_clipped_sum_by_at_most_r_sqrt2() -> None:
@@ -133,20 +132,34 @@ def test_plan_composes_the_centre_with_the_steps() -> None:
 
 def _centred_model() -> Classifier:
     """The tiny Swin of the engine tests, built with model.feature_centring=train_mean."""
-    config = ModelConfig(
-        name="swin_tiny_patch4_window7_224",
-        weights="none",
-        head="linear",
-        kwargs=TINY_SWIN,
-        drop_path_rate=0.0,
-        feature_centring="train_mean",
-    )
-    torch.manual_seed(0)
-    model = build_classifier(config).double()
-    apply_trainable_policy(model, "head")
+    model = tiny_model("swin", head="linear", feature_centring="train_mean")
     assert isinstance(model.feature_centre, FeatureCentre)
     assert not isinstance(tiny_model("swin").feature_centre, FeatureCentre)  # none by default
     return model
+
+
+def _fit(
+    model: Classifier,
+    data: LoadedPatches,
+    run: EngineSettings,
+    *,
+    validation: LoadedPatches | None = None,
+    epochs: int = 1,
+    ledger: PrivacyLedger | None = None,
+    cap: float = 1e6,
+) -> FitResult:
+    """fit on the cached engine, last iterate, a cap that never binds unless a test sets one."""
+    return fit(
+        model,
+        "cached",
+        data,
+        validation,
+        run,
+        epochs=epochs,
+        ledger=ledger if ledger is not None else PrivacyLedger(delta=1e-3),
+        selection="last",
+        epsilon_cap=cap,
+    )
 
 
 def _centring_settings(noise: float | None, sigma: float = 1.0) -> EngineSettings:
@@ -163,17 +176,7 @@ def test_a_dp_run_charges_the_centre_once_before_its_steps() -> None:
     model, data = _centred_model(), random_patches(16)
     checksum = frozen_checksum(model)
     ledger = PrivacyLedger(delta=1e-3)
-    result = fit(
-        model,
-        "cached",
-        data,
-        None,
-        _centring_settings(noise=2.0),
-        epochs=2,
-        ledger=ledger,
-        selection="last",
-        epsilon_cap=1e6,
-    )
+    result = _fit(model, data, _centring_settings(noise=2.0), epochs=2, ledger=ledger)
     kinds = [(e.kind, e.status, e.steps) for e in ledger.events]
     assert kinds == [(CENTRING_KIND, "settled", 1), ("dp-sgd", "settled", result.steps)]
     assert ledger.events[0].noise_multiplier == 2.0 and ledger.events[0].sample_rate == 1.0
@@ -203,17 +206,7 @@ def test_patient_level_dp_centres_on_one_clipped_vector_per_patient() -> None:
         2.0,
         private_generator("cpu", run.noise_seed, stream="centring"),
     )
-    fit(
-        model,
-        "cached",
-        data,
-        None,
-        run,
-        epochs=1,
-        ledger=PrivacyLedger(delta=1e-3, unit="patient"),
-        selection="last",
-        epsilon_cap=1e6,
-    )
+    _fit(model, data, run, ledger=PrivacyLedger(delta=1e-3, unit="patient"))
     torch.testing.assert_close(model.feature_centre.centre, expected)
 
 
@@ -223,17 +216,7 @@ def test_the_engine_trains_and_scores_on_the_centred_features() -> None:
     uncentred engine shifts every logit by the same w.c, which leaves any ranking unchanged."""
     model, train, validation = _centred_model(), random_patches(16), random_patches(12, seed=2)
     run = _centring_settings(noise=2.0)
-    result = fit(
-        model,
-        "cached",
-        train,
-        validation,
-        run,
-        epochs=2,
-        ledger=PrivacyLedger(delta=1e-3),
-        selection="last",
-        epsilon_cap=1e6,
-    )
+    result = _fit(model, train, run, validation=validation, epochs=2)
     malignant = predict_probabilities(model, validation, torch.device("cpu"), 4)
     labels = validation.labels.numpy()
     p_true = np.where(labels == 1, malignant, 1 - malignant)
@@ -247,32 +230,12 @@ def test_the_engine_trains_and_scores_on_the_centred_features() -> None:
 def test_a_centre_must_match_its_settings_and_have_noise_under_dp() -> None:
     data = random_patches(8)
     with pytest.raises(ConfigError, match="feature centre"):  # a centre nobody sets
-        fit(
-            _centred_model(),
-            "cached",
-            data,
-            None,
-            settings(train_mode=False),
-            epochs=1,
-            ledger=PrivacyLedger(),
-            selection="last",
-            epsilon_cap=1e6,
-        )
+        _fit(_centred_model(), data, settings(train_mode=False), ledger=PrivacyLedger())
     exact = _centring_settings(noise=None)
     under_dp = dataclasses.replace(exact, dp=settings(train_mode=False).dp)
     ledger = PrivacyLedger()
     with pytest.raises(PrivacyError, match="noise multiplier"):
-        fit(
-            _centred_model(),
-            "cached",
-            data,
-            None,
-            under_dp,
-            epochs=1,
-            ledger=ledger,
-            selection="last",
-            epsilon_cap=1e6,
-        )
+        _fit(_centred_model(), data, under_dp, ledger=ledger)
     assert ledger.events == []
 
 
@@ -285,33 +248,15 @@ def test_the_budget_check_counts_the_centre_before_anything_runs() -> None:
     )
     ledger = PrivacyLedger(delta=1e-3)
     with pytest.raises(PrivacyBudgetExceeded, match="dp-centring"):
-        fit(
-            model,
-            "cached",
-            data,
-            None,
-            run,
-            epochs=2,
-            ledger=ledger,
-            selection="last",
-            epsilon_cap=steps_only * 1.01,  # the steps alone would fit
-        )
+        # the steps alone would fit under this cap
+        _fit(model, data, run, epochs=2, ledger=ledger, cap=steps_only * 1.01)
     assert ledger.events == [] and float(model.feature_centre.centre.abs().sum()) == 0
 
 
 def test_without_dp_the_centre_is_the_exact_mean_and_predictions_agree_across_paths() -> None:
     model, train, test = _centred_model(), random_patches(12), random_patches(5, seed=1)
     ledger = PrivacyLedger()
-    fit(
-        model,
-        "cached",
-        train,
-        None,
-        _centring_settings(noise=None),
-        epochs=2,
-        ledger=ledger,
-        selection="last",
-    )
+    _fit(model, train, _centring_settings(noise=None), epochs=2, ledger=ledger)
     assert ledger.events == []
     engine = CachedEngine(copy.deepcopy(model), train, {"test": test}, _centring_settings(None))
     raw_mean = engine.train_features.mean((0, 1))  # before centring: 4 flips of every patch
@@ -372,15 +317,5 @@ def test_a_centre_that_is_mostly_noise_is_named(caplog: pytest.LogCaptureFixture
     for noise, named in ((2.0, True), (0.5, False)):
         caplog.clear()
         with caplog.at_level("WARNING"):
-            fit(
-                _centred_model(),
-                "cached",
-                random_patches(16),
-                None,
-                _centring_settings(noise=noise),
-                epochs=1,
-                ledger=PrivacyLedger(delta=1e-3),
-                selection="last",
-                epsilon_cap=1e6,
-            )
+            _fit(_centred_model(), random_patches(16), _centring_settings(noise=noise))
         assert ("centring likely costs more than it saves" in caplog.text) == named, noise

@@ -19,7 +19,9 @@ TINY_SWIN = dict(
 )
 
 
-def tiny_model(kind: str, head: str = "mlp2", policy: str = "head") -> Classifier:
+def tiny_model(
+    kind: str, head: str = "mlp2", policy: str = "head", feature_centring: str = "none"
+) -> Classifier:
     if kind == "swin":
         config = ModelConfig(
             name="swin_tiny_patch4_window7_224",
@@ -28,6 +30,7 @@ def tiny_model(kind: str, head: str = "mlp2", policy: str = "head") -> Classifie
             hidden=8,
             kwargs=TINY_SWIN,
             drop_path_rate=0.0,
+            feature_centring=feature_centring,
         )
     elif kind == "bn_cnn":
         config = ModelConfig(name="resnet10t", weights="none", head=head, hidden=8)
