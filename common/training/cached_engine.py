@@ -88,7 +88,6 @@ class CachedEngine(TrainableParameters):
         else:
             self.train_features, self.eval_features = features.train, dict(features.evaluation)
         self.train_labels = train.labels.to(settings.device)
-        self.patient_keys = list(train.patch_set.patient_keys)
         self.eval_labels = {name: s.labels.to(settings.device) for name, s in eval_sets.items()}
         self.parameters = [p for p in self.head.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.parameters, settings)

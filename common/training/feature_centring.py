@@ -55,8 +55,9 @@ def centre_features(
     assert settings.centring is not None
     if not isinstance(engine, CachedEngine) or not isinstance(model.feature_centre, FeatureCentre):
         raise ConfigError("model.feature_centring needs train.engine=cached and a FeatureCentre")
-    records = RecordGroups.for_unit(
-        settings.dp.unit if settings.dp is not None else "patch", engine.patient_keys
+    # under DP the engine's own records (the privacy unit's); without DP each patch is one
+    records = (
+        engine.records if settings.dp is not None else RecordGroups.per_patch(engine.dataset_size)
     )
     vectors = record_means(engine.train_features, records)
     if not release:
